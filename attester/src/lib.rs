@@ -1,0 +1,6 @@
+//! The issuer side of attestation: runs inside the guest and collects evidence from the TPM and
+//! the TEE. Verification lives in `cvm-attestation`, which has no I/O and no TPM stack.
+
+pub mod tpm;
+
+pub use tpm::{Tpm, TpmError};

@@ -1,0 +1,35 @@
+//! Fixtures that start real components for tests: a software TPM (`swtpm`), a Docker Engine with a
+//! local registry, and Podman's Docker-compatible API service.
+//!
+//! Every fixture runs on free loopback ports or private Unix sockets inside its own temporary
+//! directory, so tests can run in parallel, and stops its processes when dropped (also when the
+//! test panics). Children additionally get `PR_SET_PDEATHSIG`, so a killed test binary does not
+//! leave daemons behind.
+
+mod engine;
+mod image;
+mod process;
+mod registry;
+mod swtpm;
+
+pub use engine::{ContainerEngine, EngineKind};
+pub use image::{busybox_image_archive, ImageArchive};
+pub use process::{free_port, wait_until};
+pub use registry::Registry;
+pub use swtpm::Swtpm;
+
+/// Skips nothing: fails loudly with the install hint when a required tool is missing, because a
+/// test that silently passes without its component proves nothing.
+pub fn require_tool(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    which(name).ok_or_else(|| {
+        anyhow::anyhow!("`{name}` not found in PATH: run scripts/install-test-deps.sh first")
+    })
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
