@@ -1,0 +1,356 @@
+//! The workload event log: what was extended into PCR 23, in order, replayable by anyone.
+//!
+//! Each event binds its kind, name and payload digest into the digest that is extended
+//! (docs/measurement.md), so no two different events can produce the same extension.
+
+use crate::digest::Sha256Digest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The PCR that holds the workload measurement.
+pub const WORKLOAD_PCR: u8 = 23;
+/// The only log format version this code reads and writes.
+pub const LOG_VERSION: u32 = 1;
+/// Domain tag prefixed to every event encoding: no other use of PCR 23 can collide with ours.
+pub const EVENT_DOMAIN: &[u8] = b"cvm-workload-event/v1\0";
+/// Bounds applied to logs from outside.
+pub const MAX_EVENTS: usize = 4096;
+pub const MAX_NAME_LEN: usize = 1024;
+pub const MAX_PAYLOAD_LEN: usize = 1024;
+
+/// What an event measures. The numeric code is part of the extended digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// `docker-compose.yml`, by content.
+    ComposeFile,
+    /// A file under `config/`, named by its path relative to the workload folder.
+    ConfigFile,
+    /// An environment file compose reads (`.env`, `env_file:`), by content.
+    EnvFile,
+    /// A container image, named by its reference in the compose file; payload is its image ID.
+    Image,
+    /// The hash of the agent's API bearer token, so the host cannot swap the token unseen.
+    ApiToken,
+    /// Ends one workload measurement. Nothing may follow without a new workload.
+    Separator,
+}
+
+impl EventKind {
+    /// The code bound into the event digest.
+    pub const fn code(self) -> u32 {
+        match self {
+            EventKind::ComposeFile => 1,
+            EventKind::ConfigFile => 2,
+            EventKind::EnvFile => 3,
+            EventKind::Image => 4,
+            EventKind::ApiToken => 5,
+            EventKind::Separator => 0xffff_ffff,
+        }
+    }
+}
+
+/// One measured input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadEvent {
+    pub kind: EventKind,
+    pub name: String,
+    /// SHA-256 of the measured bytes (file content, image ID text, token).
+    pub payload_digest: Sha256Digest,
+    /// The measured bytes themselves when they are short and public (image IDs), for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+}
+
+impl WorkloadEvent {
+    /// An event over `content`, which is hashed and not kept.
+    pub fn over(kind: EventKind, name: impl Into<String>, content: &[u8]) -> Self {
+        Self::with_digest(kind, name, Sha256Digest::of(content))
+    }
+
+    /// An event whose payload was hashed elsewhere (streamed files).
+    pub fn with_digest(kind: EventKind, name: impl Into<String>, digest: Sha256Digest) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            payload_digest: digest,
+            payload: None,
+        }
+    }
+
+    /// An image event: `reference` as written in the compose file, `image_id` as `sha256:<hex>`.
+    pub fn image(reference: impl Into<String>, image_id: impl Into<String>) -> Self {
+        let image_id = image_id.into();
+        Self {
+            kind: EventKind::Image,
+            name: reference.into(),
+            payload_digest: Sha256Digest::of(image_id.as_bytes()),
+            payload: Some(image_id),
+        }
+    }
+
+    /// The separator that closes a workload measurement.
+    pub fn separator() -> Self {
+        Self::over(EventKind::Separator, "", b"")
+    }
+
+    /// The digest extended into the PCR:
+    /// `SHA-256(EVENT_DOMAIN || u32be(kind) || u32be(len(name)) || name || payload_digest)`.
+    pub fn extend_digest(&self) -> Sha256Digest {
+        let mut hasher = Sha256::new();
+        hasher.update(EVENT_DOMAIN);
+        hasher.update(self.kind.code().to_be_bytes());
+        hasher.update((self.name.len() as u32).to_be_bytes());
+        hasher.update(self.name.as_bytes());
+        hasher.update(self.payload_digest.0);
+        Sha256Digest(hasher.finalize().into())
+    }
+}
+
+/// `SHA-256(pcr || digest)`: the TPM's extend operation for the SHA-256 bank.
+pub fn extend(pcr: &Sha256Digest, digest: &Sha256Digest) -> Sha256Digest {
+    let mut hasher = Sha256::new();
+    hasher.update(pcr.0);
+    hasher.update(digest.0);
+    Sha256Digest(hasher.finalize().into())
+}
+
+/// Replays events from a zero PCR.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a WorkloadEvent>) -> Sha256Digest {
+    events
+        .into_iter()
+        .fold(Sha256Digest::default(), |pcr, event| {
+            extend(&pcr, &event.extend_digest())
+        })
+}
+
+/// Why a workload log is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("workload log version {0} is not supported (expected {LOG_VERSION})")]
+    Version(u32),
+    #[error("workload log is for PCR {0}, expected PCR {WORKLOAD_PCR}")]
+    Pcr(u8),
+    #[error("workload log has {0} events, more than the limit of {MAX_EVENTS}")]
+    TooManyEvents(usize),
+    #[error("workload log is empty: no workload was measured")]
+    Empty,
+    #[error("event {index} ({kind:?}): name is {len} bytes, more than {MAX_NAME_LEN}")]
+    NameTooLong {
+        index: usize,
+        kind: EventKind,
+        len: usize,
+    },
+    #[error("event {index} ({kind:?} {name:?}): payload does not hash to its payload_digest")]
+    PayloadMismatch {
+        index: usize,
+        kind: EventKind,
+        name: String,
+    },
+    #[error("event {index} ({kind:?} {name:?}): payload is longer than {MAX_PAYLOAD_LEN} bytes")]
+    PayloadTooLong {
+        index: usize,
+        kind: EventKind,
+        name: String,
+    },
+    #[error("event {index} ({kind:?} {name:?}) follows the last separator: the measurement is unfinished")]
+    AfterSeparator {
+        index: usize,
+        kind: EventKind,
+        name: String,
+    },
+}
+
+/// The log the agent keeps and serves, in the order extended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadLog {
+    pub version: u32,
+    pub pcr: u8,
+    pub events: Vec<WorkloadEvent>,
+}
+
+impl Default for WorkloadLog {
+    fn default() -> Self {
+        Self {
+            version: LOG_VERSION,
+            pcr: WORKLOAD_PCR,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl WorkloadLog {
+    /// A log of one measurement.
+    pub fn from_events(events: Vec<WorkloadEvent>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+
+    /// The PCR value these events produce from a reset PCR.
+    pub fn replay(&self) -> Sha256Digest {
+        replay(&self.events)
+    }
+
+    /// Checks structure and bounds; returns the measurements (each ending in its separator),
+    /// oldest first. The last one is the workload that runs now.
+    pub fn generations(&self) -> Result<Vec<&[WorkloadEvent]>, LogError> {
+        if self.version != LOG_VERSION {
+            return Err(LogError::Version(self.version));
+        }
+        if self.pcr != WORKLOAD_PCR {
+            return Err(LogError::Pcr(self.pcr));
+        }
+        if self.events.len() > MAX_EVENTS {
+            return Err(LogError::TooManyEvents(self.events.len()));
+        }
+        if self.events.is_empty() {
+            return Err(LogError::Empty);
+        }
+        for (index, event) in self.events.iter().enumerate() {
+            check_event(index, event)?;
+        }
+        let mut generations = Vec::new();
+        let mut start = 0;
+        for (index, event) in self.events.iter().enumerate() {
+            if event.kind == EventKind::Separator {
+                generations.push(&self.events[start..=index]);
+                start = index + 1;
+            }
+        }
+        if let Some(event) = self.events.get(start) {
+            return Err(LogError::AfterSeparator {
+                index: start,
+                kind: event.kind,
+                name: event.name.clone(),
+            });
+        }
+        Ok(generations)
+    }
+}
+
+fn check_event(index: usize, event: &WorkloadEvent) -> Result<(), LogError> {
+    if event.name.len() > MAX_NAME_LEN {
+        return Err(LogError::NameTooLong {
+            index,
+            kind: event.kind,
+            len: event.name.len(),
+        });
+    }
+    if let Some(payload) = &event.payload {
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(LogError::PayloadTooLong {
+                index,
+                kind: event.kind,
+                name: event.name.clone(),
+            });
+        }
+        if Sha256Digest::of(payload.as_bytes()) != event.payload_digest {
+            return Err(LogError::PayloadMismatch {
+                index,
+                kind: event.kind,
+                name: event.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<WorkloadEvent> {
+        vec![
+            WorkloadEvent::over(
+                EventKind::ComposeFile,
+                "docker-compose.yml",
+                b"services: {}",
+            ),
+            WorkloadEvent::image("localhost/app:1", format!("sha256:{}", "ab".repeat(32))),
+            WorkloadEvent::separator(),
+        ]
+    }
+
+    #[test]
+    fn kind_name_and_payload_are_all_bound() {
+        let base = WorkloadEvent::over(EventKind::ConfigFile, "config/a", b"x");
+        let other_kind = WorkloadEvent::over(EventKind::EnvFile, "config/a", b"x");
+        let other_name = WorkloadEvent::over(EventKind::ConfigFile, "config/b", b"x");
+        let other_payload = WorkloadEvent::over(EventKind::ConfigFile, "config/a", b"y");
+        let digests = [&base, &other_kind, &other_name, &other_payload].map(|e| e.extend_digest());
+        for (i, a) in digests.iter().enumerate() {
+            for b in &digests[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Length prefixing: moving bytes between name and payload changes the digest.
+        let split_a =
+            WorkloadEvent::with_digest(EventKind::ConfigFile, "ab", Sha256Digest([1; 32]));
+        let split_b = WorkloadEvent::with_digest(EventKind::ConfigFile, "a", Sha256Digest([1; 32]));
+        assert_ne!(split_a.extend_digest(), split_b.extend_digest());
+    }
+
+    #[test]
+    fn replay_matches_manual_extends() {
+        let events = sample();
+        let mut pcr = Sha256Digest::default();
+        for event in &events {
+            let mut bytes = pcr.0.to_vec();
+            bytes.extend_from_slice(&event.extend_digest().0);
+            pcr = Sha256Digest::of(&bytes);
+        }
+        assert_eq!(WorkloadLog::from_events(events).replay(), pcr);
+    }
+
+    #[test]
+    fn events_after_the_last_separator_are_refused() {
+        let mut events = sample();
+        events.push(WorkloadEvent::over(
+            EventKind::ConfigFile,
+            "config/late",
+            b"!",
+        ));
+        let err = WorkloadLog::from_events(events).generations().unwrap_err();
+        assert!(
+            matches!(err, LogError::AfterSeparator { index: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn generations_split_on_separators() {
+        let mut events = sample();
+        events.extend(sample());
+        let log = WorkloadLog::from_events(events);
+        let generations = log.generations().unwrap();
+        assert_eq!(generations.len(), 2);
+        assert_eq!(generations[1].len(), 3);
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_refused() {
+        let json = r#"{"version":1,"pcr":23,"events":[{"kind":"firmware","name":"x","payload_digest":"00"}]}"#;
+        let err = serde_json::from_str::<WorkloadLog>(json).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `firmware`"),
+            "{err}"
+        );
+        let json = r#"{"version":1,"pcr":23,"events":[],"extra":1}"#;
+        assert!(serde_json::from_str::<WorkloadLog>(json).is_err());
+    }
+
+    #[test]
+    fn a_payload_that_lies_about_its_digest_is_refused() {
+        let mut events = sample();
+        events[1].payload = Some(format!("sha256:{}", "cd".repeat(32)));
+        let err = WorkloadLog::from_events(events).generations().unwrap_err();
+        assert!(
+            matches!(err, LogError::PayloadMismatch { index: 1, .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Workload measurement into PCR 23 (docs/measurement.md): which inputs, how each event is
+//! encoded, the order, and replay.
+
+pub mod archive;
+pub mod compose;
+pub mod folder;
+pub mod log;
+pub mod paths;
+
+pub use archive::{archived_images, ArchiveError, ArchivedImage};
+pub use compose::{Compose, ComposeError, ComposeService};
+pub use folder::{WorkloadError, WorkloadFolder};
+pub use log::{replay, EventKind, LogError, WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
