@@ -5,6 +5,7 @@
 //! devices) lives in `cvm-attester`.
 
 pub mod digest;
+pub mod tpm;
 pub mod workload;
 
 pub use digest::{Sha256Digest, Sha384Digest};

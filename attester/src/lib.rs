@@ -3,4 +3,4 @@
 
 pub mod tpm;
 
-pub use tpm::{Tpm, TpmError};
+pub use tpm::{AkSource, AttestationKey, Tpm, TpmError, TpmQuote};

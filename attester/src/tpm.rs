@@ -6,12 +6,21 @@
 
 use sha2::{Digest as _, Sha256};
 use std::str::FromStr;
+use tss_esapi::abstraction::nv;
 use tss_esapi::abstraction::pcr::read_all;
-use tss_esapi::handles::PcrHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder};
+use tss_esapi::handles::{KeyHandle, NvIndexTpmHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, DigestValues, PcrSelectionListBuilder, PcrSlot};
+use tss_esapi::structures::{
+    Data, Digest, DigestValues, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme,
+    MaxNvBuffer, NvPublicBuilder, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Public,
+    PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
+};
 use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::Marshall;
 use tss_esapi::Context;
 
 /// The workload measurement register (see docs/measurement.md).
@@ -39,10 +48,51 @@ pub enum TpmError {
     },
     #[error("the TPM returned no SHA-256 value for PCR {0}")]
     MissingPcr(u8),
+    #[error("NV index {index:#x} holds {size} bytes, more than the limit of {limit}")]
+    NvTooLarge {
+        index: u32,
+        size: usize,
+        limit: usize,
+    },
 }
 
 fn command(operation: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::Command { operation, source }
+}
+
+/// Azure's persistent vTPM attestation key.
+pub const AZURE_AK_HANDLE: u32 = 0x8100_0003;
+/// Largest NV index this code reads (Azure HCL reports are about 2.6 KiB).
+pub const MAX_NV_READ: usize = 16 * 1024;
+
+/// Where the attestation key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AkSource {
+    /// A persistent key the platform provisioned (Azure: 0x81000003).
+    Persistent(u32),
+    /// A restricted ECC P-256 signing key created as a primary in the endorsement hierarchy:
+    /// the same template always yields the same key on the same TPM.
+    CreatedPrimary,
+}
+
+/// A loaded attestation key.
+#[derive(Debug, Clone)]
+pub struct AttestationKey {
+    handle: KeyHandle,
+    /// TPMT_PUBLIC of the key.
+    pub public: Vec<u8>,
+    pub source: AkSource,
+}
+
+/// What TPM2_Quote returned, marshalled as the TPM defines it.
+#[derive(Debug, Clone)]
+pub struct TpmQuote {
+    /// TPMS_ATTEST bytes (what was signed).
+    pub attest: Vec<u8>,
+    /// TPMT_SIGNATURE bytes.
+    pub signature: Vec<u8>,
+    /// SHA-256 bank values of PCRs 0..=23, read under the same lock right after the quote.
+    pub pcrs: Vec<[u8; 32]>,
 }
 
 /// A connection to one TPM.
@@ -83,10 +133,7 @@ impl Tpm {
             .iter()
             .map(|&i| pcr_slot(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let selection = PcrSelectionListBuilder::new()
-            .with_selection(HashingAlgorithm::Sha256, &slots)
-            .build()
-            .map_err(command("PCR selection"))?;
+        let selection = sha256_selection(indices).map_err(command("PCR selection"))?;
         let data = self
             .context
             .execute_without_session(|ctx| read_all(ctx, selection))
@@ -106,6 +153,170 @@ impl Tpm {
             })
             .collect()
     }
+}
+
+impl Tpm {
+    /// The platform's persistent AK when there is one at `persistent` (Azure), otherwise a
+    /// restricted signing key created from the endorsement hierarchy's seed.
+    pub fn attestation_key(&mut self, persistent: Option<u32>) -> Result<AttestationKey, TpmError> {
+        if let Some(raw) = persistent {
+            let tpm_handle = PersistentTpmHandle::new(raw)
+                .map(TpmHandle::Persistent)
+                .map_err(command("persistent handle"))?;
+            if let Ok(object) = self
+                .context
+                .execute_without_session(|ctx| ctx.tr_from_tpm_public(tpm_handle))
+            {
+                let handle = KeyHandle::from(object);
+                let (public, _, _) = self
+                    .context
+                    .execute_without_session(|ctx| ctx.read_public(handle))
+                    .map_err(command("ReadPublic"))?;
+                return Ok(AttestationKey {
+                    handle,
+                    public: public.marshall().map_err(command("marshal AK public"))?,
+                    source: AkSource::Persistent(raw),
+                });
+            }
+        }
+        let template = restricted_ecc_signing_template().map_err(command("AK template"))?;
+        let created = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            })
+            .map_err(command("CreatePrimary (AK)"))?;
+        Ok(AttestationKey {
+            handle: created.key_handle,
+            public: created
+                .out_public
+                .marshall()
+                .map_err(command("marshal AK public"))?,
+            source: AkSource::CreatedPrimary,
+        })
+    }
+
+    /// Quotes PCRs 0..=23 of the SHA-256 bank over `qualifying_data` (at most 64 bytes) and
+    /// reads their values.
+    pub fn quote(
+        &mut self,
+        ak: &AttestationKey,
+        qualifying_data: &[u8],
+    ) -> Result<TpmQuote, TpmError> {
+        let data = Data::try_from(qualifying_data.to_vec()).map_err(command("qualifying data"))?;
+        let all: Vec<u8> = (0..24).collect();
+        let (attest, signature) = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.quote(
+                    ak.handle,
+                    data,
+                    SignatureScheme::Null,
+                    sha256_selection(&all)?,
+                )
+            })
+            .map_err(command("Quote"))?;
+        let pcrs = self.read_sha256(&all)?;
+        Ok(TpmQuote {
+            attest: attest.marshall().map_err(command("marshal TPMS_ATTEST"))?,
+            signature: signature
+                .marshall()
+                .map_err(command("marshal TPMT_SIGNATURE"))?,
+            pcrs,
+        })
+    }
+
+    /// Reads a whole NV index with owner authorization (Azure's HCL report at 0x01400001).
+    pub fn nv_read(&mut self, index: u32) -> Result<Vec<u8>, TpmError> {
+        let handle = NvIndexTpmHandle::new(index).map_err(command("NV index handle"))?;
+        let bytes = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                nv::read_full(ctx, NvAuth::Owner, handle)
+            })
+            .map_err(command("NV_Read"))?;
+        if bytes.len() > MAX_NV_READ {
+            return Err(TpmError::NvTooLarge {
+                index,
+                size: bytes.len(),
+                limit: MAX_NV_READ,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Defines an owner-readable NV index and writes `data` to it: how tests and local
+    /// deployments provision what a cloud's vTPM would hold (e.g. an HCL report).
+    pub fn nv_provision(&mut self, index: u32, data: &[u8]) -> Result<(), TpmError> {
+        let handle = NvIndexTpmHandle::new(index).map_err(command("NV index handle"))?;
+        let attributes = NvIndexAttributesBuilder::new()
+            .with_owner_write(true)
+            .with_owner_read(true)
+            .build()
+            .map_err(command("NV attributes"))?;
+        let public = NvPublicBuilder::new()
+            .with_nv_index(handle)
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attributes)
+            .with_data_area_size(data.len())
+            .build()
+            .map_err(command("NV public"))?;
+        let nv_handle = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.nv_define_space(Provision::Owner, None, public)
+            })
+            .map_err(command("NV_DefineSpace"))?;
+        for (chunk_index, chunk) in data.chunks(1024).enumerate() {
+            let buffer = MaxNvBuffer::try_from(chunk.to_vec()).map_err(command("NV buffer"))?;
+            let offset = (chunk_index * 1024) as u16;
+            self.context
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.nv_write(NvAuth::Owner, nv_handle, buffer, offset)
+                })
+                .map_err(command("NV_Write"))?;
+        }
+        Ok(())
+    }
+}
+
+fn sha256_selection(indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+    let slots: Vec<PcrSlot> = indices
+        .iter()
+        .filter_map(|&i| PcrSlot::try_from(1u32 << i).ok())
+        .collect();
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+}
+
+/// TPMT_PUBLIC template of our AK: ECC P-256, ECDSA-SHA256, restricted signing, fixedTPM.
+fn restricted_ecc_signing_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .build()?;
+    let parameters = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_curve(EccCurve::NistP256)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(parameters)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
 }
 
 /// The value a SHA-256 PCR takes after extending `digest` into `previous`.

@@ -48,3 +48,58 @@ fn unreachable_tpm_is_a_clear_error() {
         .expect("nothing listens there");
     assert!(err.to_string().contains("cannot open the TPM"), "{err}");
 }
+
+#[test]
+fn quote_over_a_nonce_verifies_and_binds_it() -> anyhow::Result<()> {
+    use cvm_attestation::tpm::{
+        pcr_digest, qualifying_data, AkPublic, HashAlg, Quote, QuoteSignature,
+    };
+    use std::collections::BTreeMap;
+
+    let swtpm = Swtpm::start()?;
+    let mut tpm = Tpm::open(&swtpm.tcti())?;
+    tpm.extend_sha256(WORKLOAD_PCR, &[7; 32])?;
+    let ak = tpm.attestation_key(Some(cvm_attester::tpm::AZURE_AK_HANDLE))?;
+    assert_eq!(
+        ak.source,
+        cvm_attester::AkSource::CreatedPrimary,
+        "swtpm has no Azure AK"
+    );
+    let nonce = b"a fresh verifier nonce";
+    let quoted = tpm.quote(&ak, &qualifying_data(nonce))?;
+
+    let public = AkPublic::from_bytes(&ak.public)?;
+    assert_eq!(public.is_restricted_signing_key(), Some(true));
+    let signature = QuoteSignature::from_tpmt(&quoted.signature)?;
+    assert!(signature.verify(&public.key, &quoted.attest)?);
+    let quote = Quote::parse(&quoted.attest)?;
+    assert_eq!(quote.extra_data, qualifying_data(nonce));
+    let bank = quoted
+        .pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u8, v.to_vec()))
+        .collect();
+    let banks = BTreeMap::from([(HashAlg::Sha256, bank)]);
+    assert_eq!(
+        pcr_digest(&quote, &banks, signature.hash())?,
+        quote.pcr_digest
+    );
+    assert_eq!(quoted.pcrs[23], extended(&[0; 32], &[7; 32]));
+
+    // The same template gives the same AK again (no state to keep across agent restarts).
+    let again = tpm.attestation_key(None)?;
+    assert_eq!(again.public, ak.public);
+    Ok(())
+}
+
+#[test]
+fn nv_index_round_trip() -> anyhow::Result<()> {
+    let swtpm = Swtpm::start()?;
+    let mut tpm = Tpm::open(&swtpm.tcti())?;
+    let data: Vec<u8> = (0..2048u32).map(|i| (i * 7) as u8).collect();
+    tpm.nv_provision(0x0140_0001, &data)?;
+    assert_eq!(tpm.nv_read(0x0140_0001)?, data);
+    assert!(tpm.nv_read(0x0140_0002).is_err());
+    Ok(())
+}
