@@ -5,6 +5,7 @@
 //! devices) lives in `cvm-attester`.
 
 pub mod digest;
+pub mod snp;
 pub mod tpm;
 pub mod workload;
 
