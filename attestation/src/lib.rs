@@ -3,10 +3,22 @@
 //! Nothing here performs I/O on behalf of verification: evidence and golden values come in as
 //! bytes, and a report with one named result per check comes out. The issuer side (TPM, TEE
 //! devices) lives in `cvm-attester`.
+//!
+//! Data flow: [`workload`] computes what PCR 23 must hold; [`evidence`] is what an agent returns;
+//! [`golden`] is what a verifier expects; [`verify::verify`] compares them check by check.
 
+pub mod azure;
+pub mod binding;
 pub mod digest;
+pub mod encoding;
+pub mod evidence;
+pub mod golden;
 pub mod snp;
 pub mod tpm;
+pub mod verify;
 pub mod workload;
 
 pub use digest::{Sha256Digest, Sha384Digest};
+pub use evidence::{Cloud, Evidence, Platform, Tee};
+pub use golden::GoldenMeasurement;
+pub use verify::{verify, VerificationReport, VerifyOptions};

@@ -11,13 +11,16 @@ use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder};
 use tss_esapi::handles::{KeyHandle, NvIndexTpmHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
     Data, Digest, DigestValues, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme,
     MaxNvBuffer, NvPublicBuilder, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Public,
-    PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder,
+    RsaExponent, RsaScheme, SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -196,6 +199,36 @@ impl Tpm {
         })
     }
 
+    /// Creates an RSA-2048 restricted signing key (RSASSA-SHA256) and makes it persistent at
+    /// `handle`, as Azure provisions its vTPM AK at 0x81000003. For local VMs and tests; returns
+    /// the key's TPMT_PUBLIC.
+    pub fn provision_persistent_rsa_ak(&mut self, handle: u32) -> Result<Vec<u8>, TpmError> {
+        let template = restricted_rsa_signing_template().map_err(command("AK template"))?;
+        let created = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            })
+            .map_err(command("CreatePrimary (RSA AK)"))?;
+        let persistent = PersistentTpmHandle::new(handle).map_err(command("persistent handle"))?;
+        self.context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.evict_control(
+                    Provision::Owner,
+                    created.key_handle.into(),
+                    Persistent::Persistent(persistent),
+                )
+            })
+            .map_err(command("EvictControl"))?;
+        self.context
+            .flush_context(created.key_handle.into())
+            .map_err(command("FlushContext"))?;
+        created
+            .out_public
+            .marshall()
+            .map_err(command("marshal AK public"))
+    }
+
     /// Quotes PCRs 0..=23 of the SHA-256 bank over `qualifying_data` (at most 64 bytes) and
     /// reads their values.
     pub fn quote(
@@ -287,6 +320,35 @@ fn sha256_selection(indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
         .collect();
     PcrSelectionListBuilder::new()
         .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+}
+
+/// TPMT_PUBLIC template of an Azure-style AK: RSA 2048, RSASSA-SHA256, restricted signing.
+fn restricted_rsa_signing_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .build()?;
+    let parameters = PublicRsaParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_scheme(RsaScheme::RsaSsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_key_bits(RsaKeyBits::Rsa2048)
+        .with_exponent(RsaExponent::default())
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Rsa)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_rsa_parameters(parameters)
+        .with_rsa_unique_identifier(PublicKeyRsa::default())
         .build()
 }
 

@@ -10,12 +10,14 @@ mod engine;
 mod image;
 mod process;
 mod registry;
+mod snp_signer;
 mod swtpm;
 
 pub use engine::{ContainerEngine, EngineKind};
 pub use image::{busybox_image_archive, ImageArchive};
 pub use process::{free_port, wait_until};
 pub use registry::Registry;
+pub use snp_signer::SnpTestSigner;
 pub use swtpm::Swtpm;
 
 /// Skips nothing: fails loudly with the install hint when a required tool is missing, because a

@@ -1,0 +1,131 @@
+//! `verify(evidence, golden, options) -> report`: every check by name, no I/O.
+//!
+//! Order: freshness (nonce) -> TPM quote (AK, signature, qualifying data, PCR digest, selection)
+//! -> TEE (report, chain, policy, binding of the AK) -> golden PCRs -> workload log. Later checks
+//! still run when an earlier one fails, so a report shows everything wrong at once.
+
+mod report;
+mod snp;
+mod tpm;
+mod workload;
+
+pub use report::{Check, Status, VerificationReport};
+
+use crate::evidence::{Evidence, Tee};
+use crate::golden::GoldenMeasurement;
+use crate::snp::{amd_roots, TrustedRoot};
+use report::Checks;
+use std::collections::BTreeMap;
+
+/// What the caller decides, explicitly.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Time at which certificates must be valid (Unix seconds).
+    pub at_unix: i64,
+    /// The nonce the caller sent. Without it, freshness is reported as not checked.
+    pub expected_nonce: Option<Vec<u8>>,
+    /// Trust anchors for SEV-SNP: AMD's pinned ARKs unless the caller names others.
+    pub snp_roots: Vec<TrustedRoot>,
+    /// For platforms without a TEE (local QEMU): the AK public key (as carried in `tpm.ak_pub`)
+    /// that the caller recorded when it created the VM's TPM. Nothing else can vouch for it.
+    pub trusted_ak: Option<Vec<u8>>,
+}
+
+impl VerifyOptions {
+    /// AMD's roots, certificates checked at `at_unix`, no nonce, no pinned AK.
+    pub fn new(at_unix: i64) -> Self {
+        Self {
+            at_unix,
+            expected_nonce: None,
+            snp_roots: amd_roots(),
+            trusted_ak: None,
+        }
+    }
+
+    /// Now, by the system clock.
+    pub fn now() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Self::new(now)
+    }
+
+    pub fn with_nonce(mut self, nonce: impl Into<Vec<u8>>) -> Self {
+        self.expected_nonce = Some(nonce.into());
+        self
+    }
+
+    /// Adds test-only roots. They are trusted only because the caller named them here, and every
+    /// report that relies on one says so.
+    pub fn with_test_roots(mut self, roots: impl IntoIterator<Item = TrustedRoot>) -> Self {
+        self.snp_roots.extend(roots.into_iter().map(|mut root| {
+            root.test_only = true;
+            root
+        }));
+        self
+    }
+
+    pub fn with_trusted_ak(mut self, ak_pub: impl Into<Vec<u8>>) -> Self {
+        self.trusted_ak = Some(ak_pub.into());
+        self
+    }
+}
+
+/// Values established by earlier checks and used by later ones.
+#[derive(Default)]
+pub(crate) struct Facts {
+    /// Quoted SHA-256 PCR values, when the quote verified (index -> value).
+    pub quoted_pcrs: Option<BTreeMap<u8, Vec<u8>>>,
+    /// PCR indices the quote covers in the SHA-256 bank.
+    pub quoted_selection: Vec<u8>,
+}
+
+/// Runs every check and returns the report.
+pub fn verify(
+    evidence: &Evidence,
+    golden: &GoldenMeasurement,
+    options: &VerifyOptions,
+) -> VerificationReport {
+    let mut checks = Checks::default();
+    let platform = evidence.platform();
+
+    match &options.expected_nonce {
+        Some(expected) => checks.compare(
+            "nonce",
+            expected.as_slice() == evidence.nonce.as_slice(),
+            "the evidence answers the nonce the verifier sent",
+            hex::encode(expected),
+            hex::encode(evidence.nonce.as_slice()),
+        ),
+        None => checks.skip(
+            "nonce",
+            "no expected nonce given: freshness is not established (pass --nonce, or use verify --host)",
+        ),
+    }
+    if let Some(expected) = golden.platform {
+        checks.compare(
+            "platform",
+            expected == platform,
+            "the evidence comes from the platform the golden measurement is for",
+            expected.to_string(),
+            platform.to_string(),
+        );
+    }
+
+    let mut facts = Facts::default();
+    let ak = tpm::verify_quote(evidence, options, &mut checks, &mut facts);
+
+    match platform.tee {
+        Tee::SevSnp => snp::verify(evidence, golden, options, ak.as_ref(), &mut checks),
+        Tee::Tdx => checks.fail(
+            "tee.tdx",
+            "TDX evidence verification is not implemented in this version",
+        ),
+        Tee::None => tpm::verify_without_tee(evidence, options, &mut checks),
+    }
+
+    tpm::check_golden_pcrs(golden, &facts, &mut checks);
+    workload::verify(evidence, golden, &facts, &mut checks);
+    checks.finish(platform.to_string())
+}

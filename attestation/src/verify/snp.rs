@@ -1,0 +1,228 @@
+//! SEV-SNP checks: the report, AMD's chain to a pinned root, the signing key's fit to the report,
+//! guest policy, TCB, launch measurement, and how `report_data` binds the AK and nonce.
+
+use super::report::Checks;
+use super::tpm::azure_var_data;
+use super::VerifyOptions;
+use crate::azure::HclReport;
+use crate::binding;
+use crate::evidence::{Cloud, Evidence};
+use crate::golden::{GoldenMeasurement, GoldenSnp};
+use crate::snp::certs::{amd_builtin_asks, parse_certificate};
+use crate::snp::policy::{leaf_matches_report, GuestPolicy, Tcb};
+use crate::snp::{amd_extensions, verify_chain, SnpReport};
+use crate::tpm::AkPublic;
+
+pub(crate) fn verify(
+    evidence: &Evidence,
+    golden: &GoldenMeasurement,
+    options: &VerifyOptions,
+    _ak: Option<&AkPublic>,
+    checks: &mut Checks,
+) {
+    let Some(snp) = &evidence.sev_snp else {
+        checks.fail(
+            "snp.report",
+            "the platform is SEV-SNP but the evidence has no sev_snp section",
+        );
+        return;
+    };
+    let expectations = golden.snp.clone().unwrap_or_else(|| GoldenSnp {
+        vmpls: vec![0],
+        ..GoldenSnp::default()
+    });
+
+    // On Azure the report lives inside the HCL report; a separate copy must be the same bytes.
+    let mut report_bytes = snp.attestation_report.0.clone();
+    if let Some(hcl) = &snp.hcl_report {
+        match HclReport::parse(hcl.as_slice()) {
+            Ok(parsed) => {
+                let inner = parsed.hardware_report.to_vec();
+                if !report_bytes.is_empty() && report_bytes != inner {
+                    checks.fail(
+                        "azure.hcl_report",
+                        "attestation_report differs from the report inside hcl_report",
+                    );
+                } else {
+                    checks.pass(
+                        "azure.hcl_report",
+                        "HCL report parsed; its SNP report is the one verified",
+                    );
+                }
+                report_bytes = inner;
+            }
+            Err(e) => checks.fail("azure.hcl_report", e.to_string()),
+        }
+    }
+    let report = match SnpReport::parse(&report_bytes) {
+        Ok(report) => report,
+        Err(e) => {
+            checks.fail("snp.report", e.to_string());
+            return;
+        }
+    };
+    checks.pass(
+        "snp.report",
+        format!("SNP report version {} parsed", report.fields.version),
+    );
+
+    let leaf = match parse_certificate(snp.vek_cert.as_slice()) {
+        Ok(leaf) => leaf,
+        Err(e) => {
+            checks.fail("snp.chain", format!("VCEK/VLEK: {e}"));
+            return;
+        }
+    };
+    let mut intermediates = Vec::new();
+    for cert in &snp.cert_chain {
+        match parse_certificate(cert.as_slice()) {
+            Ok(cert) => intermediates.push(cert),
+            Err(e) => checks.fail("snp.chain", format!("cert_chain entry: {e}")),
+        }
+    }
+    intermediates.extend(amd_builtin_asks());
+    let chain = match verify_chain(&leaf, &intermediates, &options.snp_roots, options.at_unix) {
+        Ok(chain) => {
+            let root = if chain.root_is_test_only {
+                format!("TEST-ONLY root {} (named by the caller)", chain.root)
+            } else {
+                format!("AMD root {} (pinned)", chain.root)
+            };
+            checks.pass(
+                "snp.chain",
+                format!(
+                    "{} <- {} <- {root}, valid at the verification time",
+                    chain.leaf, chain.intermediate
+                ),
+            );
+            chain
+        }
+        Err(e) => {
+            checks.fail("snp.chain", e.to_string());
+            return;
+        }
+    };
+    match report.signature_valid(&chain.leaf_key) {
+        Ok(true) => checks.pass(
+            "snp.signature",
+            "the report's ECDSA P-384 signature over bytes 0..0x2a0 verifies",
+        ),
+        Ok(false) => checks.fail(
+            "snp.signature",
+            "the report's signature does not verify with the VCEK/VLEK",
+        ),
+        Err(e) => checks.fail("snp.signature", e.to_string()),
+    }
+    checks.result(
+        "snp.vcek_matches_report",
+        leaf.to_der()
+            .map_err(|e| e.to_string())
+            .and_then(|der| amd_extensions(&der).map_err(|e| e.to_string()))
+            .and_then(|ext| leaf_matches_report(&ext, &report)),
+    );
+
+    let policy = GuestPolicy::from_raw(report.fields.policy.0);
+    checks.compare(
+        "snp.policy.debug",
+        !policy.debug || expectations.allow_debug,
+        if expectations.allow_debug {
+            "debug allowed by the golden measurement"
+        } else {
+            "debugging must be disabled"
+        },
+        if expectations.allow_debug {
+            "any"
+        } else {
+            "debug=0"
+        },
+        format!("debug={}", u8::from(policy.debug)),
+    );
+    checks.compare(
+        "snp.policy.migration_agent",
+        !policy.migrate_ma || expectations.allow_migration_agent,
+        "a migration agent may only be associated when the golden measurement allows it",
+        if expectations.allow_migration_agent {
+            "any"
+        } else {
+            "migrate_ma=0"
+        },
+        format!("migrate_ma={}", u8::from(policy.migrate_ma)),
+    );
+    checks.compare(
+        "snp.vmpl",
+        expectations.vmpls.contains(&report.fields.vmpl),
+        "the report was requested from an allowed VMPL",
+        format!("{:?}", expectations.vmpls),
+        report.fields.vmpl.to_string(),
+    );
+
+    let reported = Tcb::from_sev(&report.fields.reported_tcb);
+    match &expectations.minimum_tcb {
+        Some(minimum) => {
+            let low = reported.below(minimum);
+            checks.compare(
+                "snp.tcb",
+                low.is_empty(),
+                if low.is_empty() {
+                    "reported TCB is at or above the minimum".to_owned()
+                } else {
+                    format!("below the minimum: {}", low.join(", "))
+                },
+                format!(">= {minimum}"),
+                reported.to_string(),
+            );
+        }
+        None => checks.skip(
+            "snp.tcb",
+            format!("no minimum TCB in the golden measurement (reported {reported})"),
+        ),
+    }
+
+    let measurement = hex::encode(report.fields.measurement);
+    if expectations.measurements.is_empty() {
+        checks.skip(
+            "snp.measurement",
+            format!("no launch measurement in the golden measurement (reported {measurement})"),
+        );
+    } else {
+        checks.compare(
+            "snp.measurement",
+            expectations
+                .measurements
+                .iter()
+                .any(|m| m.0 == report.fields.measurement),
+            "the launch measurement is one the golden measurement allows",
+            expectations
+                .measurements
+                .iter()
+                .map(|m| m.to_hex())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            measurement,
+        );
+    }
+
+    let report_data = report.report_data();
+    if evidence.platform().cloud == Cloud::Azure {
+        match azure_var_data(evidence) {
+            Some(var_data) => checks.compare(
+                "snp.report_data",
+                binding::azure_var_data_bound(report_data, &var_data),
+                "report_data[0..32] is SHA-256(var_data), so the report vouches for the AK inside it",
+                hex::encode(openssl::sha::sha256(&var_data)),
+                hex::encode(&report_data[..32]),
+            ),
+            None => checks.fail("snp.report_data", "Azure evidence without var_data"),
+        }
+    } else {
+        let expected =
+            binding::report_data(evidence.tpm.ak_pub.as_slice(), evidence.nonce.as_slice());
+        checks.compare(
+            "snp.report_data",
+            expected == *report_data,
+            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TEE, now",
+            hex::encode(expected),
+            hex::encode(report_data),
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Assembling one evidence document: TEE evidence, then the TPM quote over the nonce, then the
+//! logs. The caller holds the TPM exclusively for the duration (it is one device).
+
+use crate::tee::{TeeBackend, TeeError};
+use crate::tpm::{AttestationKey, Tpm, TpmError};
+use cvm_attestation::encoding::Bytes;
+use cvm_attestation::evidence::{
+    check_nonce, EventLogs, Evidence, EvidenceError, PcrBank, Platform, TpmEvidence,
+    EVIDENCE_VERSION,
+};
+use cvm_attestation::tpm::{qualifying_data, HashAlg, QuoteSignature};
+use cvm_attestation::workload::WorkloadLog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Nonce(#[from] EvidenceError),
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    #[error(transparent)]
+    Tee(#[from] TeeError),
+    #[error("the TPM returned a signature this code cannot read: {0}")]
+    Signature(String),
+}
+
+/// Everything that goes into evidence besides the TPM and the TEE.
+pub struct CollectRequest<'a> {
+    pub platform: Platform,
+    pub nonce: &'a [u8],
+    pub workload_log: Option<WorkloadLog>,
+    pub firmware_log: Option<Vec<u8>>,
+}
+
+/// Produces evidence for `request.nonce`.
+pub fn collect(
+    tpm: &mut Tpm,
+    ak: &AttestationKey,
+    tee: &mut dyn TeeBackend,
+    request: CollectRequest<'_>,
+) -> Result<Evidence, CollectError> {
+    check_nonce(request.nonce)?;
+    let tee_evidence = tee.evidence(tpm, &ak.public, request.nonce)?;
+    let quote = tpm.quote(ak, &qualifying_data(request.nonce))?;
+    let signature = QuoteSignature::from_tpmt(&quote.signature)
+        .map_err(|e| CollectError::Signature(e.to_string()))?;
+    Ok(Evidence {
+        version: Some(EVIDENCE_VERSION),
+        platform: Some(request.platform),
+        nonce: Bytes::from(request.nonce),
+        sev_snp: tee_evidence.snp,
+        tpm: TpmEvidence {
+            quote: Bytes(quote.attest),
+            raw_sig: Some(Bytes(raw_signature(&signature))),
+            signature: Some(Bytes(quote.signature)),
+            pcrs: PcrBank {
+                hash: HashAlg::Sha256,
+                pcrs: quote
+                    .pcrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as u8, Bytes(v.to_vec())))
+                    .collect(),
+            },
+            ak_pub: Bytes(ak.public.clone()),
+            ak_cert: None,
+            var_data: tee_evidence.var_data.map(Bytes),
+        },
+        event_logs: EventLogs {
+            firmware: request.firmware_log.map(Bytes),
+            workload: request.workload_log,
+        },
+    })
+}
+
+/// The predecessor's `raw_sig`: RSA signature bytes, or ECDSA `r || s` padded to equal halves.
+fn raw_signature(signature: &QuoteSignature) -> Vec<u8> {
+    match signature {
+        QuoteSignature::RsaSsa { signature, .. } | QuoteSignature::RsaPss { signature, .. } => {
+            signature.clone()
+        }
+        QuoteSignature::Ecdsa { r, s, .. } => {
+            let half = r.len().max(s.len());
+            let mut out = vec![0u8; 2 * half];
+            out[half - r.len()..half].copy_from_slice(r);
+            out[2 * half - s.len()..].copy_from_slice(s);
+            out
+        }
+    }
+}

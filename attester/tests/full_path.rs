@@ -1,0 +1,394 @@
+//! The whole pipeline on a real software TPM: measure a workload into PCR 23, collect evidence
+//! over a nonce with the issuer code, serialize it, and verify it with the verifier, for each
+//! platform kind. SEV-SNP reports come from a TEST-ONLY signer whose root the verifier trusts only
+//! because these tests name it; every tamper is rejected by a named check.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use cvm_attestation::evidence::{Cloud, Platform, Tee};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
+use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::tpm::AkPublic;
+use cvm_attestation::verify::Status;
+use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
+use cvm_attestation::{verify, Evidence, Sha256Digest, VerificationReport, VerifyOptions};
+use cvm_attester::tee::{AzureSnp, NoTee, TeeBackend, TeeError, TeeEvidence};
+use cvm_attester::tpm::AZURE_AK_HANDLE;
+use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
+use std::collections::BTreeMap;
+use std::path::Path;
+use test_support::{SnpTestSigner, Swtpm};
+
+const MEASUREMENT: [u8; 48] = [0x42; 48];
+const POLICY: u64 = 0x3_0000; // SMT allowed, reserved bit 17 set, debug off, no migration agent
+
+/// GCP/AWS-style SEV-SNP: a fresh report per request binding the AK and the nonce, signed by the
+/// test signer where real hardware would sign.
+struct TestSnp(SnpTestSigner);
+
+impl TeeBackend for TestSnp {
+    fn tee(&self) -> Tee {
+        Tee::SevSnp
+    }
+
+    fn evidence(&mut self, _: &mut Tpm, ak: &[u8], nonce: &[u8]) -> Result<TeeEvidence, TeeError> {
+        let data = cvm_attestation::binding::report_data(ak, nonce);
+        let report = self
+            .0
+            .report(&data, &MEASUREMENT, POLICY)
+            .map_err(|e| TeeError::Other(e.to_string()))?;
+        Ok(TeeEvidence {
+            snp: Some(cvm_attestation::evidence::SnpEvidence {
+                attestation_report: report.into(),
+                vek_cert: self.0.vcek_der().into(),
+                cert_chain: vec![self.0.ask_der().into()],
+                hcl_report: None,
+            }),
+            var_data: None,
+        })
+    }
+}
+
+/// A running VM's TPM with the example workload measured into PCR 23.
+struct Vm {
+    _swtpm: Swtpm,
+    tpm: Tpm,
+    ak: AttestationKey,
+    log: WorkloadLog,
+}
+
+fn workload_events(config_override: Option<&str>) -> Vec<WorkloadEvent> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workload");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&source, dir.path());
+    if let Some(text) = config_override {
+        std::fs::write(dir.path().join("config/message.txt"), text).unwrap();
+    }
+    let ids = BTreeMap::from([(
+        "localhost/cvm-example/hello:1".to_owned(),
+        format!("sha256:{}", "ab".repeat(32)),
+    )]);
+    WorkloadFolder::read(dir.path())
+        .unwrap()
+        .events(&ids, None)
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl Vm {
+    fn boot(events: Vec<WorkloadEvent>, persistent_ak: Option<u32>, rsa_ak: bool) -> Vm {
+        let swtpm = Swtpm::start().unwrap();
+        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
+        if rsa_ak {
+            tpm.provision_persistent_rsa_ak(AZURE_AK_HANDLE).unwrap();
+        }
+        for event in &events {
+            tpm.extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)
+                .unwrap();
+        }
+        let ak = tpm.attestation_key(persistent_ak).unwrap();
+        Vm {
+            _swtpm: swtpm,
+            tpm,
+            ak,
+            log: WorkloadLog::from_events(events),
+        }
+    }
+
+    fn evidence(&mut self, tee: &mut dyn TeeBackend, cloud: Cloud, nonce: &[u8]) -> Evidence {
+        let platform = Platform {
+            cloud,
+            tee: tee.tee(),
+        };
+        let evidence = collect(
+            &mut self.tpm,
+            &self.ak,
+            tee,
+            CollectRequest {
+                platform,
+                nonce,
+                workload_log: Some(self.log.clone()),
+                firmware_log: None,
+            },
+        )
+        .unwrap();
+        // Through JSON, as a verifier receives it.
+        Evidence::from_json(&serde_json::to_vec(&evidence).unwrap()).unwrap()
+    }
+}
+
+fn golden(events: Vec<WorkloadEvent>, snp: Option<GoldenSnp>) -> GoldenMeasurement {
+    GoldenMeasurement {
+        version: 1,
+        platform: None,
+        // swtpm has no firmware: PCR 0 stays zero. A real image lists PCR 4, 9, 11 here.
+        pcrs: BTreeMap::from([(
+            0,
+            GoldenPcr {
+                sha256: Sha256Digest([0; 32]),
+                source: PcrSource::Observed,
+                note: None,
+            },
+        )]),
+        workload: Some(GoldenWorkload {
+            events,
+            allow_updates: false,
+        }),
+        snp,
+    }
+}
+
+fn failed(report: &VerificationReport) -> Vec<&str> {
+    report.failures().map(|c| c.name.as_str()).collect()
+}
+
+fn test_root(signer: &SnpTestSigner) -> TrustedRoot {
+    TrustedRoot {
+        name: "test signer".into(),
+        certificate: signer.ark().clone(),
+        test_only: true,
+    }
+}
+
+const NONCE: &[u8] = b"verifier nonce 0001";
+
+#[test]
+fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {
+    let events = workload_events(None);
+    let mut vm = Vm::boot(events.clone(), None, false);
+    let evidence = vm.evidence(&mut NoTee, Cloud::Qemu, NONCE);
+    let golden = golden(events, None);
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_trusted_ak(vm.ak.public.clone());
+
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    for name in [
+        "nonce",
+        "tpm.ak",
+        "tpm.quote.signature",
+        "tpm.quote.nonce",
+        "tpm.quote.pcr_digest",
+        "tee.none",
+        "pcr[0]",
+        "workload.replay",
+        "workload.measurement",
+    ] {
+        assert_eq!(
+            report.check(name).map(|c| c.status),
+            Some(Status::Pass),
+            "{name}: {report}"
+        );
+    }
+
+    // Without the pinned AK nothing vouches for a TPM without TEE.
+    let unpinned = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
+    assert_eq!(failed(&unpinned), ["tee.none"]);
+
+    // Wrong nonce.
+    let report = verify(
+        &evidence,
+        &golden,
+        &options.clone().with_nonce(b"another nonce 0002".to_vec()),
+    );
+    assert_eq!(failed(&report), ["nonce"]);
+
+    // Altered PCR value.
+    let mut altered = evidence.clone();
+    altered.tpm.pcrs.pcrs.get_mut(&0).unwrap().0[0] ^= 1;
+    let report = verify(&altered, &golden, &options);
+    assert!(
+        failed(&report).contains(&"tpm.quote.pcr_digest"),
+        "{report}"
+    );
+
+    // Altered quote byte (in the clock info: still parses, signature breaks).
+    let mut altered = evidence.clone();
+    let offset = altered.tpm.quote.0.len() - 40;
+    altered.tpm.quote.0[offset] ^= 1;
+    let report = verify(&altered, &golden, &options);
+    assert!(failed(&report).contains(&"tpm.quote.signature"), "{report}");
+
+    // Another TPM's AK.
+    let mut other = Vm::boot(workload_events(None), None, false);
+    let mut altered = evidence.clone();
+    altered.tpm.ak_pub = other.ak.public.clone().into();
+    let report = verify(&altered, &golden, &options);
+    assert!(failed(&report).contains(&"tpm.quote.signature"), "{report}");
+    assert!(failed(&report).contains(&"tee.none"), "{report}");
+
+    // A quote replayed from an earlier nonce inside evidence for a new one.
+    let earlier = other.evidence(&mut NoTee, Cloud::Qemu, b"an earlier nonce 00");
+    let fresh = other.evidence(&mut NoTee, Cloud::Qemu, NONCE);
+    let mut replayed = fresh.clone();
+    replayed.tpm.quote = earlier.tpm.quote.clone();
+    replayed.tpm.signature = earlier.tpm.signature.clone();
+    let other_options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_trusted_ak(other.ak.public.clone());
+    let report = verify(&replayed, &golden, &other_options);
+    assert!(failed(&report).contains(&"tpm.quote.nonce"), "{report}");
+}
+
+#[test]
+fn a_changed_config_file_fails_the_workload_check_with_a_readable_diff() {
+    let mut vm = Vm::boot(workload_events(Some("changed\n")), None, false);
+    let evidence = vm.evidence(&mut NoTee, Cloud::Qemu, NONCE);
+    let golden = golden(workload_events(None), None);
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_trusted_ak(vm.ak.public.clone());
+    let report = verify(&evidence, &golden, &options);
+    assert_eq!(failed(&report), ["workload.measurement"], "{report}");
+    let reason = &report.check("workload.measurement").unwrap().reason;
+    assert!(
+        reason.contains("config-file \"config/message.txt\" changed"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn gcp_and_aws_snp_verify_with_the_named_test_root_only() {
+    let events = workload_events(None);
+    let signer = SnpTestSigner::new().unwrap();
+    let root = test_root(&signer);
+    let mut tee = TestSnp(signer);
+    for cloud in [Cloud::Gcp, Cloud::Aws] {
+        let mut vm = Vm::boot(events.clone(), None, false);
+        let evidence = vm.evidence(&mut tee, cloud, NONCE);
+        let golden = golden(
+            events.clone(),
+            Some(GoldenSnp {
+                measurements: vec![cvm_attestation::Sha384Digest(MEASUREMENT)],
+                minimum_tcb: None,
+                allow_debug: false,
+                allow_migration_agent: false,
+                vmpls: vec![0],
+            }),
+        );
+        let options = VerifyOptions::now()
+            .with_nonce(NONCE)
+            .with_test_roots([root.clone()]);
+        let report = verify(&evidence, &golden, &options);
+        assert!(report.verified, "{cloud:?}: {report}");
+        for name in [
+            "snp.chain",
+            "snp.signature",
+            "snp.vcek_matches_report",
+            "snp.report_data",
+            "snp.measurement",
+        ] {
+            assert_eq!(
+                report.check(name).map(|c| c.status),
+                Some(Status::Pass),
+                "{name}: {report}"
+            );
+        }
+        assert!(report
+            .check("snp.chain")
+            .unwrap()
+            .reason
+            .contains("TEST-ONLY root"));
+
+        // Without naming the test root, AMD's pinned roots reject the chain.
+        let report = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
+        assert_eq!(failed(&report), ["snp.chain"], "{report}");
+
+        // The SNP report from one request does not fit another nonce (report_data binding).
+        let other = vm.evidence(&mut tee, cloud, b"a second nonce 0003");
+        let mut mixed = evidence.clone();
+        mixed.sev_snp = other.sev_snp.clone();
+        let report = verify(&mixed, &golden, &options);
+        assert_eq!(failed(&report), ["snp.report_data"], "{report}");
+
+        // A launch measurement the golden does not allow.
+        let mut strict = golden.clone();
+        strict.snp.as_mut().unwrap().measurements = vec![cvm_attestation::Sha384Digest([0; 48])];
+        assert_eq!(
+            failed(&verify(&evidence, &strict, &options)),
+            ["snp.measurement"]
+        );
+    }
+}
+
+#[test]
+fn azure_snp_takes_the_ak_from_var_data_bound_by_the_report() {
+    let events = workload_events(None);
+    let signer = SnpTestSigner::new().unwrap();
+    let root = test_root(&signer);
+    let mut vm = Vm::boot(events.clone(), Some(AZURE_AK_HANDLE), true);
+    assert_eq!(
+        vm.ak.source,
+        cvm_attester::AkSource::Persistent(AZURE_AK_HANDLE)
+    );
+
+    // What Azure's paravisor puts in vTPM NV: an HCL report whose var_data holds the AK.
+    let ak = AkPublic::from_bytes(&vm.ak.public).unwrap();
+    let rsa = ak.key.rsa().unwrap();
+    let var_data = serde_json::to_vec(&serde_json::json!({
+        "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA",
+                  "e": URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
+                  "n": URL_SAFE_NO_PAD.encode(rsa.n().to_vec())}],
+        "vm-configuration": {"secure-boot": true, "tpm-enabled": true}
+    }))
+    .unwrap();
+    let hcl = signer.hcl_report(&var_data, &MEASUREMENT, POLICY).unwrap();
+    assert!(
+        hcl.len() <= 2048,
+        "swtpm NV indices hold at most 2048 bytes"
+    );
+    vm.tpm
+        .nv_provision(cvm_attestation::azure::HCL_NV_INDEX, &hcl)
+        .unwrap();
+
+    let mut tee = AzureSnp {
+        vcek_der: signer.vcek_der(),
+        chain_der: vec![signer.ask_der()],
+    };
+    let evidence = vm.evidence(&mut tee, Cloud::Azure, NONCE);
+    let golden = golden(
+        events,
+        Some(GoldenSnp {
+            vmpls: vec![0],
+            ..GoldenSnp::default()
+        }),
+    );
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_test_roots([root]);
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    assert!(report.check("tpm.ak").unwrap().reason.contains("var_data"));
+    assert_eq!(
+        report.check("snp.measurement").unwrap().status,
+        Status::Skip
+    );
+
+    // Another var_data (another AK) breaks the binding to the signed report.
+    let mut altered = evidence.clone();
+    let mut hcl = altered
+        .sev_snp
+        .as_ref()
+        .unwrap()
+        .hcl_report
+        .clone()
+        .unwrap();
+    let last = hcl.0.len() - 3;
+    hcl.0[last] ^= 0x20;
+    altered.sev_snp.as_mut().unwrap().hcl_report = Some(hcl);
+    let report = verify(&altered, &golden, &options);
+    assert!(failed(&report).contains(&"snp.report_data"), "{report}");
+}
