@@ -79,7 +79,9 @@ impl<'a> HclReport<'a> {
         if &bytes[..4] != MAGIC {
             return Err(HclError::Magic);
         }
-        let report_type = match le_u32(bytes, 12) {
+        // The request data's report type says which hardware report follows (the header's field
+        // at 12 is the request type, 2 for both).
+        let report_type = match le_u32(bytes, REQUEST_OFFSET + 8) {
             2 => HclReportType::Snp,
             4 => HclReportType::Tdx,
             other => return Err(HclError::ReportType(other)),

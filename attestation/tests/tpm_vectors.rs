@@ -80,3 +80,53 @@ fn truncated_or_padded_quotes_are_errors_not_panics() {
         .to_string()
         .contains("trailing"));
 }
+
+#[test]
+fn azure_hcl_reports_parse_and_bind_var_data() {
+    use cvm_attestation::azure::{ak_from_var_data, HclReport, HclReportType};
+    use cvm_attestation::binding::azure_var_data_bound;
+    for (path, kind) in [
+        ("azure-cvm-tooling/hcl-report-snp.bin", HclReportType::Snp),
+        ("azure-cvm-tooling/hcl-report-tdx.bin", HclReportType::Tdx),
+        ("trustee/az-snp-hcl-report.bin", HclReportType::Snp),
+        ("derived/v2-hcl-report.bin", HclReportType::Snp),
+    ] {
+        let bytes = vector(path);
+        let hcl = HclReport::parse(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(hcl.report_type, kind, "{path}");
+        assert!(
+            azure_var_data_bound(&hcl.report_data(), hcl.var_data),
+            "{path}"
+        );
+        ak_from_var_data(hcl.var_data).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // Truncations are errors, never panics.
+        for len in [0, 4, 0x20, 0x4c0, 0x4d3, bytes.len() - 1] {
+            let _ = HclReport::parse(&bytes[..len]);
+        }
+    }
+}
+
+#[test]
+fn trustee_quote_verifies_with_the_ak_from_its_hcl_report() {
+    use cvm_attestation::azure::{ak_from_var_data, HclReport};
+    let hcl_bytes = vector("trustee/az-snp-hcl-report.bin");
+    let hcl = HclReport::parse(&hcl_bytes).unwrap();
+    let key = ak_from_var_data(hcl.var_data).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&vector("trustee/az-snp-tpm-quote-v1.json")).unwrap();
+    let message = hex::decode(json["message"].as_str().unwrap()).unwrap();
+    let signature = hex::decode(json["signature"].as_str().unwrap()).unwrap();
+    let sig = QuoteSignature::from_raw(&signature, &key).unwrap();
+    assert!(sig.verify(&key, &message).unwrap());
+    let quote = Quote::parse(&message).unwrap();
+    let pcrs: Vec<Vec<u8>> = json["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| hex::decode(p.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        pcr_digest(&quote, &sha256_bank(&pcrs), sig.hash()).unwrap(),
+        quote.pcr_digest
+    );
+}

@@ -1,1 +1,41 @@
-fn main() {}
+//! `cvm-cli`: verify confidential VMs from outside and inspect attestation data.
+
+mod inspect;
+mod time;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "cvm-cli", version, about = "Deploy confidential VMs and verify them from outside.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
+    /// against AMD's pinned roots. Every check is printed with its reason.
+    Verify(verify::VerifyArgs),
+    /// Show what a file is (SNP report, HCL report, TPM quote, event log, evidence, golden) and
+    /// print it readably.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Verify(args) => verify::run(args),
+        Command::Inspect(args) => inspect::run(args).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -81,6 +81,58 @@ pub(crate) struct Facts {
     pub quoted_selection: Vec<u8>,
 }
 
+/// Verifies a bare SEV-SNP report, or an Azure HCL report (detected by its "HCLA" magic, whose
+/// `var_data` binding is then checked too), against AMD's chain: the `snpguest verify
+/// attestation` job. `cert_chain` holds intermediates (DER); built-in ASKs are tried as well.
+pub fn verify_snp_report(
+    report_or_hcl: &[u8],
+    vek_cert: &[u8],
+    cert_chain: &[crate::encoding::Bytes],
+    expectations: &crate::golden::GoldenSnp,
+    options: &VerifyOptions,
+) -> VerificationReport {
+    let mut checks = Checks::default();
+    let mut report_bytes = report_or_hcl;
+    let mut var_data = None;
+    if report_or_hcl.starts_with(b"HCLA") {
+        match crate::azure::HclReport::parse(report_or_hcl) {
+            Ok(hcl) => {
+                checks.pass("azure.hcl_report", "HCL report parsed");
+                report_bytes = hcl.hardware_report;
+                var_data = Some(hcl.var_data);
+            }
+            Err(e) => checks.fail("azure.hcl_report", e.to_string()),
+        }
+    }
+    match crate::snp::SnpReport::parse(report_bytes) {
+        Ok(report) => {
+            checks.pass(
+                "snp.report",
+                format!("SNP report version {} parsed", report.fields.version),
+            );
+            snp::check_report(
+                &report,
+                vek_cert,
+                cert_chain,
+                expectations,
+                options,
+                &mut checks,
+            );
+            if let Some(var_data) = var_data {
+                checks.compare(
+                    "snp.report_data",
+                    crate::binding::azure_var_data_bound(report.report_data(), var_data),
+                    "report_data[0..32] is SHA-256(var_data)",
+                    hex::encode(openssl::sha::sha256(var_data)),
+                    hex::encode(&report.report_data()[..32]),
+                );
+            }
+        }
+        Err(e) => checks.fail("snp.report", e.to_string()),
+    }
+    checks.finish("sev-snp report".into())
+}
+
 /// Runs every check and returns the report.
 pub fn verify(
     evidence: &Evidence,

@@ -6,6 +6,7 @@ use super::tpm::azure_var_data;
 use super::VerifyOptions;
 use crate::azure::HclReport;
 use crate::binding;
+use crate::encoding::Bytes;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenSnp};
 use crate::snp::certs::{amd_builtin_asks, parse_certificate};
@@ -66,15 +67,61 @@ pub(crate) fn verify(
         format!("SNP report version {} parsed", report.fields.version),
     );
 
-    let leaf = match parse_certificate(snp.vek_cert.as_slice()) {
+    if !check_report(
+        &report,
+        snp.vek_cert.as_slice(),
+        &snp.cert_chain,
+        &expectations,
+        options,
+        checks,
+    ) {
+        return;
+    }
+
+    let report_data = report.report_data();
+    if evidence.platform().cloud == Cloud::Azure {
+        match azure_var_data(evidence) {
+            Some(var_data) => checks.compare(
+                "snp.report_data",
+                binding::azure_var_data_bound(report_data, &var_data),
+                "report_data[0..32] is SHA-256(var_data), so the report vouches for the AK inside it",
+                hex::encode(openssl::sha::sha256(&var_data)),
+                hex::encode(&report_data[..32]),
+            ),
+            None => checks.fail("snp.report_data", "Azure evidence without var_data"),
+        }
+    } else {
+        let expected =
+            binding::report_data(evidence.tpm.ak_pub.as_slice(), evidence.nonce.as_slice());
+        checks.compare(
+            "snp.report_data",
+            expected == *report_data,
+            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TEE, now",
+            hex::encode(expected),
+            hex::encode(report_data),
+        );
+    }
+}
+
+/// The checks that need only the report and its certificates. Returns false when the chain could
+/// not be established (later checks would mean nothing).
+pub(crate) fn check_report(
+    report: &SnpReport,
+    vek_cert: &[u8],
+    cert_chain: &[Bytes],
+    expectations: &GoldenSnp,
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) -> bool {
+    let leaf = match parse_certificate(vek_cert) {
         Ok(leaf) => leaf,
         Err(e) => {
             checks.fail("snp.chain", format!("VCEK/VLEK: {e}"));
-            return;
+            return false;
         }
     };
     let mut intermediates = Vec::new();
-    for cert in &snp.cert_chain {
+    for cert in cert_chain {
         match parse_certificate(cert.as_slice()) {
             Ok(cert) => intermediates.push(cert),
             Err(e) => checks.fail("snp.chain", format!("cert_chain entry: {e}")),
@@ -99,7 +146,7 @@ pub(crate) fn verify(
         }
         Err(e) => {
             checks.fail("snp.chain", e.to_string());
-            return;
+            return false;
         }
     };
     match report.signature_valid(&chain.leaf_key) {
@@ -202,27 +249,5 @@ pub(crate) fn verify(
         );
     }
 
-    let report_data = report.report_data();
-    if evidence.platform().cloud == Cloud::Azure {
-        match azure_var_data(evidence) {
-            Some(var_data) => checks.compare(
-                "snp.report_data",
-                binding::azure_var_data_bound(report_data, &var_data),
-                "report_data[0..32] is SHA-256(var_data), so the report vouches for the AK inside it",
-                hex::encode(openssl::sha::sha256(&var_data)),
-                hex::encode(&report_data[..32]),
-            ),
-            None => checks.fail("snp.report_data", "Azure evidence without var_data"),
-        }
-    } else {
-        let expected =
-            binding::report_data(evidence.tpm.ak_pub.as_slice(), evidence.nonce.as_slice());
-        checks.compare(
-            "snp.report_data",
-            expected == *report_data,
-            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TEE, now",
-            hex::encode(expected),
-            hex::encode(report_data),
-        );
-    }
+    true
 }

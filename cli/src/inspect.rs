@@ -1,0 +1,200 @@
+//! `cvm-cli inspect FILE`: says what a file is and prints it readably (or as JSON): SEV-SNP
+//! report, Azure HCL report, TPM quote (TPMS_ATTEST), workload event log, evidence, golden
+//! measurement. Like `snpguest display`, for everything this toolkit handles.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cvm_attestation::azure::{HclReport, HclReportType};
+use cvm_attestation::snp::policy::{chip_id_masked, signing_key, GuestPolicy, Tcb};
+use cvm_attestation::snp::SnpReport;
+use cvm_attestation::tpm::Quote;
+use cvm_attestation::workload::WorkloadLog;
+use cvm_attestation::{Evidence, GoldenMeasurement};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The file to inspect (binary or JSON; hex text of a report is accepted too).
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let (kind, value) = describe(&bytes)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "kind": kind, "content": value }))?
+        );
+    } else {
+        println!("{kind}");
+        print_value(&value, 1);
+    }
+    Ok(())
+}
+
+/// Detects what `bytes` are and renders them as a JSON value.
+pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
+    if bytes.starts_with(b"HCLA") {
+        let hcl = HclReport::parse(bytes)?;
+        let inner = match hcl.report_type {
+            HclReportType::Snp => snp_report(SnpReport::parse(hcl.hardware_report)?),
+            HclReportType::Tdx => json!({ "td_report_data": hex::encode(hcl.report_data()) }),
+        };
+        let var_data: Value = serde_json::from_slice(hcl.var_data)
+            .unwrap_or_else(|_| json!(hex::encode(hcl.var_data)));
+        return Ok((
+            "Azure HCL report",
+            json!({
+                "report_type": format!("{:?}", hcl.report_type),
+                "var_data_sha256": hex::encode(openssl::sha::sha256(hcl.var_data)),
+                "report_data_binds_var_data": cvm_attestation::binding::azure_var_data_bound(&hcl.report_data(), hcl.var_data),
+                "var_data": var_data,
+                "hardware_report": inner,
+            }),
+        ));
+    }
+    if bytes.starts_with(&[0xff, 0x54, 0x43, 0x47]) {
+        let quote = Quote::parse(bytes)?;
+        return Ok((
+            "TPM quote (TPMS_ATTEST)",
+            json!({
+                "qualified_signer": hex::encode(&quote.qualified_signer),
+                "extra_data": hex::encode(&quote.extra_data),
+                "clock": quote.clock, "reset_count": quote.reset_count, "restart_count": quote.restart_count,
+                "safe": quote.safe, "firmware_version": format!("{:#x}", quote.firmware_version),
+                "pcr_selection": quote.selections.iter().map(|s| json!({"hash": s.hash, "pcrs": s.pcrs})).collect::<Vec<_>>(),
+                "pcr_digest": hex::encode(&quote.pcr_digest),
+            }),
+        ));
+    }
+    if bytes.len() == cvm_attestation::snp::report::REPORT_LEN {
+        return Ok((
+            "SEV-SNP attestation report",
+            snp_report(SnpReport::parse(bytes)?),
+        ));
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim();
+    if trimmed.len() == 2 * cvm_attestation::snp::report::REPORT_LEN {
+        if let Ok(decoded) = hex::decode(trimmed) {
+            return Ok((
+                "SEV-SNP attestation report (hex)",
+                snp_report(SnpReport::parse(&decoded)?),
+            ));
+        }
+    }
+    if trimmed.starts_with('{') || trimmed.starts_with('"') {
+        if let Ok(evidence) = Evidence::from_json(bytes) {
+            return Ok(("evidence (collaterals)", evidence_summary(&evidence)));
+        }
+        if let Ok(log) = serde_json::from_slice::<WorkloadLog>(bytes) {
+            return Ok(("workload event log (PCR 23)", workload_log(&log)));
+        }
+        if let Ok(golden) = GoldenMeasurement::from_json(bytes) {
+            return Ok(("golden measurement", serde_json::to_value(golden)?));
+        }
+        bail!("JSON that is neither evidence, a workload log nor a golden measurement");
+    }
+    bail!("unrecognized file: not an SNP report, HCL report, TPM quote, event log, evidence or golden document")
+}
+
+fn snp_report(report: SnpReport) -> Value {
+    let f = &report.fields;
+    let policy = GuestPolicy::from_raw(f.policy.0);
+    json!({
+        "version": f.version,
+        "guest_svn": f.guest_svn,
+        "policy": policy,
+        "vmpl": f.vmpl,
+        "signing_key": signing_key(&report),
+        "current_tcb": Tcb::from_sev(&f.current_tcb),
+        "reported_tcb": Tcb::from_sev(&f.reported_tcb),
+        "committed_tcb": Tcb::from_sev(&f.committed_tcb),
+        "launch_tcb": Tcb::from_sev(&f.launch_tcb),
+        "measurement": hex::encode(f.measurement),
+        "report_data": hex::encode(f.report_data),
+        "host_data": hex::encode(f.host_data),
+        "family_id": hex::encode(f.family_id),
+        "image_id": hex::encode(f.image_id),
+        "id_key_digest": hex::encode(f.id_key_digest),
+        "author_key_digest": hex::encode(f.author_key_digest),
+        "report_id": hex::encode(f.report_id),
+        "chip_id": if chip_id_masked(&report) { json!("masked") } else { json!(hex::encode(f.chip_id)) },
+        "firmware": format!("{}.{}.{}", f.current.major, f.current.minor, f.current.build),
+    })
+}
+
+fn workload_log(log: &WorkloadLog) -> Value {
+    json!({
+        "pcr": log.pcr,
+        "replayed_value": log.replay().to_hex(),
+        "structure": match log.generations() { Ok(g) => format!("{} measurement(s)", g.len()), Err(e) => e.to_string() },
+        "events": log.events.iter().map(|e| json!({
+            "kind": e.kind, "name": e.name, "payload_digest": e.payload_digest.to_hex(),
+            "payload": e.payload, "extend_digest": e.extend_digest().to_hex(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn evidence_summary(evidence: &Evidence) -> Value {
+    let quote = Quote::parse(evidence.tpm.quote.as_slice()).ok();
+    json!({
+        "platform": evidence.platform().to_string(),
+        "nonce": hex::encode(evidence.nonce.as_slice()),
+        "sev_snp": evidence.sev_snp.as_ref().map(|s| {
+            let report = s.hcl_report.as_ref()
+                .and_then(|h| HclReport::parse(h.as_slice()).ok().map(|h| h.hardware_report.to_vec()))
+                .unwrap_or_else(|| s.attestation_report.0.clone());
+            SnpReport::parse(&report).map(snp_report).unwrap_or_else(|e| json!(e.to_string()))
+        }),
+        "tpm": {
+            "quote_extra_data": quote.as_ref().map(|q| hex::encode(&q.extra_data)),
+            "quote_pcr_digest": quote.as_ref().map(|q| hex::encode(&q.pcr_digest)),
+            "pcrs": evidence.tpm.pcrs.pcrs.iter().map(|(i, v)| (i.to_string(), json!(hex::encode(v.as_slice())))).collect::<serde_json::Map<_, _>>(),
+        },
+        "workload_log": evidence.event_logs.workload.as_ref().map(workload_log),
+    })
+}
+
+fn print_value(value: &Value, depth: usize) {
+    let pad = "  ".repeat(depth);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                match item {
+                    Value::Object(_) | Value::Array(_) => {
+                        println!("{pad}{key}:");
+                        print_value(item, depth + 1);
+                    }
+                    _ => println!("{pad}{key}: {}", scalar(item)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(_) | Value::Array(_) => {
+                        println!("{pad}-");
+                        print_value(item, depth + 1);
+                    }
+                    _ => println!("{pad}- {}", scalar(item)),
+                }
+            }
+        }
+        other => println!("{pad}{}", scalar(other)),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,203 @@
+//! `cvm-cli verify`: evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
+//! against AMD's chain. Exit status 0 only when every check passes.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cvm_attestation::encoding::{decode_base64, Bytes};
+use cvm_attestation::golden::GoldenSnp;
+use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
+use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::verify::verify_snp_report;
+use cvm_attestation::{verify, Evidence, GoldenMeasurement, VerificationReport, VerifyOptions};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cvm-cli verify --collaterals evidence.json --golden golden.json --nonce 0011aabb...\n  \
+    cvm-cli verify --report report.bin --vcek vcek.der --at 2025-06-01T00:00:00Z\n\n\
+    Exit status: 0 when every check passes, 1 when any fails, 2 when the input cannot be read.")]
+pub struct VerifyArgs {
+    /// Evidence ("collaterals") JSON from an agent, ours or the predecessor's.
+    #[arg(
+        long,
+        alias = "evidence",
+        requires = "golden",
+        conflicts_with = "report"
+    )]
+    collaterals: Option<PathBuf>,
+    /// Golden measurement JSON (ours or the predecessor's) to compare the evidence with.
+    #[arg(long, alias = "golden_measurement")]
+    golden: Option<PathBuf>,
+    /// A bare SNP report (1184 bytes), an Azure HCL report, or an evidence file to take the
+    /// report and VCEK from.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// VCEK or VLEK certificate (DER or PEM) for --report.
+    #[arg(long, requires = "report")]
+    vcek: Option<PathBuf>,
+    /// PEM file with intermediates (ASK or ASVK, optionally the ARK, which is ignored: roots are
+    /// pinned).
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// The nonce sent to the agent (hex or base64); without it freshness is reported as unchecked.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Check certificate validity at this time (RFC 3339 UTC or Unix seconds) instead of now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Also trust this TEST-ONLY root certificate (PEM). Reports say when a test root was used.
+    #[arg(long = "test-root", value_name = "PEM")]
+    test_roots: Vec<PathBuf>,
+    /// For VMs without a TEE (local QEMU): the AK public key recorded when the VM was created
+    /// (file with the base64 or raw TPMT_PUBLIC).
+    #[arg(long, value_name = "FILE")]
+    trusted_ak: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn options(
+    at: Option<&str>,
+    nonce: Option<&str>,
+    test_roots: &[PathBuf],
+    trusted_ak: Option<&Path>,
+) -> Result<VerifyOptions> {
+    let mut options = match at {
+        Some(at) => VerifyOptions::new(crate::time::parse_time(at)?),
+        None => VerifyOptions::now(),
+    };
+    if let Some(nonce) = nonce {
+        options = options.with_nonce(parse_nonce(nonce)?);
+    }
+    for path in test_roots {
+        let certificate =
+            parse_certificate(&read(path)?).with_context(|| format!("{}", path.display()))?;
+        options = options.with_test_roots([TrustedRoot {
+            name: path.display().to_string(),
+            certificate,
+            test_only: true,
+        }]);
+    }
+    if let Some(path) = trusted_ak {
+        let bytes = read(path)?;
+        let text = String::from_utf8_lossy(&bytes);
+        options = options.with_trusted_ak(decode_base64(text.trim()).unwrap_or(bytes));
+    }
+    Ok(options)
+}
+
+/// A nonce in hex or base64.
+pub fn parse_nonce(text: &str) -> Result<Vec<u8>> {
+    let text = text.trim();
+    let bytes = if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text)?
+    } else {
+        decode_base64(text).with_context(|| format!("nonce {text:?} is neither hex nor base64"))?
+    };
+    cvm_attestation::evidence::check_nonce(&bytes)?;
+    Ok(bytes)
+}
+
+pub fn run(args: VerifyArgs) -> Result<bool> {
+    let options = options(
+        args.at.as_deref(),
+        args.nonce.as_deref(),
+        &args.test_roots,
+        args.trusted_ak.as_deref(),
+    )?;
+    let report = match (&args.collaterals, &args.report) {
+        (Some(evidence), None) => {
+            let golden_path = args
+                .golden
+                .as_ref()
+                .context("--collaterals needs --golden")?;
+            let evidence = Evidence::from_json(&read(evidence)?)
+                .with_context(|| format!("{}", evidence.display()))?;
+            let golden = GoldenMeasurement::from_json(&read(golden_path)?)
+                .with_context(|| format!("{}", golden_path.display()))?;
+            verify(&evidence, &golden, &options)
+        }
+        (None, Some(report)) => verify_bare_report(
+            report,
+            args.vcek.as_deref(),
+            args.chain.as_deref(),
+            &options,
+        )?,
+        _ => bail!("give either --collaterals FILE --golden FILE, or --report FILE"),
+    };
+    print_report(&report, args.json)?;
+    Ok(report.verified)
+}
+
+fn verify_bare_report(
+    path: &Path,
+    vcek: Option<&Path>,
+    chain: Option<&Path>,
+    options: &VerifyOptions,
+) -> Result<VerificationReport> {
+    let bytes = read(path)?;
+    let mut intermediates: Vec<Bytes> = Vec::new();
+    if let Some(chain) = chain {
+        for cert in parse_pem_chain(&read(chain)?)? {
+            intermediates.push(cert.to_der()?.into());
+        }
+    }
+    // An evidence file carries its report and VCEK.
+    let (report, vek) = if bytes.first() == Some(&b'{') || bytes.first() == Some(&b'"') {
+        let evidence = Evidence::from_json(&bytes)?;
+        let snp = evidence
+            .sev_snp
+            .context("the evidence file has no sev_snp section")?;
+        intermediates.extend(snp.cert_chain);
+        let report = snp.hcl_report.unwrap_or(snp.attestation_report).0;
+        (report, snp.vek_cert.0)
+    } else {
+        let vcek = vcek.context("--report with a binary report needs --vcek FILE")?;
+        let vcek_bytes = read(vcek)?;
+        // A PEM bundle (VCEK first, then ASK/ARK) is accepted: the rest become intermediates.
+        let bundle = parse_pem_chain(&vcek_bytes).unwrap_or_default();
+        let vek = match bundle.split_first() {
+            Some((leaf, rest)) => {
+                for cert in rest {
+                    intermediates.push(cert.to_der()?.into());
+                }
+                leaf.to_der()?
+            }
+            None => parse_certificate(&vcek_bytes)?.to_der()?,
+        };
+        (hex_text_or_binary(bytes), vek)
+    };
+    let expectations = GoldenSnp {
+        vmpls: vec![0, 1, 2, 3],
+        ..GoldenSnp::default()
+    };
+    Ok(verify_snp_report(
+        &report,
+        &vek,
+        &intermediates,
+        &expectations,
+        options,
+    ))
+}
+
+/// Reports are also distributed as hex text (e.g. virtee's test data).
+fn hex_text_or_binary(bytes: Vec<u8>) -> Vec<u8> {
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| hex::decode(text.trim()).ok())
+        .unwrap_or(bytes)
+}
+
+pub fn print_report(report: &VerificationReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
