@@ -165,7 +165,7 @@ pub(crate) fn check_report(
         leaf.to_der()
             .map_err(|e| e.to_string())
             .and_then(|der| amd_extensions(&der).map_err(|e| e.to_string()))
-            .and_then(|ext| leaf_matches_report(&ext, &report)),
+            .and_then(|ext| leaf_matches_report(&ext, report)),
     );
 
     let policy = GuestPolicy::from_raw(report.fields.policy.0);
