@@ -12,6 +12,8 @@ use yaml_rust2::{Yaml, YamlLoader};
 pub const MAX_COMPOSE_BYTES: usize = 1 << 20;
 /// Largest number of YAML nodes after alias expansion (a guard against "billion laughs").
 pub const MAX_YAML_NODES: usize = 100_000;
+/// Deepest nesting of YAML collections accepted (compose files need about 6).
+pub const MAX_YAML_DEPTH: usize = 64;
 
 /// Why a compose file cannot be measured.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub enum ComposeError {
     Yaml(String),
     #[error("compose file expands to more than {MAX_YAML_NODES} YAML nodes (aliases)")]
     TooManyNodes,
+    #[error("compose file nests YAML collections deeper than {MAX_YAML_DEPTH} levels")]
+    TooDeep,
     #[error("compose file must hold exactly one YAML document, found {0}")]
     Documents(usize),
     #[error("compose file has no `services` mapping")]
@@ -63,12 +67,26 @@ impl Compose {
             return Err(ComposeError::TooLarge(bytes.len()));
         }
         let text = std::str::from_utf8(bytes).map_err(|_| ComposeError::NotUtf8)?;
+        // A first pass over the events, iteratively: `Parser::load` and `YamlLoader` recurse once
+        // per nesting level (block collections have no depth limit there), so deep nesting must
+        // be refused before either sees it, or it overflows the stack.
         let mut counter = NodeCounter::default();
-        Parser::new_from_str(text)
-            .load(&mut counter, true)
-            .map_err(|e| ComposeError::Yaml(e.to_string()))?;
-        if counter.exceeded {
-            return Err(ComposeError::TooManyNodes);
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            let (event, mark) = parser
+                .next_token()
+                .map_err(|e| ComposeError::Yaml(e.to_string()))?;
+            let end = event == Event::StreamEnd;
+            counter.on_event(event, mark);
+            if counter.exceeded {
+                return Err(ComposeError::TooManyNodes);
+            }
+            if counter.open.len() > MAX_YAML_DEPTH {
+                return Err(ComposeError::TooDeep);
+            }
+            if end {
+                break;
+            }
         }
         let mut documents =
             YamlLoader::load_from_str(text).map_err(|e| ComposeError::Yaml(e.to_string()))?;

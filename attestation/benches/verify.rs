@@ -1,0 +1,3 @@
+//! Benchmark of `verify()` and its parts (filled in by the next commit).
+
+fn main() {}
