@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use image_builder::config::{Config, Profile};
+use image_builder::deb::DebCache;
+use image_builder::pipeline::{self, BuildReport, Progress};
 use image_builder::verity;
 
 #[derive(Parser)]
@@ -20,6 +23,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Build an image from a config into an output directory.
+    Build {
+        /// The image.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override the config's profile (tiny|debian).
+        #[arg(long)]
+        profile: Option<Profile>,
+        /// Download cache (default ~/.cache/cvm-image).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Print the build report as JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a dm-verity hash tree for DATA into HASH (like `veritysetup format`).
     Verity {
         data: PathBuf,
@@ -45,6 +66,27 @@ fn parse_uuid(s: &str) -> anyhow::Result<[u8; 16]> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Build {
+            config,
+            out,
+            profile,
+            cache,
+            json,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(p) = profile {
+                cfg.profile = p;
+            }
+            let cache = DebCache::new(cache.unwrap_or_else(DebCache::default_dir))?;
+            let progress = Spinners::new(!json);
+            let report = pipeline::build(&cfg, &out, &cache, &progress)
+                .with_context(|| format!("building {}", config.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                summary(&report);
+            }
+        }
         Cmd::Verity {
             data,
             hash,
@@ -67,4 +109,60 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Progress as one spinner line per step on stderr (hidden when stderr is not a terminal).
+struct Spinners {
+    enabled: bool,
+    current: std::cell::RefCell<Option<indicatif::ProgressBar>>,
+}
+
+impl Spinners {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            current: std::cell::RefCell::new(None),
+        }
+    }
+}
+
+impl Progress for Spinners {
+    fn start(&self, step: &str) {
+        if !self.enabled {
+            return;
+        }
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!("{step}..."));
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        if pb.is_hidden() {
+            eprintln!("{step}...");
+        }
+        *self.current.borrow_mut() = Some(pb);
+    }
+
+    fn finish(&self, step: &str, detail: &str) {
+        if let Some(pb) = self.current.borrow_mut().take() {
+            let msg = format!("{step}: done {detail}");
+            if pb.is_hidden() {
+                eprintln!("{msg}");
+            }
+            pb.finish_with_message(msg);
+        }
+    }
+}
+
+fn summary(r: &BuildReport) {
+    println!("Built {} in {}", r.name, r.out_dir.display());
+    println!("  verity root hash  {}", r.root_hash);
+    println!("  kernel cmdline    {}", r.kernel_cmdline);
+    for (name, size) in &r.files {
+        println!("  {name:<18}{:>10.1} MiB", *size as f64 / (1 << 20) as f64);
+    }
+    for (pcr, v) in &r.measurements.pcrs {
+        println!("  PCR {pcr:<3} {} ({})", v.sha256, v.source);
+    }
+    println!(
+        "  build time        {:.1} s",
+        pipeline::total_time(r).as_secs_f64()
+    );
 }

@@ -1,0 +1,242 @@
+//! Boots a disk image under QEMU (q35, OVMF, no default devices) with swtpm as the TPM, and
+//! collects the serial console. Used by the boot tests and by `cvm-cli deploy-local`.
+//!
+//! `-nodefaults` and an explicit `bootindex` matter for measurements: PCR 4 records every boot
+//! option the firmware tries, so the disk must be the first and only one.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Where OVMF lives on Debian (`ovmf` package).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub disk: PathBuf,
+    pub ovmf_code: PathBuf,
+    /// Template copied per boot (the firmware writes its variables).
+    pub ovmf_vars: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Acceleration: `tcg` here, `kvm` where it works.
+    pub accel: String,
+    /// Hard limit; the VM is killed after it.
+    pub timeout: Duration,
+    /// Boot the disk with `snapshot=on` (the image file is never written).
+    pub snapshot: bool,
+    /// More QEMU arguments (e.g. a NIC with port forwards for deploy-local).
+    pub extra_args: Vec<String>,
+}
+
+impl BootConfig {
+    pub fn new(disk: impl Into<PathBuf>) -> Self {
+        Self {
+            disk: disk.into(),
+            ovmf_code: OVMF_CODE.into(),
+            ovmf_vars: OVMF_VARS.into(),
+            memory_mib: 1024,
+            cpus: 1,
+            accel: "tcg".into(),
+            timeout: Duration::from_secs(600),
+            snapshot: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The result of a boot.
+#[derive(Debug, Clone)]
+pub struct BootOutcome {
+    /// Everything the guest wrote to its serial console.
+    pub serial: String,
+    /// QEMU exited on its own (guest power-off, or a panic with `-no-reboot`), not by timeout or
+    /// by the `stop` predicate.
+    pub exited: bool,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Kills and reaps a child process when dropped (also when a test panics).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running swtpm on a private unix socket, stopped on drop.
+pub struct Swtpm {
+    _child: Reaped,
+    pub socket: PathBuf,
+}
+
+impl Swtpm {
+    /// Starts swtpm (TPM 2.0) with state in `dir`; waits until its control socket exists.
+    pub fn start(dir: &Path) -> Result<Swtpm> {
+        let state = dir.join("tpm-state");
+        std::fs::create_dir_all(&state).ctx("creating swtpm state dir", &state)?;
+        let socket = dir.join("swtpm.sock");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--terminate"])
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Tool {
+                tool: "swtpm".into(),
+                detail: format!("cannot start: {e}"),
+            })?;
+        let mut child = Reaped(child);
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                return Err(Error::Tool {
+                    tool: "swtpm".into(),
+                    detail: format!("exited early: {status}"),
+                });
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(Error::Tool {
+                    tool: "swtpm".into(),
+                    detail: "no control socket after 10 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Swtpm {
+            _child: child,
+            socket,
+        })
+    }
+}
+
+/// The QEMU command line for `cfg`, with serial output to `serial` and the TPM at `tpm_socket`.
+pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-machine",
+        "q35",
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+    ])
+    .arg("-accel")
+    .arg(&cfg.accel)
+    .arg("-m")
+    .arg(cfg.memory_mib.to_string())
+    .arg("-smp")
+    .arg(cfg.cpus.to_string())
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        cfg.ovmf_code.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ))
+    .arg("-chardev")
+    .arg(format!("socket,id=chrtpm,path={}", tpm_socket.display()))
+    .args([
+        "-tpmdev",
+        "emulator,id=tpm0,chardev=chrtpm",
+        "-device",
+        "tpm-tis,tpmdev=tpm0",
+    ])
+    .arg("-drive")
+    .arg(format!(
+        "if=none,id=disk0,format=raw,file={}{}",
+        cfg.disk.display(),
+        if cfg.snapshot { ",snapshot=on" } else { "" }
+    ))
+    .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .args(&cfg.extra_args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+/// Boots `cfg.disk` until QEMU exits, `stop(serial_so_far)` returns true, or the timeout.
+pub fn boot(cfg: &BootConfig, stop: impl Fn(&str) -> bool) -> Result<BootOutcome> {
+    let dir = tempfile::tempdir().ctx("creating boot dir", std::env::temp_dir())?;
+    let vars = dir.path().join("OVMF_VARS.fd");
+    std::fs::copy(&cfg.ovmf_vars, &vars).ctx("copying OVMF variables", &cfg.ovmf_vars)?;
+    let serial = dir.path().join("serial.log");
+    let tpm = Swtpm::start(dir.path())?;
+    let start = Instant::now();
+    let child = qemu_command(cfg, &vars, &serial, &tpm.socket)
+        .spawn()
+        .map_err(|e| Error::Tool {
+            tool: "qemu-system-x86_64".into(),
+            detail: format!("cannot start: {e}"),
+        })?;
+    let mut qemu = Reaped(child);
+    let read_serial = || {
+        std::fs::read(&serial)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let (mut exited, mut timed_out) = (false, false);
+    loop {
+        if let Some(status) = qemu.0.try_wait().ctx("waiting for qemu", &cfg.disk)? {
+            exited = true;
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = qemu.0.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                if !err.trim().is_empty() && read_serial().is_empty() {
+                    return Err(Error::Boot(format!(
+                        "qemu failed ({status}): {}",
+                        err.trim()
+                    )));
+                }
+            }
+            break;
+        }
+        if stop(&read_serial()) {
+            break;
+        }
+        if start.elapsed() > cfg.timeout {
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(qemu);
+    Ok(BootOutcome {
+        serial: read_serial(),
+        exited,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Values of `CVM-PCR <n> <hex>` lines the tiny image's init prints.
+pub fn parse_pcr_lines(serial: &str) -> std::collections::BTreeMap<String, String> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("CVM-PCR ")? + 8..];
+            let mut it = rest.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_ascii_lowercase()))
+        })
+        .collect()
+}

@@ -1,0 +1,222 @@
+//! `image.toml`: what to build. Relative paths are relative to the config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{invalid, IoContext, Result};
+
+/// Base OS of the root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// busybox-static, for fast tests.
+    #[default]
+    Tiny,
+    /// A Debian root with systemd (not implemented yet).
+    Debian,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "tiny" => Ok(Profile::Tiny),
+            "debian" => Ok(Profile::Debian),
+            _ => Err(format!("unknown profile {s} (tiny|debian)")),
+        }
+    }
+}
+
+/// Output formats besides the ESP and partition images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `disk.raw` (always written; the others are made from it).
+    Raw,
+    /// Azure fixed VHD `disk.vhd`.
+    Vhd,
+    /// GCP `disk.tar.gz`.
+    Gcp,
+    /// AWS stream-optimized `disk.vmdk`.
+    Vmdk,
+}
+
+fn d_name() -> String {
+    "cvm".into()
+}
+fn d_cmdline() -> String {
+    "console=ttyS0 panic=-1".into()
+}
+fn d_kernel() -> String {
+    "linux-image-cloud-amd64".into()
+}
+fn d_stub() -> String {
+    "systemd-boot-efi".into()
+}
+fn d_modules() -> Vec<String> {
+    [
+        "crc32c_generic",
+        "virtio_pci",
+        "virtio_blk",
+        "libcrc32c",
+        "erofs",
+        "dm_verity",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_esp() -> u64 {
+    0
+}
+fn d_data() -> u64 {
+    16
+}
+fn d_formats() -> Vec<Format> {
+    vec![Format::Raw, Format::Vhd, Format::Gcp, Format::Vmdk]
+}
+fn d_busybox() -> PathBuf {
+    "/bin/busybox".into()
+}
+fn d_veritysetup() -> PathBuf {
+    "/usr/sbin/veritysetup".into()
+}
+
+/// The build configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "d_name")]
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub profile: Profile,
+    /// Timestamp for every file; `SOURCE_DATE_EPOCH` in the environment wins.
+    #[serde(default)]
+    pub source_date_epoch: Option<u64>,
+    /// Kernel command line; `roothash=<hex>` is appended by the build.
+    #[serde(default = "d_cmdline")]
+    pub cmdline: String,
+    /// Debian package with the kernel (a metapackage is followed to its image package).
+    #[serde(default = "d_kernel")]
+    pub kernel_package: String,
+    /// A local kernel `.deb` instead of `kernel_package` (pinning, offline builds).
+    #[serde(default)]
+    pub kernel_deb: Option<PathBuf>,
+    #[serde(default = "d_stub")]
+    pub stub_package: String,
+    #[serde(default)]
+    pub stub_deb: Option<PathBuf>,
+    /// Trees copied over the base root, in order.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
+    /// The agent binary, installed as `/usr/bin/cvm-agent` with its shared libraries.
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
+    /// The repository's `initrd/` directory.
+    pub initrd_dir: PathBuf,
+    /// Modules the initrd loads (dependencies are added, built-ins skipped).
+    #[serde(default = "d_modules")]
+    pub initrd_modules: Vec<String>,
+    /// ESP size in MiB (0: fit the UKI).
+    #[serde(default = "d_esp")]
+    pub esp_size_mib: u64,
+    /// Data partition size in MiB.
+    #[serde(default = "d_data")]
+    pub data_size_mib: u64,
+    #[serde(default = "d_formats")]
+    pub formats: Vec<Format>,
+    #[serde(default = "d_busybox")]
+    pub busybox: PathBuf,
+    #[serde(default = "d_veritysetup")]
+    pub veritysetup: PathBuf,
+}
+
+impl Config {
+    /// Reads and checks `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).ctx("reading config", path)?;
+        let mut c: Config =
+            basic_toml::from_str(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        c.overlays.iter_mut().for_each(fix);
+        fix(&mut c.initrd_dir);
+        if let Some(p) = c.agent.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = c.kernel_deb.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = c.stub_deb.as_mut() {
+            fix(p)
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(format!(
+                "image name {:?} must be [A-Za-z0-9._-]+",
+                self.name
+            )));
+        }
+        if self.cmdline.contains("roothash=") {
+            return Err(invalid(
+                "cmdline must not set roothash= (the build appends it)",
+            ));
+        }
+        if self.cmdline.contains(['\n', '\0']) {
+            return Err(invalid("cmdline must be one line"));
+        }
+        if self.data_size_mib == 0 || self.data_size_mib > 1 << 20 {
+            return Err(invalid("data_size_mib must be in 1..=1048576"));
+        }
+        Ok(())
+    }
+
+    /// The effective `SOURCE_DATE_EPOCH`.
+    pub fn epoch(&self) -> Result<u64> {
+        match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("SOURCE_DATE_EPOCH={v} is not a number"))),
+            Err(_) => Ok(self.source_date_epoch.unwrap_or(1_704_067_200)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("image.toml");
+        std::fs::write(
+            &p,
+            "name = \"x\"\ninitrd_dir = \"initrd\"\nformats = [\"raw\", \"vhd\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.initrd_dir, dir.path().join("initrd"));
+        assert_eq!(c.formats, vec![Format::Raw, Format::Vhd]);
+        std::fs::write(&p, "initrd_dir = \"i\"\nbogus = 1\n").unwrap();
+        assert!(Config::load(&p).is_err());
+        std::fs::write(&p, "initrd_dir = \"i\"\ncmdline = \"roothash=00\"\n").unwrap();
+        assert!(Config::load(&p).is_err());
+    }
+}
