@@ -7,6 +7,7 @@
 //! leave daemons behind.
 
 mod engine;
+pub mod http;
 mod image;
 mod process;
 mod registry;

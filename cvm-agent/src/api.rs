@@ -1,0 +1,410 @@
+//! The agent's HTTP API (openapi.json): a local listener for the workload and an external one for
+//! verifiers and operators, with the predecessor's paths and ours. Every route has a body limit
+//! and a timeout; every error is JSON `{"error": "..."}`.
+
+use crate::archive::{unpack, Limits};
+use crate::platform::PlatformInfo;
+use crate::tpm_actor::TpmActor;
+use crate::workload::{Workloads, PROJECT};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cvm_attestation::encoding::decode_base64;
+use cvm_attestation::evidence::{check_nonce, Platform};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenWorkload, GOLDEN_VERSION};
+use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::{verify, Evidence, Sha256Digest, VerifyOptions};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which listener serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Local,
+    External,
+    Both,
+}
+
+/// Every route: method, path, listener. The OpenAPI document is tested against this list.
+pub const ROUTES: &[(&str, &str, Listener)] = &[
+    ("get", "/collaterals/{nonce}", Listener::Both),
+    ("get", "/offchain/collaterals/{nonce}", Listener::Both),
+    ("get", "/golden-measurement", Listener::Both),
+    ("get", "/offchain/golden-measurement", Listener::Both),
+    ("post", "/offchain-verify", Listener::Local),
+    ("post", "/offchain/verify", Listener::Local),
+    ("get", "/platform", Listener::Both),
+    ("get", "/eventlog", Listener::Both),
+    ("get", "/health", Listener::Both),
+    ("post", "/update-workload", Listener::External),
+    ("get", "/container-logs", Listener::External),
+];
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
+const SMALL_BODY: usize = 64 * 1024;
+const VERIFY_BODY: usize = 24 << 20;
+/// Longest nonce path segment accepted (base64 of 64 bytes is 88 characters).
+const MAX_NONCE_TEXT: usize = 256;
+
+/// Shared by all handlers.
+pub struct AppState {
+    pub platform: Platform,
+    pub tpm: TpmActor,
+    pub workloads: Arc<Workloads>,
+    /// SHA-256 of the bearer token; `None` disables the bearer routes.
+    pub token_hash: Option<Sha256Digest>,
+    /// Predicted PCRs of the image build.
+    pub image_pcrs: BTreeMap<u8, GoldenPcr>,
+    pub test_roots: Vec<TrustedRoot>,
+    pub workload_dir: std::path::PathBuf,
+    pub max_upload_bytes: usize,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// An error answer.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn internal(error: anyhow::Error) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Builds the router for one listener.
+pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
+    let serves = |l: Listener| l == Listener::Both || l == listener;
+    let mut routes = Router::new();
+    for &(method, path, on) in ROUTES {
+        if !serves(on) {
+            continue;
+        }
+        routes = match (method, path) {
+            ("get", "/collaterals/{nonce}" | "/offchain/collaterals/{nonce}") => {
+                routes.route(path, get(collaterals))
+            }
+            ("get", "/golden-measurement" | "/offchain/golden-measurement") => {
+                routes.route(path, get(golden))
+            }
+            ("post", "/offchain-verify" | "/offchain/verify") => routes.route(
+                path,
+                post(offchain_verify).layer(DefaultBodyLimit::max(VERIFY_BODY)),
+            ),
+            ("get", "/platform") => routes.route(path, get(platform)),
+            ("get", "/eventlog") => routes.route(path, get(eventlog)),
+            ("get", "/health") => routes.route(path, get(health)),
+            ("get", "/container-logs") => routes.route(path, get(container_logs)),
+            ("post", "/update-workload") => routes.route(
+                path,
+                post(update_workload)
+                    .layer(DefaultBodyLimit::max(state.max_upload_bytes + 64 * 1024))
+                    .layer(middleware::from_fn(|req: Request, next: Next| {
+                        timeout(req, next, UPDATE_TIMEOUT)
+                    })),
+            ),
+            _ => unreachable!("every route in ROUTES has a handler: {method} {path}"),
+        };
+    }
+    routes
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        .layer(middleware::from_fn(|req: Request, next: Next| {
+            timeout(req, next, REQUEST_TIMEOUT)
+        }))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such route; see openapi.json".into(),
+            )
+        })
+        .with_state(state)
+}
+
+async fn timeout(request: Request, next: Next, limit: Duration) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("request took longer than {limit:?}"),
+        )
+        .into_response(),
+    }
+}
+
+/// A nonce in the path: hex, or base64 (standard or URL-safe).
+fn parse_nonce(text: &str) -> Result<Vec<u8>, ApiError> {
+    if text.len() > MAX_NONCE_TEXT {
+        return Err(ApiError::bad_request("nonce is too long"));
+    }
+    let bytes = if text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|e| ApiError::bad_request(e.to_string()))?
+    } else {
+        decode_base64(text)
+            .ok_or_else(|| ApiError::bad_request("nonce is neither hex nor base64"))?
+    };
+    check_nonce(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(bytes)
+}
+
+async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Evidence>, ApiError> {
+    let nonce = parse_nonce(&nonce)?;
+    let log = state.workloads.measured().await.log;
+    let evidence = state
+        .tpm
+        .evidence(state.platform, nonce, log)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(evidence))
+}
+
+/// What this VM should match: the image build's predicted PCRs and the measured workload. Never
+/// the current PCR values presented as golden.
+async fn golden(state: Shared) -> Json<Value> {
+    let measured = state.workloads.measured().await;
+    let golden = GoldenMeasurement {
+        version: GOLDEN_VERSION,
+        platform: Some(state.platform),
+        pcrs: state.image_pcrs.clone(),
+        workload: Some(GoldenWorkload {
+            events: measured.current,
+            allow_updates: true,
+        }),
+        snp: None,
+    };
+    Json(json!({ "golden_measurement": golden }))
+}
+
+#[derive(Deserialize)]
+struct VerifyRequest {
+    collaterals: Value,
+    golden_measurement: Value,
+    /// The nonce the caller used, to check freshness (hex or base64).
+    #[serde(default)]
+    nonce: Option<String>,
+    /// For VMs without a TEE: the AK public key the caller pinned (base64).
+    #[serde(default)]
+    trusted_ak: Option<String>,
+}
+
+/// JSON given as an object or as a string holding JSON (the predecessor's form).
+fn json_bytes(value: &Value) -> Vec<u8> {
+    match value {
+        Value::String(text) => text.as_bytes().to_vec(),
+        other => serde_json::to_vec(other).unwrap_or_default(),
+    }
+}
+
+async fn offchain_verify(
+    state: Shared,
+    body: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be {{collaterals, golden_measurement}}: {e}"
+        ))
+    })?;
+    let evidence = Evidence::from_json(&json_bytes(&request.collaterals))
+        .map_err(|e| ApiError::bad_request(format!("collaterals: {e}")))?;
+    let golden = GoldenMeasurement::from_json(&json_bytes(&request.golden_measurement))
+        .map_err(|e| ApiError::bad_request(format!("golden_measurement: {e}")))?;
+    let mut options = VerifyOptions::now().with_test_roots(state.test_roots.clone());
+    if let Some(nonce) = &request.nonce {
+        options = options.with_nonce(parse_nonce(nonce)?);
+    }
+    if let Some(ak) = &request.trusted_ak {
+        options = options.with_trusted_ak(
+            decode_base64(ak).ok_or_else(|| ApiError::bad_request("trusted_ak is not base64"))?,
+        );
+    }
+    let report = tokio::task::spawn_blocking(move || verify(&evidence, &golden, &options))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?;
+    let error = (!report.verified).then(|| {
+        report
+            .failures()
+            .map(|c| format!("{}: {}", c.name, c.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    Ok(Json(
+        json!({ "success": report.verified, "error": error, "report": report }),
+    ))
+}
+
+async fn platform(state: Shared) -> Json<PlatformInfo> {
+    Json(PlatformInfo::from(state.platform))
+}
+
+async fn eventlog(state: Shared) -> Json<Value> {
+    Json(json!(state.workloads.measured().await.log))
+}
+
+async fn health(state: Shared) -> Result<Json<Value>, ApiError> {
+    let containers = state
+        .workloads
+        .engine()
+        .project_containers(PROJECT)
+        .await
+        .map_err(ApiError::internal)?;
+    let services: Vec<Value> = containers
+        .into_iter()
+        .map(|(service, _, state)| json!({ "service": service, "state": state }))
+        .collect();
+    Ok(Json(json!({ "status": "ok", "workload": services })))
+}
+
+/// Constant-time check of `Authorization: Bearer <token>`.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.token_hash else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "no API token is configured on this VM: this route is disabled".into(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer token".into(),
+            )
+        })?;
+    // Hashing first gives equal lengths, so the comparison time reveals nothing about the token.
+    let presented = Sha256Digest::of(presented.trim().as_bytes());
+    if !openssl::memcmp::eq(&presented.0, &expected.0) {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "wrong API token".into()));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    name: Option<String>,
+}
+
+async fn container_logs(
+    state: Shared,
+    headers: HeaderMap,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let engine = state.workloads.engine();
+    let mut out = Vec::new();
+    for (service, id, _) in engine
+        .project_containers(PROJECT)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        if query.name.as_deref().is_some_and(|name| name != service) {
+            continue;
+        }
+        let log = engine.logs(&id).await.map_err(ApiError::internal)?;
+        out.push(json!({ "name": service, "log": log }));
+    }
+    if out.is_empty() && query.name.is_some() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no container of that service name".into(),
+        ));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// Accepts the predecessor's multipart upload (field `file`) or a raw zip/tar body.
+async fn update_workload(
+    state: Shared,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than {} bytes", state.max_upload_bytes),
+        )
+    };
+    let bytes = if is_multipart {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mut file = None;
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+        {
+            if field.name() == Some("file") {
+                file = Some(
+                    field
+                        .bytes()
+                        .await
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                );
+            }
+        }
+        file.ok_or_else(|| ApiError::bad_request("multipart upload without a `file` field"))?
+    } else {
+        axum::body::to_bytes(request.into_body(), state.max_upload_bytes)
+            .await
+            .map_err(|_| too_large())?
+    };
+    if bytes.len() > state.max_upload_bytes {
+        return Err(too_large());
+    }
+
+    let staging = state.workload_dir.with_extension(format!(
+        "staging-{}",
+        hex::encode(Sha256Digest::of(&bytes).0)[..12].to_owned()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let limits = Limits {
+        max_entries: 10_000,
+        max_total_bytes: (state.max_upload_bytes as u64).saturating_mul(4),
+    };
+    let unpacked = {
+        let (bytes, staging) = (bytes.clone(), staging.clone());
+        tokio::task::spawn_blocking(move || unpack(&bytes, &staging, limits))
+            .await
+            .map_err(|e| ApiError::internal(e.into()))?
+    };
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(ApiError::bad_request(format!("rejected upload: {e}")));
+    }
+    match state.workloads.update(&staging).await {
+        Ok(measured) => Ok(Json(json!({
+            "success": true,
+            "pcr23": measured.log.replay().to_hex(),
+            "workload": measured.current,
+        }))),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("update refused, the previous workload keeps running: {e:#}"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Agent configuration: a TOML file, then `CVM_AGENT_*` environment overrides, then defaults that
+//! match the image layout (docs/agent.md).
+
+use anyhow::{bail, Context, Result};
+use cvm_attestation::evidence::{Cloud, Tee};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything the agent needs to know, resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The workload folder (compose file, config/, secrets/, image archives).
+    pub workload_dir: PathBuf,
+    /// Where state that must survive an agent restart but not a reboot lives.
+    pub state_dir: PathBuf,
+    /// Local listener, for the workload on this VM.
+    pub local_listen: SocketAddr,
+    /// External listener, for verifiers and operators.
+    pub external_listen: SocketAddr,
+    /// A Unix socket serving the local API, to mount into containers (they cannot reach the
+    /// host's 127.0.0.1 from a bridge network).
+    pub local_socket: Option<PathBuf>,
+    /// TPM access, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// Docker Engine API socket (Docker or Podman's Docker-compatible service).
+    pub engine_socket: PathBuf,
+    /// The compose tool and its leading arguments, run with DOCKER_HOST set to `engine_socket`.
+    pub compose_command: Vec<String>,
+    /// `azure | gcp | aws | qemu`, or absent to detect.
+    pub cloud: Option<Cloud>,
+    /// `sev-snp | tdx | none`, or absent to detect.
+    pub tee: Option<Tee>,
+    /// File holding the bearer token for /update-workload and /container-logs. Its SHA-256 is
+    /// measured into PCR 23 with the workload. Without it those routes are disabled.
+    pub api_token_file: Option<PathBuf>,
+    /// The image build's predicted measurements (measurements.json), served as golden values.
+    pub image_measurements: Option<PathBuf>,
+    /// VCEK (DER) for SEV-SNP platforms whose host does not provide it with the report.
+    pub vcek_path: Option<PathBuf>,
+    /// Extra certificates (DER) for the VCEK chain (ASK/ASVK), e.g. from Azure's host service.
+    pub vcek_chain_paths: Vec<PathBuf>,
+    /// TEST-ONLY roots /offchain-verify accepts in addition to AMD's. Never set in production.
+    pub test_roots: Vec<PathBuf>,
+    /// The firmware's TCG2 event log, included in evidence when readable.
+    pub firmware_event_log: Option<PathBuf>,
+    /// Start the workload after measuring it (off for measurement-only runs).
+    pub start_workload: bool,
+    /// Largest /update-workload archive, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workload_dir: PathBuf::from("/data/workload"),
+            state_dir: PathBuf::from("/run/cvm-agent"),
+            local_listen: "127.0.0.1:7999".parse().expect("literal address"),
+            external_listen: "0.0.0.0:8000".parse().expect("literal address"),
+            local_socket: Some(PathBuf::from("/run/cvm-agent/api.sock")),
+            tcti: "device:/dev/tpmrm0".into(),
+            engine_socket: PathBuf::from("/run/podman/podman.sock"),
+            compose_command: vec!["docker-compose".into()],
+            cloud: None,
+            tee: None,
+            api_token_file: None,
+            image_measurements: None,
+            vcek_path: None,
+            vcek_chain_paths: Vec::new(),
+            test_roots: Vec::new(),
+            firmware_event_log: Some(PathBuf::from(
+                "/sys/kernel/security/tpm0/binary_bios_measurements",
+            )),
+            start_workload: true,
+            max_upload_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (when given), then applies `CVM_AGENT_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("configuration {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let parse_addr = |name: &str, value: String| -> Result<SocketAddr> {
+            value
+                .parse()
+                .with_context(|| format!("{name}={value:?} is not an address"))
+        };
+        if let Some(v) = get("CVM_AGENT_WORKLOAD_DIR") {
+            self.workload_dir = v.into();
+        }
+        if let Some(v) = get("CVM_AGENT_STATE_DIR") {
+            self.state_dir = v.into();
+        }
+        if let Some(v) = get("CVM_AGENT_LOCAL_LISTEN") {
+            self.local_listen = parse_addr("CVM_AGENT_LOCAL_LISTEN", v)?;
+        }
+        if let Some(v) = get("CVM_AGENT_EXTERNAL_LISTEN") {
+            self.external_listen = parse_addr("CVM_AGENT_EXTERNAL_LISTEN", v)?;
+        }
+        if let Some(v) = get("CVM_AGENT_TCTI") {
+            self.tcti = v;
+        }
+        if let Some(v) = get("CVM_AGENT_ENGINE_SOCKET") {
+            self.engine_socket = v.into();
+        }
+        if let Some(v) = get("CVM_AGENT_API_TOKEN_FILE") {
+            self.api_token_file = Some(v.into());
+        }
+        if let Some(v) = get("CVM_AGENT_CLOUD") {
+            self.cloud = Some(
+                serde_json::from_value(serde_json::Value::String(v.clone())).with_context(
+                    || format!("CVM_AGENT_CLOUD={v:?}: expected azure, gcp, aws or qemu"),
+                )?,
+            );
+        }
+        if let Some(v) = get("CVM_AGENT_TEE") {
+            self.tee = Some(
+                serde_json::from_value(serde_json::Value::String(v.clone())).with_context(
+                    || format!("CVM_AGENT_TEE={v:?}: expected sev-snp, tdx or none"),
+                )?,
+            );
+        }
+        if self.compose_command.is_empty() {
+            bail!("compose_command must name a program");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_then_environment_overrides() {
+        let mut config: Config = toml::from_str(
+            "workload_dir = \"/w\"\ntcti = \"swtpm:port=1\"\ncloud = \"gcp\"\nlocal_listen = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.workload_dir, PathBuf::from("/w"));
+        assert_eq!(config.cloud, Some(Cloud::Gcp));
+        assert_eq!(
+            config.external_listen.port(),
+            8000,
+            "defaults fill the rest"
+        );
+        config
+            .apply_env(|name| (name == "CVM_AGENT_TCTI").then(|| "device:/dev/tpm0".into()))
+            .unwrap();
+        assert_eq!(config.tcti, "device:/dev/tpm0");
+        let err = config
+            .apply_env(|name| (name == "CVM_AGENT_TEE").then(|| "sgx".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CVM_AGENT_TEE"), "{err}");
+        assert!(toml::from_str::<Config>("workload = \"/typo\"").is_err());
+    }
+}

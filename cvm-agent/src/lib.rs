@@ -1,0 +1,225 @@
+//! The in-guest attestation agent: measures the workload into PCR 23, runs it, and serves
+//! evidence (docs/agent.md). Start-up order: configuration -> platform -> TPM and AK -> images ->
+//! measurement -> workload -> HTTP listeners.
+
+pub mod api;
+pub mod archive;
+pub mod config;
+pub mod engine;
+pub mod platform;
+pub mod tpm_actor;
+pub mod workload;
+
+use anyhow::{bail, Context, Result};
+use api::{AppState, Listener};
+use config::Config;
+use cvm_attestation::evidence::{Cloud, Platform, Tee};
+use cvm_attestation::golden::{GoldenPcr, PcrSource};
+use cvm_attestation::snp::certs::parse_certificate;
+use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::Sha256Digest;
+use cvm_attester::{AzureSnp, NoTee, SevGuest, TeeBackend};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+pub use workload::StartKind;
+
+/// A running agent.
+pub struct Agent {
+    pub local_addr: SocketAddr,
+    pub external_addr: SocketAddr,
+    pub start_kind: StartKind,
+    pub state: Arc<AppState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the agent with the TEE backend the platform calls for.
+    pub async fn start(config: Config) -> Result<Self> {
+        let platform = platform::detect(config.cloud, config.tee);
+        let tee = tee_backend(platform, &config)?;
+        Self::start_with(config, platform, tee).await
+    }
+
+    /// Starts the agent with an explicit TEE backend (tests use a TEST-ONLY signer here).
+    pub async fn start_with(
+        config: Config,
+        platform: Platform,
+        tee: Box<dyn TeeBackend>,
+    ) -> Result<Self> {
+        tracing::info!(%platform, tcti = %config.tcti, "starting");
+        let token_hash = match &config.api_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the API token {}", path.display()))?;
+                let token = token.trim();
+                if token.len() < 32 {
+                    bail!(
+                        "the API token in {} is shorter than 32 characters",
+                        path.display()
+                    );
+                }
+                Some(Sha256Digest::of(token.as_bytes()))
+            }
+            None => None,
+        };
+        let tpm = tpm_actor::TpmActor::start(&config.tcti, tee, config.firmware_event_log.clone())?;
+        let engine =
+            engine::Engine::connect(&config.engine_socket, config.compose_command.clone())?;
+        let (workloads, start_kind) = workload::Workloads::start(
+            config.workload_dir.clone(),
+            config.state_dir.clone(),
+            engine,
+            tpm.clone(),
+            token_hash,
+            config.start_workload,
+        )
+        .await?;
+        tracing::info!(?start_kind, "workload measured");
+        let test_roots = config
+            .test_roots
+            .iter()
+            .map(|path| {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading test root {}", path.display()))?;
+                Ok(TrustedRoot {
+                    name: path.display().to_string(),
+                    certificate: parse_certificate(&bytes)?,
+                    test_only: true,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = Arc::new(AppState {
+            platform,
+            tpm,
+            workloads: Arc::new(workloads),
+            token_hash,
+            image_pcrs: image_pcrs(config.image_measurements.as_deref())?,
+            test_roots,
+            workload_dir: config.workload_dir.clone(),
+            max_upload_bytes: config.max_upload_bytes,
+        });
+
+        let mut tasks = Vec::new();
+        let local = tokio::net::TcpListener::bind(config.local_listen)
+            .await
+            .with_context(|| format!("listening on {}", config.local_listen))?;
+        let external = tokio::net::TcpListener::bind(config.external_listen)
+            .await
+            .with_context(|| format!("listening on {}", config.external_listen))?;
+        let (local_addr, external_addr) = (local.local_addr()?, external.local_addr()?);
+        for (listener, which) in [(local, Listener::Local), (external, Listener::External)] {
+            let app = api::router(state.clone(), which);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("listener stopped: {e}");
+                }
+            }));
+        }
+        if let Some(path) = &config.local_socket {
+            let _ = std::fs::remove_file(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let socket = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            let app = api::router(state.clone(), Listener::Local);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(socket, app).await {
+                    tracing::error!("local socket stopped: {e}");
+                }
+            }));
+        }
+        tracing::info!(%local_addr, %external_addr, "serving");
+        Ok(Self {
+            local_addr,
+            external_addr,
+            start_kind,
+            state,
+            tasks,
+        })
+    }
+
+    /// Runs until the listeners stop.
+    pub async fn wait(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn read_der(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_certificate(&bytes)?.to_der()?)
+}
+
+/// The TEE backend for a platform.
+fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend>> {
+    Ok(match (platform.tee, platform.cloud) {
+        (Tee::None, _) => Box::new(NoTee),
+        (Tee::SevSnp, Cloud::Azure) => {
+            let vcek = config
+                .vcek_path
+                .as_deref()
+                .context("Azure SEV-SNP needs vcek_path (from Azure's host certificate service)")?;
+            Box::new(AzureSnp {
+                vcek_der: read_der(vcek)?,
+                chain_der: config
+                    .vcek_chain_paths
+                    .iter()
+                    .map(|p| read_der(p))
+                    .collect::<Result<_>>()?,
+            })
+        }
+        (Tee::SevSnp, _) => Box::new(SevGuest {
+            vcek_der: config.vcek_path.as_deref().map(read_der).transpose()?,
+            vmpl: 0,
+        }),
+        (Tee::Tdx, _) => bail!("Intel TDX evidence is not supported by this agent version yet"),
+    })
+}
+
+/// Predicted PCRs from the image build's measurements.json (`{"pcrs": {"4": {"sha256": ..,
+/// "source": "predicted"}}}`); observed ones are left to the verifier.
+fn image_pcrs(path: Option<&std::path::Path>) -> Result<BTreeMap<u8, GoldenPcr>> {
+    let Some(path) = path else {
+        return Ok(BTreeMap::new());
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
+    let mut pcrs = BTreeMap::new();
+    for (index, entry) in document["pcrs"].as_object().into_iter().flatten() {
+        let source = entry["source"].as_str().unwrap_or_default();
+        if source != "predicted" {
+            continue;
+        }
+        let index: u8 = index
+            .parse()
+            .with_context(|| format!("{}: PCR index {index:?}", path.display()))?;
+        let digest = entry["sha256"]
+            .as_str()
+            .and_then(|h| Sha256Digest::from_hex(h).ok());
+        let digest =
+            digest.with_context(|| format!("{}: PCR {index} has no sha256", path.display()))?;
+        pcrs.insert(
+            index,
+            GoldenPcr {
+                sha256: digest,
+                source: PcrSource::Predicted,
+                note: Some("predicted by the image build".into()),
+            },
+        );
+    }
+    Ok(pcrs)
+}
