@@ -255,10 +255,22 @@ async fn eventlog(state: Shared) -> Json<Value> {
     Json(json!(state.workloads.measured().await.log))
 }
 
+fn engine(state: &AppState) -> Result<&crate::engine::Engine, ApiError> {
+    state.workloads.engine().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "measure-only agent: no container engine on this VM".into(),
+        )
+    })
+}
+
 async fn health(state: Shared) -> Result<Json<Value>, ApiError> {
-    let containers = state
-        .workloads
-        .engine()
+    let Some(engine) = state.workloads.engine() else {
+        return Ok(Json(
+            json!({ "status": "ok", "workload": "measured, not started (measure-only)" }),
+        ));
+    };
+    let containers = engine
         .project_containers(PROJECT)
         .await
         .map_err(ApiError::internal)?;
@@ -306,7 +318,7 @@ async fn container_logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
-    let engine = state.workloads.engine();
+    let engine = engine(&state)?;
     let mut out = Vec::new();
     for (service, id, _) in engine
         .project_containers(PROJECT)

@@ -47,6 +47,10 @@ pub struct Config {
     pub firmware_event_log: Option<PathBuf>,
     /// Start the workload after measuring it (off for measurement-only runs).
     pub start_workload: bool,
+    /// No container engine on this image: image IDs are computed from the `*.tar` archives in
+    /// the workload folder, and nothing is started. For minimal images and tests of the
+    /// attestation path.
+    pub measure_only: bool,
     /// Largest /update-workload archive, in bytes.
     pub max_upload_bytes: usize,
 }
@@ -73,6 +77,7 @@ impl Default for Config {
                 "/sys/kernel/security/tpm0/binary_bios_measurements",
             )),
             start_workload: true,
+            measure_only: false,
             max_upload_bytes: 256 << 20,
         }
     }
@@ -117,6 +122,9 @@ impl Config {
         }
         if let Some(v) = get("CVM_AGENT_ENGINE_SOCKET") {
             self.engine_socket = v.into();
+        }
+        if let Some(v) = get("CVM_AGENT_MEASURE_ONLY") {
+            self.measure_only = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = get("CVM_AGENT_API_TOKEN_FILE") {
             self.api_token_file = Some(v.into());

@@ -20,6 +20,34 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 /// How long one compose invocation may take.
 pub const COMPOSE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// `*.tar` files at the top of `dir`, sorted.
+fn archive_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tar") && path.is_file())
+        .collect();
+    archives.sort();
+    Ok(archives)
+}
+
+/// Image IDs by tag, computed from the archives' content alone (no engine).
+pub fn archive_ids(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut ids = BTreeMap::new();
+    for archive in archive_paths(dir)? {
+        let file = std::fs::File::open(&archive)
+            .with_context(|| format!("opening {}", archive.display()))?;
+        for image in archived_images(std::io::BufReader::new(file))
+            .with_context(|| format!("reading image archive {}", archive.display()))?
+        {
+            for tag in image.tags {
+                ids.insert(tag, image.image_id.clone());
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// A connection to the engine plus how to run compose against it.
 #[derive(Clone)]
 pub struct Engine {
@@ -45,14 +73,8 @@ impl Engine {
     /// Loads every `*.tar` at the top of `dir`, checking that the engine computed the same image
     /// IDs as we do from the archive's content.
     pub async fn load_archives(&self, dir: &Path) -> Result<Vec<ArchivedImage>> {
-        let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "tar") && path.is_file())
-            .collect();
-        archives.sort();
         let mut loaded = Vec::new();
-        for archive in archives {
+        for archive in archive_paths(dir)? {
             let file = std::fs::File::open(&archive)
                 .with_context(|| format!("opening {}", archive.display()))?;
             let images = archived_images(std::io::BufReader::new(file))

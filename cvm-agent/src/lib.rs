@@ -66,8 +66,15 @@ impl Agent {
             None => None,
         };
         let tpm = tpm_actor::TpmActor::start(&config.tcti, tee, config.firmware_event_log.clone())?;
-        let engine =
-            engine::Engine::connect(&config.engine_socket, config.compose_command.clone())?;
+        let engine = if config.measure_only {
+            tracing::warn!("measure-only: the workload is measured but not started (no engine)");
+            None
+        } else {
+            Some(engine::Engine::connect(
+                &config.engine_socket,
+                config.compose_command.clone(),
+            )?)
+        };
         let (workloads, start_kind) = workload::Workloads::start(
             config.workload_dir.clone(),
             config.state_dir.clone(),

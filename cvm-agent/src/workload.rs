@@ -30,7 +30,8 @@ pub struct Measured {
 pub struct Workloads {
     dir: PathBuf,
     state_dir: PathBuf,
-    engine: Engine,
+    /// `None` in measure-only mode.
+    engine: Option<Engine>,
     tpm: TpmActor,
     token_hash: Option<Sha256Digest>,
     start_workload: bool,
@@ -53,7 +54,7 @@ impl Workloads {
     pub async fn start(
         dir: PathBuf,
         state_dir: PathBuf,
-        engine: Engine,
+        engine: Option<Engine>,
         tpm: TpmActor,
         token_hash: Option<Sha256Digest>,
         start_workload: bool,
@@ -70,7 +71,7 @@ impl Workloads {
                 state.log.replay()
             ),
             None if pcr == [0; 32] => {
-                let (events, image_ids) = prepare(&engine, &dir, token_hash).await?;
+                let (events, image_ids) = prepare(engine.as_ref(), &dir, token_hash).await?;
                 let log = WorkloadLog::from_events(events.clone());
                 tpm.extend_workload(events.clone()).await?;
                 let state = Measured {
@@ -86,6 +87,7 @@ impl Workloads {
                 hex::encode(pcr)
             ),
         };
+        let start_workload = start_workload && engine.is_some();
         let workloads = Self {
             dir,
             state_dir,
@@ -107,8 +109,9 @@ impl Workloads {
         self.measured.read().await.clone()
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The container engine, unless the agent runs measure-only.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.as_ref()
     }
 
     /// Replaces the workload by the one staged in `staged` (a directory beside the workload
@@ -116,7 +119,7 @@ impl Workloads {
     pub async fn update(&self, staged: &Path) -> Result<Measured> {
         let _guard = self.busy.lock().await;
         // 1. Validate and resolve everything before touching the running workload.
-        let (events, image_ids) = prepare(&self.engine, staged, self.token_hash).await?;
+        let (events, image_ids) = prepare(self.engine.as_ref(), staged, self.token_hash).await?;
         // 2. Measure before running.
         self.extend(events.clone(), image_ids.clone()).await?;
         // 3. Stop the old one, swap folders atomically, start the new one.
@@ -142,7 +145,7 @@ impl Workloads {
                 std::fs::rename(&self.dir, &failed)?;
                 std::fs::rename(&previous, &self.dir)?;
                 let (old_events, old_ids) =
-                    prepare(&self.engine, &self.dir, self.token_hash).await?;
+                    prepare(self.engine.as_ref(), &self.dir, self.token_hash).await?;
                 self.extend(old_events, old_ids.clone()).await?;
                 self.run(&self.dir, &old_ids).await?;
                 Err(error.context("the new workload did not start; the previous one runs again"))
@@ -174,29 +177,59 @@ impl Workloads {
         let pinned = folder.compose.with_images(image_ids)?;
         let file = self.state_dir.join("docker-compose.pinned.yml");
         std::fs::write(&file, pinned).with_context(|| format!("writing {}", file.display()))?;
-        self.engine
-            .compose(PROJECT, &file, dir, &["up", "-d", "--remove-orphans"])
-            .await
+        match &self.engine {
+            Some(engine) => {
+                engine
+                    .compose(PROJECT, &file, dir, &["up", "-d", "--remove-orphans"])
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     async fn compose_down(&self) -> Result<()> {
         let file = self.state_dir.join("docker-compose.pinned.yml");
-        self.engine
-            .compose(PROJECT, &file, &self.dir, &["down", "--timeout", "10"])
-            .await
+        match &self.engine {
+            Some(engine) => {
+                engine
+                    .compose(PROJECT, &file, &self.dir, &["down", "--timeout", "10"])
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 }
 
-/// Loads archives, resolves image IDs, and computes the events of the workload in `dir`.
+/// Loads archives, resolves image IDs, and computes the events of the workload in `dir`. Without
+/// an engine (measure-only) the IDs come from the archives alone.
 async fn prepare(
-    engine: &Engine,
+    engine: Option<&Engine>,
     dir: &Path,
     token_hash: Option<Sha256Digest>,
 ) -> Result<(Vec<WorkloadEvent>, BTreeMap<String, String>)> {
     let folder =
         WorkloadFolder::read(dir).with_context(|| format!("workload {}", dir.display()))?;
-    engine.load_archives(dir).await?;
-    let image_ids = engine.resolve_images(folder.image_references()).await?;
+    let image_ids = match engine {
+        Some(engine) => {
+            engine.load_archives(dir).await?;
+            engine.resolve_images(folder.image_references()).await?
+        }
+        None => {
+            let archived = crate::engine::archive_ids(dir)?;
+            folder
+                .image_references()
+                .into_iter()
+                .map(|reference| {
+                    let id = archived.get(&reference).cloned().with_context(|| {
+                        format!(
+                            "measure-only: image {reference} has no archive in the workload folder"
+                        )
+                    })?;
+                    Ok((reference, id))
+                })
+                .collect::<Result<_>>()?
+        }
+    };
     let events = folder.events(&image_ids, token_hash)?;
     Ok((events, image_ids))
 }

@@ -468,3 +468,56 @@ fn openapi_document_lists_exactly_the_routes() {
     served.sort();
     assert_eq!(documented, served);
 }
+
+#[tokio::test]
+async fn measure_only_agent_needs_no_engine() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(&dir.path().join("workload"), "measured only\n");
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let config = Config {
+        workload_dir: dir.path().join("workload"),
+        state_dir: dir.path().join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        local_socket: None,
+        tcti: swtpm.tcti(),
+        engine_socket: "/nonexistent/engine.sock".into(),
+        api_token_file: Some(dir.path().join("token")),
+        firmware_event_log: None,
+        measure_only: true,
+        ..Config::default()
+    };
+    let platform = Platform {
+        cloud: Cloud::Qemu,
+        tee: Tee::None,
+    };
+    let agent = Agent::start_with(config, platform, Box::new(NoTee))
+        .await
+        .unwrap();
+    let expected = offline_events(&dir.path().join("workload"));
+    let pcr = agent.state.tpm.read_pcr23().await.unwrap();
+    assert_eq!(
+        hex::encode(pcr),
+        cvm_attestation::workload::replay(&expected).to_hex()
+    );
+    let (status, health) = get_json(agent.external_addr, "/health").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        health["workload"]
+            .as_str()
+            .unwrap()
+            .contains("measure-only"),
+        "{health}"
+    );
+    let response = request(
+        agent.external_addr,
+        "GET",
+        "/container-logs",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 409, "{}", response.text());
+}
