@@ -159,4 +159,36 @@ mod tests {
         assert!(text.contains("TRAILER!!!"));
         assert!(text.contains("#!/bin/sh\n"));
     }
+
+    #[test]
+    fn gnu_cpio_reads_it_back() {
+        let mut a = Archive::new();
+        a.add("etc", Entry::Dir);
+        a.add(
+            "etc/x",
+            Entry::File {
+                data: b"hello".to_vec(),
+                executable: false,
+            },
+        );
+        a.add("bin/sh", Entry::Symlink("busybox".into()));
+        let mut out = Vec::new();
+        a.write(&mut out, 1_700_000_000).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("cpio")
+            .args(["-idm", "--quiet"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("GNU cpio is installed");
+        child.stdin.take().unwrap().write_all(&out).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read(dir.path().join("etc/x")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read_link(dir.path().join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        let mtime = std::fs::metadata(dir.path().join("etc/x")).unwrap().mtime();
+        assert_eq!(mtime, 1_700_000_000);
+    }
 }

@@ -41,6 +41,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Boot a built image (OUT/disk.raw) under QEMU + OVMF + swtpm and compare the PCRs the guest
+    /// reads with OUT/measurements.json (tiny images print them).
+    Boot {
+        /// The build's output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// QEMU accelerator (tcg, kvm).
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Write a fixed VHD (raw disk + footer) from a raw disk whose size is a whole number of MiB.
+    Vhd { raw: PathBuf, vhd: PathBuf },
     /// Write a dm-verity hash tree for DATA into HASH (like `veritysetup format`).
     Verity {
         data: PathBuf,
@@ -86,6 +101,22 @@ fn main() -> anyhow::Result<()> {
             } else {
                 summary(&report);
             }
+        }
+        Cmd::Boot {
+            out,
+            accel,
+            timeout,
+        } => boot(&out, accel, timeout)?,
+        Cmd::Vhd { raw, vhd } => {
+            let size = std::fs::metadata(&raw)
+                .with_context(|| format!("reading {}", raw.display()))?
+                .len();
+            let id = image_builder::measure::sha256(format!("cvm-vhd\0{size}").as_bytes());
+            let epoch = std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(946_684_800);
+            image_builder::formats::write_vhd(&raw, &vhd, epoch, &id[..16].try_into()?)?;
         }
         Cmd::Verity {
             data,
@@ -158,11 +189,57 @@ fn summary(r: &BuildReport) {
     for (name, size) in &r.files {
         println!("  {name:<18}{:>10.1} MiB", *size as f64 / (1 << 20) as f64);
     }
-    for (pcr, v) in &r.measurements.pcrs {
+    let mut pcrs: Vec<_> = r.measurements.pcrs.iter().collect();
+    pcrs.sort_by_key(|(k, _)| k.parse::<u32>().unwrap_or(u32::MAX));
+    for (pcr, v) in pcrs {
         println!("  PCR {pcr:<3} {} ({})", v.sha256, v.source);
     }
     println!(
         "  build time        {:.1} s",
         pipeline::total_time(r).as_secs_f64()
     );
+}
+
+fn boot(out: &std::path::Path, accel: String, timeout: u64) -> anyhow::Result<()> {
+    use image_builder::boot::{self, BootConfig};
+    use image_builder::measure::Measurements;
+    let m: Measurements = serde_json::from_slice(
+        &std::fs::read(out.join("measurements.json"))
+            .with_context(|| format!("reading {}/measurements.json", out.display()))?,
+    )?;
+    let mut cfg = BootConfig::new(out.join("disk.raw"));
+    cfg.accel = accel;
+    cfg.timeout = std::time::Duration::from_secs(timeout);
+    eprintln!("booting {} (serial console below)...", cfg.disk.display());
+    let outcome = boot::boot(&cfg, |s| {
+        s.contains("CVM-BOOT-DONE") || s.contains("CVM-AGENT-START") || s.contains("Kernel panic")
+    })?;
+    for line in outcome.serial.lines().filter(|l| l.len() < 300) {
+        eprintln!("| {line}");
+    }
+    let seen = boot::parse_pcr_lines(&outcome.serial);
+    if seen.is_empty() {
+        anyhow::bail!(
+            "the guest printed no PCRs (timed out: {})",
+            outcome.timed_out
+        );
+    }
+    let mut ok = true;
+    for (pcr, value) in &seen {
+        let predicted = m.pcrs.get(pcr).map(|p| p.sha256.as_str());
+        let verdict = match predicted {
+            Some(p) if p == value => "matches prediction",
+            Some(_) => {
+                ok = false;
+                "DIFFERS from prediction"
+            }
+            None => "observed (not predicted)",
+        };
+        println!("PCR {pcr:<3} {value} {verdict}");
+    }
+    println!("boot took {:.0} s", outcome.elapsed.as_secs_f64());
+    if !ok {
+        anyhow::bail!("observed PCRs differ from measurements.json");
+    }
+    Ok(())
 }

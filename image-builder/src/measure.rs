@@ -174,8 +174,12 @@ pub fn predict(uki: &[u8], stub: &[u8]) -> Result<BTreeMap<String, PcrValue>> {
         {
             let mut with_nul = name.as_bytes().to_vec();
             with_nul.push(0);
-            pcr11.ext("EV_IPL", sha256(&with_nul), name);
-            pcr11.ext("EV_IPL", sha256(&section(name)), name);
+            pcr11.ext("EV_IPL", sha256(&with_nul), format!("{name} (name)"));
+            pcr11.ext(
+                "EV_IPL",
+                sha256(&section(name)),
+                format!("{name} (content)"),
+            );
         }
     }
 

@@ -56,6 +56,8 @@ const OPT_NUM_DIRS: usize = 108;
 const OPT_DIRS: usize = 112;
 const DIR_SECURITY: usize = 4;
 const SECTION_HEADER: usize = 40;
+/// Largest section we accept (a kernel or initrd is far smaller).
+const MAX_SECTION: u32 = 256 << 20;
 
 /// Characteristics of a read-only initialized data section.
 pub const SCN_DATA_READ: u32 = 0x4000_0040;
@@ -111,13 +113,23 @@ impl Pe {
             size_of_headers: rd32(b, opt + 60)?,
             cert_table,
         };
+        // PE spec: FileAlignment is a power of two in 512..=64K; SectionAlignment a power of two
+        // not below it. Larger values (and sections over 256 MiB) only come from damaged input.
         if parsed.size_of_headers as usize > b.len()
             || !parsed.file_alignment.is_power_of_two()
+            || !(512..=65536).contains(&parsed.file_alignment)
             || !parsed.section_alignment.is_power_of_two()
+            || !(parsed.file_alignment..=1 << 21).contains(&parsed.section_alignment)
         {
             return Err(invalid("PE header fields out of range"));
         }
         for s in &parsed.sections {
+            if s.virtual_size > MAX_SECTION {
+                return Err(invalid(format!(
+                    "PE section {} is implausibly large",
+                    s.name
+                )));
+            }
             if (s.raw_offset as usize).saturating_add(s.raw_size as usize) > b.len() {
                 return Err(invalid(format!(
                     "PE section {} extends past the file",
@@ -233,7 +245,8 @@ pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
         .iter()
         .map(|s| (s.raw_offset + s.raw_size) as u64)
         .max()
-        .unwrap_or(pe.size_of_headers as u64);
+        .unwrap_or(0)
+        .max(pe.size_of_headers as u64);
     out.truncate(raw_end as usize);
     out.resize(align(raw_end, fa) as usize, 0);
     let mut va = pe
@@ -292,6 +305,48 @@ mod tests {
         assert!(Pe::parse(b"MZ").is_err());
         assert!(Pe::parse(b"hello world").is_err());
         assert!(authenticode_sha256(&[0u8; 1000]).is_err());
+    }
+
+    #[test]
+    fn damaged_headers_give_errors_not_panics() {
+        // A small but complete PE32+ image: headers, one section.
+        let mut img = vec![0u8; 0x400];
+        img[..2].copy_from_slice(b"MZ");
+        img[0x3c] = 0x40;
+        img[0x40..0x44].copy_from_slice(b"PE\0\0");
+        img[0x46] = 1; // one section
+        img[0x54] = 240; // optional header size
+        img[0x58..0x5a].copy_from_slice(&0x20bu16.to_le_bytes());
+        wr32(&mut img, 0x58 + 32, 0x1000);
+        wr32(&mut img, 0x58 + 36, 0x200);
+        wr32(&mut img, 0x58 + 60, 0x200);
+        wr32(&mut img, 0x58 + OPT_NUM_DIRS, 16);
+        let sec = 0x58 + 240;
+        img[sec..sec + 5].copy_from_slice(b".text");
+        wr32(&mut img, sec + 8, 0x10);
+        wr32(&mut img, sec + 12, 0x1000);
+        wr32(&mut img, sec + 16, 0x200);
+        wr32(&mut img, sec + 20, 0x200);
+        assert!(authenticode_sha256(&img).is_ok());
+        let with = add_sections(&img, &[(".osrel", b"ID=x\n")]).unwrap();
+        let parsed = Pe::parse(&with).unwrap();
+        assert_eq!(parsed.section_data(&with, ".osrel").unwrap(), b"ID=x\n");
+        // Every single-byte change of the headers must be handled without a panic.
+        let mut x = 0x1234_5678u32;
+        for at in 0..0x200 {
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let mut bad = img.clone();
+                bad[at] = x as u8;
+                let _ = Pe::parse(&bad).map(|p| p.section_data(&bad, ".text"));
+                let _ = authenticode_sha256(&bad);
+                let _ = add_sections(&bad, &[(".osrel", b"a")]);
+                let _ = checksum(&bad, 0x58 + OPT_CHECKSUM);
+            }
+        }
+        let _ = authenticode_sha256(&img[..0x300]);
     }
 
     #[test]

@@ -28,7 +28,8 @@ fn cache() -> DebCache {
 }
 
 fn build_into(dir: &Path) -> BuildReport {
-    pipeline::build(&config(), dir, &cache(), &Quiet).expect("tiny image builds")
+    pipeline::build(&config(), dir, &cache(), &Quiet)
+        .unwrap_or_else(|e| panic!("tiny image build failed: {e}"))
 }
 
 /// The one shared build.
