@@ -206,6 +206,43 @@ fn digest_text(text: &str) -> Option<Sha256Digest> {
     Sha256Digest::from_slice(&decode_base64(text)?).ok()
 }
 
+/// The predicted PCRs of an image build's `measurements.json` (`{"pcrs": {"4": {"sha256": ..,
+/// "source": "predicted"}}}`); entries the build only observed are left out, since only a
+/// prediction made offline can serve as a golden value without trusting a running VM.
+pub fn predicted_pcrs(measurements_json: &[u8]) -> Result<BTreeMap<u8, GoldenPcr>, GoldenError> {
+    if measurements_json.len() > MAX_GOLDEN_BYTES {
+        return Err(GoldenError::TooLarge(measurements_json.len()));
+    }
+    let document: serde_json::Value = serde_json::from_slice(measurements_json)?;
+    let mut pcrs = BTreeMap::new();
+    for (index, entry) in document["pcrs"].as_object().into_iter().flatten() {
+        if entry["source"].as_str() != Some("predicted") {
+            continue;
+        }
+        let index: u8 = index
+            .parse()
+            .map_err(|_| GoldenError::Legacy(format!("measurements.json: PCR index {index:?}")))?;
+        if index > 23 {
+            return Err(GoldenError::PcrIndex(index));
+        }
+        let digest = entry["sha256"]
+            .as_str()
+            .and_then(|text| Sha256Digest::from_hex(text).ok())
+            .ok_or_else(|| {
+                GoldenError::Legacy(format!("measurements.json: PCR {index} has no sha256"))
+            })?;
+        pcrs.insert(
+            index,
+            GoldenPcr {
+                sha256: digest,
+                source: PcrSource::Predicted,
+                note: Some("predicted by the image build".into()),
+            },
+        );
+    }
+    Ok(pcrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

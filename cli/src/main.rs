@@ -1,5 +1,7 @@
 //! `cvm-cli`: verify confidential VMs from outside and inspect attestation data.
 
+mod golden;
+mod http;
 mod inspect;
 mod time;
 mod verify;
@@ -19,6 +21,9 @@ enum Command {
     /// Verify evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
     /// against AMD's pinned roots. Every check is printed with its reason.
     Verify(verify::VerifyArgs),
+    /// Compute the golden measurement offline from the image build's measurements.json and the
+    /// workload folder.
+    Golden(golden::GoldenArgs),
     /// Show what a file is (SNP report, HCL report, TPM quote, event log, evidence, golden) and
     /// print it readably.
     Inspect(inspect::InspectArgs),
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
+        Command::Golden(args) => golden::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

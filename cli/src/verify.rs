@@ -22,9 +22,16 @@ pub struct VerifyArgs {
         long,
         alias = "evidence",
         requires = "golden",
-        conflicts_with = "report"
+        conflicts_with_all = ["report", "host"]
     )]
     collaterals: Option<PathBuf>,
+    /// A running agent (HOST[:PORT], default port 8000): fetch evidence over a fresh random
+    /// nonce and verify it here.
+    #[arg(long, requires = "golden", conflicts_with = "report")]
+    host: Option<String>,
+    /// Save the fetched evidence (with --host).
+    #[arg(long, requires = "host")]
+    save_evidence: Option<PathBuf>,
     /// Golden measurement JSON (ours or the predecessor's) to compare the evidence with.
     #[arg(long, alias = "golden_measurement")]
     golden: Option<PathBuf>,
@@ -110,6 +117,26 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
         &args.test_roots,
         args.trusted_ak.as_deref(),
     )?;
+    if let Some(host) = &args.host {
+        let golden_path = args.golden.as_ref().context("--host needs --golden")?;
+        let golden = GoldenMeasurement::from_json(&read(golden_path)?)
+            .with_context(|| format!("{}", golden_path.display()))?;
+        let mut nonce = [0u8; 32];
+        openssl::rand::rand_bytes(&mut nonce)?;
+        let options = options.with_nonce(nonce.to_vec());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let evidence_bytes = runtime.block_on(fetch_evidence(host, &nonce))?;
+        if let Some(path) = &args.save_evidence {
+            std::fs::write(path, &evidence_bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
+        let report = verify(&evidence, &golden, &options);
+        print_report(&report, args.json)?;
+        return Ok(report.verified);
+    }
     let report = match (&args.collaterals, &args.report) {
         (Some(evidence), None) => {
             let golden_path = args
@@ -128,7 +155,9 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             args.chain.as_deref(),
             &options,
         )?,
-        _ => bail!("give either --collaterals FILE --golden FILE, or --report FILE"),
+        _ => bail!(
+            "give --host HOST --golden FILE, --collaterals FILE --golden FILE, or --report FILE"
+        ),
     };
     print_report(&report, args.json)?;
     Ok(report.verified)
@@ -183,6 +212,28 @@ fn verify_bare_report(
         &expectations,
         options,
     ))
+}
+
+/// GET /collaterals/{nonce} from an agent.
+async fn fetch_evidence(host: &str, nonce: &[u8]) -> Result<Vec<u8>> {
+    let url = format!(
+        "{}/collaterals/{}",
+        crate::http::base_url(host, 8000)?,
+        hex::encode(nonce)
+    );
+    let (status, body) = crate::http::send(
+        "GET",
+        &url,
+        &[],
+        Vec::new(),
+        cvm_attestation::evidence::MAX_EVIDENCE_BYTES,
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
+    if status != 200 {
+        bail!("{url}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
 }
 
 /// Reports are also distributed as hex text (e.g. virtee's test data).

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use api::{AppState, Listener};
 use config::Config;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
-use cvm_attestation::golden::{GoldenPcr, PcrSource};
+use cvm_attestation::golden::GoldenPcr;
 use cvm_attestation::snp::certs::parse_certificate;
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::Sha256Digest;
@@ -196,37 +196,11 @@ fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend
     })
 }
 
-/// Predicted PCRs from the image build's measurements.json (`{"pcrs": {"4": {"sha256": ..,
-/// "source": "predicted"}}}`); observed ones are left to the verifier.
+/// Predicted PCRs from the image build's measurements.json, when configured.
 fn image_pcrs(path: Option<&std::path::Path>) -> Result<BTreeMap<u8, GoldenPcr>> {
     let Some(path) = path else {
         return Ok(BTreeMap::new());
     };
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let document: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
-    let mut pcrs = BTreeMap::new();
-    for (index, entry) in document["pcrs"].as_object().into_iter().flatten() {
-        let source = entry["source"].as_str().unwrap_or_default();
-        if source != "predicted" {
-            continue;
-        }
-        let index: u8 = index
-            .parse()
-            .with_context(|| format!("{}: PCR index {index:?}", path.display()))?;
-        let digest = entry["sha256"]
-            .as_str()
-            .and_then(|h| Sha256Digest::from_hex(h).ok());
-        let digest =
-            digest.with_context(|| format!("{}: PCR {index} has no sha256", path.display()))?;
-        pcrs.insert(
-            index,
-            GoldenPcr {
-                sha256: digest,
-                source: PcrSource::Predicted,
-                note: Some("predicted by the image build".into()),
-            },
-        );
-    }
-    Ok(pcrs)
+    cvm_attestation::golden::predicted_pcrs(&bytes).with_context(|| format!("{}", path.display()))
 }
