@@ -3,9 +3,12 @@
 //! are accepted only when a pinned ARK signed them.
 
 use openssl::asn1::Asn1Time;
+use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::X509;
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// A trust anchor: a named, self-signed ARK.
 #[derive(Clone)]
@@ -83,25 +86,85 @@ pub fn amd_roots() -> Vec<TrustedRoot> {
 }
 
 /// AMD's ASKs built into the `sev` crate, used when the evidence carries no intermediate.
+/// Parsed once per process (parsing them cost more than a signature check on every verify).
 pub fn amd_builtin_asks() -> Vec<X509> {
-    [
-        sev::certs::snp::builtin::milan::ASK,
-        sev::certs::snp::builtin::genoa::ASK,
-        sev::certs::snp::builtin::turin::ASK,
-    ]
-    .into_iter()
-    .filter_map(|pem| X509::from_pem(pem).ok())
-    .collect()
+    static ASKS: OnceLock<Vec<X509>> = OnceLock::new();
+    ASKS.get_or_init(|| {
+        [
+            sev::certs::snp::builtin::milan::ASK,
+            sev::certs::snp::builtin::genoa::ASK,
+            sev::certs::snp::builtin::turin::ASK,
+        ]
+        .into_iter()
+        .filter_map(|pem| X509::from_pem(pem).ok())
+        .collect()
+    })
+    .clone()
+}
+
+/// Whether `cert` carries a valid signature by `issuer`'s key.
+///
+/// The answer depends only on the two certificates' bytes, so it is remembered per process by
+/// the SHA-256 of both DER encodings: a verifier that sees the same chain again (the same VM, or
+/// the pinned ARK's self-signature) does not repeat RSA-4096 or P-384 checks. Validity dates are
+/// not part of this and are checked on every call.
+fn signed_by(cert: &X509, issuer: &X509) -> bool {
+    type Memo = Mutex<HashMap<(Vec<u8>, Vec<u8>), bool>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 1024;
+    let check = || {
+        issuer
+            .public_key()
+            .is_ok_and(|key| cert.verify(&key).unwrap_or(false))
+    };
+    let (Ok(cert_digest), Ok(issuer_digest)) = (
+        cert.digest(MessageDigest::sha256()),
+        issuer.digest(MessageDigest::sha256()),
+    ) else {
+        return check();
+    };
+    let key = (cert_digest.to_vec(), issuer_digest.to_vec());
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
+        return known;
+    }
+    let result = check();
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, result);
+    }
+    result
 }
 
 /// Reads one DER or PEM certificate.
+///
+/// Parsed certificates are remembered per process by the SHA-256 of their bytes: OpenSSL 3 takes
+/// longer to decode a certificate than to check a P-256 signature, and a verifier sees the same
+/// VCEK and ASK with every request from a VM.
 pub fn parse_certificate(bytes: &[u8]) -> Result<X509, ChainError> {
+    type Memo = Mutex<HashMap<[u8; 32], X509>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 256;
     if bytes.len() > 64 * 1024 {
         return Err(ChainError::Decode("certificate larger than 64 KiB".into()));
     }
-    X509::from_der(bytes)
+    let digest = openssl::sha::sha256(bytes);
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(cert) = memo.lock().ok().and_then(|m| m.get(&digest).cloned()) {
+        return Ok(cert);
+    }
+    let cert = X509::from_der(bytes)
         .or_else(|_| X509::from_pem(bytes))
-        .map_err(|e| ChainError::Decode(e.to_string()))
+        .map_err(|e| ChainError::Decode(e.to_string()))?;
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(digest, cert.clone());
+    }
+    Ok(cert)
 }
 
 /// Reads every PEM certificate in `bytes` (a chain file), at most 8.
@@ -156,10 +219,8 @@ pub fn verify_chain(
         // Which pinned root signed this intermediate? (The root's own self-signature is checked
         // too: a corrupted pinned certificate must not anchor anything.)
         let Some(root) = roots.iter().find(|root| {
-            root.certificate.public_key().is_ok_and(|key| {
-                intermediate.verify(&key).unwrap_or(false)
-                    && root.certificate.verify(&key).unwrap_or(false)
-            })
+            signed_by(intermediate, &root.certificate)
+                && signed_by(&root.certificate, &root.certificate)
         }) else {
             last_error = Some(ChainError::UntrustedIntermediate {
                 which: "intermediate",
@@ -168,8 +229,7 @@ pub fn verify_chain(
             });
             continue;
         };
-        let issuer_key = intermediate.public_key()?;
-        if !leaf.verify(&issuer_key).unwrap_or(false) {
+        if !signed_by(leaf, intermediate) {
             last_error = Some(ChainError::BadLeafSignature {
                 which: "VCEK/VLEK",
                 subject: common_name(leaf),

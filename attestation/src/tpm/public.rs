@@ -128,8 +128,10 @@ impl AkPublic {
                 let y = r.tpm2b("unique.ecc.y", 66)?;
                 let group = EcGroup::from_curve_name(nid)?;
                 let (x, y) = (BigNum::from_slice(x)?, BigNum::from_slice(y)?);
+                // OpenSSL's EC_KEY_set_public_key_affine_coordinates refuses points off the
+                // curve and runs EC_KEY_check_key itself; a second check_key here doubled the
+                // cost of reading the AK (two scalar multiplications) for nothing.
                 let ec = EcKey::from_public_key_affine_coordinates(&group, &x, &y)?;
-                ec.check_key()?;
                 PKey::from_ec_key(ec)?
             }
             other => return Err(r.unsupported("type", other.into()).into()),
