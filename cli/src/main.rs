@@ -3,6 +3,7 @@
 mod golden;
 mod http;
 mod inspect;
+mod local;
 mod time;
 mod verify;
 
@@ -21,6 +22,11 @@ enum Command {
     /// Verify evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
     /// against AMD's pinned roots. Every check is printed with its reason.
     Verify(verify::VerifyArgs),
+    /// Boot an image locally in QEMU + OVMF with a software TPM, forward the agent's port, and
+    /// record the TPM's attestation key for `verify --trusted-ak`.
+    DeployLocal(local::DeployLocalArgs),
+    /// Stop and delete what this CLI created.
+    Cleanup(local::CleanupArgs),
     /// Compute the golden measurement offline from the image build's measurements.json and the
     /// workload folder.
     Golden(golden::GoldenArgs),
@@ -35,6 +41,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::Golden(args) => golden::run(args).map(|()| true),
+        Command::DeployLocal(args) => local::deploy(args).map(|()| true),
+        Command::Cleanup(args) => local::cleanup(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

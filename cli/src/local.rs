@@ -1,0 +1,333 @@
+//! `cvm-cli deploy-local`: boots an image under QEMU + OVMF with a software TPM, forwards the
+//! agent's port to localhost, waits for the agent, and records the TPM's attestation key.
+//!
+//! Without a TEE nothing in the evidence can vouch for the TPM, so trust comes from here: the
+//! swtpm is created by this command, and its AK (a primary key derived from the endorsement seed,
+//! the same one the agent creates) is computed before the guest ever runs and saved as `ak.pub`.
+//! `cvm-cli verify --trusted-ak <state>/ak.pub` then accepts exactly that TPM.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cvm_attestation::encoding::encode_base64;
+use image_builder::boot::{qemu_command, BootConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  cvm-cli deploy-local --image out/tiny/disk.raw --port 18000\n  \
+    cvm-cli verify --host 127.0.0.1:18000 --golden golden.json --trusted-ak ~/.local/state/cvm-cli/local/cvm-local/ak.pub\n  \
+    cvm-cli cleanup --local cvm-local"
+)]
+pub struct DeployLocalArgs {
+    /// The disk image (disk.raw from `cvm-image build`).
+    #[arg(long, default_value = "out/tiny/disk.raw")]
+    image: PathBuf,
+    /// Name of the local VM (its state directory).
+    #[arg(long, visible_alias = "vm_name", default_value = "cvm-local")]
+    name: String,
+    /// Host port forwarded to the agent's external port 8000.
+    #[arg(long, default_value_t = 18000)]
+    port: u16,
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u32,
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// `kvm` when /dev/kvm is usable, otherwise `tcg` (software emulation).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    accel: String,
+    /// How long to wait for the agent to answer.
+    #[arg(long, default_value_t = 600)]
+    wait_seconds: u64,
+    /// Print the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Stop a local VM started by deploy-local and delete its state.
+    #[arg(long, value_name = "NAME")]
+    local: String,
+}
+
+/// Where a local VM keeps its TPM state, AK, serial log and process IDs.
+pub fn state_dir(name: &str) -> Result<PathBuf> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("VM name {name:?}: use letters, digits, '-' and '_'");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .context("neither XDG_STATE_HOME nor HOME is set")?;
+    Ok(base.join("cvm-cli/local").join(name))
+}
+
+/// KVM only where it can run a guest: /dev/kvm must open and the CPU must expose VMX or SVM
+/// (inside a VM without nested virtualization /dev/kvm may exist while guests cannot run).
+fn accel(requested: &str) -> String {
+    match requested {
+        "auto" => {
+            let device = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok();
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let extensions = cpuinfo
+                .lines()
+                .filter(|line| line.starts_with("flags"))
+                .any(|line| {
+                    line.split_whitespace()
+                        .any(|flag| flag == "vmx" || flag == "svm")
+                });
+            if device && extensions { "kvm" } else { "tcg" }.into()
+        }
+        other => other.into(),
+    }
+}
+
+pub fn deploy(args: DeployLocalArgs) -> Result<()> {
+    let image = args.image.canonicalize().with_context(|| {
+        format!(
+            "disk image {} (build one with `cvm-image build`)",
+            args.image.display()
+        )
+    })?;
+    let dir = state_dir(&args.name)?;
+    let accel = accel(&args.accel);
+    println!("Plan for local VM {:?}:", args.name);
+    println!(
+        "  disk        {} (booted with snapshot=on: the file is never written)",
+        image.display()
+    );
+    println!(
+        "  firmware    OVMF, {} MiB, {} vCPU, accel {accel}{}",
+        args.memory_mib,
+        args.cpus,
+        if accel == "tcg" {
+            " (software emulation: about a minute to boot)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  TPM         swtpm, state in {}",
+        dir.join("tpm-state").display()
+    );
+    println!(
+        "  agent       http://127.0.0.1:{} -> guest port 8000",
+        args.port
+    );
+    if args.dry_run {
+        return Ok(());
+    }
+    if dir.join("qemu.pid").exists() && pid_alive(&dir.join("qemu.pid")) {
+        bail!(
+            "local VM {:?} is already running; stop it with `cvm-cli cleanup --local {}`",
+            args.name,
+            args.name
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tpm-state"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+
+    step("creating the software TPM and recording its attestation key");
+    let ak = compute_ak(&dir.join("tpm-state"))?;
+    let ak_path = dir.join("ak.pub");
+    std::fs::write(&ak_path, encode_base64(&ak))?;
+
+    step("starting swtpm");
+    let socket = dir.join("swtpm.sock");
+    let status = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--terminate", "--daemon"])
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", socket.display()))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.join("tpm-state").display()))
+        .arg("--pid")
+        .arg(format!("file={}", dir.join("swtpm.pid").display()))
+        .arg("--log")
+        .arg(format!("file={}", dir.join("swtpm.log").display()))
+        .status()
+        .context("starting swtpm (install the swtpm package)")?;
+    if !status.success() {
+        bail!(
+            "swtpm failed ({status}); see {}",
+            dir.join("swtpm.log").display()
+        );
+    }
+
+    step("starting QEMU");
+    let vars = dir.join("OVMF_VARS.fd");
+    let mut config = BootConfig::new(&image);
+    std::fs::copy(&config.ovmf_vars, &vars)
+        .with_context(|| format!("copying {}", config.ovmf_vars.display()))?;
+    config.memory_mib = args.memory_mib;
+    config.cpus = args.cpus;
+    config.accel = accel;
+    config.extra_args = vec![
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:8000", args.port),
+        // No option ROM: nothing but the disk is measured at boot (PCR 2 and 4 stay predictable).
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+        "-daemonize".into(),
+        "-pidfile".into(),
+        dir.join("qemu.pid").display().to_string(),
+    ];
+    let serial = dir.join("serial.log");
+    let output = qemu_command(&config, &vars, &serial, &socket)
+        .stderr(Stdio::piped())
+        .output()
+        .context("starting qemu-system-x86_64 (install qemu-system-x86 and ovmf)")?;
+    if !output.status.success() {
+        bail!(
+            "QEMU failed to start: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+
+    step("waiting for the agent");
+    let url = format!("http://127.0.0.1:{}/health", args.port);
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    loop {
+        let answered = runtime.block_on(crate::http::send(
+            "GET",
+            &url,
+            &[],
+            Vec::new(),
+            1 << 16,
+            Duration::from_secs(5),
+        ));
+        if let Ok((200, _)) = answered {
+            break;
+        }
+        if !pid_alive(&dir.join("qemu.pid")) {
+            bail!(
+                "the VM stopped before the agent answered. Last console lines:\n{}",
+                tail(&serial, 25)
+            );
+        }
+        if started.elapsed() > Duration::from_secs(args.wait_seconds) {
+            bail!(
+                "no answer from the agent after {} s. Last console lines:\n{}",
+                args.wait_seconds,
+                tail(&serial, 25)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        eprint!("\r  {} s", started.elapsed().as_secs());
+    }
+    eprintln!();
+    println!(
+        "Local VM {:?} is up after {} s.",
+        args.name,
+        started.elapsed().as_secs()
+    );
+    println!("  agent        http://127.0.0.1:{}", args.port);
+    println!("  pinned AK    {}", ak_path.display());
+    println!("  console log  {}", serial.display());
+    println!("Verify it:");
+    println!(
+        "  cvm-cli verify --host 127.0.0.1:{} --golden golden.json --trusted-ak {}",
+        args.port,
+        ak_path.display()
+    );
+    Ok(())
+}
+
+pub fn cleanup(args: CleanupArgs) -> Result<()> {
+    let dir = state_dir(&args.local)?;
+    if !dir.exists() {
+        bail!(
+            "no local VM named {:?} (looked in {})",
+            args.local,
+            dir.display()
+        );
+    }
+    for pid_file in ["qemu.pid", "swtpm.pid"] {
+        if let Some(pid) = read_pid(&dir.join(pid_file)) {
+            // SAFETY: plain syscall; the PID came from the file this command wrote.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!("stopped and removed local VM {:?}", args.local);
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn pid_alive(path: &Path) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    read_pid(path).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts the new TPM once over TCP, derives the AK exactly as the agent will, and stops it.
+fn compute_ak(state: &Path) -> Result<Vec<u8>> {
+    let port = {
+        let mut found = None;
+        for _ in 0..64 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = listener.local_addr()?.port();
+            drop(listener);
+            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                found = Some(port);
+                break;
+            }
+        }
+        found.context("no two consecutive free loopback ports")?
+    };
+    let mut swtpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting swtpm (install the swtpm package)")?;
+    let result = (|| -> Result<Vec<u8>> {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("swtpm did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut tpm = cvm_attester::Tpm::open(&format!("swtpm:host=127.0.0.1,port={port}"))?;
+        Ok(tpm.attestation_key(None)?.public)
+    })();
+    let _ = swtpm.kill();
+    let _ = swtpm.wait();
+    result
+}
