@@ -19,8 +19,9 @@ pub struct Config {
     pub local_listen: SocketAddr,
     /// External listener, for verifiers and operators.
     pub external_listen: SocketAddr,
-    /// A Unix socket serving the local API, to mount into containers (they cannot reach the
-    /// host's 127.0.0.1 from a bridge network).
+    /// A Unix socket serving the local API, alone in its directory, which compose receives as
+    /// `CVM_AGENT_SOCKET_DIR` so the workload can mount it (containers on a bridge network cannot
+    /// reach the VM's 127.0.0.1).
     pub local_socket: Option<PathBuf>,
     /// TPM access, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
     pub tcti: String,
@@ -62,7 +63,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/run/cvm-agent"),
             local_listen: "127.0.0.1:7999".parse().expect("literal address"),
             external_listen: "0.0.0.0:8000".parse().expect("literal address"),
-            local_socket: Some(PathBuf::from("/run/cvm-agent/api.sock")),
+            local_socket: Some(PathBuf::from("/run/cvm-agent/api/api.sock")),
             tcti: "device:/dev/tpmrm0".into(),
             engine_socket: PathBuf::from("/run/podman/podman.sock"),
             compose_command: vec!["docker-compose".into()],

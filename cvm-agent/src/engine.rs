@@ -54,10 +54,16 @@ pub struct Engine {
     docker: Docker,
     socket: PathBuf,
     compose_command: Vec<String>,
+    /// Directory of the agent's local API socket, passed to compose as `CVM_AGENT_SOCKET_DIR`.
+    socket_dir: Option<PathBuf>,
 }
 
 impl Engine {
-    pub fn connect(socket: &Path, compose_command: Vec<String>) -> Result<Self> {
+    pub fn connect(
+        socket: &Path,
+        compose_command: Vec<String>,
+        socket_dir: Option<PathBuf>,
+    ) -> Result<Self> {
         let path = socket.to_str().context("engine socket path is not UTF-8")?;
         let docker = Docker::connect_with_unix(path, 300, bollard::API_DEFAULT_VERSION)
             .with_context(|| {
@@ -67,6 +73,7 @@ impl Engine {
             docker,
             socket: socket.to_owned(),
             compose_command,
+            socket_dir,
         })
     }
 
@@ -169,6 +176,11 @@ impl Engine {
             .arg(dir)
             .args(action)
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .envs(
+                self.socket_dir
+                    .iter()
+                    .map(|dir| ("CVM_AGENT_SOCKET_DIR", dir)),
+            )
             .kill_on_drop(true);
         let output = tokio::time::timeout(COMPOSE_TIMEOUT, command.output())
             .await

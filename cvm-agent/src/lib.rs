@@ -65,6 +65,28 @@ impl Agent {
             }
             None => None,
         };
+        // Listeners are bound before the workload starts, so it finds the local API socket; they
+        // are served once the workload is measured.
+        let local = tokio::net::TcpListener::bind(config.local_listen)
+            .await
+            .with_context(|| format!("listening on {}", config.local_listen))?;
+        let external = tokio::net::TcpListener::bind(config.external_listen)
+            .await
+            .with_context(|| format!("listening on {}", config.external_listen))?;
+        let (local_addr, external_addr) = (local.local_addr()?, external.local_addr()?);
+        let unix = match &config.local_socket {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                Some(
+                    tokio::net::UnixListener::bind(path)
+                        .with_context(|| format!("listening on {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         let tpm = tpm_actor::TpmActor::start(&config.tcti, tee, config.firmware_event_log.clone())?;
         let engine = if config.measure_only {
             tracing::warn!("measure-only: the workload is measured but not started (no engine)");
@@ -73,6 +95,11 @@ impl Agent {
             Some(engine::Engine::connect(
                 &config.engine_socket,
                 config.compose_command.clone(),
+                config
+                    .local_socket
+                    .as_deref()
+                    .and_then(|socket| socket.parent())
+                    .map(|dir| dir.to_owned()),
             )?)
         };
         let (workloads, start_kind) = workload::Workloads::start(
@@ -110,13 +137,6 @@ impl Agent {
         });
 
         let mut tasks = Vec::new();
-        let local = tokio::net::TcpListener::bind(config.local_listen)
-            .await
-            .with_context(|| format!("listening on {}", config.local_listen))?;
-        let external = tokio::net::TcpListener::bind(config.external_listen)
-            .await
-            .with_context(|| format!("listening on {}", config.external_listen))?;
-        let (local_addr, external_addr) = (local.local_addr()?, external.local_addr()?);
         for (listener, which) in [(local, Listener::Local), (external, Listener::External)] {
             let app = api::router(state.clone(), which);
             tasks.push(tokio::spawn(async move {
@@ -125,13 +145,7 @@ impl Agent {
                 }
             }));
         }
-        if let Some(path) = &config.local_socket {
-            let _ = std::fs::remove_file(path);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let socket = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("listening on {}", path.display()))?;
+        if let Some(socket) = unix {
             let app = api::router(state.clone(), Listener::Local);
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(socket, app).await {

@@ -81,7 +81,7 @@ impl TestVm {
             state_dir: self.dir.path().join("run"),
             local_listen: "127.0.0.1:0".parse().unwrap(),
             external_listen: "127.0.0.1:0".parse().unwrap(),
-            local_socket: Some(self.dir.path().join("run/api.sock")),
+            local_socket: Some(self.dir.path().join("run/api/api.sock")),
             tcti: self.swtpm.tcti(),
             engine_socket: self.engine.socket().to_owned(),
             api_token_file: Some(self.dir.path().join("token")),
@@ -248,6 +248,8 @@ async fn measures_runs_and_attests(kind: EngineKind) {
     let answer = vm.verify_against(expected.clone()).await;
     assert_eq!(answer["success"], true, "{answer:#}");
     wait_for_log(&vm, "first message").await;
+    // The container sees the agent's local API socket (mounted from CVM_AGENT_SOCKET_DIR).
+    wait_for_log(&vm, "agent API socket: reachable").await;
 
     // A changed config file: another PCR 23, and the golden comparison fails by name.
     let other = tempfile::tempdir().unwrap();

@@ -43,10 +43,19 @@ pub async fn request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    // A server may answer (401, 413) and close before reading the whole body: a failed write is
+    // then not the outcome, the response is.
+    let written = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await
+    }
+    .await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    let read = stream.read_to_end(&mut raw).await;
+    if raw.is_empty() {
+        written?;
+        read?;
+    }
     parse(&raw)
 }
 
