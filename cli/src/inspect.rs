@@ -73,6 +73,16 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
             }),
         ));
     }
+    if bytes.len() >= 512 && &bytes[257..262] == b"ustar" {
+        let images = cvm_attestation::workload::archived_images(bytes)?;
+        return Ok((
+            "container image archive",
+            json!(images
+                .iter()
+                .map(|i| json!({ "tags": i.tags, "image_id": i.image_id }))
+                .collect::<Vec<_>>()),
+        ));
+    }
     if bytes.len() == cvm_attestation::snp::report::REPORT_LEN {
         return Ok((
             "SEV-SNP attestation report",
