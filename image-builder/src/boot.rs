@@ -26,6 +26,8 @@ pub struct BootConfig {
     pub cpus: u32,
     /// Acceleration: `tcg` here, `kvm` where it works.
     pub accel: String,
+    /// QEMU CPU model (`-cpu`); `None`: QEMU's default.
+    pub cpu: Option<String>,
     /// Hard limit; the VM is killed after it.
     pub timeout: Duration,
     /// Boot the disk with `snapshot=on` (the image file is never written).
@@ -43,6 +45,7 @@ impl BootConfig {
             memory_mib: 1024,
             cpus: 1,
             accel: "tcg".into(),
+            cpu: None,
             timeout: Duration::from_secs(600),
             snapshot: true,
             extra_args: Vec::new(),

@@ -75,6 +75,28 @@ fn d_data() -> u64 {
 fn d_formats() -> Vec<Format> {
     vec![Format::Raw, Format::Vhd, Format::Gcp, Format::Vmdk]
 }
+fn d_suite() -> String {
+    "trixie".into()
+}
+fn d_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+fn d_packages() -> Vec<String> {
+    [
+        "systemd",
+        "systemd-sysv",
+        "udev",
+        "dbus",
+        "linux-image-cloud-amd64",
+        "systemd-boot-efi",
+        "podman",
+        "podman-compose",
+        "iproute2",
+        "ca-certificates",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 fn d_busybox() -> PathBuf {
     "/bin/busybox".into()
 }
@@ -127,6 +149,18 @@ pub struct Config {
     pub data_size_mib: u64,
     #[serde(default = "d_formats")]
     pub formats: Vec<Format>,
+    /// erofs compression (`lz4`, `lz4hc`, `lz4hc,12`); none by default.
+    #[serde(default)]
+    pub erofs_compression: Option<String>,
+    /// `debian` profile: the Debian suite (kernel and stub come from the same release).
+    #[serde(default = "d_suite")]
+    pub suite: String,
+    /// `debian` profile: the mirror mmdebstrap installs from.
+    #[serde(default = "d_mirror")]
+    pub mirror: String,
+    /// `debian` profile: packages installed on top of `minbase`.
+    #[serde(default = "d_packages")]
+    pub packages: Vec<String>,
     #[serde(default = "d_busybox")]
     pub busybox: PathBuf,
     #[serde(default = "d_veritysetup")]
@@ -179,6 +213,23 @@ impl Config {
         }
         if self.cmdline.contains(['\n', '\0']) {
             return Err(invalid("cmdline must be one line"));
+        }
+        let word = |w: &str| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
+        };
+        if !word(&self.suite) || !self.packages.iter().all(|p| word(p)) {
+            return Err(invalid("suite and packages must be Debian names"));
+        }
+        if !(self.mirror.starts_with("http://")
+            || self.mirror.starts_with("https://")
+            || self.mirror.starts_with("file:/"))
+        {
+            return Err(invalid(format!(
+                "mirror {} is not an http(s) or file URL",
+                self.mirror
+            )));
         }
         if self.data_size_mib == 0 || self.data_size_mib > 1 << 20 {
             return Err(invalid("data_size_mib must be in 1..=1048576"));

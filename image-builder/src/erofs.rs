@@ -9,17 +9,36 @@ use crate::cmd;
 use crate::error::Result;
 use crate::verity::uuid_string;
 
+/// How to make the image.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// All files owned by root and no xattrs (trees staged by copying).
+    pub all_root: bool,
+    /// `lz4` or `lz4hc[,level]`; `None`: uncompressed.
+    pub compression: Option<String>,
+}
+
 /// Writes an erofs image of `tree` to `out`, padded to a whole number of 4 KiB blocks (what
 /// dm-verity hashes).
-pub fn mkfs(tree: &Path, out: &Path, epoch: u64, uuid: &[u8; 16]) -> Result<u64> {
+pub fn mkfs(tree: &Path, out: &Path, epoch: u64, uuid: &[u8; 16], opts: &Options) -> Result<u64> {
+    if let Some(c) = &opts.compression {
+        if !c.chars().all(|c| c.is_ascii_alphanumeric() || c == ',') {
+            return Err(crate::error::invalid(format!(
+                "odd erofs compression {c:?}"
+            )));
+        }
+    }
     let _ = std::fs::remove_file(out);
     cmd::run(
         Command::new("mkfs.erofs")
             .arg("--quiet")
             .arg(format!("-T{epoch}"))
             .arg(format!("-U{}", uuid_string(uuid)))
-            .arg("--all-root")
-            .arg("-x-1")
+            // Staged trees carry no meaningful owners or xattrs; a Debian root keeps both
+            // (file capabilities are xattrs).
+            .args(opts.all_root.then_some("--all-root"))
+            .args(opts.all_root.then_some("-x-1"))
+            .args(opts.compression.as_ref().map(|c| format!("-z{c}")))
             .arg(out)
             .arg(tree),
     )?;

@@ -47,12 +47,11 @@ pub fn build(inp: &InitrdInputs) -> Result<Vec<u8>> {
     tree::copy_with_libs(inp.veritysetup, root, Path::new("/usr/sbin/veritysetup"))?;
     let mut list = String::new();
     for m in inp.modules {
-        let name = m
-            .file_name()
-            .and_then(|n| n.to_str())
+        let name = crate::kmod::plain_name(m)
             .ok_or_else(|| invalid(format!("odd module path {}", m.display())))?;
-        tree::copy_file(m, &root.join("lib/modules").join(name))?;
-        list.push_str(name);
+        let target = root.join("lib/modules").join(&name);
+        std::fs::write(&target, crate::kmod::read_module(m)?).ctx("writing module", &target)?;
+        list.push_str(&name);
         list.push('\n');
     }
     std::fs::write(root.join("etc/cvm-modules"), list).ctx("writing module list", root)?;

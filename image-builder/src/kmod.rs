@@ -66,6 +66,27 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
     Err(invalid("kernel module has no .modinfo section"))
 }
 
+/// A module's ELF bytes; `.ko.xz` and `.ko.zst` (Debian 13) are decompressed with `xz`/`zstd`,
+/// since busybox `insmod` loads plain ELF only.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".ko.xz") {
+        "xz"
+    } else if name.ends_with(".ko.zst") {
+        "zstd"
+    } else {
+        return std::fs::read(path).ctx("reading module", path);
+    };
+    let out = crate::cmd::run(std::process::Command::new(tool).args(["-dc"]).arg(path))?;
+    Ok(out.stdout)
+}
+
+/// The name a module is stored under in the initrd (`dm-verity.ko`).
+pub fn plain_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    Some(format!("{}.ko", name.split(".ko").next()?))
+}
+
 /// Resolves `wanted` module names against the module tree `moddir` (`lib/modules/<version>`):
 /// returns the `.ko` files to load, each after its dependencies, in a stable order. Modules that
 /// `modules.builtin` lists are skipped (they need no loading).
@@ -117,13 +138,7 @@ pub fn resolve(moddir: &Path, wanted: &[String]) -> Result<Vec<PathBuf>> {
                 "kernel module {name} is neither in the package nor built in"
             ))
         })?;
-        if !path.to_string_lossy().ends_with(".ko") {
-            return Err(invalid(format!(
-                "{}: compressed modules are not supported yet",
-                path.display()
-            )));
-        }
-        let bytes = std::fs::read(path).ctx("reading module", path)?;
+        let bytes = read_module(path)?;
         visiting.push(name.clone());
         for (k, v) in modinfo(&bytes)? {
             if k == "depends" {

@@ -7,6 +7,7 @@ pub(crate) mod cmd;
 pub mod config;
 pub mod cpio;
 pub mod deb;
+pub mod debian;
 pub mod erofs;
 pub mod error;
 pub mod esp;

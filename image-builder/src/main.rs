@@ -53,6 +53,12 @@ enum Cmd {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// QEMU CPU model (e.g. `max`).
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Also save the whole serial console to this file.
+        #[arg(long)]
+        serial: Option<PathBuf>,
     },
     /// Write a fixed VHD (raw disk + footer) from a raw disk whose size is a whole number of MiB.
     Vhd { raw: PathBuf, vhd: PathBuf },
@@ -106,7 +112,9 @@ fn main() -> anyhow::Result<()> {
             out,
             accel,
             timeout,
-        } => boot(&out, accel, timeout)?,
+            cpu,
+            serial,
+        } => boot(&out, accel, timeout, cpu, serial)?,
         Cmd::Vhd { raw, vhd } => {
             let size = std::fs::metadata(&raw)
                 .with_context(|| format!("reading {}", raw.display()))?
@@ -200,7 +208,13 @@ fn summary(r: &BuildReport) {
     );
 }
 
-fn boot(out: &std::path::Path, accel: String, timeout: u64) -> anyhow::Result<()> {
+fn boot(
+    out: &std::path::Path,
+    accel: String,
+    timeout: u64,
+    cpu: Option<String>,
+    serial: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use image_builder::boot::{self, BootConfig};
     use image_builder::measure::Measurements;
     let m: Measurements = serde_json::from_slice(
@@ -209,11 +223,16 @@ fn boot(out: &std::path::Path, accel: String, timeout: u64) -> anyhow::Result<()
     )?;
     let mut cfg = BootConfig::new(out.join("disk.raw"));
     cfg.accel = accel;
+    cfg.cpu = cpu;
     cfg.timeout = std::time::Duration::from_secs(timeout);
     eprintln!("booting {} (serial console below)...", cfg.disk.display());
     let outcome = boot::boot(&cfg, |s| {
         s.contains("CVM-BOOT-DONE") || s.contains("CVM-AGENT-START") || s.contains("Kernel panic")
     })?;
+    if let Some(path) = serial {
+        std::fs::write(&path, &outcome.serial)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     for line in outcome.serial.lines().filter(|l| l.len() < 300) {
         eprintln!("| {line}");
     }

@@ -97,8 +97,13 @@ pub struct Measurements {
 }
 
 /// Sections of this stub that it measures, in measurement order: the known order filtered to
-/// the names the stub binary contains as strings.
+/// the names the stub's code and data contain as NUL-terminated strings (its section headers
+/// are skipped: a header name could match by accident).
 pub fn measured_sections(stub: &[u8]) -> Vec<&'static str> {
+    let body = pe::Pe::parse(stub)
+        .ok()
+        .and_then(|p| stub.get(p.size_of_headers as usize..))
+        .unwrap_or(stub);
     STUB_SECTION_ORDER
         .iter()
         .copied()
@@ -106,7 +111,7 @@ pub fn measured_sections(stub: &[u8]) -> Vec<&'static str> {
             let mut needle = vec![0u8];
             needle.extend_from_slice(name.as_bytes());
             needle.push(0);
-            contains(stub, &needle)
+            contains(body, &needle)
         })
         .collect()
 }

@@ -133,7 +133,7 @@ pub fn stub(cfg: &Config, cache: &DebCache) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Builds the root filesystem staging tree.
+/// Builds the root filesystem staging tree (`dest` must not exist yet).
 pub fn root_tree(cfg: &Config, dest: &Path) -> Result<()> {
     match cfg.profile {
         Profile::Tiny => {
@@ -143,9 +143,8 @@ pub fn root_tree(cfg: &Config, dest: &Path) -> Result<()> {
             tree::copy_file(&cfg.busybox, &dest.join("bin/busybox"))?;
         }
         Profile::Debian => {
-            return Err(invalid(
-                "the debian profile is not implemented yet; use --profile tiny",
-            ))
+            crate::debian::bootstrap(cfg, dest, cfg.epoch()?)?;
+            crate::debian::customize(dest)?;
         }
     }
     for o in &cfg.overlays {
@@ -158,6 +157,25 @@ pub fn root_tree(cfg: &Config, dest: &Path) -> Result<()> {
         tree::copy_with_libs(agent, dest, Path::new("/usr/bin/cvm-agent"))?;
     }
     Ok(())
+}
+
+/// Kernel and stub: from Debian packages (`tiny`) or from the root tree itself (`debian`).
+fn kernel_and_stub(cfg: &Config, cache: &DebCache, root: &Path) -> Result<(Kernel, PathBuf)> {
+    match cfg.profile {
+        Profile::Tiny => Ok((kernel(cfg, cache)?, stub(cfg, cache)?)),
+        Profile::Debian => {
+            let k = find_kernel(root)?.ok_or_else(|| {
+                invalid("the Debian root has no /boot/vmlinuz-* (is linux-image-* in packages?)")
+            })?;
+            let s = root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+            if !s.is_file() {
+                return Err(invalid(
+                    "the Debian root has no systemd EFI stub (is systemd-boot-efi in packages?)",
+                ));
+            }
+            Ok((k, s))
+        }
+    }
 }
 
 fn os_release(cfg: &Config) -> String {
@@ -184,9 +202,16 @@ pub fn build(
     };
 
     let t = Instant::now();
+    progress.start("root tree");
+    let stage = tempfile::tempdir().ctx("creating staging dir", std::env::temp_dir())?;
+    let rootdir = stage.path().join("root");
+    root_tree(cfg, &rootdir)?;
+    let tree_digest = tree::digest(&rootdir, cfg.profile != Profile::Tiny)?;
+    step("root tree", t, String::new());
+
+    let t = Instant::now();
     progress.start("kernel and stub");
-    let kernel = kernel(cfg, cache)?;
-    let stub_path = stub(cfg, cache)?;
+    let (kernel, stub_path) = kernel_and_stub(cfg, cache, &rootdir)?;
     let stub = std::fs::read(&stub_path).ctx("reading stub", &stub_path)?;
     let stub_name = uki::stub_version(&stub).unwrap_or_else(|| "unknown stub".into());
     step(
@@ -196,14 +221,6 @@ pub fn build(
     );
 
     let t = Instant::now();
-    progress.start("root tree");
-    let stage = tempfile::tempdir().ctx("creating staging dir", std::env::temp_dir())?;
-    let rootdir = stage.path().join("root");
-    root_tree(cfg, &rootdir)?;
-    let tree_digest = tree::digest(&rootdir)?;
-    step("root tree", t, String::new());
-
-    let t = Instant::now();
     progress.start("erofs");
     let root_img = out.join("root.erofs");
     let root_size = erofs::mkfs(
@@ -211,6 +228,10 @@ pub fn build(
         &root_img,
         epoch,
         &id16("cvm-erofs-uuid", &[&tree_digest]),
+        &erofs::Options {
+            all_root: cfg.profile == Profile::Tiny,
+            compression: cfg.erofs_compression.clone(),
+        },
     )?;
     step("erofs", t, format!("{} KiB", root_size / 1024));
 

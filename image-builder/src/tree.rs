@@ -157,7 +157,7 @@ pub fn busybox_links(busybox: &Path, root: &Path) -> Result<()> {
 
 /// A digest of a staging tree (paths, types, normalized modes, contents, link targets) in sorted
 /// order: the seed for IDs that must be known before the filesystem exists (its UUID).
-pub fn digest(root: &Path) -> Result<[u8; 32]> {
+pub fn digest(root: &Path, owners: bool) -> Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
@@ -190,11 +190,25 @@ pub fn digest(root: &Path) -> Result<[u8; 32]> {
             );
         } else if meta.is_dir() {
             h.update(b"d");
-        } else {
+        } else if meta.is_file() {
             h.update(b"f");
-            h.update(normalized_mode(meta.mode(), false).to_le_bytes());
+            let mode = if owners {
+                meta.mode()
+            } else {
+                normalized_mode(meta.mode(), false)
+            };
+            h.update(mode.to_le_bytes());
+            if owners {
+                h.update(meta.uid().to_le_bytes());
+                h.update(meta.gid().to_le_bytes());
+            }
             let mut f = std::fs::File::open(&full).ctx("reading", &full)?;
             std::io::copy(&mut f, &mut h).ctx("reading", &full)?;
+        } else {
+            // Device nodes, FIFOs, sockets: never opened.
+            h.update(b"s");
+            h.update(meta.mode().to_le_bytes());
+            h.update(meta.rdev().to_le_bytes());
         }
         h.update([0]);
     }
