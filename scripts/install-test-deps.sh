@@ -10,7 +10,9 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf erofs-utils mtools dosfstools cryptsetup-bin
   busybox-static fdisk cpio
   # Container engines: Debian's Docker Engine with a local registry, Podman with runc
-  docker.io docker-registry podman runc containernetworking-plugins
+  docker.io docker-registry podman runc containernetworking-plugins docker-compose
+  # The demo script talks HTTP with curl
+  curl
   # Python emulators for the cloud tests live in a venv
   python3-venv
 )

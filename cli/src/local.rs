@@ -288,6 +288,27 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Arguments of `cvm-cli tpm-ak`.
+#[derive(Debug, Args)]
+pub struct TpmAkArgs {
+    /// The TPM, e.g. `swtpm:host=127.0.0.1,port=2321` or `device:/dev/tpmrm0`.
+    #[arg(long)]
+    tcti: String,
+}
+
+/// The attestation key the agent will create on this TPM (TPMT_PUBLIC, base64): run it on a TPM
+/// you created, before any guest uses it, and pin the result with `verify --trusted-ak`.
+pub fn tpm_ak(args: TpmAkArgs) -> Result<()> {
+    println!("{}", encode_base64(&derive_ak(&args.tcti)?));
+    Ok(())
+}
+
+/// The agent's AK on the TPM at `tcti`: the same template gives the same primary key.
+fn derive_ak(tcti: &str) -> Result<Vec<u8>> {
+    let mut tpm = cvm_attester::Tpm::open(tcti)?;
+    Ok(tpm.attestation_key(None)?.public)
+}
+
 /// Starts the new TPM once over TCP, derives the AK exactly as the agent will, and stops it.
 fn compute_ak(state: &Path) -> Result<Vec<u8>> {
     let port = {
@@ -324,8 +345,7 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut tpm = cvm_attester::Tpm::open(&format!("swtpm:host=127.0.0.1,port={port}"))?;
-        Ok(tpm.attestation_key(None)?.public)
+        derive_ak(&format!("swtpm:host=127.0.0.1,port={port}"))
     })();
     let _ = swtpm.kill();
     let _ = swtpm.wait();

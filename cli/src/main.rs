@@ -25,6 +25,8 @@ enum Command {
     /// Boot an image locally in QEMU + OVMF with a software TPM, forward the agent's port, and
     /// record the TPM's attestation key for `verify --trusted-ak`.
     DeployLocal(local::DeployLocalArgs),
+    /// Print the attestation key the agent will use on a TPM you created (to pin it).
+    TpmAk(local::TpmAkArgs),
     /// Stop and delete what this CLI created.
     Cleanup(local::CleanupArgs),
     /// Compute the golden measurement offline from the image build's measurements.json and the
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Golden(args) => golden::run(args).map(|()| true),
         Command::DeployLocal(args) => local::deploy(args).map(|()| true),
         Command::Cleanup(args) => local::cleanup(args).map(|()| true),
+        Command::TpmAk(args) => local::tpm_ak(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
