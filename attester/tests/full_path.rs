@@ -5,49 +5,22 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use cvm_attestation::evidence::{Cloud, Platform, Tee};
+use cvm_attestation::evidence::{Cloud, Platform};
 use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
 use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
 use cvm_attestation::{verify, Evidence, Sha256Digest, VerificationReport, VerifyOptions};
-use cvm_attester::tee::{AzureSnp, NoTee, TeeBackend, TeeError, TeeEvidence};
+use cvm_attester::tee::{AzureSnp, NoTee, TeeBackend};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
 use std::collections::BTreeMap;
 use std::path::Path;
-use test_support::{SnpTestSigner, Swtpm};
+use test_support::{SnpTestSigner, Swtpm, TestSnpBackend};
 
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 const POLICY: u64 = 0x3_0000; // SMT allowed, reserved bit 17 set, debug off, no migration agent
-
-/// GCP/AWS-style SEV-SNP: a fresh report per request binding the AK and the nonce, signed by the
-/// test signer where real hardware would sign.
-struct TestSnp(SnpTestSigner);
-
-impl TeeBackend for TestSnp {
-    fn tee(&self) -> Tee {
-        Tee::SevSnp
-    }
-
-    fn evidence(&mut self, _: &mut Tpm, ak: &[u8], nonce: &[u8]) -> Result<TeeEvidence, TeeError> {
-        let data = cvm_attestation::binding::report_data(ak, nonce);
-        let report = self
-            .0
-            .report(&data, &MEASUREMENT, POLICY)
-            .map_err(|e| TeeError::Other(e.to_string()))?;
-        Ok(TeeEvidence {
-            snp: Some(cvm_attestation::evidence::SnpEvidence {
-                attestation_report: report.into(),
-                vek_cert: self.0.vcek_der().into(),
-                cert_chain: vec![self.0.ask_der().into()],
-                hcl_report: None,
-            }),
-            var_data: None,
-        })
-    }
-}
 
 /// A running VM's TPM with the example workload measured into PCR 23.
 struct Vm {
@@ -265,7 +238,11 @@ fn gcp_and_aws_snp_verify_with_the_named_test_root_only() {
     let events = workload_events(None);
     let signer = SnpTestSigner::new().unwrap();
     let root = test_root(&signer);
-    let mut tee = TestSnp(signer);
+    let mut tee = TestSnpBackend {
+        signer,
+        measurement: MEASUREMENT,
+        policy: POLICY,
+    };
     for cloud in [Cloud::Gcp, Cloud::Aws] {
         let mut vm = Vm::boot(events.clone(), None, false);
         let evidence = vm.evidence(&mut tee, cloud, NONCE);

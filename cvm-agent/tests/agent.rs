@@ -523,3 +523,65 @@ async fn measure_only_agent_needs_no_engine() {
     .unwrap();
     assert_eq!(response.status, 409, "{}", response.text());
 }
+
+/// GCP/AWS-style SEV-SNP through the agent: evidence verifies through /offchain-verify only
+/// because the agent's configuration names the TEST-ONLY root, and the report says so.
+#[tokio::test]
+async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(&dir.path().join("workload"), "snp\n");
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let signer = test_support::SnpTestSigner::new().unwrap();
+    std::fs::write(dir.path().join("test-ark.pem"), signer.ark_pem()).unwrap();
+    let measurement = [0x5a; 48];
+    let config = Config {
+        workload_dir: dir.path().join("workload"),
+        state_dir: dir.path().join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        local_socket: None,
+        tcti: swtpm.tcti(),
+        api_token_file: Some(dir.path().join("token")),
+        firmware_event_log: None,
+        measure_only: true,
+        test_roots: vec![dir.path().join("test-ark.pem")],
+        ..Config::default()
+    };
+    let platform = Platform {
+        cloud: Cloud::Gcp,
+        tee: Tee::SevSnp,
+    };
+    let backend = test_support::TestSnpBackend {
+        signer,
+        measurement,
+        policy: 0x3_0000,
+    };
+    let agent = Agent::start_with(config, platform, Box::new(backend))
+        .await
+        .unwrap();
+
+    let nonce = hex::encode(rand_nonce());
+    let (status, evidence) = get_json(agent.external_addr, &format!("/collaterals/{nonce}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{evidence}");
+    let golden = json!({
+        "version": 1,
+        "platform": {"cloud": "gcp", "tee": "sev-snp"},
+        "workload": {"events": offline_events(&dir.path().join("workload"))},
+        "snp": {"measurements": [hex::encode(measurement)]},
+    });
+    let body = json!({ "collaterals": evidence, "golden_measurement": golden, "nonce": nonce });
+    let response = post_json(agent.local_addr, "/offchain/verify", &body)
+        .await
+        .unwrap();
+    let answer = response.json().unwrap();
+    assert_eq!(answer["success"], true, "{answer:#}");
+    let checks = answer["report"]["checks"].as_array().unwrap();
+    let chain = checks.iter().find(|c| c["name"] == "snp.chain").unwrap();
+    assert!(
+        chain["reason"].as_str().unwrap().contains("TEST-ONLY root"),
+        "{chain}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod http;
 mod image;
 mod process;
 mod registry;
+mod snp_backend;
 mod snp_signer;
 mod swtpm;
 
@@ -18,6 +19,7 @@ pub use engine::{ContainerEngine, EngineKind};
 pub use image::{busybox_image_archive, ImageArchive};
 pub use process::{free_port, wait_until};
 pub use registry::Registry;
+pub use snp_backend::TestSnpBackend;
 pub use snp_signer::SnpTestSigner;
 pub use swtpm::Swtpm;
 
