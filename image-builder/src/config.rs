@@ -126,10 +126,17 @@ pub struct Config {
     /// A local kernel `.deb` instead of `kernel_package` (pinning, offline builds).
     #[serde(default)]
     pub kernel_deb: Option<PathBuf>,
+    /// A directory holding `boot/vmlinuz-<version>` and `{usr/,}lib/modules/<version>` (an unpacked
+    /// kernel package or a root tree), used instead of `kernel_deb`/`kernel_package`.
+    #[serde(default)]
+    pub kernel_tree: Option<PathBuf>,
     #[serde(default = "d_stub")]
     pub stub_package: String,
     #[serde(default)]
     pub stub_deb: Option<PathBuf>,
+    /// A `linuxx64.efi.stub` file used as is (wins over `stub_deb`/`stub_package`).
+    #[serde(default)]
+    pub stub_path: Option<PathBuf>,
     /// Trees copied over the base root, in order.
     #[serde(default)]
     pub overlays: Vec<PathBuf>,
@@ -188,6 +195,12 @@ impl Config {
             fix(p)
         }
         if let Some(p) = c.stub_deb.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = c.stub_path.as_mut() {
+            fix(p)
+        }
+        if let Some(p) = c.kernel_tree.as_mut() {
             fix(p)
         }
         c.check()?;

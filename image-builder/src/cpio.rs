@@ -133,6 +133,38 @@ fn write_member(
     Ok((header.len() + name.len() + 1 + name_pad + data.len() + pad(data.len())) as u64)
 }
 
+/// The cpio archive systemd-stub (since v253 or so; 257 in Debian 13) generates to pass a UKI
+/// section to the initrd as `/.extra/<name>` and appends after `.initrd`, byte for byte as
+/// observed from the initrd such a stub handed to the kernel (`retain_initrd` +
+/// `/sys/firmware/initrd`): a `.extra` directory (inode 1, mode 040555, nlink 1, mtime 0), the
+/// file (inode 2, mode 0100444), and a trailer whose name size is written `0000000B`.
+/// Needed to predict the kernel's PCR 9 initrd event.
+pub fn systemd_stub_extra(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let header = |ino: u32, mode: u32, size: usize, name_len: usize| {
+        format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{name_len:08x}{:08x}",
+            0, 0, 1, 0, 0, 0, 0, 0, 0
+        )
+    };
+    let pad = |out: &mut Vec<u8>| out.resize(out.len().div_ceil(4) * 4, 0);
+    out.extend_from_slice(header(1, 0o040555, 0, 7).as_bytes());
+    out.extend_from_slice(b".extra\0");
+    pad(&mut out);
+    let path = format!(".extra/{name}");
+    out.extend_from_slice(header(2, 0o100444, content.len(), path.len() + 1).as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.push(0);
+    pad(&mut out);
+    out.extend_from_slice(content);
+    pad(&mut out);
+    out.extend_from_slice(
+        b"07070100000000000000000000000000000000000000010000000000000000000000000000000000000000000000000000000B00000000TRAILER!!!\0",
+    );
+    pad(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +222,15 @@ mod tests {
         );
         let mtime = std::fs::metadata(dir.path().join("etc/x")).unwrap().mtime();
         assert_eq!(mtime, 1_700_000_000);
+    }
+
+    #[test]
+    fn stub_extra_layout() {
+        let x = systemd_stub_extra("os-release", b"ID=cvm\n");
+        assert_eq!(x.len() % 4, 0);
+        assert!(x.starts_with(b"0707010000000100004"));
+        let text = String::from_utf8_lossy(&x);
+        assert!(text.contains(".extra/os-release\0ID=cvm\n"));
+        assert!(text.ends_with("TRAILER!!!\0\0\0\0"));
     }
 }

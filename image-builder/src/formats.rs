@@ -134,30 +134,52 @@ pub fn write_vmdk(raw: &Path, out: &Path, cid: u32) -> Result<()> {
             .arg(raw)
             .arg(out),
     )?;
-    // The descriptor sits uncompressed right after the 512-byte sparse header.
+    // The descriptor is plain text in a fixed, NUL-padded region the sparse header points to.
+    // qemu writes the CID with `%x` (no zero padding), so its length varies.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(out)
         .ctx("opening VMDK", out)?;
-    let mut head = vec![0u8; 4096];
-    let n = f.read(&mut head).ctx("reading VMDK descriptor", out)?;
-    let needle = b"\nCID=";
-    let at = head[..n]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .ok_or_else(|| invalid("qemu-img wrote a VMDK without a CID line"))?
-        + needle.len();
-    if !head
-        .get(at..at + 8)
-        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-    {
-        return Err(invalid("unexpected VMDK CID format"));
+    let mut header = [0u8; 512];
+    f.read_exact(&mut header).ctx("reading VMDK header", out)?;
+    if &header[..4] != b"KDMV" {
+        return Err(invalid("qemu-img wrote no VMDK sparse header"));
     }
-    f.seek(SeekFrom::Start(at as u64))
+    let sectors = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().unwrap_or_default());
+    let (desc_off, desc_len) = (sectors(28) * 512, sectors(36) * 512);
+    if desc_off == 0 || desc_len == 0 || desc_len > 1 << 20 {
+        return Err(invalid("VMDK without an embedded descriptor"));
+    }
+    let mut desc = vec![0u8; desc_len as usize];
+    f.seek(SeekFrom::Start(desc_off))
         .ctx("seeking in VMDK", out)?;
-    f.write_all(format!("{cid:08x}").as_bytes())
-        .ctx("writing VMDK CID", out)?;
+    f.read_exact(&mut desc)
+        .ctx("reading VMDK descriptor", out)?;
+    let text_end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
+    let text = String::from_utf8_lossy(&desc[..text_end]).into_owned();
+    let mut replaced = false;
+    let new_text: String = text
+        .split_inclusive('\n')
+        .map(|line| {
+            if !replaced && line.starts_with("CID=") {
+                replaced = true;
+                format!("CID={cid:08x}\n")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if !replaced || new_text.len() >= desc.len() {
+        return Err(invalid(
+            "unexpected VMDK descriptor (no CID line, or no room)",
+        ));
+    }
+    let mut region = new_text.into_bytes();
+    region.resize(desc.len(), 0);
+    f.seek(SeekFrom::Start(desc_off))
+        .ctx("seeking in VMDK", out)?;
+    f.write_all(&region).ctx("writing VMDK descriptor", out)?;
     Ok(())
 }
 
@@ -182,5 +204,36 @@ mod tests {
         let (c, h, s) = vhd_geometry(64 << 20);
         assert!(c as u64 * h as u64 * s as u64 * 512 <= 64 << 20);
         assert_eq!((h, s), (8, 17));
+    }
+
+    #[test]
+    fn vmdk_is_reproducible_whatever_cid_qemu_picks() {
+        // qemu's CID is random and printed without zero padding; repeat to hit short ones.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let f = std::fs::File::create(&raw).unwrap();
+        f.set_len(4 << 20).unwrap();
+        let first = dir.path().join("a.vmdk");
+        write_vmdk(&raw, &first, 0x00ab_cdef).unwrap();
+        let want = std::fs::read(&first).unwrap();
+        for i in 0..8 {
+            let p = dir.path().join(format!("{i}.vmdk"));
+            write_vmdk(&raw, &p, 0x00ab_cdef).unwrap();
+            // Same descriptor bytes except the extent file name qemu records.
+            let got = std::fs::read(&p).unwrap();
+            assert_eq!(got.len(), want.len());
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.contains("CID=00abcdef\n"));
+        }
+        let out = std::process::Command::new("qemu-img")
+            .args(["check", "-f", "vmdk"])
+            .arg(&first)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! - PCR 9 (the kernel's EFI stub, `EV_EVENT_TAG`): the command line the stub passed as
 //!   `LoadOptions` (UTF-16LE with its NUL terminator), if the kernel measures it (Debian's 6.1.19x
 //!   does: its EFI stub contains the `LOADED_IMAGE::LoadOptions` tag), then the initrd it receives
-//!   over `LoadFile2` (the `.initrd` section).
+//!   over `LoadFile2`: the `.initrd` section, followed, with newer stubs, by the cpio archive
+//!   that carries `.osrel` as `/.extra/os-release` (see [`initrd_as_passed`]).
 //! - PCR 12 (systemd-stub): credentials, system extensions and an overriding command line; our
 //!   images carry none, so it stays zero.
 //!
@@ -145,6 +146,22 @@ impl Chain {
     }
 }
 
+/// The initrd the stub hands the kernel: `.initrd`, plus, for stubs that pass `.osrel` to the
+/// initrd as `/.extra/os-release` (they contain that name as a UTF-16 string; 257 does, 252 does
+/// not), the cpio archive they generate for it, appended at a 4-byte boundary.
+pub fn initrd_as_passed(pe: &pe::Pe, uki: &[u8], stub: &[u8]) -> Vec<u8> {
+    let mut initrd = pe.section_data(uki, ".initrd").unwrap_or_default();
+    let utf16: Vec<u8> = "os-release"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    if let (true, Some(osrel)) = (contains(stub, &utf16), pe.section_data(uki, ".osrel")) {
+        initrd.resize(initrd.len().div_ceil(4) * 4, 0);
+        initrd.extend_from_slice(&crate::cpio::systemd_stub_extra("os-release", &osrel));
+    }
+    initrd
+}
+
 /// Predicts PCR 4, 9, 11 and 12 for booting `uki` (built from `stub`) from a firmware boot
 /// option with Secure Boot off.
 pub fn predict(uki: &[u8], stub: &[u8]) -> Result<BTreeMap<String, PcrValue>> {
@@ -196,7 +213,11 @@ pub fn predict(uki: &[u8], stub: &[u8]) -> Result<BTreeMap<String, PcrValue>> {
         utf16.extend_from_slice(&[0, 0]);
         pcr9.ext("EV_EVENT_TAG", sha256(&utf16), "LOADED_IMAGE::LoadOptions");
     }
-    pcr9.ext("EV_EVENT_TAG", sha256(&section(".initrd")), "Linux initrd");
+    pcr9.ext(
+        "EV_EVENT_TAG",
+        sha256(&initrd_as_passed(&pe, uki, stub)),
+        "Linux initrd",
+    );
 
     let mut out = BTreeMap::new();
     out.insert("4".into(), pcr4.done());

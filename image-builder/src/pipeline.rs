@@ -94,6 +94,10 @@ fn find_kernel(tree: &Path) -> Result<Option<Kernel>> {
 
 /// Fetches and unpacks the kernel package, following a metapackage to its image package.
 pub fn kernel(cfg: &Config, cache: &DebCache) -> Result<Kernel> {
+    if let Some(t) = &cfg.kernel_tree {
+        return find_kernel(t)?
+            .ok_or_else(|| invalid(format!("{} has no boot/vmlinuz-*", t.display())));
+    }
     let deb = match &cfg.kernel_deb {
         Some(d) => d.clone(),
         None => cache.fetch(&cfg.kernel_package)?,
@@ -117,6 +121,9 @@ pub fn kernel(cfg: &Config, cache: &DebCache) -> Result<Kernel> {
 
 /// Fetches the systemd EFI stub.
 pub fn stub(cfg: &Config, cache: &DebCache) -> Result<PathBuf> {
+    if let Some(p) = &cfg.stub_path {
+        return Ok(p.clone());
+    }
     let deb = match &cfg.stub_deb {
         Some(d) => d.clone(),
         None => cache.fetch(&cfg.stub_package)?,
