@@ -75,6 +75,22 @@ pub struct SnpEvidence {
     pub hcl_report: Option<Bytes>,
 }
 
+/// Intel TDX evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxEvidence {
+    /// The TD quote (v4). The predecessor called it `attestation_report`.
+    #[serde(alias = "attestation_report")]
+    pub quote: Bytes,
+    /// Intel's collateral for the quote (TCB info, QE identity, CRLs and their chains), absent
+    /// when the verifier supplies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collateral: Option<crate::tdx::TdxCollateral>,
+    /// Azure only: the whole HCL report from vTPM NV index 0x01400001 (a TD report inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hcl_report: Option<Bytes>,
+}
+
 /// PCR values as the predecessor carried them: `{hash, pcrs: {index: base64}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +145,8 @@ pub struct Evidence {
     pub nonce: Bytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sev_snp: Option<SnpEvidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdx: Option<TdxEvidence>,
     pub tpm: TpmEvidence,
     #[serde(default, skip_serializing_if = "is_default_logs")]
     pub event_logs: EventLogs,
@@ -181,11 +199,14 @@ impl Evidence {
             || self
                 .sev_snp
                 .as_ref()
-                .is_some_and(|s| s.hcl_report.is_some());
+                .is_some_and(|s| s.hcl_report.is_some())
+            || self.tdx.as_ref().is_some_and(|t| t.hcl_report.is_some());
         Platform {
             cloud: if azure { Cloud::Azure } else { Cloud::Qemu },
             tee: if self.sev_snp.is_some() {
                 Tee::SevSnp
+            } else if self.tdx.is_some() {
+                Tee::Tdx
             } else {
                 Tee::None
             },

@@ -79,6 +79,61 @@ fn default_vmpls() -> Vec<u32> {
     vec![0]
 }
 
+/// Intel TDX expectations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenTdx {
+    /// Allowed MRTDs (the TD's build-time measurement); empty means not checked.
+    #[serde(default)]
+    pub mrtds: Vec<Sha384Digest>,
+    /// Expected run-time measurement registers; each is checked only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr0: Option<Sha384Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr1: Option<Sha384Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr2: Option<Sha384Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr3: Option<Sha384Digest>,
+    /// Allowed TDX modules (MRSEAM); empty means not checked.
+    #[serde(default)]
+    pub mrseams: Vec<Sha384Digest>,
+    /// TCB statuses accepted for the platform, the TDX module and the QE (default `UpToDate`).
+    #[serde(default = "default_tcb_statuses")]
+    pub tcb_statuses: Vec<String>,
+    #[serde(default)]
+    pub allow_debug: bool,
+}
+
+fn default_tcb_statuses() -> Vec<String> {
+    crate::tdx::DEFAULT_TCB_STATUSES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+impl Default for GoldenTdx {
+    fn default() -> Self {
+        Self {
+            mrtds: Vec::new(),
+            rtmr0: None,
+            rtmr1: None,
+            rtmr2: None,
+            rtmr3: None,
+            mrseams: Vec::new(),
+            tcb_statuses: default_tcb_statuses(),
+            allow_debug: false,
+        }
+    }
+}
+
+impl GoldenTdx {
+    /// RTMR0..=3 as an array.
+    pub fn rtmrs(&self) -> [Option<Sha384Digest>; 4] {
+        [self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3]
+    }
+}
+
 /// The golden document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +148,8 @@ pub struct GoldenMeasurement {
     pub workload: Option<GoldenWorkload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snp: Option<GoldenSnp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdx: Option<GoldenTdx>,
 }
 
 /// Why a golden document cannot be read.
@@ -188,13 +245,53 @@ fn legacy(value: &serde_json::Value) -> Result<GoldenMeasurement, GoldenError> {
         }
         None => None,
     };
+    let tdx = legacy_tdx(body)?;
     Ok(GoldenMeasurement {
         version: GOLDEN_VERSION,
         platform: None,
         pcrs,
         workload: None,
         snp,
+        tdx,
     })
+}
+
+/// The predecessor's TDX values: `mrtd` and `rtmr0`..`rtmr3` (96 hex digits or base64 of 48
+/// bytes), beside `measurement` or in a `tdx` object.
+fn legacy_tdx(body: &serde_json::Value) -> Result<Option<GoldenTdx>, GoldenError> {
+    let source = body.get("tdx").filter(|t| t.is_object()).unwrap_or(body);
+    let read = |name: &str| -> Result<Option<Sha384Digest>, GoldenError> {
+        let Some(text) = source.get(name).and_then(|v| v.as_str()) else {
+            return Ok(None);
+        };
+        let bytes = if text.len() == 96 {
+            hex::decode(text).ok()
+        } else {
+            decode_base64(text)
+        }
+        .ok_or_else(|| GoldenError::Legacy(format!("{name} is neither hex nor base64")))?;
+        Sha384Digest::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| GoldenError::Legacy(format!("{name}: {e}")))
+    };
+    let mrtd = read("mrtd")?;
+    let rtmrs = [
+        read("rtmr0")?,
+        read("rtmr1")?,
+        read("rtmr2")?,
+        read("rtmr3")?,
+    ];
+    if mrtd.is_none() && rtmrs.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    Ok(Some(GoldenTdx {
+        mrtds: mrtd.into_iter().collect(),
+        rtmr0: rtmrs[0],
+        rtmr1: rtmrs[1],
+        rtmr2: rtmrs[2],
+        rtmr3: rtmrs[3],
+        ..GoldenTdx::default()
+    }))
 }
 
 fn digest_text(text: &str) -> Option<Sha256Digest> {
@@ -259,6 +356,44 @@ mod tests {
         assert_eq!(golden.pcrs[&4].sha256, Sha256Digest([0; 32]));
         assert_eq!(golden.pcrs[&9].sha256, Sha256Digest([0x11; 32]));
         assert_eq!(golden.snp.unwrap().measurements, [Sha384Digest([0x22; 48])]);
+    }
+
+    #[test]
+    fn reads_the_predecessors_tdx_values() {
+        let json = format!(
+            r#"{{"golden_measurement": {{"mrtd": "{}", "rtmr0": "{}", "rtmr2": "{}"}}}}"#,
+            "11".repeat(48),
+            "22".repeat(48),
+            crate::encoding::encode_base64(&[0x33; 48])
+        );
+        let tdx = GoldenMeasurement::from_json(json.as_bytes())
+            .unwrap()
+            .tdx
+            .unwrap();
+        assert_eq!(tdx.mrtds, [Sha384Digest([0x11; 48])]);
+        assert_eq!(
+            tdx.rtmrs(),
+            [
+                Some(Sha384Digest([0x22; 48])),
+                None,
+                Some(Sha384Digest([0x33; 48])),
+                None
+            ]
+        );
+        assert_eq!(tdx.tcb_statuses, ["UpToDate"]);
+        let ours = format!(
+            r#"{{"version": 1, "tdx": {{"mrtds": ["{}"], "rtmr1": "{}", "tcb_statuses": ["UpToDate", "SWHardeningNeeded"]}}}}"#,
+            "11".repeat(48),
+            "44".repeat(48)
+        );
+        let tdx = GoldenMeasurement::from_json(ours.as_bytes())
+            .unwrap()
+            .tdx
+            .unwrap();
+        assert_eq!(tdx.rtmr1, Some(Sha384Digest([0x44; 48])));
+        assert!(!tdx.allow_debug);
+        let typo = r#"{"version": 1, "tdx": {"mrtd": []}}"#;
+        assert!(GoldenMeasurement::from_json(typo.as_bytes()).is_err());
     }
 
     #[test]

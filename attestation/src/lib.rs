@@ -14,6 +14,7 @@ pub mod encoding;
 pub mod evidence;
 pub mod golden;
 pub mod snp;
+pub mod tdx;
 pub mod tpm;
 pub mod verify;
 pub mod workload;

@@ -120,6 +120,7 @@ fn golden(events: Vec<WorkloadEvent>, snp: Option<GoldenSnp>) -> GoldenMeasureme
             allow_updates: false,
         }),
         snp,
+        tdx: None,
     }
 }
 

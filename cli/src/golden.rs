@@ -140,5 +140,6 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
             allow_updates: args.allow_updates,
         }),
         snp,
+        tdx: None,
     })
 }

@@ -186,6 +186,7 @@ async fn golden(state: Shared) -> Json<Value> {
             allow_updates: true,
         }),
         snp: None,
+        tdx: None,
     };
     Json(json!({ "golden_measurement": golden }))
 }

@@ -141,6 +141,7 @@ impl TestVm {
                 allow_updates: true,
             }),
             snp: None,
+            tdx: None,
         };
         let body = json!({
             // The predecessor sent JSON strings; objects work too.

@@ -265,6 +265,7 @@ pub fn fixture(kind: Kind) -> Fixture {
         platform: Some(platform),
         nonce: NONCE.into(),
         sev_snp,
+        tdx: None,
         tpm: TpmEvidence {
             quote: quote.into(),
             raw_sig: None,
@@ -321,6 +322,7 @@ pub fn fixture(kind: Kind) -> Fixture {
             allow_migration_agent: false,
             vmpls: vec![0],
         }),
+        tdx: None,
     };
     let golden_json = serde_json::to_vec(&golden).unwrap();
 

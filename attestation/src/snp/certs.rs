@@ -108,7 +108,7 @@ pub fn amd_builtin_asks() -> Vec<X509> {
 /// the SHA-256 of both DER encodings: a verifier that sees the same chain again (the same VM, or
 /// the pinned ARK's self-signature) does not repeat RSA-4096 or P-384 checks. Validity dates are
 /// not part of this and are checked on every call.
-fn signed_by(cert: &X509, issuer: &X509) -> bool {
+pub(crate) fn signed_by(cert: &X509, issuer: &X509) -> bool {
     type Memo = Mutex<HashMap<(Vec<u8>, Vec<u8>), bool>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     const MAX_ENTRIES: usize = 1024;

@@ -6,6 +6,7 @@
 
 mod report;
 mod snp;
+mod tdx;
 mod tpm;
 mod workload;
 
@@ -26,6 +27,12 @@ pub struct VerifyOptions {
     pub expected_nonce: Option<Vec<u8>>,
     /// Trust anchors for SEV-SNP: AMD's pinned ARKs unless the caller names others.
     pub snp_roots: Vec<TrustedRoot>,
+    /// Trust anchors for Intel TDX (DCAP): Intel's pinned SGX Root CA unless the caller names
+    /// others.
+    pub tdx_roots: Vec<TrustedRoot>,
+    /// TDX collateral (TCB info, QE identity, CRLs) the verifier supplies, used when the evidence
+    /// carries none.
+    pub tdx_collateral: Option<crate::tdx::TdxCollateral>,
     /// For platforms without a TEE (local QEMU): the AK public key (as carried in `tpm.ak_pub`)
     /// that the caller recorded when it created the VM's TPM. Nothing else can vouch for it.
     pub trusted_ak: Option<Vec<u8>>,
@@ -38,6 +45,8 @@ impl VerifyOptions {
             at_unix,
             expected_nonce: None,
             snp_roots: amd_roots(),
+            tdx_roots: crate::tdx::intel_roots(),
+            tdx_collateral: None,
             trusted_ak: None,
         }
     }
@@ -63,6 +72,22 @@ impl VerifyOptions {
             root.test_only = true;
             root
         }));
+        self
+    }
+
+    /// Adds test-only TDX roots (in place of Intel's SGX Root CA for test signers). Trusted only
+    /// because the caller named them here, and every report that relies on one says so.
+    pub fn with_tdx_test_roots(mut self, roots: impl IntoIterator<Item = TrustedRoot>) -> Self {
+        self.tdx_roots.extend(roots.into_iter().map(|mut root| {
+            root.test_only = true;
+            root
+        }));
+        self
+    }
+
+    /// TDX collateral for evidence that carries none.
+    pub fn with_tdx_collateral(mut self, collateral: crate::tdx::TdxCollateral) -> Self {
+        self.tdx_collateral = Some(collateral);
         self
     }
 
@@ -133,6 +158,30 @@ pub fn verify_snp_report(
     checks.finish("sev-snp report".into())
 }
 
+/// Verifies a bare TD quote (v4) with its collateral (or the one in `options`) against Intel's
+/// pinned root: the DCAP checks from `tdx.quote` to `tdx.rtmr[3]`, no binding.
+pub fn verify_tdx_quote(
+    quote: &[u8],
+    collateral: Option<&crate::tdx::TdxCollateral>,
+    expectations: &crate::golden::GoldenTdx,
+    options: &VerifyOptions,
+) -> VerificationReport {
+    let mut checks = Checks::default();
+    match crate::tdx::TdQuote::parse(quote) {
+        Ok(parsed) => {
+            checks.pass("tdx.quote", "TD quote version 4 parsed");
+            let collateral = match (collateral, &options.tdx_collateral) {
+                (Some(c), _) => Some((c, "given with the quote")),
+                (None, Some(c)) => Some((c, "supplied by the verifier")),
+                (None, None) => None,
+            };
+            tdx::check_quote(&parsed, collateral, expectations, options, &mut checks);
+        }
+        Err(e) => checks.fail("tdx.quote", e.to_string()),
+    }
+    checks.finish("tdx quote".into())
+}
+
 /// Runs every check and returns the report.
 pub fn verify(
     evidence: &Evidence,
@@ -174,10 +223,7 @@ pub fn verify(
 
     match platform.tee {
         Tee::SevSnp => snp::verify(evidence, golden, options, ak.as_ref(), &mut checks),
-        Tee::Tdx => checks.fail(
-            "tee.tdx",
-            "TDX evidence verification is not implemented in this version",
-        ),
+        Tee::Tdx => tdx::verify(evidence, golden, options, &mut checks),
         Tee::None => tpm::verify_without_tee(evidence, options, &mut checks),
     }
 

@@ -18,7 +18,17 @@ pub(crate) fn azure_var_data(evidence: &Evidence) -> Option<Vec<u8>> {
         .and_then(|snp| snp.hcl_report.as_ref())
         .and_then(|hcl| HclReport::parse(hcl.as_slice()).ok())
         .map(|hcl| hcl.var_data.to_vec());
-    from_hcl.or_else(|| evidence.tpm.var_data.as_ref().map(|v| v.0.clone()))
+    let from_tdx_hcl = || {
+        evidence
+            .tdx
+            .as_ref()
+            .and_then(|tdx| tdx.hcl_report.as_ref())
+            .and_then(|hcl| HclReport::parse(hcl.as_slice()).ok())
+            .map(|hcl| hcl.var_data.to_vec())
+    };
+    from_hcl
+        .or_else(from_tdx_hcl)
+        .or_else(|| evidence.tpm.var_data.as_ref().map(|v| v.0.clone()))
 }
 
 /// Establishes the AK and checks the quote. Returns the AK when it could be determined.

@@ -1,0 +1,203 @@
+//! Intel's PKI for DCAP: Intel SGX Root CA (pinned here) -> Intel SGX PCK Platform/Processor CA
+//! -> PCK certificate (signs the QE report), and Root CA -> Intel SGX TCB Signing (signs TCB info
+//! and QE identity). Roots are a parameter: Intel's pinned root, plus test roots only when the
+//! caller names them. CRLs from the collateral revoke intermediates and leaves.
+
+use crate::snp::certs::{common_name, signed_by};
+use crate::snp::TrustedRoot;
+use openssl::asn1::Asn1Time;
+use openssl::pkey::{PKey, Public};
+use openssl::x509::{CrlStatus, X509Crl, X509};
+use std::cmp::Ordering;
+
+/// Intel SGX Root CA (CN=Intel SGX Root CA, O=Intel Corporation, L=Santa Clara, ST=CA, C=US),
+/// valid 2018-05-21 to 2049-12-31, SHA-256 fingerprint
+/// 44:A0:19:6B:2B:99:F8:89:B8:E1:49:E9:5B:80:7A:35:0E:74:24:96:43:99:E8:85:A7:CB:B8:CC:FA:B6:74:D3.
+/// Published by Intel at https://certificates.trustedservices.intel.com/IntelSGXRootCA.der; the
+/// same bytes appear in public DCAP verifiers and at the end of every PCK chain Intel issues.
+/// A test checks its subject, self-signature and fingerprint.
+pub const INTEL_SGX_ROOT_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIICjzCCAjSgAwIBAgIUImUM1lqdNInzg7SVUr9QGzknBqwwCgYIKoZIzj0EAwIw
+aDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0ExGjAYBgNVBAoMEUludGVsIENv
+cnBvcmF0aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJ
+BgNVBAYTAlVTMB4XDTE4MDUyMTEwNDUxMFoXDTQ5MTIzMTIzNTk1OVowaDEaMBgG
+A1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0ExGjAYBgNVBAoMEUludGVsIENvcnBvcmF0
+aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJBgNVBAYT
+AlVTMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEC6nEwMDIYZOj/iPWsCzaEKi7
+1OiOSLRFhWGjbnBVJfVnkY4u3IjkDYYL0MxO4mqsyYjlBalTVYxFP2sJBK5zlKOB
+uzCBuDAfBgNVHSMEGDAWgBQiZQzWWp00ifODtJVSv1AbOScGrDBSBgNVHR8ESzBJ
+MEegRaBDhkFodHRwczovL2NlcnRpZmljYXRlcy50cnVzdGVkc2VydmljZXMuaW50
+ZWwuY29tL0ludGVsU0dYUm9vdENBLmRlcjAdBgNVHQ4EFgQUImUM1lqdNInzg7SV
+Ur9QGzknBqwwDgYDVR0PAQH/BAQDAgEGMBIGA1UdEwEB/wQIMAYBAf8CAQEwCgYI
+KoZIzj0EAwIDSQAwRgIhAOW/5QkR+S9CiSDcNoowLuPRLsWGf/Yi7GSX94BgwTwg
+AiEA4J0lrHoMs+Xo5o/sX6O9QWxHRAvZUGOdRQ7cvqRXaqI=
+-----END CERTIFICATE-----
+";
+
+/// Intel's pinned root as a trust anchor.
+pub fn intel_roots() -> Vec<TrustedRoot> {
+    X509::from_pem(INTEL_SGX_ROOT_CA_PEM.as_bytes())
+        .map(|certificate| TrustedRoot {
+            name: "Intel SGX Root CA".into(),
+            certificate,
+            test_only: false,
+        })
+        .into_iter()
+        .collect()
+}
+
+/// A chain that checked out: leaf <- (intermediate <-)? root.
+#[derive(Debug, Clone)]
+pub struct IntelChain {
+    pub root: String,
+    pub root_is_test_only: bool,
+    pub root_certificate: X509,
+    pub intermediate: Option<X509>,
+    pub leaf: X509,
+    pub leaf_key: PKey<Public>,
+}
+
+impl IntelChain {
+    /// "PCK <- PCK Platform CA <- root" for messages.
+    pub fn describe(&self) -> String {
+        let root = if self.root_is_test_only {
+            format!("TEST-ONLY root {} (named by the caller)", self.root)
+        } else {
+            format!("{} (pinned)", self.root)
+        };
+        match &self.intermediate {
+            Some(i) => format!(
+                "{} <- {} <- {root}",
+                common_name(&self.leaf),
+                common_name(i)
+            ),
+            None => format!("{} <- {root}", common_name(&self.leaf)),
+        }
+    }
+}
+
+fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), String> {
+    let before = cert.not_before().compare(at).map_err(|e| e.to_string())?;
+    let after = cert.not_after().compare(at).map_err(|e| e.to_string())?;
+    if before == Ordering::Greater || after == Ordering::Less {
+        return Err(format!(
+            "{which} ({}) is not valid at {}: valid from {} to {}",
+            common_name(cert),
+            &**at,
+            cert.not_before(),
+            cert.not_after()
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies `certs[0]` (the leaf) up to one of `roots`, through at most one intermediate taken
+/// from `certs[1..]` (a root in `certs` is ignored: roots are pinned), every certificate valid at
+/// `at_unix`. `leaf_name` names the leaf in errors ("PCK certificate", "TCB Signing certificate").
+pub fn verify_intel_chain(
+    leaf_name: &str,
+    certs: &[X509],
+    roots: &[TrustedRoot],
+    at_unix: i64,
+) -> Result<IntelChain, String> {
+    let at = Asn1Time::from_unix(at_unix).map_err(|e| e.to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| format!("no {leaf_name}: the chain is empty"))?;
+    let tried = roots
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let anchors: Vec<&TrustedRoot> = roots
+        .iter()
+        .filter(|root| signed_by(&root.certificate, &root.certificate))
+        .collect();
+    // Directly under a root (TCB Signing), or through one intermediate (PCK).
+    let mut candidates: Vec<Option<&X509>> = vec![None];
+    candidates.extend(certs[1..].iter().map(Some));
+    for intermediate in candidates {
+        let issuer_of_leaf = intermediate.unwrap_or(leaf);
+        let Some(root) = anchors
+            .iter()
+            .find(|root| signed_by(issuer_of_leaf, &root.certificate))
+        else {
+            continue;
+        };
+        if let Some(intermediate) = intermediate {
+            if !signed_by(leaf, intermediate) {
+                continue;
+            }
+            // The root's own certificate as the "intermediate" is not one.
+            if intermediate
+                .public_key()
+                .ok()
+                .zip(root.certificate.public_key().ok())
+                .is_some_and(|(a, b)| a.public_eq(&b))
+            {
+                continue;
+            }
+        }
+        validity("root", &root.certificate, &at)?;
+        if let Some(intermediate) = intermediate {
+            validity("intermediate CA", intermediate, &at)?;
+        }
+        validity(leaf_name, leaf, &at)?;
+        return Ok(IntelChain {
+            root: root.name.clone(),
+            root_is_test_only: root.test_only,
+            root_certificate: root.certificate.clone(),
+            intermediate: intermediate.cloned(),
+            leaf: leaf.clone(),
+            leaf_key: leaf.public_key().map_err(|e| e.to_string())?,
+        });
+    }
+    Err(format!(
+        "{leaf_name} ({}) does not chain to a trusted root ({tried}) through the certificates given",
+        common_name(leaf)
+    ))
+}
+
+/// Checks a CRL: signed by `issuer`, current at `at_unix`, and not listing `certs`.
+pub fn check_crl(
+    which: &str,
+    crl: &X509Crl,
+    issuer: &X509,
+    certs: &[&X509],
+    at_unix: i64,
+) -> Result<(), String> {
+    let key = issuer.public_key().map_err(|e| e.to_string())?;
+    if !crl.verify(&key).unwrap_or(false) {
+        return Err(format!("{which} is not signed by {}", common_name(issuer)));
+    }
+    let at = Asn1Time::from_unix(at_unix).map_err(|e| e.to_string())?;
+    let this_update = crl.last_update();
+    let late = this_update.compare(&at).map_err(|e| e.to_string())? == Ordering::Greater;
+    let expired = match crl.next_update() {
+        Some(next) => next.compare(&at).map_err(|e| e.to_string())? == Ordering::Less,
+        None => false,
+    };
+    if late || expired {
+        return Err(format!(
+            "{which} is not current at {}: issued {this_update}, next update {}",
+            &*at,
+            crl.next_update()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    for cert in certs {
+        if let CrlStatus::Revoked(_) = crl.get_by_cert(cert) {
+            let serial = cert
+                .serial_number()
+                .to_bn()
+                .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return Err(format!(
+                "{} (serial {serial}) is revoked by the {which}",
+                common_name(cert)
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Intel TDX: TD quotes (v4), the TD report body, Intel's DCAP PKI with a pinned root, the
+//! collateral (TCB info, QE identity, CRLs) and TCB level selection. The checks that combine them
+//! are in `verify/tdx.rs`.
+
+pub mod body;
+pub mod certs;
+pub mod collateral;
+pub mod crypto;
+pub mod pck;
+pub mod quote;
+mod reader;
+pub mod tcb;
+
+pub use body::TdReportBody;
+pub use certs::{intel_roots, INTEL_SGX_ROOT_CA_PEM};
+pub use collateral::TdxCollateral;
+pub use pck::{sgx_extensions, SgxExtensions};
+pub use quote::{looks_like_td_quote, QeReport, QuoteError, TdQuote};
+
+/// TCB statuses a verifier accepts unless told otherwise.
+pub const DEFAULT_TCB_STATUSES: &[&str] = &["UpToDate"];

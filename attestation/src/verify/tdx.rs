@@ -1,0 +1,621 @@
+//! Intel TDX checks: the TD quote, Intel's PCK chain to a pinned root, the Quoting Enclave's
+//! report and its binding of the attestation key, the quote signature, the collateral (TCB info,
+//! QE identity, CRLs) and TCB status, debug, MRTD/RTMR/MRSEAM against the golden values, and how
+//! `report_data` binds the AK (GCP: the agent's own encoding; Azure: SHA-256 of `var_data`).
+
+use super::report::Checks;
+use super::tpm::azure_var_data;
+use super::VerifyOptions;
+use crate::azure::{HclReport, HclReportType};
+use crate::binding;
+use crate::evidence::{Cloud, Evidence};
+use crate::golden::{GoldenMeasurement, GoldenTdx};
+use crate::snp::certs::parse_pem_chain;
+use crate::tdx::certs::{check_crl, verify_intel_chain, IntelChain};
+use crate::tdx::collateral::{self, ParsedCollateral, Window};
+use crate::tdx::crypto::{p256_key, verify_p256_raw};
+use crate::tdx::tcb::{module_level, platform_level, qe_level};
+use crate::tdx::{sgx_extensions, SgxExtensions, TdQuote, TdReportBody, TdxCollateral};
+
+pub(crate) fn verify(
+    evidence: &Evidence,
+    golden: &GoldenMeasurement,
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) {
+    let Some(tdx) = &evidence.tdx else {
+        checks.fail(
+            "tdx.quote",
+            "the platform is TDX but the evidence has no tdx section",
+        );
+        return;
+    };
+    let expectations = golden.tdx.clone().unwrap_or_default();
+    let quote = match TdQuote::parse(tdx.quote.as_slice()) {
+        Ok(quote) => quote,
+        Err(e) => {
+            checks.fail("tdx.quote", e.to_string());
+            return;
+        }
+    };
+    checks.pass("tdx.quote", "TD quote version 4 parsed");
+    if let Some(hcl) = &tdx.hcl_report {
+        check_hcl_td_report(hcl.as_slice(), &quote.body, checks);
+    }
+    let (collateral, source) = match (&tdx.collateral, &options.tdx_collateral) {
+        (Some(c), _) => (Some(c), "carried in the evidence"),
+        (None, Some(c)) => (Some(c), "supplied by the verifier"),
+        (None, None) => (None, ""),
+    };
+    if !check_quote(
+        &quote,
+        collateral.map(|c| (c, source)),
+        &expectations,
+        options,
+        checks,
+    ) {
+        return;
+    }
+
+    let report_data = &quote.body.report_data;
+    if evidence.platform().cloud == Cloud::Azure {
+        match azure_var_data(evidence) {
+            Some(var_data) => checks.compare(
+                "tdx.report_data",
+                binding::azure_var_data_bound(report_data, &var_data),
+                "report_data[0..32] is SHA-256(var_data), so the quote vouches for the AK inside it",
+                hex::encode(openssl::sha::sha256(&var_data)),
+                hex::encode(&report_data[..32]),
+            ),
+            None => checks.fail("tdx.report_data", "Azure evidence without var_data"),
+        }
+    } else {
+        let expected =
+            binding::report_data(evidence.tpm.ak_pub.as_slice(), evidence.nonce.as_slice());
+        checks.compare(
+            "tdx.report_data",
+            expected == *report_data,
+            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TD, now",
+            hex::encode(expected),
+            hex::encode(report_data),
+        );
+    }
+}
+
+/// Azure: the TD report inside the HCL report must be the one the quote was made from (Azure's
+/// quote service turns that TD report into the quote), so `var_data`'s binding carries over.
+pub(crate) fn check_hcl_td_report(hcl: &[u8], quoted: &TdReportBody, checks: &mut Checks) {
+    let parsed = match HclReport::parse(hcl) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            checks.fail("azure.hcl_report", e.to_string());
+            return;
+        }
+    };
+    if parsed.report_type != HclReportType::Tdx {
+        checks.fail(
+            "azure.hcl_report",
+            "the HCL report carries an SNP report, not a TD report",
+        );
+        return;
+    }
+    match TdReportBody::from_td_report(parsed.hardware_report) {
+        Ok(td_report) if td_report == *quoted => checks.pass(
+            "azure.hcl_report",
+            "HCL report parsed; its TD report is the one the quote covers",
+        ),
+        Ok(td_report) => checks.compare(
+            "azure.hcl_report",
+            false,
+            "the TD report inside the HCL report differs from the quoted TD report",
+            format!("report_data {}", hex::encode(quoted.report_data)),
+            format!("report_data {}", hex::encode(td_report.report_data)),
+        ),
+        Err(e) => checks.fail("azure.hcl_report", format!("TD report: {e}")),
+    }
+}
+
+fn at_text(at: i64) -> String {
+    openssl::asn1::Asn1Time::from_unix(at)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| at.to_string())
+}
+
+fn window_problem(what: &str, window: &Window, issue: &str, next: &str, at: i64) -> Option<String> {
+    (!window.contains(at)).then(|| {
+        format!(
+            "{what} is not valid at {}: issueDate {issue}, nextUpdate {next}",
+            at_text(at)
+        )
+    })
+}
+
+fn chain_text(chain: &IntelChain) -> String {
+    chain.describe()
+}
+
+/// Every check of a TD quote that needs only the quote, its collateral and the expectations.
+/// Returns false when the quote's signatures could not be established (later checks would mean
+/// nothing).
+pub(crate) fn check_quote(
+    quote: &TdQuote,
+    collateral: Option<(&TdxCollateral, &str)>,
+    expectations: &GoldenTdx,
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) -> bool {
+    let at = options.at_unix;
+    // PCK chain, from the quote's certification data.
+    let certs = match parse_pem_chain(&quote.pck_chain_pem) {
+        Ok(certs) => certs,
+        Err(e) => {
+            checks.fail("tdx.pck_chain", format!("PCK certificate chain: {e}"));
+            return false;
+        }
+    };
+    let pck = match verify_intel_chain("PCK certificate", &certs, &options.tdx_roots, at) {
+        Ok(chain) => {
+            checks.pass(
+                "tdx.pck_chain",
+                format!("{}, valid at the verification time", chain_text(&chain)),
+            );
+            chain
+        }
+        Err(e) => {
+            checks.fail("tdx.pck_chain", e);
+            return false;
+        }
+    };
+    let mut signatures_ok = true;
+    match verify_p256_raw(
+        &pck.leaf_key,
+        quote.qe_report_bytes(),
+        &quote.qe_report_signature,
+    ) {
+        Ok(true) => checks.pass(
+            "tdx.qe_report_signature",
+            "the QE report's ECDSA P-256 signature verifies with the PCK key",
+        ),
+        Ok(false) => {
+            signatures_ok = false;
+            checks.fail(
+                "tdx.qe_report_signature",
+                "the QE report's signature does not verify with the PCK key",
+            );
+        }
+        Err(e) => {
+            signatures_ok = false;
+            checks.fail("tdx.qe_report_signature", e);
+        }
+    }
+    let expected = quote.expected_qe_report_data();
+    let bound = expected == quote.qe_report.report_data;
+    signatures_ok &= bound;
+    checks.compare(
+        "tdx.qe_report_data",
+        bound,
+        "QE report_data is SHA-256(attestation key || QE auth data) || 32 zero bytes: the QE vouches for this attestation key",
+        hex::encode(expected),
+        hex::encode(quote.qe_report.report_data),
+    );
+    match p256_key(&quote.attestation_key)
+        .and_then(|key| verify_p256_raw(&key, quote.signed_bytes(), &quote.signature))
+    {
+        Ok(true) => checks.pass(
+            "tdx.quote_signature",
+            "the quote's ECDSA P-256 signature over header || TD report body verifies with the attestation key",
+        ),
+        Ok(false) => {
+            signatures_ok = false;
+            checks.fail(
+                "tdx.quote_signature",
+                "the quote's signature does not verify with the attestation key",
+            );
+        }
+        Err(e) => {
+            signatures_ok = false;
+            checks.fail("tdx.quote_signature", e);
+        }
+    }
+    if !signatures_ok {
+        return false;
+    }
+
+    let extensions = pck
+        .leaf
+        .to_der()
+        .map_err(|e| e.to_string())
+        .and_then(|der| sgx_extensions(&der).map_err(|e| e.to_string()));
+    check_collateral(
+        quote,
+        collateral,
+        &pck,
+        extensions,
+        expectations,
+        options,
+        checks,
+    );
+
+    let body = &quote.body;
+    checks.compare(
+        "tdx.debug",
+        !body.debug() || expectations.allow_debug,
+        if expectations.allow_debug {
+            "debug allowed by the golden measurement"
+        } else {
+            "the TD must not be debuggable (TD attributes bit 0)"
+        },
+        if expectations.allow_debug {
+            "any"
+        } else {
+            "debug=0"
+        },
+        format!(
+            "debug={} (td_attributes {})",
+            u8::from(body.debug()),
+            hex::encode(body.td_attributes)
+        ),
+    );
+    allow_list(
+        "tdx.mrseam",
+        "the TDX module (MRSEAM) is one the golden measurement allows",
+        &expectations.mrseams,
+        &body.mrseam,
+        checks,
+    );
+    allow_list(
+        "tdx.mrtd",
+        "the TD's build-time measurement (MRTD) is one the golden measurement allows",
+        &expectations.mrtds,
+        &body.mrtd,
+        checks,
+    );
+    for (index, expected) in expectations.rtmrs().iter().enumerate() {
+        let name = format!("tdx.rtmr[{index}]");
+        let actual = hex::encode(body.rtmr[index]);
+        match expected {
+            Some(expected) => checks.compare(
+                name,
+                expected.0 == body.rtmr[index],
+                format!("RTMR{index} equals the golden value"),
+                expected.to_hex(),
+                actual,
+            ),
+            None => checks.skip(
+                name,
+                format!("no RTMR{index} in the golden measurement (reported {actual})"),
+            ),
+        }
+    }
+    true
+}
+
+fn allow_list(
+    name: &str,
+    reason: &str,
+    allowed: &[crate::Sha384Digest],
+    actual: &[u8; 48],
+    checks: &mut Checks,
+) {
+    if allowed.is_empty() {
+        checks.skip(
+            name,
+            format!(
+                "not in the golden measurement (reported {})",
+                hex::encode(actual)
+            ),
+        );
+    } else {
+        checks.compare(
+            name,
+            allowed.iter().any(|a| a.0 == *actual),
+            reason,
+            allowed
+                .iter()
+                .map(|a| a.to_hex())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            hex::encode(actual),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_collateral(
+    quote: &TdQuote,
+    collateral: Option<(&TdxCollateral, &str)>,
+    pck: &IntelChain,
+    extensions: Result<SgxExtensions, String>,
+    expectations: &GoldenTdx,
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) {
+    let at = options.at_unix;
+    let Some((collateral, source)) = collateral else {
+        checks.fail(
+            "tdx.collateral",
+            "no collateral: the evidence carries none and the verifier supplied none (TCB status cannot be judged)",
+        );
+        return;
+    };
+    let parsed = match collateral::parse(collateral) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            checks.fail("tdx.collateral", e.to_string());
+            return;
+        }
+    };
+    checks.pass(
+        "tdx.collateral",
+        format!("TCB info and QE identity parsed ({source})"),
+    );
+    let p: &ParsedCollateral = &parsed;
+
+    // TCB info: signed by a TCB Signing certificate under a trusted root, current, for this
+    // platform.
+    let tcb_chain = verify_intel_chain(
+        "TCB Signing certificate",
+        &p.tcb_info_chain,
+        &options.tdx_roots,
+        at,
+    );
+    let mut problems = Vec::new();
+    match &tcb_chain {
+        Ok(_) => {}
+        Err(e) => problems.push(e.clone()),
+    }
+    signature_problem("TCB info", &p.tcb_info_signature, &mut problems);
+    let info = &p.tcb_info;
+    if info.id != "TDX" || info.version != 3 {
+        problems.push(format!(
+            "TCB info is {} version {}, expected TDX version 3",
+            info.id, info.version
+        ));
+    }
+    problems.extend(window_problem(
+        "TCB info",
+        &p.tcb_info_window,
+        &info.issue_date,
+        &info.next_update,
+        at,
+    ));
+    let (actual_platform, platform_ok) = match &extensions {
+        Ok(ext) => {
+            let ok = info.fmspc.eq_ignore_ascii_case(&hex::encode(ext.fmspc))
+                && info.pce_id.eq_ignore_ascii_case(&hex::encode(ext.pce_id));
+            if !ok {
+                problems.push("the TCB info is for another platform (FMSPC / PCE ID)".into());
+            }
+            (
+                format!(
+                    "fmspc {} pceId {}",
+                    hex::encode_upper(ext.fmspc),
+                    hex::encode_upper(ext.pce_id)
+                ),
+                ok,
+            )
+        }
+        Err(e) => {
+            problems.push(format!("PCK certificate: {e}"));
+            ("(unreadable PCK extensions)".into(), false)
+        }
+    };
+    let tcb_info_ok = problems.is_empty();
+    checks.compare(
+        "tdx.tcb_info",
+        tcb_info_ok && platform_ok,
+        if tcb_info_ok {
+            match &tcb_chain {
+                Ok(chain) => format!(
+                    "TCB info signed by {}, current at the verification time (issueDate {}, nextUpdate {}), for the PCK's FMSPC and PCE ID",
+                    chain_text(chain),
+                    info.issue_date,
+                    info.next_update
+                ),
+                Err(_) => String::new(),
+            }
+        } else {
+            problems.join("; ")
+        },
+        format!("fmspc {} pceId {}", info.fmspc, info.pce_id),
+        actual_platform,
+    );
+
+    // QE identity.
+    let qe_chain = verify_intel_chain(
+        "TCB Signing certificate",
+        &p.qe_identity_chain,
+        &options.tdx_roots,
+        at,
+    );
+    let mut problems = Vec::new();
+    if let Err(e) = &qe_chain {
+        problems.push(e.clone());
+    }
+    signature_problem("QE identity", &p.qe_identity_signature, &mut problems);
+    let identity = &p.qe_identity;
+    if identity.id != "TD_QE" || identity.version != 2 {
+        problems.push(format!(
+            "QE identity is {} version {}, expected TD_QE version 2",
+            identity.id, identity.version
+        ));
+    }
+    problems.extend(window_problem(
+        "QE identity",
+        &p.qe_identity_window,
+        &identity.issue_date,
+        &identity.next_update,
+        at,
+    ));
+    let qe = qe_level(identity, &quote.qe_report);
+    if let Err(e) = &qe {
+        problems.push(e.clone());
+    }
+    let qe_identity_ok = problems.is_empty();
+    checks.compare(
+        "tdx.qe_identity",
+        qe_identity_ok,
+        if qe_identity_ok {
+            format!(
+                "QE identity signed by the TCB Signing key, current (issueDate {}, nextUpdate {}); the QE's MRSIGNER, ISVPRODID, MISCSELECT and attributes match",
+                identity.issue_date, identity.next_update
+            )
+        } else {
+            problems.join("; ")
+        },
+        format!(
+            "mrsigner {} isvprodid {}",
+            identity.mrsigner.to_lowercase(),
+            identity.isvprodid
+        ),
+        format!(
+            "mrsigner {} isvprodid {} isvsvn {}",
+            hex::encode(quote.qe_report.mrsigner),
+            quote.qe_report.isvprodid,
+            quote.qe_report.isvsvn
+        ),
+    );
+
+    // Revocation.
+    check_revocation(p, pck, tcb_chain.as_ref().ok(), at, checks);
+
+    // TCB status: platform, TDX module and QE levels, each in the allow-list.
+    let Ok(ext) = &extensions else {
+        return;
+    };
+    if !tcb_info_ok || !platform_ok {
+        return;
+    }
+    let platform = platform_level(info, ext, &quote.body);
+    let module = module_level(info, &quote.body);
+    let mut parts = Vec::new();
+    let mut statuses = Vec::new();
+    let mut advisories = Vec::new();
+    let mut errors = Vec::new();
+    match &platform {
+        Ok(m) => {
+            parts.push(format!("platform {} ({})", m.status, m.tcb_date));
+            statuses.push(m.status.clone());
+            advisories.extend(m.advisory_ids.clone());
+        }
+        Err(e) => errors.push(e.clone()),
+    }
+    match &module {
+        Ok(Some(m)) => {
+            parts.push(format!("TDX module {}", m.status));
+            statuses.push(m.status.clone());
+            advisories.extend(m.advisory_ids.clone());
+        }
+        Ok(None) => parts.push("TDX module (version 0: no separate level)".into()),
+        Err(e) => errors.push(e.clone()),
+    }
+    match &qe {
+        Ok(m) => {
+            parts.push(format!("QE {}", m.status));
+            statuses.push(m.status.clone());
+            advisories.extend(m.advisory_ids.clone());
+        }
+        Err(e) => errors.push(format!("QE: {e}")),
+    }
+    let allowed = &expectations.tcb_statuses;
+    let not_allowed: Vec<&String> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
+    advisories.sort();
+    advisories.dedup();
+    let reason = if !errors.is_empty() {
+        errors.join("; ")
+    } else if not_allowed.is_empty() {
+        format!(
+            "every TCB level's status is allowed{}",
+            if advisories.is_empty() {
+                String::new()
+            } else {
+                format!("; advisories: {}", advisories.join(", "))
+            }
+        )
+    } else {
+        format!(
+            "status {} is not allowed{}",
+            not_allowed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if advisories.is_empty() {
+                String::new()
+            } else {
+                format!("; advisories: {}", advisories.join(", "))
+            }
+        )
+    };
+    checks.compare(
+        "tdx.tcb_status",
+        errors.is_empty() && not_allowed.is_empty(),
+        reason,
+        format!("one of {}", allowed.join(", ")),
+        parts.join(", "),
+    );
+}
+
+fn signature_problem(what: &str, result: &Result<bool, String>, problems: &mut Vec<String>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => problems.push(format!(
+            "the {what} signature does not verify with the TCB Signing key"
+        )),
+        Err(e) => problems.push(format!("{what} signature: {e}")),
+    }
+}
+
+fn check_revocation(
+    p: &ParsedCollateral,
+    pck: &IntelChain,
+    tcb_signing: Option<&IntelChain>,
+    at: i64,
+    checks: &mut Checks,
+) {
+    if p.pck_crl.is_none() && p.root_ca_crl.is_none() {
+        checks.skip(
+            "tdx.crl",
+            "the collateral has no CRLs: revocation is not checked",
+        );
+        return;
+    }
+    let mut problems = Vec::new();
+    let mut done = Vec::new();
+    match (&p.pck_crl, &pck.intermediate) {
+        (Some(Ok(crl)), Some(issuer)) => {
+            match check_crl("PCK CRL", crl, issuer, &[&pck.leaf], at) {
+                Ok(()) => done.push("PCK CRL"),
+                Err(e) => problems.push(e),
+            }
+        }
+        (Some(Ok(_)), None) => problems.push("the PCK certificate has no intermediate CA".into()),
+        (Some(Err(e)), _) => problems.push(format!("PCK CRL: {e}")),
+        (None, _) => {}
+    }
+    match &p.root_ca_crl {
+        Some(Ok(crl)) => {
+            let mut covered: Vec<&openssl::x509::X509> = pck.intermediate.iter().collect();
+            if let Some(chain) = tcb_signing {
+                covered.push(&chain.leaf);
+            }
+            match check_crl("root CA CRL", crl, &pck.root_certificate, &covered, at) {
+                Ok(()) => done.push("root CA CRL"),
+                Err(e) => problems.push(e),
+            }
+        }
+        Some(Err(e)) => problems.push(format!("root CA CRL: {e}")),
+        None => {}
+    }
+    if problems.is_empty() {
+        checks.pass(
+            "tdx.crl",
+            format!(
+                "{} signed, current and not revoking the PCK, its CA or the TCB Signing certificate",
+                done.join(" and ")
+            ),
+        );
+    } else {
+        checks.fail("tdx.crl", problems.join("; "));
+    }
+}
