@@ -48,6 +48,7 @@ pub fn collect(
         platform: Some(request.platform),
         nonce: Bytes::from(request.nonce),
         sev_snp: tee_evidence.snp,
+        tdx: None,
         tpm: TpmEvidence {
             quote: Bytes(quote.attest),
             raw_sig: Some(Bytes(raw_signature(&signature))),

@@ -14,6 +14,7 @@ mod registry;
 mod snp_backend;
 mod snp_signer;
 mod swtpm;
+pub mod tdx_signer;
 
 pub use engine::{ContainerEngine, EngineKind};
 pub use image::{busybox_image_archive, ImageArchive};

@@ -1,0 +1,378 @@
+//! A TEST-ONLY stand-in for Intel's DCAP infrastructure and a TDX machine: a root CA -> PCK
+//! Platform CA -> PCK certificate (with the SGX extensions: FMSPC, PCE ID, TCB component SVNs),
+//! a Quoting Enclave whose report (signed by the PCK key) binds an attestation key, TD quotes v4
+//! signed by that key, TDREPORTs and Azure-style HCL reports, and TCB info / QE identity JSON
+//! signed by a TCB Signing certificate under the same root. Verifiers trust its root only when a
+//! test names it explicitly.
+
+use anyhow::Result;
+use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::ecdsa::EcdsaSig;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::extension::BasicConstraints;
+use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
+
+/// The platform the PCK certificate and the TCB info describe.
+pub const FMSPC: [u8; 6] = [0x00, 0x90, 0x6e, 0xd5, 0x00, 0x00];
+pub const PCE_ID: [u8; 2] = [0, 0];
+pub const SGX_TCB: [u8; 16] = [2, 2, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0];
+pub const PCESVN: u16 = 11;
+/// TEE_TCB_SVN: TDX module SVN 6, major version 1, then the TDX components.
+pub const TEE_TCB_SVN: [u8; 16] = [6, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub const QE_MRSIGNER: [u8; 32] = [0x5a; 32];
+pub const QE_ISVPRODID: u16 = 2;
+pub const QE_ISVSVN: u16 = 4;
+/// The TD's measurements in every body this signer makes.
+pub const MRTD: [u8; 48] = [0x7d; 48];
+pub const RTMR: [[u8; 48]; 4] = [[0x10; 48], [0x11; 48], [0x12; 48], [0x00; 48]];
+pub const MRSEAM: [u8; 48] = [0x5e; 48];
+/// Validity of the collateral: 2020-01-01 to 2049-01-01.
+pub const ISSUE_DATE: &str = "2020-01-01T00:00:00Z";
+pub const NEXT_UPDATE: &str = "2049-01-01T00:00:00Z";
+
+const SGX_OID: &str = "1.2.840.113741.1.13.1";
+
+/// Generated keys and certificates.
+pub struct TdxTestSigner {
+    root: X509,
+    platform_ca: X509,
+    pck: X509,
+    pck_key: PKey<Private>,
+    tcb_signing: X509,
+    tcb_signing_key: PKey<Private>,
+    attestation_key: PKey<Private>,
+    qe_auth_data: Vec<u8>,
+}
+
+fn p256_key() -> Result<PKey<Private>> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    Ok(PKey::from_ec_key(EcKey::generate(&group)?)?)
+}
+
+fn certificate(
+    common_name: &str,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    ca: bool,
+    extensions: Vec<X509Extension>,
+) -> Result<X509> {
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", common_name)?;
+    name.append_entry_by_text("O", "TEST ONLY - not Intel")?;
+    let name = name.build();
+    let mut builder = X509Builder::new()?;
+    builder.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
+    let serial = Asn1Integer::from_bn(&serial)?;
+    builder.set_serial_number(&serial)?;
+    builder.set_subject_name(&name)?;
+    builder.set_issuer_name(issuer.map(|(cert, _)| cert.subject_name()).unwrap_or(&name))?;
+    builder.set_pubkey(key)?;
+    let not_before = Asn1Time::from_unix(1_577_836_800)?; // 2020-01-01
+    let not_after = Asn1Time::from_unix(2_493_072_000)?; // 2049-01-01
+    builder.set_not_before(&not_before)?;
+    builder.set_not_after(&not_after)?;
+    if ca {
+        builder.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+    }
+    for extension in extensions {
+        builder.append_extension(extension)?;
+    }
+    builder.sign(
+        issuer.map(|(_, key)| key).unwrap_or(key),
+        MessageDigest::sha256(),
+    )?;
+    Ok(builder.build())
+}
+
+/// DER: tag, length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        len if len < 0x80 => out.push(len as u8),
+        len if len < 0x100 => out.extend([0x81, len as u8]),
+        len => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The OID 1.2.840.113741.1.13.1 followed by `arcs` (each < 128), DER.
+fn sgx_oid(arcs: &[u8]) -> Vec<u8> {
+    let mut content = vec![0x2a, 0x86, 0x48, 0x86, 0xf8, 0x4d, 0x01, 0x0d, 0x01];
+    content.extend_from_slice(arcs);
+    der(0x06, &content)
+}
+
+fn entry(arcs: &[u8], value: Vec<u8>) -> Vec<u8> {
+    der(0x30, &[sgx_oid(arcs), value].concat())
+}
+
+fn integer(value: u16) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let mut content: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+    if content.first().is_none_or(|b| b & 0x80 != 0) {
+        content.insert(0, 0);
+    }
+    der(0x02, &content)
+}
+
+/// Intel's SGX extension value as a PCK certificate carries it.
+fn sgx_extension_value() -> Vec<u8> {
+    let mut tcb = Vec::new();
+    for (i, svn) in SGX_TCB.iter().enumerate() {
+        tcb.extend(entry(&[2, i as u8 + 1], integer(u16::from(*svn))));
+    }
+    tcb.extend(entry(&[2, 17], integer(PCESVN)));
+    tcb.extend(entry(&[2, 18], der(0x04, &SGX_TCB)));
+    der(
+        0x30,
+        &[
+            entry(&[1], der(0x04, &[0x99; 16])),
+            entry(&[2], der(0x30, &tcb)),
+            entry(&[3], der(0x04, &PCE_ID)),
+            entry(&[4], der(0x04, &FMSPC)),
+            entry(&[5], der(0x0a, &[0])),
+        ]
+        .concat(),
+    )
+}
+
+/// ECDSA P-256 over SHA-256(`message`), as raw `r || s`.
+fn sign_raw(key: &PKey<Private>, message: &[u8]) -> Result<[u8; 64]> {
+    let digest = openssl::sha::sha256(message);
+    let signature = EcdsaSig::sign(&digest, &*key.ec_key()?)?;
+    let mut out = [0u8; 64];
+    let (r, s) = (signature.r().to_vec(), signature.s().to_vec());
+    out[32 - r.len()..32].copy_from_slice(&r);
+    out[64 - s.len()..].copy_from_slice(&s);
+    Ok(out)
+}
+
+impl TdxTestSigner {
+    /// A fresh PKI, platform and Quoting Enclave.
+    pub fn new() -> Result<Self> {
+        let root_key = p256_key()?;
+        let root = certificate("TEST-ONLY SGX Root CA", &root_key, None, true, vec![])?;
+        let platform_key = p256_key()?;
+        let platform_ca = certificate(
+            "TEST-ONLY SGX PCK Platform CA",
+            &platform_key,
+            Some((&root, &root_key)),
+            true,
+            vec![],
+        )?;
+        let pck_key = p256_key()?;
+        let oid = Asn1Object::from_str(SGX_OID)?;
+        let value = Asn1OctetString::new_from_bytes(&sgx_extension_value())?;
+        let sgx = X509Extension::new_from_der(&oid, false, &value)?;
+        let pck = certificate(
+            "TEST-ONLY SGX PCK Certificate",
+            &pck_key,
+            Some((&platform_ca, &platform_key)),
+            false,
+            vec![sgx],
+        )?;
+        let tcb_signing_key = p256_key()?;
+        let tcb_signing = certificate(
+            "TEST-ONLY SGX TCB Signing",
+            &tcb_signing_key,
+            Some((&root, &root_key)),
+            false,
+            vec![],
+        )?;
+        Ok(Self {
+            root,
+            platform_ca,
+            pck,
+            pck_key,
+            tcb_signing,
+            tcb_signing_key,
+            attestation_key: p256_key()?,
+            qe_auth_data: (0u8..32).collect(),
+        })
+    }
+
+    pub fn root(&self) -> &X509 {
+        &self.root
+    }
+
+    pub fn root_pem(&self) -> Vec<u8> {
+        self.root.to_pem().unwrap_or_default()
+    }
+
+    /// A TD report body (584 bytes, quote layout) with this signer's measurements.
+    pub fn body(&self, report_data: &[u8; 64]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(584);
+        body.extend_from_slice(&TEE_TCB_SVN);
+        body.extend_from_slice(&MRSEAM);
+        body.extend_from_slice(&[0u8; 48]); // mrsignerseam: Intel's module
+        body.extend_from_slice(&[0u8; 8]); // seam attributes
+        body.extend_from_slice(&[0, 0, 0, 0x10, 0, 0, 0, 0]); // td attributes: SEPT_VE_DISABLE
+        body.extend_from_slice(&0xe7u64.to_le_bytes()); // xfam
+        body.extend_from_slice(&MRTD);
+        body.extend_from_slice(&[0u8; 48 * 3]); // mrconfigid, mrowner, mrownerconfig
+        for rtmr in RTMR {
+            body.extend_from_slice(&rtmr);
+        }
+        body.extend_from_slice(report_data);
+        body
+    }
+
+    /// The same body with the debug attribute set (a TD whose memory the host can read).
+    pub fn debug_body(&self, report_data: &[u8; 64]) -> Vec<u8> {
+        let mut body = self.body(report_data);
+        body[120] |= 1;
+        body
+    }
+
+    /// A TD quote v4 over `body`, signed as a Quoting Enclave signs.
+    pub fn quote(&self, body: &[u8]) -> Result<Vec<u8>> {
+        anyhow::ensure!(body.len() == 584, "a TD report body is 584 bytes");
+        let mut quote = Vec::new();
+        quote.extend_from_slice(&4u16.to_le_bytes());
+        quote.extend_from_slice(&2u16.to_le_bytes()); // ECDSA P-256
+        quote.extend_from_slice(&0x81u32.to_le_bytes()); // TDX
+        quote.extend_from_slice(&[0u8; 4]);
+        quote.extend_from_slice(&[
+            0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f,
+            0x06, 0x07,
+        ]); // Intel's QE vendor ID
+        quote.extend_from_slice(&[0u8; 20]);
+        quote.extend_from_slice(body);
+        let signature = sign_raw(&self.attestation_key, &quote)?;
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        let point = self.attestation_key.ec_key()?.public_key().to_bytes(
+            &group,
+            openssl::ec::PointConversionForm::UNCOMPRESSED,
+            &mut ctx,
+        )?;
+        let attestation_key = &point[1..];
+
+        // QE report.
+        let mut qe = vec![0u8; 384];
+        qe[48] = 0x11; // attributes: INIT | MODE64BIT
+        qe[64..96].copy_from_slice(&[0xee; 32]); // mrenclave
+        qe[128..160].copy_from_slice(&QE_MRSIGNER);
+        qe[256..258].copy_from_slice(&QE_ISVPRODID.to_le_bytes());
+        qe[258..260].copy_from_slice(&QE_ISVSVN.to_le_bytes());
+        let mut hasher = openssl::sha::Sha256::new();
+        hasher.update(attestation_key);
+        hasher.update(&self.qe_auth_data);
+        qe[320..352].copy_from_slice(&hasher.finish());
+        let qe_signature = sign_raw(&self.pck_key, &qe)?;
+
+        let mut chain = Vec::new();
+        for cert in [&self.pck, &self.platform_ca, &self.root] {
+            chain.extend(cert.to_pem()?);
+        }
+        let mut qe_data = qe;
+        qe_data.extend_from_slice(&qe_signature);
+        qe_data.extend_from_slice(&(self.qe_auth_data.len() as u16).to_le_bytes());
+        qe_data.extend_from_slice(&self.qe_auth_data);
+        qe_data.extend_from_slice(&5u16.to_le_bytes());
+        qe_data.extend_from_slice(&(chain.len() as u32).to_le_bytes());
+        qe_data.extend_from_slice(&chain);
+
+        let mut signature_data = Vec::new();
+        signature_data.extend_from_slice(&signature);
+        signature_data.extend_from_slice(attestation_key);
+        signature_data.extend_from_slice(&6u16.to_le_bytes());
+        signature_data.extend_from_slice(&(qe_data.len() as u32).to_le_bytes());
+        signature_data.extend_from_slice(&qe_data);
+        quote.extend_from_slice(&(signature_data.len() as u32).to_le_bytes());
+        quote.extend_from_slice(&signature_data);
+        Ok(quote)
+    }
+
+    /// The TDREPORT (1024 bytes) a TD would get from TDG.MR.REPORT for `body` (MAC left zero).
+    pub fn td_report(&self, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; 1024];
+        r[0] = 0x81; // report type TDX
+        r[128..192].copy_from_slice(&body[520..584]); // report_data
+        r[256..264].copy_from_slice(&[0xff; 8]); // TEE_TCB_INFO valid
+        r[264..376].copy_from_slice(&body[..112]); // tee_tcb_svn, mrseam, mrsignerseam
+        r[376..384].copy_from_slice(&body[112..120]); // seam attributes
+        r[512..520].copy_from_slice(&body[120..128]); // td attributes (TDINFO)
+        r[520..912].copy_from_slice(&body[128..520]); // xfam .. rtmr3
+        r
+    }
+
+    /// An Azure-style HCL report (TDX) around a TD report whose `report_data` binds `var_data`.
+    /// Returns the HCL report and the TD body it holds (to be quoted, as Azure's quote service
+    /// does with the TD report).
+    pub fn hcl_report(&self, var_data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut report_data = [0u8; 64];
+        report_data[..32].copy_from_slice(&openssl::sha::sha256(var_data));
+        let body = self.body(&report_data);
+        let mut hcl = Vec::with_capacity(0x4d4 + var_data.len());
+        hcl.extend_from_slice(b"HCLA");
+        hcl.extend_from_slice(&1u32.to_le_bytes());
+        hcl.extend_from_slice(&1184u32.to_le_bytes());
+        hcl.extend_from_slice(&2u32.to_le_bytes()); // request type (2 for both)
+        hcl.resize(0x20, 0);
+        hcl.extend_from_slice(&self.td_report(&body));
+        hcl.resize(0x4c0, 0);
+        for field in [(20 + var_data.len()) as u32, 1, 4, 1, var_data.len() as u32] {
+            hcl.extend_from_slice(&field.to_le_bytes()); // size, version, TDX, SHA-256, var_data
+        }
+        hcl.extend_from_slice(var_data);
+        (hcl, body)
+    }
+
+    /// TCB info (v3) for this platform with one UpToDate level, and the TD QE identity (v2),
+    /// both signed by the TCB Signing certificate; as collateral JSON (the shape of
+    /// `dcap-qvl`'s collateral files, without CRLs).
+    pub fn collateral_json(&self) -> Result<Vec<u8>> {
+        let components = |svns: &[u8]| -> Vec<serde_json::Value> {
+            svns.iter()
+                .map(|svn| serde_json::json!({ "svn": svn }))
+                .collect()
+        };
+        let mut tdx_components = [0u8; 16];
+        tdx_components[2] = TEE_TCB_SVN[2];
+        let tcb_info = serde_json::json!({
+            "id": "TDX", "version": 3, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
+            "fmspc": hex::encode_upper(FMSPC), "pceId": hex::encode_upper(PCE_ID),
+            "tcbType": 0, "tcbEvaluationDataNumber": 17,
+            "tdxModule": {"mrsigner": "00".repeat(48), "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"},
+            "tdxModuleIdentities": [{
+                "id": "TDX_01", "mrsigner": "00".repeat(48), "attributes": "0000000000000000",
+                "attributesMask": "FFFFFFFFFFFFFFFF",
+                "tcbLevels": [{"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
+            }],
+            "tcbLevels": [
+                {"tcb": {"sgxtcbcomponents": components(&SGX_TCB), "pcesvn": PCESVN, "tdxtcbcomponents": components(&tdx_components)},
+                 "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"},
+                {"tcb": {"sgxtcbcomponents": components(&[0; 16]), "pcesvn": 0, "tdxtcbcomponents": components(&[0; 16])},
+                 "tcbDate": "2018-01-04T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-00000"]}
+            ]
+        })
+        .to_string();
+        let qe_identity = serde_json::json!({
+            "id": "TD_QE", "version": 2, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
+            "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+            "attributes": "11000000000000000000000000000000",
+            "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+            "mrsigner": hex::encode_upper(QE_MRSIGNER), "isvprodid": QE_ISVPRODID,
+            "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
+        })
+        .to_string();
+        let chain = String::from_utf8([self.tcb_signing.to_pem()?, self.root.to_pem()?].concat())?;
+        let collateral = serde_json::json!({
+            "tcb_info_issuer_chain": chain,
+            "tcb_info_signature": hex::encode(sign_raw(&self.tcb_signing_key, tcb_info.as_bytes())?),
+            "tcb_info": tcb_info,
+            "qe_identity_issuer_chain": chain,
+            "qe_identity_signature": hex::encode(sign_raw(&self.tcb_signing_key, qe_identity.as_bytes())?),
+            "qe_identity": qe_identity,
+        });
+        Ok(serde_json::to_vec(&collateral)?)
+    }
+}
