@@ -1,5 +1,5 @@
 //! `cvm-cli inspect FILE`: says what a file is and prints it readably (or as JSON): SEV-SNP
-//! report, Azure HCL report, TPM quote (TPMS_ATTEST), workload event log, evidence, golden
+//! report, Azure HCL report (SNP or TDX), TDX quote, TPM quote (TPMS_ATTEST), workload event log, evidence, golden
 //! measurement. Like `snpguest display`, for everything this toolkit handles.
 
 use anyhow::{bail, Context, Result};
@@ -7,6 +7,7 @@ use clap::Args;
 use cvm_attestation::azure::{HclReport, HclReportType};
 use cvm_attestation::snp::policy::{chip_id_masked, signing_key, GuestPolicy, Tcb};
 use cvm_attestation::snp::SnpReport;
+use cvm_attestation::tdx::{looks_like_td_quote, sgx_extensions, TdQuote, TdReportBody};
 use cvm_attestation::tpm::Quote;
 use cvm_attestation::workload::WorkloadLog;
 use cvm_attestation::{Evidence, GoldenMeasurement};
@@ -44,7 +45,12 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
         let hcl = HclReport::parse(bytes)?;
         let inner = match hcl.report_type {
             HclReportType::Snp => snp_report(SnpReport::parse(hcl.hardware_report)?),
-            HclReportType::Tdx => json!({ "td_report_data": hex::encode(hcl.report_data()) }),
+            HclReportType::Tdx => match TdReportBody::from_td_report(hcl.hardware_report) {
+                Ok(body) => td_body(&body),
+                Err(e) => {
+                    json!({ "error": e.to_string(), "td_report_data": hex::encode(hcl.report_data()) })
+                }
+            },
         };
         let var_data: Value = serde_json::from_slice(hcl.var_data)
             .unwrap_or_else(|_| json!(hex::encode(hcl.var_data)));
@@ -58,6 +64,9 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
                 "hardware_report": inner,
             }),
         ));
+    }
+    if looks_like_td_quote(bytes) {
+        return Ok(("TDX quote (v4)", td_quote(&TdQuote::parse(bytes)?)));
     }
     if bytes.starts_with(&[0xff, 0x54, 0x43, 0x47]) {
         let quote = Quote::parse(bytes)?;
@@ -97,6 +106,13 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
                 "SEV-SNP attestation report (hex)",
                 snp_report(SnpReport::parse(&decoded)?),
             ));
+        }
+    }
+    if trimmed.len() >= 16 && trimmed.len() <= 2 * cvm_attestation::tdx::quote::MAX_QUOTE_BYTES {
+        if let Ok(decoded) = hex::decode(trimmed) {
+            if looks_like_td_quote(&decoded) {
+                return Ok(("TDX quote (v4, hex)", td_quote(&TdQuote::parse(&decoded)?)));
+            }
         }
     }
     if trimmed.starts_with('{') || trimmed.starts_with('"') {
@@ -140,6 +156,58 @@ fn snp_report(report: SnpReport) -> Value {
     })
 }
 
+/// The TD report body's fields.
+fn td_body(body: &TdReportBody) -> Value {
+    json!({
+        "mrtd": hex::encode(body.mrtd),
+        "rtmr0": hex::encode(body.rtmr[0]),
+        "rtmr1": hex::encode(body.rtmr[1]),
+        "rtmr2": hex::encode(body.rtmr[2]),
+        "rtmr3": hex::encode(body.rtmr[3]),
+        "report_data": hex::encode(body.report_data),
+        "td_attributes": hex::encode(body.td_attributes),
+        "debug": body.debug(),
+        "xfam": hex::encode(body.xfam),
+        "mrconfigid": hex::encode(body.mrconfigid),
+        "mrowner": hex::encode(body.mrowner),
+        "mrownerconfig": hex::encode(body.mrownerconfig),
+        "tee_tcb_svn": hex::encode(body.tee_tcb_svn),
+        "mrseam": hex::encode(body.mrseam),
+        "mrsignerseam": hex::encode(body.mrsignerseam),
+        "seam_attributes": hex::encode(body.seam_attributes),
+    })
+}
+
+/// A TD quote: header, TD report body, QE and the PCK certificate's platform (FMSPC, TCB SVNs).
+fn td_quote(quote: &TdQuote) -> Value {
+    let pck = openssl::x509::X509::stack_from_pem(&quote.pck_chain_pem)
+        .ok()
+        .and_then(|chain| chain.first().and_then(|leaf| leaf.to_der().ok()));
+    let platform = match pck.as_deref().map(sgx_extensions) {
+        Some(Ok(ext)) => json!({
+            "fmspc": hex::encode_upper(ext.fmspc),
+            "pce_id": hex::encode_upper(ext.pce_id),
+            "sgx_tcb_svns": ext.tcb_components.to_vec(),
+            "pcesvn": ext.pcesvn,
+            "cpusvn": hex::encode(ext.cpusvn),
+        }),
+        Some(Err(e)) => json!(e.to_string()),
+        None => json!("no PCK certificate in the quote"),
+    };
+    json!({
+        "version": quote.header.version,
+        "tee_type": format!("{:#x}", quote.header.tee_type),
+        "qe_vendor_id": hex::encode(quote.header.qe_vendor_id),
+        "td": td_body(&quote.body),
+        "qe": {
+            "mrsigner": hex::encode(quote.qe_report.mrsigner),
+            "isvprodid": quote.qe_report.isvprodid,
+            "isvsvn": quote.qe_report.isvsvn,
+        },
+        "pck_platform": platform,
+    })
+}
+
 fn workload_log(log: &WorkloadLog) -> Value {
     json!({
         "pcr": log.pcr,
@@ -162,6 +230,9 @@ fn evidence_summary(evidence: &Evidence) -> Value {
                 .and_then(|h| HclReport::parse(h.as_slice()).ok().map(|h| h.hardware_report.to_vec()))
                 .unwrap_or_else(|| s.attestation_report.0.clone());
             SnpReport::parse(&report).map(snp_report).unwrap_or_else(|e| json!(e.to_string()))
+        }),
+        "tdx": evidence.tdx.as_ref().map(|t| {
+            TdQuote::parse(t.quote.as_slice()).map(|q| td_quote(&q)).unwrap_or_else(|e| json!(e.to_string()))
         }),
         "tpm": {
             "quote_extra_data": quote.as_ref().map(|q| hex::encode(&q.extra_data)),

@@ -4,17 +4,19 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::{decode_base64, Bytes};
-use cvm_attestation::golden::GoldenSnp;
+use cvm_attestation::golden::{GoldenSnp, GoldenTdx};
 use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
 use cvm_attestation::snp::TrustedRoot;
-use cvm_attestation::verify::verify_snp_report;
+use cvm_attestation::tdx::{looks_like_td_quote, TdxCollateral};
+use cvm_attestation::verify::{verify_snp_report, verify_tdx_quote};
 use cvm_attestation::{verify, Evidence, GoldenMeasurement, VerificationReport, VerifyOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cvm-cli verify --collaterals evidence.json --golden golden.json --nonce 0011aabb...\n  \
-    cvm-cli verify --report report.bin --vcek vcek.der --at 2025-06-01T00:00:00Z\n\n\
+    cvm-cli verify --report report.bin --vcek vcek.der --at 2025-06-01T00:00:00Z\n  \
+    cvm-cli verify --report tdx_quote --collateral collateral.json --at 2025-07-01T00:00:00Z\n\n\
     Exit status: 0 when every check passes, 1 when any fails, 2 when the input cannot be read.")]
 pub struct VerifyArgs {
     /// Evidence ("collaterals") JSON from an agent, ours or the predecessor's.
@@ -35,10 +37,18 @@ pub struct VerifyArgs {
     /// Golden measurement JSON (ours or the predecessor's) to compare the evidence with.
     #[arg(long, alias = "golden_measurement")]
     golden: Option<PathBuf>,
-    /// A bare SNP report (1184 bytes), an Azure HCL report, or an evidence file to take the
-    /// report and VCEK from.
+    /// A bare SNP report (1184 bytes), an Azure HCL report, a TDX quote (v4, binary or hex), or
+    /// an evidence file to take the report and VCEK (or the TD quote) from.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// TDX collateral JSON (TCB info, QE identity, CRLs; the shape of dcap-qvl's collateral
+    /// files) for a TD quote, or for evidence that carries none.
+    #[arg(long, value_name = "FILE")]
+    collateral: Option<PathBuf>,
+    /// TDX TCB statuses to accept for a bare TD quote (repeatable; default UpToDate), e.g.
+    /// SWHardeningNeeded, ConfigurationNeeded, OutOfDate.
+    #[arg(long = "tcb-status", value_name = "STATUS")]
+    tcb_statuses: Vec<String>,
     /// VCEK or VLEK certificate (DER or PEM) for --report.
     #[arg(long, requires = "report")]
     vcek: Option<PathBuf>,
@@ -84,11 +94,14 @@ pub fn options(
     for path in test_roots {
         let certificate =
             parse_certificate(&read(path)?).with_context(|| format!("{}", path.display()))?;
-        options = options.with_test_roots([TrustedRoot {
+        let root = TrustedRoot {
             name: path.display().to_string(),
             certificate,
             test_only: true,
-        }]);
+        };
+        options = options
+            .with_test_roots([root.clone()])
+            .with_tdx_test_roots([root]);
     }
     if let Some(path) = trusted_ak {
         let bytes = read(path)?;
@@ -111,12 +124,17 @@ pub fn parse_nonce(text: &str) -> Result<Vec<u8>> {
 }
 
 pub fn run(args: VerifyArgs) -> Result<bool> {
-    let options = options(
+    let mut options = options(
         args.at.as_deref(),
         args.nonce.as_deref(),
         &args.test_roots,
         args.trusted_ak.as_deref(),
     )?;
+    if let Some(path) = &args.collateral {
+        let collateral = TdxCollateral::from_json(&read(path)?)
+            .with_context(|| format!("{}", path.display()))?;
+        options = options.with_tdx_collateral(collateral);
+    }
     if let Some(host) = &args.host {
         let golden_path = args.golden.as_ref().context("--host needs --golden")?;
         let golden = GoldenMeasurement::from_json(&read(golden_path)?)
@@ -149,12 +167,24 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                 .with_context(|| format!("{}", golden_path.display()))?;
             verify(&evidence, &golden, &options)
         }
-        (None, Some(report)) => verify_bare_report(
-            report,
-            args.vcek.as_deref(),
-            args.chain.as_deref(),
-            &options,
-        )?,
+        (None, Some(report)) => {
+            let bytes = read(report)?;
+            match td_quote_of(&bytes)? {
+                Some((quote, collateral)) => {
+                    let mut expectations = GoldenTdx::default();
+                    if !args.tcb_statuses.is_empty() {
+                        expectations.tcb_statuses = args.tcb_statuses.clone();
+                    }
+                    verify_tdx_quote(&quote, collateral.as_ref(), &expectations, &options)
+                }
+                None => verify_bare_report(
+                    bytes,
+                    args.vcek.as_deref(),
+                    args.chain.as_deref(),
+                    &options,
+                )?,
+            }
+        }
         _ => bail!(
             "give --host HOST --golden FILE, --collaterals FILE --golden FILE, or --report FILE"
         ),
@@ -163,13 +193,31 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
     Ok(report.verified)
 }
 
+/// A TD quote in `bytes` (binary or hex text, detected by version 4 and TEE type 0x81), or in an
+/// evidence file's `tdx` section (with its collateral, when it carries one).
+fn td_quote_of(bytes: &[u8]) -> Result<Option<(Vec<u8>, Option<TdxCollateral>)>> {
+    if looks_like_td_quote(bytes) {
+        return Ok(Some((bytes.to_vec(), None)));
+    }
+    let decoded = hex_text_or_binary(bytes.to_vec());
+    if looks_like_td_quote(&decoded) {
+        return Ok(Some((decoded, None)));
+    }
+    if bytes.first() == Some(&b'{') || bytes.first() == Some(&b'"') {
+        let evidence = Evidence::from_json(bytes)?;
+        if let Some(tdx) = evidence.tdx {
+            return Ok(Some((tdx.quote.0, tdx.collateral)));
+        }
+    }
+    Ok(None)
+}
+
 fn verify_bare_report(
-    path: &Path,
+    bytes: Vec<u8>,
     vcek: Option<&Path>,
     chain: Option<&Path>,
     options: &VerifyOptions,
 ) -> Result<VerificationReport> {
-    let bytes = read(path)?;
     let mut intermediates: Vec<Bytes> = Vec::new();
     if let Some(chain) = chain {
         for cert in parse_pem_chain(&read(chain)?)? {
