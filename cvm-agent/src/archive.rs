@@ -115,17 +115,7 @@ fn read_zip(bytes: &[u8], limits: Limits) -> Result<Vec<Entry>, ArchiveError> {
             continue;
         }
         let name = checked_name(&raw)?;
-        // Never trust the declared size: read at most what is left of the budget, plus one byte.
-        let budget = limits.max_total_bytes - total;
-        let mut contents = Vec::new();
-        (&mut file)
-            .take(budget + 1)
-            .read_to_end(&mut contents)
-            .map_err(|e| ArchiveError::Corrupt(format!("{raw}: {e}")))?;
-        total += contents.len() as u64;
-        if total > limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge(limits.max_total_bytes));
-        }
+        let contents = read_within_budget(&mut file, &raw, &mut total, limits)?;
         entries.push(Entry::File(name, contents));
     }
     Ok(entries)
@@ -166,19 +156,31 @@ fn read_tar(bytes: &[u8], limits: Limits) -> Result<Vec<Entry>, ArchiveError> {
             return Err(ArchiveError::Special(raw));
         }
         let name = checked_name(&raw)?;
-        let budget = limits.max_total_bytes - total;
-        let mut contents = Vec::new();
-        (&mut entry)
-            .take(budget + 1)
-            .read_to_end(&mut contents)
-            .map_err(|e| ArchiveError::Corrupt(format!("{raw}: {e}")))?;
-        total += contents.len() as u64;
-        if total > limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge(limits.max_total_bytes));
-        }
+        let contents = read_within_budget(&mut entry, &raw, &mut total, limits)?;
         entries.push(Entry::File(name, contents));
     }
     Ok(entries)
+}
+
+/// Reads one entry, counting it against the total budget. The declared size is never trusted:
+/// at most what is left of the budget plus one byte is read.
+fn read_within_budget(
+    reader: &mut impl Read,
+    name: &str,
+    total: &mut u64,
+    limits: Limits,
+) -> Result<Vec<u8>, ArchiveError> {
+    let budget = limits.max_total_bytes - *total;
+    let mut contents = Vec::new();
+    reader
+        .take(budget + 1)
+        .read_to_end(&mut contents)
+        .map_err(|e| ArchiveError::Corrupt(format!("{name}: {e}")))?;
+    *total += contents.len() as u64;
+    if *total > limits.max_total_bytes {
+        return Err(ArchiveError::TooLarge(limits.max_total_bytes));
+    }
+    Ok(contents)
 }
 
 /// `workload/docker-compose.yml, workload/config/..` -> `docker-compose.yml, config/..`.

@@ -472,6 +472,22 @@ fn openapi_document_lists_exactly_the_routes() {
     assert_eq!(documented, served);
 }
 
+/// A measure-only agent (no engine) on ephemeral loopback ports, its files under `dir`.
+fn measure_only_config(dir: &Path, swtpm: &Swtpm) -> Config {
+    Config {
+        workload_dir: dir.join("workload"),
+        state_dir: dir.join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        local_socket: None,
+        tcti: swtpm.tcti(),
+        api_token_file: Some(dir.join("token")),
+        firmware_event_log: None,
+        measure_only: true,
+        ..Config::default()
+    }
+}
+
 #[tokio::test]
 async fn measure_only_agent_needs_no_engine() {
     let swtpm = Swtpm::start().unwrap();
@@ -479,17 +495,8 @@ async fn measure_only_agent_needs_no_engine() {
     write_workload(&dir.path().join("workload"), "measured only\n");
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let config = Config {
-        workload_dir: dir.path().join("workload"),
-        state_dir: dir.path().join("run"),
-        local_listen: "127.0.0.1:0".parse().unwrap(),
-        external_listen: "127.0.0.1:0".parse().unwrap(),
-        local_socket: None,
-        tcti: swtpm.tcti(),
         engine_socket: "/nonexistent/engine.sock".into(),
-        api_token_file: Some(dir.path().join("token")),
-        firmware_event_log: None,
-        measure_only: true,
-        ..Config::default()
+        ..measure_only_config(dir.path(), &swtpm)
     };
     let platform = Platform {
         cloud: Cloud::Qemu,
@@ -537,17 +544,8 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
     std::fs::write(dir.path().join("test-ark.pem"), signer.ark_pem()).unwrap();
     let measurement = [0x5a; 48];
     let config = Config {
-        workload_dir: dir.path().join("workload"),
-        state_dir: dir.path().join("run"),
-        local_listen: "127.0.0.1:0".parse().unwrap(),
-        external_listen: "127.0.0.1:0".parse().unwrap(),
-        local_socket: None,
-        tcti: swtpm.tcti(),
-        api_token_file: Some(dir.path().join("token")),
-        firmware_event_log: None,
-        measure_only: true,
         test_roots: vec![dir.path().join("test-ark.pem")],
-        ..Config::default()
+        ..measure_only_config(dir.path(), &swtpm)
     };
     let platform = Platform {
         cloud: Cloud::Gcp,
