@@ -323,9 +323,9 @@ fn sha256_selection(indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
         .build()
 }
 
-/// TPMT_PUBLIC template of an Azure-style AK: RSA 2048, RSASSA-SHA256, restricted signing.
-fn restricted_rsa_signing_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
+/// An attestation key's attributes: restricted signing key that never leaves this TPM.
+fn restricted_signing_attributes() -> tss_esapi::Result<tss_esapi::attributes::ObjectAttributes> {
+    ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
@@ -333,7 +333,12 @@ fn restricted_rsa_signing_template() -> tss_esapi::Result<Public> {
         .with_restricted(true)
         .with_sign_encrypt(true)
         .with_decrypt(false)
-        .build()?;
+        .build()
+}
+
+/// TPMT_PUBLIC template of an Azure-style AK: RSA 2048, RSASSA-SHA256, restricted signing.
+fn restricted_rsa_signing_template() -> tss_esapi::Result<Public> {
+    let attributes = restricted_signing_attributes()?;
     let parameters = PublicRsaParametersBuilder::new()
         .with_symmetric(SymmetricDefinitionObject::Null)
         .with_scheme(RsaScheme::RsaSsa(HashScheme::new(HashingAlgorithm::Sha256)))
@@ -354,15 +359,7 @@ fn restricted_rsa_signing_template() -> tss_esapi::Result<Public> {
 
 /// TPMT_PUBLIC template of our AK: ECC P-256, ECDSA-SHA256, restricted signing, fixedTPM.
 fn restricted_ecc_signing_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .build()?;
+    let attributes = restricted_signing_attributes()?;
     let parameters = PublicEccParametersBuilder::new()
         .with_symmetric(SymmetricDefinitionObject::Null)
         .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
