@@ -5,14 +5,20 @@
 //! (a) full verification of realistic GCP-style SEV-SNP evidence (TEST-ONLY SNP signer, EC P-256
 //!     AK, a TPMS_ATTEST quote built by hand: no TPM needed);
 //! (b) its parts, and the real AMD Milan chain (RSA-PSS 4096) with the real report_milan vector;
-//! (c) the same primitives called directly through openssl.
+//! (c) the same primitives called directly through openssl;
+//! (d) Intel TDX: the real TD quote with its Intel collateral (cached, as a verifier holding
+//!     collateral per FMSPC would), parts, and first-time verification of TEST-ONLY chains.
 
 mod support;
 
+use cvm_attestation::golden::GoldenTdx;
 use cvm_attestation::snp::certs::{amd_builtin_asks, parse_certificate, parse_pem_chain};
 use cvm_attestation::snp::{amd_extensions, amd_roots, verify_chain, SnpReport};
+use cvm_attestation::tdx::crypto::{p256_key, verify_p256_raw};
+use cvm_attestation::tdx::{TdQuote, TdxCollateral};
 use cvm_attestation::tpm::{AkPublic, Quote, QuoteSignature};
-use cvm_attestation::{verify, Evidence};
+use cvm_attestation::verify::verify_tdx_quote;
+use cvm_attestation::{verify, Evidence, VerifyOptions};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
@@ -20,6 +26,7 @@ use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::rsa::{Padding, Rsa};
 use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
+use openssl::x509::X509;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{fixture, Kind};
@@ -27,6 +34,8 @@ use support::{fixture, Kind};
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors");
 /// 2025-06-01: inside the real Milan certificates' validity.
 const REAL_AT: i64 = 1_748_736_000;
+/// 2025-07-01: inside the real TDX collateral's validity.
+const TDX_AT: i64 = 1_751_328_000;
 /// Batches per measurement; the median batch's per-op time is reported.
 const SAMPLES: usize = 31;
 /// Wall time aimed at per batch.
@@ -260,6 +269,79 @@ fn main() {
         assert!(black_box(&ask).verify(&test_ark_key).unwrap());
     });
 
+    // ---------------------------------------------------------------- (d) TDX
+    println!("\n(d) Intel TDX: real TD quote (tdx/tdx_quote) + Intel collateral, at 2025-07-01");
+    let tdx_quote = vector("tdx/tdx_quote");
+    let tdx_collateral =
+        TdxCollateral::from_json(&vector("tdx/tdx_quote_collateral.json")).unwrap();
+    let tdx_options = VerifyOptions::new(TDX_AT);
+    let tdx_golden = GoldenTdx::default();
+    let tdx_report = verify_tdx_quote(&tdx_quote, Some(&tdx_collateral), &tdx_golden, &tdx_options);
+    assert!(tdx_report.verified, "{tdx_report}");
+    let tdx_full = measure("verify_tdx_quote [collateral and chain cached]", || {
+        black_box(verify_tdx_quote(
+            black_box(&tdx_quote),
+            Some(&tdx_collateral),
+            &tdx_golden,
+            &tdx_options,
+        ));
+    });
+    let tdx_parsed = TdQuote::parse(&tdx_quote).unwrap();
+    let tdx_parse = measure("TdQuote::parse", || {
+        black_box(TdQuote::parse(black_box(&tdx_quote)).unwrap());
+    });
+    let pck_key = X509::stack_from_pem(&tdx_parsed.pck_chain_pem).unwrap()[0]
+        .public_key()
+        .unwrap();
+    let tdx_sigs = measure(
+        "QE report sig + quote sig (2 x P-256 via tdx::crypto)",
+        || {
+            let q = black_box(&tdx_parsed);
+            assert!(
+                verify_p256_raw(&pck_key, q.qe_report_bytes(), &q.qe_report_signature).unwrap()
+            );
+            let ak = p256_key(&q.attestation_key).unwrap();
+            assert!(verify_p256_raw(&ak, q.signed_bytes(), &q.signature).unwrap());
+        },
+    );
+    let pck_chain = measure("X509::stack_from_pem (PCK chain, 3 certs)", || {
+        black_box(X509::stack_from_pem(black_box(&tdx_parsed.pck_chain_pem)).unwrap());
+    });
+    // First verification of a new platform: new PCK chain and new collateral (TEST-ONLY signers,
+    // same shapes as Intel's): PCK <- CA <- root, root self-signature, TCB Signing <- root, TCB
+    // info and QE identity signatures, QE report and quote signatures: 8 P-256 checks.
+    let signers: Vec<_> = (0..SAMPLES)
+        .map(|_| {
+            let signer = test_support::tdx_signer::TdxTestSigner::new().unwrap();
+            let quote = signer.quote(&signer.body(&[9; 64])).unwrap();
+            let collateral = TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap();
+            let options = VerifyOptions::new(support::AT).with_tdx_test_roots([
+                cvm_attestation::snp::TrustedRoot {
+                    name: "TEST-ONLY TDX bench signer".into(),
+                    certificate: signer.root().clone(),
+                    test_only: true,
+                },
+            ]);
+            (quote, collateral, options)
+        })
+        .collect();
+    let mut tdx_cold: Vec<f64> = signers
+        .iter()
+        .map(|(quote, collateral, options)| {
+            let start = Instant::now();
+            let report = verify_tdx_quote(quote, Some(collateral), &tdx_golden, options);
+            let elapsed = start.elapsed().as_secs_f64() * 1e6;
+            assert!(report.verified, "{report}");
+            elapsed
+        })
+        .collect();
+    tdx_cold.sort_by(|a, b| a.total_cmp(b));
+    let tdx_cold = tdx_cold[SAMPLES / 2];
+    println!(
+        "{:<58} {tdx_cold:>10.2} us/op   (1 op x {SAMPLES} new chains and collaterals)",
+        "verify_tdx_quote [first time: new chain + collateral]"
+    );
+
     // ---------------------------------------------------------------- summary
     // What verify() cannot avoid for this evidence: the report signature (P-384), the quote
     // signature (P-256), and, unless the chain is cached, VCEK <- ASK and ASK <- ARK (P-384 each
@@ -289,5 +371,18 @@ fn main() {
     println!(
         "  RATIO verify() / unavoidable, chain new   = {:.2}",
         full_cold / unavoidable_uncached
+    );
+    // TDX: with collateral and chain cached, only the QE report and the quote signatures are
+    // unavoidable per quote (2 x P-256); first time, 8 P-256 checks.
+    println!(
+        "  TDX verify_tdx_quote, cached {tdx_full:.2} (parse {tdx_parse:.2}, 2 sigs {tdx_sigs:.2}, PCK PEM {pck_chain:.2}); first time {tdx_cold:.2}; peer's DCAP verification ~500"
+    );
+    println!(
+        "  RATIO TDX cached / 2 x raw P-256          = {:.2}",
+        tdx_full / (2.0 * raw_p256)
+    );
+    println!(
+        "  RATIO TDX first time / 8 x raw P-256      = {:.2}",
+        tdx_cold / (8.0 * raw_p256)
     );
 }

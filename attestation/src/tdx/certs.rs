@@ -9,6 +9,70 @@ use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509};
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A PCK certificate chain as the quote carries it, parsed, with the leaf's SGX extensions.
+pub struct PckChain {
+    pub certs: Vec<X509>,
+    pub extensions: Result<super::SgxExtensions, String>,
+}
+
+/// Parses the quote's PEM chain (at most 8 certificates) and the leaf's SGX extensions,
+/// remembered per process by the SHA-256 of the PEM: a verifier sees the same platform's chain
+/// with every quote, and decoding PEM costs more than the signature checks.
+pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, String> {
+    type Memo = Mutex<HashMap<[u8; 32], Arc<PckChain>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 256;
+    let key = openssl::sha::sha256(pem);
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let certs = crate::snp::certs::parse_pem_chain(pem).map_err(|e| e.to_string())?;
+    let extensions = match certs.first() {
+        Some(leaf) => leaf
+            .to_der()
+            .map_err(|e| e.to_string())
+            .and_then(|der| super::sgx_extensions(&der).map_err(|e| e.to_string())),
+        None => Err("the chain is empty".into()),
+    };
+    let chain = Arc::new(PckChain { certs, extensions });
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, chain.clone());
+    }
+    Ok(chain)
+}
+
+/// Whether `crl` (identified by `crl_id`, the SHA-256 of its DER) carries a valid signature by
+/// `issuer`, remembered per process.
+fn crl_signed_by(crl: &X509Crl, crl_id: &[u8; 32], issuer: &X509) -> Result<bool, String> {
+    type Memo = Mutex<HashMap<([u8; 32], Vec<u8>), bool>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 256;
+    let issuer_id = issuer
+        .digest(openssl::hash::MessageDigest::sha256())
+        .map_err(|e| e.to_string())?
+        .to_vec();
+    let key = (*crl_id, issuer_id);
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
+        return Ok(known);
+    }
+    let public = issuer.public_key().map_err(|e| e.to_string())?;
+    let result = crl.verify(&public).unwrap_or(false);
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, result);
+    }
+    Ok(result)
+}
 
 /// Intel SGX Root CA (CN=Intel SGX Root CA, O=Intel Corporation, L=Santa Clara, ST=CA, C=US),
 /// valid 2018-05-21 to 2049-12-31, SHA-256 fingerprint
@@ -161,13 +225,13 @@ pub fn verify_intel_chain(
 /// Checks a CRL: signed by `issuer`, current at `at_unix`, and not listing `certs`.
 pub fn check_crl(
     which: &str,
-    crl: &X509Crl,
+    crl: &super::collateral::Crl,
     issuer: &X509,
     certs: &[&X509],
     at_unix: i64,
 ) -> Result<(), String> {
-    let key = issuer.public_key().map_err(|e| e.to_string())?;
-    if !crl.verify(&key).unwrap_or(false) {
+    let (crl, crl_id) = (&crl.crl, &crl.id);
+    if !crl_signed_by(crl, crl_id, issuer)? {
         return Err(format!("{which} is not signed by {}", common_name(issuer)));
     }
     let at = Asn1Time::from_unix(at_unix).map_err(|e| e.to_string())?;

@@ -187,8 +187,14 @@ pub struct ParsedCollateral {
     /// Whether the TCB Signing key's signature over each body verifies (Err: cannot be checked).
     pub tcb_info_signature: Result<bool, String>,
     pub qe_identity_signature: Result<bool, String>,
-    pub root_ca_crl: Option<Result<openssl::x509::X509Crl, String>>,
-    pub pck_crl: Option<Result<openssl::x509::X509Crl, String>>,
+    pub root_ca_crl: Option<Result<Crl, String>>,
+    pub pck_crl: Option<Result<Crl, String>>,
+}
+
+/// A CRL and the SHA-256 of its DER (to remember its signature check).
+pub struct Crl {
+    pub crl: openssl::x509::X509Crl,
+    pub id: [u8; 32],
 }
 
 /// Parses `collateral`, remembering the result per process by the SHA-256 of its fields.
@@ -233,14 +239,17 @@ fn chain(what: &'static str, pem: &str) -> Result<Vec<openssl::x509::X509>, Coll
     crate::snp::certs::parse_pem_chain(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
 }
 
-fn crl(hex_der: &Option<String>) -> Option<Result<openssl::x509::X509Crl, String>> {
+fn crl(hex_der: &Option<String>) -> Option<Result<Crl, String>> {
     let text = hex_der.as_deref()?;
     Some(
         hex::decode(text.trim())
             .map_err(|_| "not hex".to_owned())
             .and_then(|der| {
                 openssl::x509::X509Crl::from_der(&der)
-                    .or_else(|_| openssl::x509::X509Crl::from_pem(text.as_bytes()))
+                    .map(|crl| Crl {
+                        crl,
+                        id: openssl::sha::sha256(&der),
+                    })
                     .map_err(|e| format!("not a DER CRL: {e}"))
             }),
     )

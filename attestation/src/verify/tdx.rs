@@ -10,12 +10,11 @@ use crate::azure::{HclReport, HclReportType};
 use crate::binding;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenTdx};
-use crate::snp::certs::parse_pem_chain;
-use crate::tdx::certs::{check_crl, verify_intel_chain, IntelChain};
+use crate::tdx::certs::{check_crl, parse_pck_chain, verify_intel_chain, IntelChain};
 use crate::tdx::collateral::{self, ParsedCollateral, Window};
 use crate::tdx::crypto::{p256_key, verify_p256_raw};
 use crate::tdx::tcb::{module_level, platform_level, qe_level};
-use crate::tdx::{sgx_extensions, SgxExtensions, TdQuote, TdReportBody, TdxCollateral};
+use crate::tdx::{SgxExtensions, TdQuote, TdReportBody, TdxCollateral};
 
 pub(crate) fn verify(
     evidence: &Evidence,
@@ -146,14 +145,19 @@ pub(crate) fn check_quote(
 ) -> bool {
     let at = options.at_unix;
     // PCK chain, from the quote's certification data.
-    let certs = match parse_pem_chain(&quote.pck_chain_pem) {
-        Ok(certs) => certs,
+    let parsed_chain = match parse_pck_chain(&quote.pck_chain_pem) {
+        Ok(chain) => chain,
         Err(e) => {
             checks.fail("tdx.pck_chain", format!("PCK certificate chain: {e}"));
             return false;
         }
     };
-    let pck = match verify_intel_chain("PCK certificate", &certs, &options.tdx_roots, at) {
+    let pck = match verify_intel_chain(
+        "PCK certificate",
+        &parsed_chain.certs,
+        &options.tdx_roots,
+        at,
+    ) {
         Ok(chain) => {
             checks.pass(
                 "tdx.pck_chain",
@@ -221,11 +225,7 @@ pub(crate) fn check_quote(
         return false;
     }
 
-    let extensions = pck
-        .leaf
-        .to_der()
-        .map_err(|e| e.to_string())
-        .and_then(|der| sgx_extensions(&der).map_err(|e| e.to_string()));
+    let extensions = parsed_chain.extensions.clone();
     check_collateral(
         quote,
         collateral,
@@ -422,12 +422,17 @@ fn check_collateral(
     );
 
     // QE identity.
-    let qe_chain = verify_intel_chain(
-        "TCB Signing certificate",
-        &p.qe_identity_chain,
-        &options.tdx_roots,
-        at,
-    );
+    // Intel signs both with the same certificate: do not check the same chain twice.
+    let qe_chain = if collateral.qe_identity_issuer_chain == collateral.tcb_info_issuer_chain {
+        tcb_chain.clone()
+    } else {
+        verify_intel_chain(
+            "TCB Signing certificate",
+            &p.qe_identity_chain,
+            &options.tdx_roots,
+            at,
+        )
+    };
     let mut problems = Vec::new();
     if let Err(e) = &qe_chain {
         problems.push(e.clone());
