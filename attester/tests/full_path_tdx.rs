@@ -1,0 +1,415 @@
+//! The whole pipeline for Intel TDX on a real software TPM: measure a workload into PCR 23,
+//! collect evidence over a nonce with the issuer code (TPM quote from swtpm; the TD quote from a
+//! TEST-ONLY DCAP signer standing in for the TDX module and Quoting Enclave), serialize it, and
+//! verify it, for GCP-TDX (a TD quote per request binding the AK and the nonce) and Azure-TDX (the
+//! HCL report in vTPM NV whose TD report binds var_data, quoted as Azure's quote service would).
+//! The verifier trusts the signer's root only because these tests name it; every tamper is
+//! rejected by a named check.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use cvm_attestation::evidence::{Cloud, Platform, TdxEvidence, Tee};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenTdx, GoldenWorkload, PcrSource};
+use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::tdx::TdxCollateral;
+use cvm_attestation::tpm::AkPublic;
+use cvm_attestation::verify::Status;
+use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
+use cvm_attestation::{
+    verify, Evidence, Sha256Digest, Sha384Digest, VerificationReport, VerifyOptions,
+};
+use cvm_attester::tee::{TeeBackend, TeeError, TeeEvidence};
+use cvm_attester::tpm::AZURE_AK_HANDLE;
+use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use test_support::tdx_signer::{self, TdxTestSigner};
+use test_support::Swtpm;
+
+const NONCE: &[u8] = b"verifier nonce 0001";
+
+/// Where the test backends leave the TD quote for the evidence: collect() assembles the TPM part,
+/// and the TDX section is added to its result (the backends return it through this slot so that
+/// the test does not depend on how `TeeEvidence` carries TDX evidence).
+type Slot = Arc<Mutex<Option<TdxEvidence>>>;
+
+fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
+    TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap()
+}
+
+/// GCP-style TDX: a fresh TD quote per request (configfs-tsm / `/dev/tdx_guest`) whose
+/// report_data binds the AK and the nonce.
+struct TestGcpTdx {
+    signer: TdxTestSigner,
+    debug: bool,
+    slot: Slot,
+}
+
+impl TeeBackend for TestGcpTdx {
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+
+    fn evidence(&mut self, _: &mut Tpm, ak: &[u8], nonce: &[u8]) -> Result<TeeEvidence, TeeError> {
+        let data = cvm_attestation::binding::report_data(ak, nonce);
+        let body = if self.debug {
+            self.signer.debug_body(&data)
+        } else {
+            self.signer.body(&data)
+        };
+        let quote = self
+            .signer
+            .quote(&body)
+            .map_err(|e| TeeError::Other(e.to_string()))?;
+        *self.slot.lock().unwrap() = Some(TdxEvidence {
+            quote: quote.into(),
+            collateral: Some(collateral(&self.signer)),
+            hcl_report: None,
+        });
+        Ok(TeeEvidence::default())
+    }
+}
+
+/// Azure-style TDX: the paravisor's HCL report from vTPM NV 0x01400001, whose TD report binds
+/// var_data (and so the vTPM AK); the quote over that TD report comes from the signer where
+/// Azure's in-guest quote service (IMDS) would make it.
+struct TestAzureTdx {
+    signer: TdxTestSigner,
+    body: Vec<u8>,
+    slot: Slot,
+}
+
+impl TeeBackend for TestAzureTdx {
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+
+    fn evidence(&mut self, tpm: &mut Tpm, _: &[u8], _: &[u8]) -> Result<TeeEvidence, TeeError> {
+        let hcl = tpm
+            .nv_read(cvm_attestation::azure::HCL_NV_INDEX)
+            .map_err(|e| TeeError::Hcl(e.to_string()))?;
+        let parsed = cvm_attestation::azure::HclReport::parse(&hcl)
+            .map_err(|e| TeeError::Hcl(e.to_string()))?;
+        let quote = self
+            .signer
+            .quote(&self.body)
+            .map_err(|e| TeeError::Other(e.to_string()))?;
+        *self.slot.lock().unwrap() = Some(TdxEvidence {
+            quote: quote.into(),
+            collateral: None, // supplied by the verifier
+            hcl_report: Some(hcl.clone().into()),
+        });
+        Ok(TeeEvidence {
+            var_data: Some(parsed.var_data.to_vec()),
+            ..TeeEvidence::default()
+        })
+    }
+}
+
+struct Vm {
+    _swtpm: Swtpm,
+    tpm: Tpm,
+    ak: AttestationKey,
+    log: WorkloadLog,
+}
+
+fn workload_events() -> Vec<WorkloadEvent> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workload");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&source, dir.path());
+    let ids = BTreeMap::from([(
+        "localhost/cvm-example/hello:1".to_owned(),
+        format!("sha256:{}", "ab".repeat(32)),
+    )]);
+    WorkloadFolder::read(dir.path())
+        .unwrap()
+        .events(&ids, None)
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl Vm {
+    fn boot(events: Vec<WorkloadEvent>, persistent_ak: Option<u32>, rsa_ak: bool) -> Vm {
+        let swtpm = Swtpm::start().unwrap();
+        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
+        if rsa_ak {
+            tpm.provision_persistent_rsa_ak(AZURE_AK_HANDLE).unwrap();
+        }
+        for event in &events {
+            tpm.extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)
+                .unwrap();
+        }
+        let ak = tpm.attestation_key(persistent_ak).unwrap();
+        Vm {
+            _swtpm: swtpm,
+            tpm,
+            ak,
+            log: WorkloadLog::from_events(events),
+        }
+    }
+
+    fn evidence(
+        &mut self,
+        tee: &mut dyn TeeBackend,
+        slot: &Slot,
+        cloud: Cloud,
+        nonce: &[u8],
+    ) -> Evidence {
+        let platform = Platform {
+            cloud,
+            tee: tee.tee(),
+        };
+        let mut evidence = collect(
+            &mut self.tpm,
+            &self.ak,
+            tee,
+            CollectRequest {
+                platform,
+                nonce,
+                workload_log: Some(self.log.clone()),
+                firmware_log: None,
+            },
+        )
+        .unwrap();
+        if evidence.tdx.is_none() {
+            evidence.tdx = slot.lock().unwrap().take();
+        }
+        // Through JSON, as a verifier receives it.
+        Evidence::from_json(&serde_json::to_vec(&evidence).unwrap()).unwrap()
+    }
+}
+
+fn golden(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
+    GoldenMeasurement {
+        version: 1,
+        platform: None,
+        pcrs: BTreeMap::from([(
+            0,
+            GoldenPcr {
+                sha256: Sha256Digest([0; 32]),
+                source: PcrSource::Observed,
+                note: None,
+            },
+        )]),
+        workload: Some(GoldenWorkload {
+            events,
+            allow_updates: false,
+        }),
+        snp: None,
+        tdx: Some(GoldenTdx {
+            mrtds: vec![Sha384Digest(tdx_signer::MRTD)],
+            rtmr0: Some(Sha384Digest(tdx_signer::RTMR[0])),
+            rtmr1: Some(Sha384Digest(tdx_signer::RTMR[1])),
+            rtmr2: Some(Sha384Digest(tdx_signer::RTMR[2])),
+            rtmr3: None,
+            mrseams: vec![Sha384Digest(tdx_signer::MRSEAM)],
+            ..GoldenTdx::default()
+        }),
+    }
+}
+
+fn test_root(signer: &TdxTestSigner) -> TrustedRoot {
+    TrustedRoot {
+        name: "TDX test signer".into(),
+        certificate: signer.root().clone(),
+        test_only: true,
+    }
+}
+
+fn failed(report: &VerificationReport) -> Vec<&str> {
+    report.failures().map(|c| c.name.as_str()).collect()
+}
+
+const TDX_CHECKS: &[&str] = &[
+    "tdx.quote",
+    "tdx.pck_chain",
+    "tdx.qe_report_signature",
+    "tdx.qe_report_data",
+    "tdx.quote_signature",
+    "tdx.collateral",
+    "tdx.tcb_info",
+    "tdx.qe_identity",
+    "tdx.tcb_status",
+    "tdx.debug",
+    "tdx.mrseam",
+    "tdx.mrtd",
+    "tdx.rtmr[0]",
+    "tdx.rtmr[1]",
+    "tdx.rtmr[2]",
+    "tdx.report_data",
+];
+
+#[test]
+fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
+    let events = workload_events();
+    let signer = TdxTestSigner::new().unwrap();
+    let root = test_root(&signer);
+    let slot = Slot::default();
+    let mut tee = TestGcpTdx {
+        signer,
+        debug: false,
+        slot: slot.clone(),
+    };
+    let mut vm = Vm::boot(events.clone(), None, false);
+    let evidence = vm.evidence(&mut tee, &slot, Cloud::Gcp, NONCE);
+    assert_eq!(evidence.platform().tee, Tee::Tdx);
+    let golden = golden(events);
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_tdx_test_roots([root]);
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    for name in TDX_CHECKS
+        .iter()
+        .chain(&["tpm.quote.signature", "workload.replay"])
+    {
+        assert_eq!(
+            report.check(name).map(|c| c.status),
+            Some(Status::Pass),
+            "{name}: {report}"
+        );
+    }
+    assert!(report
+        .check("tdx.pck_chain")
+        .unwrap()
+        .reason
+        .contains("TEST-ONLY root"));
+    assert_eq!(report.check("tdx.crl").unwrap().status, Status::Skip);
+
+    // Without naming the test root, Intel's pinned root rejects the chain.
+    let report = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
+    assert_eq!(failed(&report), ["tdx.pck_chain"], "{report}");
+
+    // The TD quote from one request does not fit another nonce (report_data binding).
+    let other = vm.evidence(&mut tee, &slot, Cloud::Gcp, b"a second nonce 0003");
+    let mut mixed = evidence.clone();
+    mixed.tdx = other.tdx.clone();
+    assert_eq!(
+        failed(&verify(&mixed, &golden, &options)),
+        ["tdx.report_data"]
+    );
+
+    // A flipped byte in the quote's body breaks its signature.
+    let mut altered = evidence.clone();
+    altered.tdx.as_mut().unwrap().quote.0[48 + 136] ^= 1; // MRTD
+    assert_eq!(
+        failed(&verify(&altered, &golden, &options)),
+        ["tdx.quote_signature"]
+    );
+
+    // An MRTD / RTMR the golden does not allow.
+    let mut strict = golden.clone();
+    let tdx = strict.tdx.as_mut().unwrap();
+    tdx.mrtds = vec![Sha384Digest([0; 48])];
+    tdx.rtmr2 = Some(Sha384Digest([0; 48]));
+    assert_eq!(
+        failed(&verify(&evidence, &strict, &options)),
+        ["tdx.mrtd", "tdx.rtmr[2]"]
+    );
+
+    // A debuggable TD.
+    tee.debug = true;
+    let debug = vm.evidence(&mut tee, &slot, Cloud::Gcp, NONCE);
+    assert_eq!(failed(&verify(&debug, &golden, &options)), ["tdx.debug"]);
+
+    // Collateral whose TCB info was tampered with after signing.
+    let mut forged = evidence.clone();
+    let c = forged.tdx.as_mut().unwrap().collateral.as_mut().unwrap();
+    c.tcb_info = c.tcb_info.replace("OutOfDate", "UpToDate");
+    let report = verify(&forged, &golden, &options);
+    assert!(failed(&report).contains(&"tdx.tcb_info"), "{report}");
+}
+
+#[test]
+fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
+    let events = workload_events();
+    let signer = TdxTestSigner::new().unwrap();
+    let root = test_root(&signer);
+    let collateral = collateral(&signer);
+    let mut vm = Vm::boot(events.clone(), Some(AZURE_AK_HANDLE), true);
+
+    // What Azure's paravisor puts in vTPM NV: an HCL report whose TD report binds var_data,
+    // which holds the AK.
+    let ak = AkPublic::from_bytes(&vm.ak.public).unwrap();
+    let rsa = ak.key.rsa().unwrap();
+    let var_data = serde_json::to_vec(&serde_json::json!({
+        "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA",
+                  "e": URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
+                  "n": URL_SAFE_NO_PAD.encode(rsa.n().to_vec())}],
+        "vm-configuration": {"secure-boot": true, "tpm-enabled": true}
+    }))
+    .unwrap();
+    let (hcl, body) = signer.hcl_report(&var_data);
+    assert!(
+        hcl.len() <= 2048,
+        "swtpm NV indices hold at most 2048 bytes"
+    );
+    vm.tpm
+        .nv_provision(cvm_attestation::azure::HCL_NV_INDEX, &hcl)
+        .unwrap();
+
+    let slot = Slot::default();
+    let mut tee = TestAzureTdx {
+        signer,
+        body,
+        slot: slot.clone(),
+    };
+    let evidence = vm.evidence(&mut tee, &slot, Cloud::Azure, NONCE);
+    let golden = golden(events);
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_tdx_test_roots([root])
+        .with_tdx_collateral(collateral);
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    for name in TDX_CHECKS.iter().chain(&["azure.hcl_report", "tpm.ak"]) {
+        assert_eq!(
+            report.check(name).map(|c| c.status),
+            Some(Status::Pass),
+            "{name}: {report}"
+        );
+    }
+    assert!(report.check("tpm.ak").unwrap().reason.contains("var_data"));
+    assert!(report
+        .check("tdx.collateral")
+        .unwrap()
+        .reason
+        .contains("supplied by the verifier"));
+
+    // Without collateral, the TCB cannot be judged.
+    let bare = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_tdx_test_roots([test_root(&tee.signer)]);
+    assert_eq!(
+        failed(&verify(&evidence, &golden, &bare)),
+        ["tdx.collateral"]
+    );
+
+    // Another var_data (another AK) breaks the binding to the quoted TD report.
+    let mut altered = evidence.clone();
+    let hcl = altered.tdx.as_mut().unwrap().hcl_report.as_mut().unwrap();
+    let last = hcl.0.len() - 3;
+    hcl.0[last] ^= 0x20;
+    let report = verify(&altered, &golden, &options);
+    assert!(failed(&report).contains(&"tdx.report_data"), "{report}");
+
+    // A TD report in the HCL report that is not the quoted one.
+    let mut altered = evidence.clone();
+    let hcl = altered.tdx.as_mut().unwrap().hcl_report.as_mut().unwrap();
+    hcl.0[0x20 + 128] ^= 1; // report_data of the TD report
+    let report = verify(&altered, &golden, &options);
+    assert!(failed(&report).contains(&"azure.hcl_report"), "{report}");
+}
