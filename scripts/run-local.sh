@@ -1,66 +1,56 @@
 #!/usr/bin/env bash
 # The README's main command: the whole job on the embedded local default, on this machine.
-#   1. build the `tiny` image (UKI + dm-verity root + data partition) and predict its PCRs offline;
-#   2. boot it under QEMU + OVMF with a software TPM (swtpm) and check that the PCRs the guest's
-#      TPM holds equal the prediction (PCR 4, 9, 11; a mismatch fails);
-#   3. measure the example workload with the agent's code into a software TPM, fetch evidence over
-#      a fresh nonce through the agent's HTTP API, and verify it with `cvm-cli verify --host`
-#      against golden values computed offline (`cvm-cli golden`).
+#   build   the `tiny-agent` image (UKI + dm-verity root with the agent and the example workload),
+#           predicting its PCRs offline (out/tiny-agent/measurements.json);
+#   golden  the golden values computed offline: predicted PCR 4/9/11/12 + the workload's PCR 23;
+#   boot    `cvm-cli deploy-local`: QEMU + OVMF with a new software TPM whose attestation key is
+#           recorded before the guest runs; the agent in the guest measures the workload;
+#   verify  `cvm-cli verify --host` over a fresh nonce: every check printed, exit 0 only if all pass;
+#           then the same VM against golden values of a changed config file must fail.
 # Everything it needs is installed by scripts/install-test-deps.sh. Outputs go to out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh
 cargo build --locked -p image-builder -p cvm-cli -p cvm-agent
 bin=target/debug
-out=out
-mkdir -p "$out"
+name=cvm-run-local
+port=${CVM_LOCAL_PORT:-18000}
+state=$("$bin/cvm-cli" deploy-local --name "$name" --dry-run | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
+trap '"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true' EXIT
 
-echo "==> 1. build the tiny image"
-"$bin/cvm-image" build --config image-builder/images/tiny.toml --out "$out/tiny"
+echo "==> build: the tiny-agent image with the example workload"
+overlay=out/tiny-agent-overlay
+rm -rf "$overlay"
+mkdir -p "$overlay/data" "$overlay/usr/lib/x86_64-linux-gnu"
+cp -r workload "$overlay/data/workload"
+rm -rf "$overlay/data/workload/secrets"   # secrets are provisioned at run time, never built in
+./scripts/make-example-image.sh "$overlay/data/workload/hello.tar"
+# tpm2-tss loads its device TCTI at run time: the agent's ldd closure does not show it.
+cp -L /usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0 "$overlay/usr/lib/x86_64-linux-gnu/"
+"$bin/cvm-image" build --config image-builder/images/tiny-agent.toml --out out/tiny-agent
 
-echo "==> 2. boot it (QEMU + OVMF + swtpm, software emulation) and compare PCRs with the prediction"
-"$bin/cvm-image" boot --out "$out/tiny" --serial "$out/tiny/serial.log"
+echo "==> golden: computed offline from the build and the workload folder"
+"$bin/cvm-cli" golden --measurements out/tiny-agent/measurements.json \
+  --workload "$overlay/data/workload" --cloud qemu --tee none --out out/golden.json
 
-echo "==> 3. measure the example workload into a software TPM and verify it from outside"
-work=$(mktemp -d)
-cleanup() {
-  [ -n "${agent_pid:-}" ] && kill "$agent_pid" 2>/dev/null || true
-  [ -n "${swtpm_pid:-}" ] && kill "$swtpm_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cp -r workload "$work/workload"
-./scripts/make-example-image.sh "$work/workload/hello.tar"
-head -c 32 /dev/urandom | od -A n -t x1 | tr -d ' \n' > "$work/token"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-swtpm socket --tpm2 --tpmstate dir="$work" --flags not-need-init,startup-clear \
-  --server type=tcp,port=$((port + 10)),bindaddr=127.0.0.1 \
-  --ctrl type=tcp,port=$((port + 11)),bindaddr=127.0.0.1 &
-swtpm_pid=$!
-sleep 1
-# A software TPM has no TEE to vouch for it: whoever creates it pins its attestation key, derived
-# here before the agent ever talks to it.
-"$bin/cvm-cli" tpm-ak --tcti "swtpm:host=127.0.0.1,port=$((port + 10))" > "$work/ak.pub"
-cat > "$work/agent.toml" <<CONF
-workload_dir = "$work/workload"
-state_dir = "$work/run"
-local_listen = "127.0.0.1:$((port + 1))"
-external_listen = "127.0.0.1:$port"
-local_socket = "$work/run/api/api.sock"
-tcti = "swtpm:host=127.0.0.1,port=$((port + 10))"
-api_token_file = "$work/token"
-image_measurements = "$out/tiny/measurements.json"
-cloud = "qemu"
-tee = "none"
-measure_only = true
-CONF
-RUST_LOG=warn "$bin/cvm-agent" --config "$work/agent.toml" &
-agent_pid=$!
-for _ in $(seq 50); do
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-"$bin/cvm-cli" golden --workload "$work/workload" --token-file "$work/token" \
-  --cloud qemu --tee none --out "$out/golden.json"
-"$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden "$out/golden.json" --trusted-ak "$work/ak.pub"
-echo "==> done: the image boots with the predicted PCRs, and the measured workload verifies"
+echo "==> boot: deploy-local (QEMU + OVMF + swtpm)"
+"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
+"$bin/cvm-cli" deploy-local --image out/tiny-agent/disk.raw --name "$name" --port "$port"
+
+echo "==> verify: the running VM against the golden values"
+"$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden.json --trusted-ak "$state/ak.pub"
+
+echo "==> verify: a changed config file must fail, and say which file"
+changed=$(mktemp -d)
+cp -r "$overlay/data/workload/." "$changed/"
+echo "changed" > "$changed/config/message.txt"
+"$bin/cvm-cli" golden --measurements out/tiny-agent/measurements.json --workload "$changed" \
+  --cloud qemu --tee none --out out/golden-changed.json
+rm -rf "$changed"
+if "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden-changed.json \
+     --trusted-ak "$state/ak.pub" > out/verify-changed.txt; then
+  echo "ERROR: a changed workload verified" >&2
+  exit 1
+fi
+grep -E "FAIL +workload.measurement" out/verify-changed.txt
+echo "==> done: built, booted, measured and verified; a changed workload is refused"
