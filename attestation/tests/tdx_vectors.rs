@@ -258,3 +258,36 @@ fn the_real_azure_tdx_hcl_report_parses_and_binds_var_data() {
         &other
     ));
 }
+
+#[test]
+fn collateral_signed_by_a_pck_key_is_refused() {
+    let signer = test_support::tdx_signer::TdxTestSigner::new().unwrap();
+    let quote = signer.quote(&signer.body(&[3; 64])).unwrap();
+    let options = VerifyOptions::new(parse_time("2030-01-01T00:00:00Z").unwrap())
+        .with_tdx_test_roots([cvm_attestation::snp::TrustedRoot {
+            name: "TDX test signer".into(),
+            certificate: signer.root().clone(),
+            test_only: true,
+        }]);
+    let good = TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap();
+    let report = verify_tdx_quote(&quote, Some(&good), &GoldenTdx::default(), &options);
+    assert!(report.verified, "{report}");
+    assert!(report
+        .check("tdx.pck_chain")
+        .unwrap()
+        .reason
+        .contains("TEST-ONLY root"));
+    let forged =
+        TdxCollateral::from_json(&signer.collateral_json_signed_by_pck().unwrap()).unwrap();
+    let report = verify_tdx_quote(&quote, Some(&forged), &GoldenTdx::default(), &options);
+    assert_eq!(
+        failed(&report),
+        ["tdx.tcb_info", "tdx.qe_identity"],
+        "{report}"
+    );
+    assert!(report
+        .check("tdx.tcb_info")
+        .unwrap()
+        .reason
+        .contains("signed directly by"));
+}

@@ -330,6 +330,25 @@ impl TdxTestSigner {
     /// both signed by the TCB Signing certificate; as collateral JSON (the shape of
     /// `dcap-qvl`'s collateral files, without CRLs).
     pub fn collateral_json(&self) -> Result<Vec<u8>> {
+        let chain = String::from_utf8([self.tcb_signing.to_pem()?, self.root.to_pem()?].concat())?;
+        self.collateral_signed_by(&self.tcb_signing_key, chain)
+    }
+
+    /// The same collateral signed with the PCK key and its chain (PCK <- PCK CA <- root): what a
+    /// platform whose PCK key leaked could forge. Verifiers must refuse it.
+    pub fn collateral_json_signed_by_pck(&self) -> Result<Vec<u8>> {
+        let chain = String::from_utf8(
+            [
+                self.pck.to_pem()?,
+                self.platform_ca.to_pem()?,
+                self.root.to_pem()?,
+            ]
+            .concat(),
+        )?;
+        self.collateral_signed_by(&self.pck_key, chain)
+    }
+
+    fn collateral_signed_by(&self, key: &PKey<Private>, chain: String) -> Result<Vec<u8>> {
         let components = |svns: &[u8]| -> Vec<serde_json::Value> {
             svns.iter()
                 .map(|svn| serde_json::json!({ "svn": svn }))
@@ -364,13 +383,12 @@ impl TdxTestSigner {
             "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
         })
         .to_string();
-        let chain = String::from_utf8([self.tcb_signing.to_pem()?, self.root.to_pem()?].concat())?;
         let collateral = serde_json::json!({
             "tcb_info_issuer_chain": chain,
-            "tcb_info_signature": hex::encode(sign_raw(&self.tcb_signing_key, tcb_info.as_bytes())?),
+            "tcb_info_signature": hex::encode(sign_raw(key, tcb_info.as_bytes())?),
             "tcb_info": tcb_info,
             "qe_identity_issuer_chain": chain,
-            "qe_identity_signature": hex::encode(sign_raw(&self.tcb_signing_key, qe_identity.as_bytes())?),
+            "qe_identity_signature": hex::encode(sign_raw(key, qe_identity.as_bytes())?),
             "qe_identity": qe_identity,
         });
         Ok(serde_json::to_vec(&collateral)?)

@@ -155,12 +155,23 @@ fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), String> {
     Ok(())
 }
 
-/// Verifies `certs[0]` (the leaf) up to one of `roots`, through at most one intermediate taken
+/// How a leaf must hang from the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainShape {
+    /// PCK certificate <- PCK Platform/Processor CA <- root.
+    ThroughIntermediate,
+    /// TCB Signing certificate <- root: a key certified by an intermediate (a PCK key, which a
+    /// compromised platform could leak) must never sign TCB info or QE identity.
+    DirectlyUnderRoot,
+}
+
+/// Verifies `certs[0]` (the leaf) up to one of `roots` in the given shape, the intermediate taken
 /// from `certs[1..]` (a root in `certs` is ignored: roots are pinned), every certificate valid at
 /// `at_unix`. `leaf_name` names the leaf in errors ("PCK certificate", "TCB Signing certificate").
 pub fn verify_intel_chain(
     leaf_name: &str,
     certs: &[X509],
+    shape: ChainShape,
     roots: &[TrustedRoot],
     at_unix: i64,
 ) -> Result<IntelChain, String> {
@@ -177,9 +188,10 @@ pub fn verify_intel_chain(
         .iter()
         .filter(|root| signed_by(&root.certificate, &root.certificate))
         .collect();
-    // Directly under a root (TCB Signing), or through one intermediate (PCK).
-    let mut candidates: Vec<Option<&X509>> = vec![None];
-    candidates.extend(certs[1..].iter().map(Some));
+    let candidates: Vec<Option<&X509>> = match shape {
+        ChainShape::DirectlyUnderRoot => vec![None],
+        ChainShape::ThroughIntermediate => certs[1..].iter().map(Some).collect(),
+    };
     for intermediate in candidates {
         let issuer_of_leaf = intermediate.unwrap_or(leaf);
         let Some(root) = anchors
@@ -217,8 +229,12 @@ pub fn verify_intel_chain(
         });
     }
     Err(format!(
-        "{leaf_name} ({}) does not chain to a trusted root ({tried}) through the certificates given",
-        common_name(leaf)
+        "{leaf_name} ({}) is not {} a trusted root ({tried})",
+        common_name(leaf),
+        match shape {
+            ChainShape::ThroughIntermediate => "signed by an intermediate CA signed by",
+            ChainShape::DirectlyUnderRoot => "signed directly by",
+        }
     ))
 }
 

@@ -10,7 +10,7 @@ use crate::azure::{HclReport, HclReportType};
 use crate::binding;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenTdx};
-use crate::tdx::certs::{check_crl, parse_pck_chain, verify_intel_chain, IntelChain};
+use crate::tdx::certs::{check_crl, parse_pck_chain, verify_intel_chain, ChainShape, IntelChain};
 use crate::tdx::collateral::{self, ParsedCollateral, Window};
 use crate::tdx::crypto::{p256_key, verify_p256_raw};
 use crate::tdx::tcb::{module_level, platform_level, qe_level};
@@ -155,6 +155,7 @@ pub(crate) fn check_quote(
     let pck = match verify_intel_chain(
         "PCK certificate",
         &parsed_chain.certs,
+        ChainShape::ThroughIntermediate,
         &options.tdx_roots,
         at,
     ) {
@@ -356,6 +357,7 @@ fn check_collateral(
     let tcb_chain = verify_intel_chain(
         "TCB Signing certificate",
         &p.tcb_info_chain,
+        ChainShape::DirectlyUnderRoot,
         &options.tdx_roots,
         at,
     );
@@ -429,6 +431,7 @@ fn check_collateral(
         verify_intel_chain(
             "TCB Signing certificate",
             &p.qe_identity_chain,
+            ChainShape::DirectlyUnderRoot,
             &options.tdx_roots,
             at,
         )
