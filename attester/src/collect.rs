@@ -48,7 +48,7 @@ pub fn collect(
         platform: Some(request.platform),
         nonce: Bytes::from(request.nonce),
         sev_snp: tee_evidence.snp,
-        tdx: None,
+        tdx: tee_evidence.tdx,
         tpm: TpmEvidence {
             quote: Bytes(quote.attest),
             raw_sig: Some(Bytes(raw_signature(&signature))),

@@ -6,7 +6,7 @@ use crate::tpm::Tpm;
 use cvm_attestation::azure::{HclReport, HCL_NV_INDEX};
 use cvm_attestation::binding::report_data;
 use cvm_attestation::encoding::Bytes;
-use cvm_attestation::evidence::{SnpEvidence, Tee};
+use cvm_attestation::evidence::{SnpEvidence, TdxEvidence, Tee};
 
 /// Why TEE evidence could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,7 @@ pub enum TeeError {
 #[derive(Debug, Clone, Default)]
 pub struct TeeEvidence {
     pub snp: Option<SnpEvidence>,
+    pub tdx: Option<TdxEvidence>,
     /// Azure's var_data, carried beside the TPM quote as the predecessor did.
     pub var_data: Option<Vec<u8>>,
 }
@@ -97,7 +98,7 @@ impl TeeBackend for SevGuest {
                 cert_chain: Vec::new(),
                 hcl_report: None,
             }),
-            var_data: None,
+            ..TeeEvidence::default()
         })
     }
 }
@@ -129,6 +130,7 @@ impl TeeBackend for AzureSnp {
                 hcl_report: Some(Bytes(hcl)),
             }),
             var_data: Some(var_data),
+            ..TeeEvidence::default()
         })
     }
 }

@@ -5,102 +5,23 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use cvm_attestation::evidence::{Cloud, Platform};
+use cvm_attestation::evidence::Cloud;
 use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
-use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
-use cvm_attestation::{verify, Evidence, Sha256Digest, VerificationReport, VerifyOptions};
-use cvm_attester::tee::{AzureSnp, NoTee, TeeBackend};
+use cvm_attestation::workload::WorkloadEvent;
+use cvm_attestation::{verify, Sha256Digest, VerifyOptions};
+use cvm_attester::tee::{AzureSnp, NoTee};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
-use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
 use std::collections::BTreeMap;
-use std::path::Path;
-use test_support::{SnpTestSigner, Swtpm, TestSnpBackend};
+use test_support::{SnpTestSigner, TestSnpBackend};
+
+mod common;
+use common::{failed, workload_events, Vm, NONCE};
 
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 const POLICY: u64 = 0x3_0000; // SMT allowed, reserved bit 17 set, debug off, no migration agent
-
-/// A running VM's TPM with the example workload measured into PCR 23.
-struct Vm {
-    _swtpm: Swtpm,
-    tpm: Tpm,
-    ak: AttestationKey,
-    log: WorkloadLog,
-}
-
-fn workload_events(config_override: Option<&str>) -> Vec<WorkloadEvent> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workload");
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&source, dir.path());
-    if let Some(text) = config_override {
-        std::fs::write(dir.path().join("config/message.txt"), text).unwrap();
-    }
-    let ids = BTreeMap::from([(
-        "localhost/cvm-example/hello:1".to_owned(),
-        format!("sha256:{}", "ab".repeat(32)),
-    )]);
-    WorkloadFolder::read(dir.path())
-        .unwrap()
-        .events(&ids, None)
-        .unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-impl Vm {
-    fn boot(events: Vec<WorkloadEvent>, persistent_ak: Option<u32>, rsa_ak: bool) -> Vm {
-        let swtpm = Swtpm::start().unwrap();
-        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
-        if rsa_ak {
-            tpm.provision_persistent_rsa_ak(AZURE_AK_HANDLE).unwrap();
-        }
-        for event in &events {
-            tpm.extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)
-                .unwrap();
-        }
-        let ak = tpm.attestation_key(persistent_ak).unwrap();
-        Vm {
-            _swtpm: swtpm,
-            tpm,
-            ak,
-            log: WorkloadLog::from_events(events),
-        }
-    }
-
-    fn evidence(&mut self, tee: &mut dyn TeeBackend, cloud: Cloud, nonce: &[u8]) -> Evidence {
-        let platform = Platform {
-            cloud,
-            tee: tee.tee(),
-        };
-        let evidence = collect(
-            &mut self.tpm,
-            &self.ak,
-            tee,
-            CollectRequest {
-                platform,
-                nonce,
-                workload_log: Some(self.log.clone()),
-                firmware_log: None,
-            },
-        )
-        .unwrap();
-        // Through JSON, as a verifier receives it.
-        Evidence::from_json(&serde_json::to_vec(&evidence).unwrap()).unwrap()
-    }
-}
 
 fn golden(events: Vec<WorkloadEvent>, snp: Option<GoldenSnp>) -> GoldenMeasurement {
     GoldenMeasurement {
@@ -124,10 +45,6 @@ fn golden(events: Vec<WorkloadEvent>, snp: Option<GoldenSnp>) -> GoldenMeasureme
     }
 }
 
-fn failed(report: &VerificationReport) -> Vec<&str> {
-    report.failures().map(|c| c.name.as_str()).collect()
-}
-
 fn test_root(signer: &SnpTestSigner) -> TrustedRoot {
     TrustedRoot {
         name: "test signer".into(),
@@ -135,8 +52,6 @@ fn test_root(signer: &SnpTestSigner) -> TrustedRoot {
         test_only: true,
     }
 }
-
-const NONCE: &[u8] = b"verifier nonce 0001";
 
 #[test]
 fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {

@@ -8,31 +8,22 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use cvm_attestation::evidence::{Cloud, Platform, TdxEvidence, Tee};
+use cvm_attestation::evidence::{Cloud, TdxEvidence, Tee};
 use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenTdx, GoldenWorkload, PcrSource};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::tdx::TdxCollateral;
 use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
-use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
-use cvm_attestation::{
-    verify, Evidence, Sha256Digest, Sha384Digest, VerificationReport, VerifyOptions,
-};
+use cvm_attestation::workload::WorkloadEvent;
+use cvm_attestation::{verify, Sha256Digest, Sha384Digest, VerifyOptions};
 use cvm_attester::tee::{TeeBackend, TeeError, TeeEvidence};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
-use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
+use cvm_attester::Tpm;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use test_support::tdx_signer::{self, TdxTestSigner};
-use test_support::Swtpm;
 
-const NONCE: &[u8] = b"verifier nonce 0001";
-
-/// Where the test backends leave the TD quote for the evidence: collect() assembles the TPM part,
-/// and the TDX section is added to its result (the backends return it through this slot so that
-/// the test does not depend on how `TeeEvidence` carries TDX evidence).
-type Slot = Arc<Mutex<Option<TdxEvidence>>>;
+mod common;
+use common::{failed, workload_events, Vm, NONCE};
 
 fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
     TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap()
@@ -43,7 +34,6 @@ fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
 struct TestGcpTdx {
     signer: TdxTestSigner,
     debug: bool,
-    slot: Slot,
 }
 
 impl TeeBackend for TestGcpTdx {
@@ -62,12 +52,14 @@ impl TeeBackend for TestGcpTdx {
             .signer
             .quote(&body)
             .map_err(|e| TeeError::Other(e.to_string()))?;
-        *self.slot.lock().unwrap() = Some(TdxEvidence {
-            quote: quote.into(),
-            collateral: Some(collateral(&self.signer)),
-            hcl_report: None,
-        });
-        Ok(TeeEvidence::default())
+        Ok(TeeEvidence {
+            tdx: Some(TdxEvidence {
+                quote: quote.into(),
+                collateral: Some(collateral(&self.signer)),
+                hcl_report: None,
+            }),
+            ..TeeEvidence::default()
+        })
     }
 }
 
@@ -77,7 +69,6 @@ impl TeeBackend for TestGcpTdx {
 struct TestAzureTdx {
     signer: TdxTestSigner,
     body: Vec<u8>,
-    slot: Slot,
 }
 
 impl TeeBackend for TestAzureTdx {
@@ -95,100 +86,15 @@ impl TeeBackend for TestAzureTdx {
             .signer
             .quote(&self.body)
             .map_err(|e| TeeError::Other(e.to_string()))?;
-        *self.slot.lock().unwrap() = Some(TdxEvidence {
-            quote: quote.into(),
-            collateral: None, // supplied by the verifier
-            hcl_report: Some(hcl.clone().into()),
-        });
         Ok(TeeEvidence {
+            tdx: Some(TdxEvidence {
+                quote: quote.into(),
+                collateral: None, // supplied by the verifier
+                hcl_report: Some(hcl.clone().into()),
+            }),
             var_data: Some(parsed.var_data.to_vec()),
             ..TeeEvidence::default()
         })
-    }
-}
-
-struct Vm {
-    _swtpm: Swtpm,
-    tpm: Tpm,
-    ak: AttestationKey,
-    log: WorkloadLog,
-}
-
-fn workload_events() -> Vec<WorkloadEvent> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workload");
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&source, dir.path());
-    let ids = BTreeMap::from([(
-        "localhost/cvm-example/hello:1".to_owned(),
-        format!("sha256:{}", "ab".repeat(32)),
-    )]);
-    WorkloadFolder::read(dir.path())
-        .unwrap()
-        .events(&ids, None)
-        .unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-impl Vm {
-    fn boot(events: Vec<WorkloadEvent>, persistent_ak: Option<u32>, rsa_ak: bool) -> Vm {
-        let swtpm = Swtpm::start().unwrap();
-        let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
-        if rsa_ak {
-            tpm.provision_persistent_rsa_ak(AZURE_AK_HANDLE).unwrap();
-        }
-        for event in &events {
-            tpm.extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)
-                .unwrap();
-        }
-        let ak = tpm.attestation_key(persistent_ak).unwrap();
-        Vm {
-            _swtpm: swtpm,
-            tpm,
-            ak,
-            log: WorkloadLog::from_events(events),
-        }
-    }
-
-    fn evidence(
-        &mut self,
-        tee: &mut dyn TeeBackend,
-        slot: &Slot,
-        cloud: Cloud,
-        nonce: &[u8],
-    ) -> Evidence {
-        let platform = Platform {
-            cloud,
-            tee: tee.tee(),
-        };
-        let mut evidence = collect(
-            &mut self.tpm,
-            &self.ak,
-            tee,
-            CollectRequest {
-                platform,
-                nonce,
-                workload_log: Some(self.log.clone()),
-                firmware_log: None,
-            },
-        )
-        .unwrap();
-        if evidence.tdx.is_none() {
-            evidence.tdx = slot.lock().unwrap().take();
-        }
-        // Through JSON, as a verifier receives it.
-        Evidence::from_json(&serde_json::to_vec(&evidence).unwrap()).unwrap()
     }
 }
 
@@ -229,10 +135,6 @@ fn test_root(signer: &TdxTestSigner) -> TrustedRoot {
     }
 }
 
-fn failed(report: &VerificationReport) -> Vec<&str> {
-    report.failures().map(|c| c.name.as_str()).collect()
-}
-
 const TDX_CHECKS: &[&str] = &[
     "tdx.quote",
     "tdx.pck_chain",
@@ -254,17 +156,15 @@ const TDX_CHECKS: &[&str] = &[
 
 #[test]
 fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
-    let events = workload_events();
+    let events = workload_events(None);
     let signer = TdxTestSigner::new().unwrap();
     let root = test_root(&signer);
-    let slot = Slot::default();
     let mut tee = TestGcpTdx {
         signer,
         debug: false,
-        slot: slot.clone(),
     };
     let mut vm = Vm::boot(events.clone(), None, false);
-    let evidence = vm.evidence(&mut tee, &slot, Cloud::Gcp, NONCE);
+    let evidence = vm.evidence(&mut tee, Cloud::Gcp, NONCE);
     assert_eq!(evidence.platform().tee, Tee::Tdx);
     let golden = golden(events);
     let options = VerifyOptions::now()
@@ -294,7 +194,7 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
     assert_eq!(failed(&report), ["tdx.pck_chain"], "{report}");
 
     // The TD quote from one request does not fit another nonce (report_data binding).
-    let other = vm.evidence(&mut tee, &slot, Cloud::Gcp, b"a second nonce 0003");
+    let other = vm.evidence(&mut tee, Cloud::Gcp, b"a second nonce 0003");
     let mut mixed = evidence.clone();
     mixed.tdx = other.tdx.clone();
     assert_eq!(
@@ -322,7 +222,7 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
 
     // A debuggable TD.
     tee.debug = true;
-    let debug = vm.evidence(&mut tee, &slot, Cloud::Gcp, NONCE);
+    let debug = vm.evidence(&mut tee, Cloud::Gcp, NONCE);
     assert_eq!(failed(&verify(&debug, &golden, &options)), ["tdx.debug"]);
 
     // Collateral whose TCB info was tampered with after signing.
@@ -335,7 +235,7 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
 
 #[test]
 fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
-    let events = workload_events();
+    let events = workload_events(None);
     let signer = TdxTestSigner::new().unwrap();
     let root = test_root(&signer);
     let collateral = collateral(&signer);
@@ -360,14 +260,8 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     vm.tpm
         .nv_provision(cvm_attestation::azure::HCL_NV_INDEX, &hcl)
         .unwrap();
-
-    let slot = Slot::default();
-    let mut tee = TestAzureTdx {
-        signer,
-        body,
-        slot: slot.clone(),
-    };
-    let evidence = vm.evidence(&mut tee, &slot, Cloud::Azure, NONCE);
+    let mut tee = TestAzureTdx { signer, body };
+    let evidence = vm.evidence(&mut tee, Cloud::Azure, NONCE);
     let golden = golden(events);
     let options = VerifyOptions::now()
         .with_nonce(NONCE)

@@ -30,7 +30,7 @@ impl TeeBackend for TestSnpBackend {
                 cert_chain: vec![self.signer.ask_der().into()],
                 hcl_report: None,
             }),
-            var_data: None,
+            ..TeeEvidence::default()
         })
     }
 }
