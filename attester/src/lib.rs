@@ -4,7 +4,9 @@
 pub mod collect;
 pub mod tee;
 pub mod tpm;
+pub mod tsm;
 
 pub use collect::{collect, CollectError, CollectRequest};
 pub use tee::{AzureSnp, NoTee, SevGuest, TeeBackend, TeeError, TeeEvidence};
 pub use tpm::{AkSource, AttestationKey, Tpm, TpmError, TpmQuote};
+pub use tsm::ConfigfsTsm;

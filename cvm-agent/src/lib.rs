@@ -18,7 +18,7 @@ use cvm_attestation::golden::GoldenPcr;
 use cvm_attestation::snp::certs::parse_certificate;
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::Sha256Digest;
-use cvm_attester::{AzureSnp, NoTee, SevGuest, TeeBackend};
+use cvm_attester::{AzureSnp, ConfigfsTsm, NoTee, SevGuest, TeeBackend};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,11 +202,22 @@ fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend
                     .collect::<Result<_>>()?,
             })
         }
+        // GCP, AWS, self-hosted: the kernel's generic interface when it has one (6.7+), else
+        // the SEV guest device.
+        (Tee::SevSnp, _) if std::path::Path::new(cvm_attester::tsm::TSM_REPORT_ROOT).exists() => {
+            Box::new(ConfigfsTsm::new(
+                Tee::SevSnp,
+                config.vcek_path.as_deref().map(read_der).transpose()?,
+            ))
+        }
         (Tee::SevSnp, _) => Box::new(SevGuest {
             vcek_der: config.vcek_path.as_deref().map(read_der).transpose()?,
             vmpl: 0,
         }),
-        (Tee::Tdx, _) => bail!("Intel TDX evidence is not supported by this agent version yet"),
+        (Tee::Tdx, Cloud::Azure) => {
+            bail!("Azure TDX needs Azure's in-guest quote service, which this agent version does not call yet")
+        }
+        (Tee::Tdx, _) => Box::new(ConfigfsTsm::new(Tee::Tdx, None)),
     })
 }
 
