@@ -15,6 +15,8 @@ PACKAGES=(
   curl
   # Python emulators for the cloud tests live in a venv
   python3-venv
+  # image-builder: the `debian` profile's root (Debian 13) is made by mmdebstrap
+  mmdebstrap
 )
 
 missing=()

@@ -56,6 +56,9 @@ enum Cmd {
         /// QEMU CPU model (e.g. `max`).
         #[arg(long)]
         cpu: Option<String>,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
         /// Also save the whole serial console to this file.
         #[arg(long)]
         serial: Option<PathBuf>,
@@ -113,8 +116,9 @@ fn main() -> anyhow::Result<()> {
             accel,
             timeout,
             cpu,
+            cpus,
             serial,
-        } => boot(&out, accel, timeout, cpu, serial)?,
+        } => boot(&out, accel, timeout, cpu, cpus, serial)?,
         Cmd::Vhd { raw, vhd } => {
             let size = std::fs::metadata(&raw)
                 .with_context(|| format!("reading {}", raw.display()))?
@@ -213,6 +217,7 @@ fn boot(
     accel: String,
     timeout: u64,
     cpu: Option<String>,
+    cpus: u32,
     serial: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use image_builder::boot::{self, BootConfig};
@@ -224,6 +229,7 @@ fn boot(
     let mut cfg = BootConfig::new(out.join("disk.raw"));
     cfg.accel = accel;
     cfg.cpu = cpu;
+    cfg.cpus = cpus;
     cfg.timeout = std::time::Duration::from_secs(timeout);
     eprintln!("booting {} (serial console below)...", cfg.disk.display());
     let outcome = boot::boot(&cfg, |s| {
