@@ -15,8 +15,9 @@ PACKAGES=(
   curl
   # Python emulators for the cloud tests live in a venv
   python3-venv
-  # image-builder: the `debian` profile's root (Debian 13) is made by mmdebstrap
-  mmdebstrap
+  # image-builder: the `debian` profile's root (Debian 13) is made by mmdebstrap; Secure Boot
+  # signing of the UKI (sbsign/sbverify) and test keys (openssl)
+  mmdebstrap sbsigntool openssl
 )
 
 missing=()

@@ -104,6 +104,16 @@ fn d_veritysetup() -> PathBuf {
     "/usr/sbin/veritysetup".into()
 }
 
+/// Secure Boot signing of the UKI with the user's db key (`sbsign`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBoot {
+    /// PEM private key of a certificate enrolled in the VM's `db`.
+    pub key: PathBuf,
+    /// PEM certificate matching `key`.
+    pub cert: PathBuf,
+}
+
 /// The build configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +178,9 @@ pub struct Config {
     /// `debian` profile: packages installed on top of `minbase`.
     #[serde(default = "d_packages")]
     pub packages: Vec<String>,
+    /// Sign the UKI for Secure Boot; PCR 4 is then predicted for Secure Boot on.
+    #[serde(default)]
+    pub secure_boot: Option<SecureBoot>,
     #[serde(default = "d_busybox")]
     pub busybox: PathBuf,
     #[serde(default = "d_veritysetup")]
@@ -202,6 +215,10 @@ impl Config {
         }
         if let Some(p) = c.kernel_tree.as_mut() {
             fix(p)
+        }
+        if let Some(sb) = c.secure_boot.as_mut() {
+            fix(&mut sb.key);
+            fix(&mut sb.cert);
         }
         c.check()?;
         Ok(c)

@@ -92,6 +92,9 @@ pub struct Measurements {
     pub kernel_cmdline: String,
     pub kernel_version: String,
     pub stub: String,
+    /// PCR 4 is predicted for Secure Boot on (the UKI is signed) or off.
+    #[serde(default)]
+    pub secure_boot: bool,
     /// Output files by name (`disk.raw`, `disk.vhd`...).
     #[serde(default)]
     pub images: BTreeMap<String, FileDigest>,
@@ -163,8 +166,8 @@ pub fn initrd_as_passed(pe: &pe::Pe, uki: &[u8], stub: &[u8]) -> Vec<u8> {
 }
 
 /// Predicts PCR 4, 9, 11 and 12 for booting `uki` (built from `stub`) from a firmware boot
-/// option with Secure Boot off.
-pub fn predict(uki: &[u8], stub: &[u8]) -> Result<BTreeMap<String, PcrValue>> {
+/// option, with Secure Boot on or off (on: the stub's `LoadImage` of `.linux` is not measured).
+pub fn predict(uki: &[u8], stub: &[u8], secure_boot: bool) -> Result<BTreeMap<String, PcrValue>> {
     let pe = pe::Pe::parse(uki)?;
     let section = |name: &str| pe.section_data(uki, name).unwrap_or_default();
     let linux = section(".linux");
@@ -181,11 +184,13 @@ pub fn predict(uki: &[u8], stub: &[u8]) -> Result<BTreeMap<String, PcrValue>> {
         pe::authenticode_sha256(uki)?,
         "UKI",
     );
-    pcr4.ext(
-        "EV_EFI_BOOT_SERVICES_APPLICATION",
-        pe::authenticode_sha256(&linux)?,
-        ".linux loaded by the stub",
-    );
+    if !secure_boot {
+        pcr4.ext(
+            "EV_EFI_BOOT_SERVICES_APPLICATION",
+            pe::authenticode_sha256(&linux)?,
+            ".linux loaded by the stub",
+        );
+    }
 
     let mut pcr11 = Chain::new();
     for name in measured_sections(stub) {

@@ -290,7 +290,18 @@ pub fn build(
         uname: &kernel.version,
     })?;
     let uki_path = out.join("uki.efi");
-    std::fs::write(&uki_path, &uki_bytes).ctx("writing UKI", &uki_path)?;
+    let uki_bytes = match &cfg.secure_boot {
+        None => {
+            std::fs::write(&uki_path, &uki_bytes).ctx("writing UKI", &uki_path)?;
+            uki_bytes
+        }
+        Some(sb) => {
+            let unsigned = out.join("uki.unsigned.efi");
+            std::fs::write(&unsigned, &uki_bytes).ctx("writing UKI", &unsigned)?;
+            uki::sign(&unsigned, &uki_path, sb)?;
+            std::fs::read(&uki_path).ctx("reading signed UKI", &uki_path)?
+        }
+    };
     let uki_sha = measure::sha256(&uki_bytes);
     step("uki", t, format!("{} KiB", uki_bytes.len() / 1024));
 
@@ -401,7 +412,8 @@ pub fn build(
     progress.start("measurements");
     let measurements = Measurements {
         version: 1,
-        pcrs: measure::predict(&uki_bytes, &stub)?,
+        pcrs: measure::predict(&uki_bytes, &stub, cfg.secure_boot.is_some())?,
+        secure_boot: cfg.secure_boot.is_some(),
         verity_root_hash: root_hash.clone(),
         uki_sha256: hex::encode(uki_sha),
         uki_authenticode_sha256: hex::encode(crate::pe::authenticode_sha256(&uki_bytes)?),

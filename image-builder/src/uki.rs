@@ -46,3 +46,26 @@ pub fn stub_version(stub: &[u8]) -> Option<String> {
     let end = rest.windows(5).position(|w| w == b" ####")?;
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
+
+/// Signs `unsigned` into `signed` with `sbsign` (Authenticode PKCS#7). `sbsign` pads the image to
+/// 8 bytes before the signature: the padding is part of the Authenticode hash, so measurements
+/// are predicted from the signed file. The signature carries a signing time, so signed UKIs (and
+/// the ESP and disk holding them) differ in those bytes between builds; the Authenticode digest,
+/// and with it every predicted PCR, does not.
+pub fn sign(
+    unsigned: &std::path::Path,
+    signed: &std::path::Path,
+    sb: &crate::config::SecureBoot,
+) -> Result<()> {
+    crate::cmd::run(
+        std::process::Command::new("sbsign")
+            .arg("--key")
+            .arg(&sb.key)
+            .arg("--cert")
+            .arg(&sb.cert)
+            .arg("--output")
+            .arg(signed)
+            .arg(unsigned),
+    )?;
+    Ok(())
+}
