@@ -14,15 +14,23 @@ UUID=12345678-9abc-def0-1234-56789abcdef0
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$W/data"
 cat "$W/data" >/dev/null # both runs read from the page cache
 
-t0=$(date +%s.%N)
-theirs=$(veritysetup format --salt="$SALT" --uuid="$UUID" "$W/data" "$W/theirs" | awk '/Root hash/ {print $3}')
-t1=$(date +%s.%N)
-ours=$("$BIN" verity --salt "$SALT" --uuid "$UUID" "$W/data" "$W/ours" | awk '/Root hash/ {print $3}')
-t2=$(date +%s.%N)
+# Best of three runs each: the 2 cores are shared, a busy neighbour should not decide the ratio.
+best() {
+  local best=999 a b
+  for _ in 1 2 3; do
+    a=$(date +%s.%N); "$@" >"$W/out.txt"; b=$(date +%s.%N)
+    best=$(awk -v a="$a" -v b="$b" -v c="$best" 'BEGIN { d = b - a; print (d < c ? d : c) }')
+  done
+  echo "$best"
+}
+vs=$(best veritysetup format --salt="$SALT" --uuid="$UUID" "$W/data" "$W/theirs")
+theirs=$(awk '/Root hash/ {print $3}' "$W/out.txt")
+us=$(best "$BIN" verity --salt "$SALT" --uuid "$UUID" "$W/data" "$W/ours")
+ours=$(awk '/Root hash/ {print $3}' "$W/out.txt")
 
 cmp "$W/theirs" "$W/ours"
 [ "$theirs" = "$ours" ] || { echo "root hash differs: $theirs vs $ours"; exit 1; }
-awk -v a="$t0" -v b="$t1" -v c="$t2" -v n="$SIZE_MIB" -v cores="$(nproc)" 'BEGIN {
-  vs = b - a; us = c - b;
+awk -v vs="$vs" -v us="$us" -v n="$SIZE_MIB" -v cores="$(nproc)" -v load="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
+  printf "load average (1 min): %s\n", load;
   printf "data: %d MiB, cores: %d\nveritysetup format: %.2f s\ncvm-image verity:   %.2f s\nratio (veritysetup / ours): %.2fx\n", n, cores, vs, us, vs / us }'
 echo "root hash (identical): $ours"

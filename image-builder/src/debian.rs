@@ -110,3 +110,30 @@ pub fn customize(root: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customize_prepares_a_read_only_measured_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("boot")).unwrap();
+        std::fs::write(root.join("boot/initrd.img-6.12"), b"x").unwrap();
+        std::fs::write(root.join("boot/vmlinuz-6.12"), b"k").unwrap();
+        std::fs::write(root.join("etc-placeholder"), b"").unwrap();
+        customize(root).unwrap();
+        assert!(!root.join("boot/initrd.img-6.12").exists());
+        assert!(root.join("boot/vmlinuz-6.12").exists(), "the kernel stays");
+        assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap(), b"");
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert!(fstab.contains("tmpfs /var tmpfs"));
+        for unit in MASKED_UNITS {
+            let link = std::fs::read_link(root.join("etc/systemd/system").join(unit)).unwrap();
+            assert_eq!(link, Path::new("/dev/null"), "{unit} must be masked");
+        }
+        // Idempotent: a second run replaces its own links.
+        customize(root).unwrap();
+    }
+}

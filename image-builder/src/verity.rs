@@ -254,9 +254,9 @@ pub fn format(
     for level in levels.iter().rev() {
         out.write_all(level).ctx("writing verity tree", hash_out)?;
     }
+    // No fsync: like veritysetup, leave durability to the caller (the disk image is synced).
     out.into_inner()
         .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
         .ctx("writing verity tree", hash_out)?;
     let hash_size = hbs as u64 * (1 + sizes.iter().sum::<u64>());
     Ok(VerityTree {
