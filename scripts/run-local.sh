@@ -15,7 +15,8 @@ cargo build --locked -p image-builder -p cvm-cli -p cvm-agent
 bin=target/debug
 name=cvm-run-local
 port=${CVM_LOCAL_PORT:-18000}
-state=$("$bin/cvm-cli" deploy-local --name "$name" --dry-run | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
+image=out/tiny-agent/disk.raw
+state=$("$bin/cvm-cli" deploy-local --image "$image" --name "$name" --dry-run | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
 trap '"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true' EXIT
 
 echo "==> build: the tiny-agent image with the example workload"
@@ -35,7 +36,7 @@ echo "==> golden: computed offline from the build and the workload folder"
 
 echo "==> boot: deploy-local (QEMU + OVMF + swtpm)"
 "$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
-"$bin/cvm-cli" deploy-local --image out/tiny-agent/disk.raw --name "$name" --port "$port"
+"$bin/cvm-cli" deploy-local --image "$image" --name "$name" --port "$port"
 
 echo "==> verify: the running VM against the golden values"
 "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden.json --trusted-ak "$state/ak.pub"

@@ -93,12 +93,19 @@ fn accel(requested: &str) -> String {
 }
 
 pub fn deploy(args: DeployLocalArgs) -> Result<()> {
-    let image = args.image.canonicalize().with_context(|| {
-        format!(
-            "disk image {} (build one with `cvm-image build`)",
-            args.image.display()
-        )
-    })?;
+    let image = match args.image.canonicalize() {
+        Ok(image) => image,
+        // A dry run only describes the plan; the image may not be built yet.
+        Err(_) if args.dry_run => args.image.clone(),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "disk image {} (build one with `cvm-image build`)",
+                    args.image.display()
+                )
+            })
+        }
+    };
     let dir = state_dir(&args.name)?;
     let accel = accel(&args.accel);
     println!("Plan for local VM {:?}:", args.name);
