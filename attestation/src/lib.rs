@@ -11,6 +11,7 @@ pub mod azure;
 pub mod binding;
 pub mod digest;
 pub mod encoding;
+pub mod eventlog;
 pub mod evidence;
 pub mod golden;
 pub mod snp;

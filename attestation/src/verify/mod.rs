@@ -182,6 +182,54 @@ pub fn verify_tdx_quote(
     checks.finish("tdx quote".into())
 }
 
+/// The firmware's event log must explain the quoted values of PCRs 0-7, which only firmware
+/// extends. Later PCRs may be extended by the OS after boot services end (e.g. systemd into 11),
+/// so for them the reason only says which the log explains.
+fn firmware_log(bytes: &[u8], facts: &Facts, checks: &mut Checks) {
+    let log = match crate::eventlog::TcgLog::parse(bytes) {
+        Ok(log) => log,
+        Err(e) => return checks.fail("eventlog.firmware", e.to_string()),
+    };
+    let Some(quoted) = &facts.quoted_pcrs else {
+        return checks.fail(
+            "eventlog.firmware",
+            "no verified quote to compare the firmware log with",
+        );
+    };
+    let replayed = log.replay(crate::tpm::HashAlg::Sha256);
+    let (mut explained, mut unexplained, mut later) = (Vec::new(), Vec::new(), Vec::new());
+    for (&index, value) in &replayed {
+        let matches = u8::try_from(index).ok().and_then(|i| quoted.get(&i)) == Some(value);
+        match (index <= 7, matches) {
+            (true, true) | (false, true) => explained.push(index.to_string()),
+            (true, false) => unexplained.push(index.to_string()),
+            (false, false) => later.push(index.to_string()),
+        }
+    }
+    if unexplained.is_empty() {
+        let mut reason = format!(
+            "{} events replay to the quoted values of PCR {}",
+            log.events.len(),
+            explained.join(", ")
+        );
+        if !later.is_empty() {
+            reason.push_str(&format!(
+                "; PCR {} were extended after boot services too",
+                later.join(", ")
+            ));
+        }
+        checks.pass("eventlog.firmware", reason);
+    } else {
+        checks.fail(
+            "eventlog.firmware",
+            format!(
+                "the firmware event log does not explain the quoted PCR {}",
+                unexplained.join(", ")
+            ),
+        );
+    }
+}
+
 /// Runs every check and returns the report.
 pub fn verify(
     evidence: &Evidence,
@@ -229,11 +277,8 @@ pub fn verify(
 
     tpm::check_golden_pcrs(golden, &facts, &mut checks);
     workload::verify(evidence, golden, &facts, &mut checks);
-    if evidence.event_logs.firmware.is_some() {
-        checks.skip(
-            "eventlog.firmware",
-            "the firmware event log is carried for inspection; PCRs are compared by value, not replayed",
-        );
+    if let Some(log) = &evidence.event_logs.firmware {
+        firmware_log(log.as_slice(), &facts, &mut checks);
     }
     if evidence.tpm.ak_cert.is_some() {
         checks.skip(
