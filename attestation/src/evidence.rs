@@ -131,6 +131,9 @@ pub struct EventLogs {
     /// The workload log that explains PCR 23.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadLog>,
+    /// TDX: the CC event log (ACPI CCEL table data), which explains RTMR0-3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ccel: Option<Bytes>,
 }
 
 /// One response to `GET /collaterals/{nonce}`.

@@ -29,6 +29,8 @@ pub struct CollectRequest<'a> {
     pub nonce: &'a [u8],
     pub workload_log: Option<WorkloadLog>,
     pub firmware_log: Option<Vec<u8>>,
+    /// TDX: the CC event log that explains RTMR0-3.
+    pub ccel: Option<Vec<u8>>,
 }
 
 /// Produces evidence for `request.nonce`.
@@ -69,6 +71,7 @@ pub fn collect(
         event_logs: EventLogs {
             firmware: request.firmware_log.map(Bytes),
             workload: request.workload_log,
+            ccel: request.ccel.map(Bytes),
         },
     })
 }

@@ -9,6 +9,9 @@ use cvm_attester::{collect, AttestationKey, CollectRequest, TeeBackend, Tpm};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
+/// Where Linux exposes the TDX CC event log (the ACPI CCEL table's log area).
+const CCEL_PATH: &str = "/sys/firmware/acpi/tables/data/CCEL";
+
 type Job = Box<dyn FnOnce(&mut Owned) + Send>;
 
 struct Owned {
@@ -132,6 +135,9 @@ impl TpmActor {
                     firmware_log: firmware_log
                         .as_ref()
                         .and_then(|path| std::fs::read(path).ok()),
+                    ccel: (platform.tee == cvm_attestation::evidence::Tee::Tdx)
+                        .then(|| std::fs::read(CCEL_PATH).ok())
+                        .flatten(),
                 },
             )?)
         })

@@ -285,6 +285,7 @@ pub fn fixture(kind: Kind) -> Fixture {
         event_logs: EventLogs {
             firmware: None,
             workload: Some(log),
+            ccel: None,
         },
     };
     let json = serde_json::to_vec(&evidence).unwrap();

@@ -55,6 +55,9 @@ pub(crate) fn verify(
     ) {
         return;
     }
+    if let Some(ccel) = &evidence.event_logs.ccel {
+        check_ccel(ccel.as_slice(), &quote.body, checks);
+    }
 
     let report_data = &quote.body.report_data;
     if evidence.platform().cloud == Cloud::Azure {
@@ -77,6 +80,47 @@ pub(crate) fn verify(
             "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TD, now",
             hex::encode(expected),
             hex::encode(report_data),
+        );
+    }
+}
+
+/// The CC event log must replay (SHA-384) to the quoted RTMRs. Its register index 0 is MRTD
+/// (never extended at run time) and 1..=4 are RTMR0..3.
+fn check_ccel(bytes: &[u8], body: &TdReportBody, checks: &mut Checks) {
+    let log = match crate::eventlog::TcgLog::parse(bytes) {
+        Ok(log) => log,
+        Err(e) => return checks.fail("tdx.ccel", e.to_string()),
+    };
+    let replayed = log.replay(crate::tpm::HashAlg::Sha384);
+    let mut mismatches = Vec::new();
+    for rtmr in 0..4usize {
+        let value = replayed
+            .get(&(rtmr as u32 + 1))
+            .cloned()
+            .unwrap_or_else(|| vec![0u8; 48]);
+        if value != body.rtmr[rtmr] {
+            mismatches.push(format!(
+                "RTMR{rtmr}: log {}, quote {}",
+                hex::encode(&value),
+                hex::encode(body.rtmr[rtmr])
+            ));
+        }
+    }
+    if mismatches.is_empty() {
+        checks.pass(
+            "tdx.ccel",
+            format!(
+                "{} CC event log events replay to the quoted RTMR0-3",
+                log.events.len()
+            ),
+        );
+    } else {
+        checks.fail(
+            "tdx.ccel",
+            format!(
+                "the CC event log does not explain the quote: {}",
+                mismatches.join("; ")
+            ),
         );
     }
 }
@@ -625,5 +669,60 @@ fn check_revocation(
         );
     } else {
         checks.fail("tdx.crl", problems.join("; "));
+    }
+}
+
+#[cfg(test)]
+mod ccel_tests {
+    use super::*;
+    use crate::verify::{Check, Status};
+
+    /// A CCEL with SHA-384 events into register indexes 1 (RTMR0) and 3 (RTMR2).
+    fn ccel() -> Vec<u8> {
+        let mut spec = b"Spec ID Event03\0".to_vec();
+        spec.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 2]);
+        spec.extend_from_slice(&1u32.to_le_bytes());
+        spec.extend_from_slice(&0x000cu16.to_le_bytes());
+        spec.extend_from_slice(&48u16.to_le_bytes());
+        spec.push(0);
+        let mut log = Vec::new();
+        log.extend_from_slice(&[0; 4]);
+        log.extend_from_slice(&3u32.to_le_bytes());
+        log.extend_from_slice(&[0; 20]);
+        log.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+        log.extend_from_slice(&spec);
+        for (index, digest) in [(1u32, [1u8; 48]), (3, [3; 48]), (1, [4; 48])] {
+            log.extend_from_slice(&index.to_le_bytes());
+            log.extend_from_slice(&0x8000_0001u32.to_le_bytes());
+            log.extend_from_slice(&1u32.to_le_bytes());
+            log.extend_from_slice(&0x000cu16.to_le_bytes());
+            log.extend_from_slice(&digest);
+            log.extend_from_slice(&0u32.to_le_bytes());
+        }
+        log
+    }
+
+    fn checked(body: &TdReportBody, log: &[u8]) -> Check {
+        let mut checks = Checks::default();
+        check_ccel(log, body, &mut checks);
+        checks.finish(String::new()).checks.remove(0)
+    }
+
+    #[test]
+    fn ccel_must_replay_to_the_quoted_rtmrs() {
+        let log = ccel();
+        let replayed = crate::eventlog::TcgLog::parse(&log)
+            .unwrap()
+            .replay(crate::tpm::HashAlg::Sha384);
+        let mut body = TdReportBody::parse(&[0u8; 584]).unwrap();
+        body.rtmr[0].copy_from_slice(&replayed[&1]);
+        body.rtmr[2].copy_from_slice(&replayed[&3]);
+        assert_eq!(checked(&body, &log).status, Status::Pass);
+
+        body.rtmr[3][0] ^= 1; // RTMR3 was never extended: it must stay zero
+        let check = checked(&body, &log);
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.reason.contains("RTMR3"), "{}", check.reason);
+        assert_eq!(checked(&body, b"garbage").status, Status::Fail);
     }
 }

@@ -87,6 +87,7 @@ impl Vm {
                 nonce,
                 workload_log: Some(self.log.clone()),
                 firmware_log: None,
+                ccel: None,
             },
         )
         .unwrap();
