@@ -59,6 +59,15 @@ enum Cmd {
         /// Virtual CPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+        /// OVMF code image (e.g. OVMF_CODE_4M.secboot.fd for Secure Boot).
+        #[arg(long)]
+        ovmf_code: Option<PathBuf>,
+        /// OVMF variable store template (e.g. one with your PK/KEK/db enrolled).
+        #[arg(long)]
+        ovmf_vars: Option<PathBuf>,
+        /// Extra QEMU argument (repeatable).
+        #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+        qemu_args: Vec<String>,
         /// Also save the whole serial console to this file.
         #[arg(long)]
         serial: Option<PathBuf>,
@@ -117,8 +126,25 @@ fn main() -> anyhow::Result<()> {
             timeout,
             cpu,
             cpus,
+            ovmf_code,
+            ovmf_vars,
+            qemu_args,
             serial,
-        } => boot(&out, accel, timeout, cpu, cpus, serial)?,
+        } => {
+            let mut cfg = image_builder::boot::BootConfig::new(out.join("disk.raw"));
+            cfg.accel = accel;
+            cfg.timeout = std::time::Duration::from_secs(timeout);
+            cfg.cpu = cpu;
+            cfg.cpus = cpus;
+            if let Some(c) = ovmf_code {
+                cfg.ovmf_code = c;
+            }
+            if let Some(v) = ovmf_vars {
+                cfg.ovmf_vars = v;
+            }
+            cfg.extra_args = qemu_args;
+            boot(&out, cfg, serial)?
+        }
         Cmd::Vhd { raw, vhd } => {
             let size = std::fs::metadata(&raw)
                 .with_context(|| format!("reading {}", raw.display()))?
@@ -214,23 +240,15 @@ fn summary(r: &BuildReport) {
 
 fn boot(
     out: &std::path::Path,
-    accel: String,
-    timeout: u64,
-    cpu: Option<String>,
-    cpus: u32,
+    cfg: image_builder::boot::BootConfig,
     serial: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use image_builder::boot::{self, BootConfig};
+    use image_builder::boot;
     use image_builder::measure::Measurements;
     let m: Measurements = serde_json::from_slice(
         &std::fs::read(out.join("measurements.json"))
             .with_context(|| format!("reading {}/measurements.json", out.display()))?,
     )?;
-    let mut cfg = BootConfig::new(out.join("disk.raw"));
-    cfg.accel = accel;
-    cfg.cpu = cpu;
-    cfg.cpus = cpus;
-    cfg.timeout = std::time::Duration::from_secs(timeout);
     eprintln!("booting {} (serial console below)...", cfg.disk.display());
     let outcome = boot::boot(&cfg, |s| {
         s.contains("CVM-BOOT-DONE") || s.contains("CVM-AGENT-START") || s.contains("Kernel panic")

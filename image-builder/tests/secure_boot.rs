@@ -3,8 +3,9 @@
 //! prediction is made from the signed file, the ESP carries the signed UKI, and re-signing keeps
 //! the measured digest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use image_builder::config::{Config, SecureBoot};
 use image_builder::deb::DebCache;
@@ -20,31 +21,54 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
+struct Signed {
+    dir: tempfile::TempDir,
+    out: PathBuf,
+    cfg: Config,
+    report: pipeline::BuildReport,
+}
+
+/// Test keys (PK, KEK, db) and one signed `tiny` build, shared by the tests here.
+fn signed() -> &'static Signed {
+    static S: OnceLock<Signed> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["pk", "kek", "db"] {
+            run(Command::new("openssl")
+                .args([
+                    "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                ])
+                .args(["-subj", &format!("/CN=cvm test {name}/")])
+                .arg("-keyout")
+                .arg(dir.path().join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.path().join(format!("{name}.crt"))));
+        }
+        let mut cfg =
+            Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("images/tiny.toml")).unwrap();
+        cfg.formats = vec![image_builder::config::Format::Raw];
+        cfg.secure_boot = Some(SecureBoot {
+            key: dir.path().join("db.key"),
+            cert: dir.path().join("db.crt"),
+        });
+        let out = dir.path().join("out");
+        let cache = DebCache::new(DebCache::default_dir()).unwrap();
+        let report = pipeline::build(&cfg, &out, &cache, &pipeline::Quiet)
+            .unwrap_or_else(|e| panic!("signed build failed: {e}"));
+        Signed {
+            dir,
+            out,
+            cfg,
+            report,
+        }
+    })
+}
+
 #[test]
 fn signed_uki_verifies_and_is_predicted_from_the_signed_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (key, cert) = (dir.path().join("db.key"), dir.path().join("db.crt"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-        ])
-        .args(["-subj", "/CN=cvm test db/"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    let mut cfg =
-        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("images/tiny.toml")).unwrap();
-    cfg.formats = vec![image_builder::config::Format::Raw];
-    cfg.secure_boot = Some(SecureBoot {
-        key: key.clone(),
-        cert: cert.clone(),
-    });
-    let out = dir.path().join("out");
-    let cache = DebCache::new(DebCache::default_dir()).unwrap();
-    let report = pipeline::build(&cfg, &out, &cache, &pipeline::Quiet)
-        .unwrap_or_else(|e| panic!("signed build failed: {e}"));
-
+    let s = signed();
+    let (dir, out, cfg, report) = (&s.dir, &s.out, &s.cfg, &s.report);
+    let cert = dir.path().join("db.crt");
     let signed_path = out.join("uki.efi");
     run(Command::new("sbverify")
         .arg("--cert")
@@ -97,4 +121,89 @@ fn signed_uki_verifies_and_is_predicted_from_the_signed_file() {
     let again = std::fs::read(&again).unwrap();
     assert_eq!(again.len(), signed.len());
     assert_eq!(pe::authenticode_sha256(&again).unwrap(), ours);
+}
+
+/// `virt-fw-vars` (PyPI `virt-firmware`; not packaged in Debian 12): from PATH, else installed
+/// once into a venv in the build cache.
+fn virt_fw_vars() -> PathBuf {
+    if let Ok(out) = Command::new("virt-fw-vars").arg("--help").output() {
+        if out.status.success() {
+            return "virt-fw-vars".into();
+        }
+    }
+    let venv = DebCache::default_dir().join("venv-virt-firmware");
+    let bin = venv.join("bin/virt-fw-vars");
+    if !bin.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", "virt-firmware==26.10"]));
+    }
+    bin
+}
+
+#[test]
+fn boots_with_secure_boot_enforced_and_predicted_pcrs() {
+    use image_builder::boot::{self, BootConfig};
+    let s = signed();
+    let k = |n: &str| s.dir.path().join(n);
+    // An OVMF variable store with our PK, KEK and db enrolled and Secure Boot on.
+    let vars = k("OVMF_VARS_sb.fd");
+    let owner = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";
+    run(Command::new(virt_fw_vars())
+        .args(["--input", boot::OVMF_VARS, "--output"])
+        .arg(&vars)
+        .args(["--set-pk", owner])
+        .arg(k("pk.crt"))
+        .args(["--add-kek", owner])
+        .arg(k("kek.crt"))
+        .args(["--add-db", owner])
+        .arg(k("db.crt"))
+        .arg("--secure-boot"));
+    let mut cfg = BootConfig::new(s.out.join("disk.raw"));
+    cfg.ovmf_code = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into();
+    cfg.ovmf_vars = vars;
+    cfg.extra_args = ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        .map(String::from)
+        .to_vec();
+    cfg.timeout = std::time::Duration::from_secs(420);
+    let outcome = boot::boot(&cfg, |t| t.contains("CVM-BOOT-DONE")).unwrap();
+    assert!(
+        outcome.serial.contains("CVM-MARKER"),
+        "signed image did not boot with Secure Boot on"
+    );
+    let seen = boot::parse_pcr_lines(&outcome.serial);
+    for pcr in ["4", "9", "11", "12"] {
+        assert_eq!(
+            seen.get(pcr),
+            Some(&s.report.measurements.pcrs[pcr].sha256),
+            "PCR {pcr}"
+        );
+    }
+    // The same disk must not boot with a db that does not hold our key (Secure Boot enforced).
+    let other = k("OVMF_VARS_other.fd");
+    run(Command::new(virt_fw_vars())
+        .args(["--input", boot::OVMF_VARS, "--output"])
+        .arg(&other)
+        .args(["--set-pk", owner])
+        .arg(k("pk.crt"))
+        .args(["--add-kek", owner])
+        .arg(k("kek.crt"))
+        .args(["--add-db", owner])
+        .arg(k("kek.crt"))
+        .arg("--secure-boot"));
+    cfg.ovmf_vars = other;
+    cfg.timeout = std::time::Duration::from_secs(240);
+    let refused = boot::boot(&cfg, |t| {
+        t.contains("Access Denied") || t.contains("Linux version") || t.contains("CVM-BOOT-DONE")
+    })
+    .unwrap();
+    assert!(
+        !refused.serial.contains("Linux version"),
+        "an image signed by an unknown key booted"
+    );
+    // OVMF: `BdsDxe: failed to load Boot0001 ...: Access Denied`.
+    assert!(
+        refused.serial.contains("Access Denied"),
+        "firmware did not refuse the image:\n{}",
+        refused.serial
+    );
 }
