@@ -7,6 +7,6 @@ pub mod tpm;
 pub mod tsm;
 
 pub use collect::{collect, CollectError, CollectRequest};
-pub use tee::{AzureSnp, NoTee, SevGuest, TeeBackend, TeeError, TeeEvidence};
+pub use tee::{AzureSnp, AzureTdx, NoTee, SevGuest, TeeBackend, TeeError, TeeEvidence};
 pub use tpm::{AkSource, AttestationKey, Tpm, TpmError, TpmQuote};
 pub use tsm::ConfigfsTsm;

@@ -134,3 +134,97 @@ impl TeeBackend for AzureSnp {
         })
     }
 }
+
+/// Azure's in-guest TD quote service.
+pub const AZURE_TD_QUOTE_URL: &str = "http://169.254.169.254/acc/tdquote";
+/// A TD report is the first 1024 bytes of the HCL report's hardware report area.
+const TD_REPORT_LEN: usize = 1024;
+/// Largest quote-service answer read.
+const MAX_QUOTE_RESPONSE: usize = 64 * 1024;
+
+/// Azure TDX confidential VMs: the paravisor's HCL report (vTPM NV 0x01400001) holds a TD report
+/// that binds `var_data` (and so the vTPM AK); Azure's quote service turns it into a TD quote.
+pub struct AzureTdx {
+    /// `AZURE_TD_QUOTE_URL`, or a local stand-in in tests.
+    pub quote_service: String,
+}
+
+impl AzureTdx {
+    /// POSTs `{"report": base64url(td_report)}` and reads `{"quote": base64url}`.
+    fn quote(&self, td_report: &[u8]) -> Result<Vec<u8>, TeeError> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        use http_body_util::{BodyExt, Full, Limited};
+        let fail =
+            |e: String| TeeError::Other(format!("TD quote service {}: {e}", self.quote_service));
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "report": URL_SAFE_NO_PAD.encode(td_report) }))
+                .map_err(|e| fail(e.to_string()))?;
+        let request = hyper::Request::post(&self.quote_service)
+            .header("Content-Type", "application/json")
+            .body(Full::new(hyper::body::Bytes::from(body)))
+            .map_err(|e| fail(e.to_string()))?;
+        // The TPM thread is synchronous: one small runtime per request keeps it so.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let (status, answer) = runtime.block_on(async {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<Full<hyper::body::Bytes>>();
+            let response =
+                tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+                    .await
+                    .map_err(|_| fail("no answer within 30 s".into()))?
+                    .map_err(|e| fail(e.to_string()))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_QUOTE_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .to_bytes();
+            Ok::<_, TeeError>((status, body))
+        })?;
+        if !status.is_success() {
+            return Err(fail(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&answer)
+            )));
+        }
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&answer).map_err(|e| fail(e.to_string()))?;
+        parsed["quote"]
+            .as_str()
+            .and_then(cvm_attestation::encoding::decode_base64)
+            .ok_or_else(|| fail("the answer has no base64 `quote`".into()))
+    }
+}
+
+impl TeeBackend for AzureTdx {
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+
+    fn evidence(&mut self, tpm: &mut Tpm, _: &[u8], _: &[u8]) -> Result<TeeEvidence, TeeError> {
+        let hcl = tpm
+            .nv_read(HCL_NV_INDEX)
+            .map_err(|e| TeeError::Hcl(e.to_string()))?;
+        let parsed = HclReport::parse(&hcl).map_err(|e| TeeError::Hcl(e.to_string()))?;
+        if parsed.report_type != cvm_attestation::azure::HclReportType::Tdx {
+            return Err(TeeError::Hcl("the HCL report holds no TD report".into()));
+        }
+        let quote = self.quote(&parsed.hardware_report[..TD_REPORT_LEN])?;
+        let var_data = parsed.var_data.to_vec();
+        Ok(TeeEvidence {
+            tdx: Some(TdxEvidence {
+                quote: Bytes(quote),
+                // Intel's collateral is fetched by the verifier (PCS), not by the guest.
+                collateral: None,
+                hcl_report: Some(Bytes(hcl)),
+            }),
+            var_data: Some(var_data),
+            ..TeeEvidence::default()
+        })
+    }
+}

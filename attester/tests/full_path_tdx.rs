@@ -16,7 +16,7 @@ use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
 use cvm_attestation::workload::WorkloadEvent;
 use cvm_attestation::{verify, Sha256Digest, Sha384Digest, VerifyOptions};
-use cvm_attester::tee::{TeeBackend, TeeError, TeeEvidence};
+use cvm_attester::tee::{AzureTdx, TeeBackend, TeeError, TeeEvidence};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::Tpm;
 use std::collections::BTreeMap;
@@ -63,39 +63,66 @@ impl TeeBackend for TestGcpTdx {
     }
 }
 
-/// Azure-style TDX: the paravisor's HCL report from vTPM NV 0x01400001, whose TD report binds
-/// var_data (and so the vTPM AK); the quote over that TD report comes from the signer where
-/// Azure's in-guest quote service (IMDS) would make it.
-struct TestAzureTdx {
-    signer: TdxTestSigner,
-    body: Vec<u8>,
-}
-
-impl TeeBackend for TestAzureTdx {
-    fn tee(&self) -> Tee {
-        Tee::Tdx
-    }
-
-    fn evidence(&mut self, tpm: &mut Tpm, _: &[u8], _: &[u8]) -> Result<TeeEvidence, TeeError> {
-        let hcl = tpm
-            .nv_read(cvm_attestation::azure::HCL_NV_INDEX)
-            .map_err(|e| TeeError::Hcl(e.to_string()))?;
-        let parsed = cvm_attestation::azure::HclReport::parse(&hcl)
-            .map_err(|e| TeeError::Hcl(e.to_string()))?;
-        let quote = self
-            .signer
-            .quote(&self.body)
-            .map_err(|e| TeeError::Other(e.to_string()))?;
-        Ok(TeeEvidence {
-            tdx: Some(TdxEvidence {
-                quote: quote.into(),
-                collateral: None, // supplied by the verifier
-                hcl_report: Some(hcl.clone().into()),
-            }),
-            var_data: Some(parsed.var_data.to_vec()),
-            ..TeeEvidence::default()
-        })
-    }
+/// A stand-in for Azure's TD quote service (IMDS `/acc/tdquote`), which exists only inside Azure:
+/// it answers `{"report": base64url}` with the quote the TEST-ONLY signer made for exactly that TD
+/// report, and refuses any other report. Everything else is the real `AzureTdx` code path.
+fn fake_quote_service(expected_report: Vec<u8>, quote: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/acc/tdquote", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 8192];
+            // Headers, then as many body bytes as Content-Length says.
+            let (head_end, length) = loop {
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (end + 4, length);
+                }
+            };
+            while request.len() < head_end + length {
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let body: serde_json::Value =
+                serde_json::from_slice(&request[head_end..]).unwrap_or_default();
+            let report = body["report"]
+                .as_str()
+                .and_then(|r| URL_SAFE_NO_PAD.decode(r).ok());
+            let (status, answer) = if report.as_deref() == Some(&expected_report[..]) {
+                (
+                    "200 OK",
+                    serde_json::json!({ "quote": URL_SAFE_NO_PAD.encode(&quote) }).to_string(),
+                )
+            } else {
+                (
+                    "400 Bad Request",
+                    "{\"error\":\"unknown TD report\"}".to_owned(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    url
 }
 
 fn golden(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
@@ -238,6 +265,7 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     let events = workload_events(None);
     let signer = TdxTestSigner::new().unwrap();
     let root = test_root(&signer);
+    let bare_root = test_root(&signer);
     let collateral = collateral(&signer);
     let mut vm = Vm::boot(events.clone(), Some(AZURE_AK_HANDLE), true);
 
@@ -260,7 +288,10 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     vm.tpm
         .nv_provision(cvm_attestation::azure::HCL_NV_INDEX, &hcl)
         .unwrap();
-    let mut tee = TestAzureTdx { signer, body };
+    let quote = signer.quote(&body).unwrap();
+    let mut tee = AzureTdx {
+        quote_service: fake_quote_service(hcl[0x20..0x20 + 1024].to_vec(), quote),
+    };
     let evidence = vm.evidence(&mut tee, Cloud::Azure, NONCE);
     let golden = golden(events);
     let options = VerifyOptions::now()
@@ -286,7 +317,7 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     // Without collateral, the TCB cannot be judged.
     let bare = VerifyOptions::now()
         .with_nonce(NONCE)
-        .with_tdx_test_roots([test_root(&tee.signer)]);
+        .with_tdx_test_roots([bare_root]);
     assert_eq!(
         failed(&verify(&evidence, &golden, &bare)),
         ["tdx.collateral"]

@@ -18,7 +18,7 @@ use cvm_attestation::golden::GoldenPcr;
 use cvm_attestation::snp::certs::parse_certificate;
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::Sha256Digest;
-use cvm_attester::{AzureSnp, ConfigfsTsm, NoTee, SevGuest, TeeBackend};
+use cvm_attester::{AzureSnp, AzureTdx, ConfigfsTsm, NoTee, SevGuest, TeeBackend};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -214,9 +214,9 @@ fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend
             vcek_der: config.vcek_path.as_deref().map(read_der).transpose()?,
             vmpl: 0,
         }),
-        (Tee::Tdx, Cloud::Azure) => {
-            bail!("Azure TDX needs Azure's in-guest quote service, which this agent version does not call yet")
-        }
+        (Tee::Tdx, Cloud::Azure) => Box::new(AzureTdx {
+            quote_service: cvm_attester::tee::AZURE_TD_QUOTE_URL.into(),
+        }),
         (Tee::Tdx, _) => Box::new(ConfigfsTsm::new(Tee::Tdx, None)),
     })
 }
