@@ -6,42 +6,26 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cvm_attestation::evidence::Cloud;
-use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenSnp};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
 use cvm_attestation::workload::WorkloadEvent;
-use cvm_attestation::{verify, Sha256Digest, VerifyOptions};
+use cvm_attestation::{verify, VerifyOptions};
 use cvm_attester::tee::{AzureSnp, NoTee};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
-use std::collections::BTreeMap;
 use test_support::{SnpTestSigner, TestSnpBackend};
 
 mod common;
-use common::{failed, workload_events, Vm, NONCE};
+use common::{failed, golden_base, workload_events, Vm, NONCE};
 
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 const POLICY: u64 = 0x3_0000; // SMT allowed, reserved bit 17 set, debug off, no migration agent
 
 fn golden(events: Vec<WorkloadEvent>, snp: Option<GoldenSnp>) -> GoldenMeasurement {
     GoldenMeasurement {
-        version: 1,
-        platform: None,
-        // swtpm has no firmware: PCR 0 stays zero. A real image lists PCR 4, 9, 11 here.
-        pcrs: BTreeMap::from([(
-            0,
-            GoldenPcr {
-                sha256: Sha256Digest([0; 32]),
-                source: PcrSource::Observed,
-                note: None,
-            },
-        )]),
-        workload: Some(GoldenWorkload {
-            events,
-            allow_updates: false,
-        }),
         snp,
-        tdx: None,
+        ..golden_base(events)
     }
 }
 

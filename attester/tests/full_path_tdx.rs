@@ -9,21 +9,20 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cvm_attestation::evidence::{Cloud, TdxEvidence, Tee};
-use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenTdx, GoldenWorkload, PcrSource};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenTdx};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::tdx::TdxCollateral;
 use cvm_attestation::tpm::AkPublic;
 use cvm_attestation::verify::Status;
 use cvm_attestation::workload::WorkloadEvent;
-use cvm_attestation::{verify, Sha256Digest, Sha384Digest, VerifyOptions};
+use cvm_attestation::{verify, Sha384Digest, VerifyOptions};
 use cvm_attester::tee::{AzureTdx, TeeBackend, TeeError, TeeEvidence};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::Tpm;
-use std::collections::BTreeMap;
 use test_support::tdx_signer::{self, TdxTestSigner};
 
 mod common;
-use common::{failed, workload_events, Vm, NONCE};
+use common::{failed, golden_base, workload_events, Vm, NONCE};
 
 fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
     TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap()
@@ -127,21 +126,6 @@ fn fake_quote_service(expected_report: Vec<u8>, quote: Vec<u8>) -> String {
 
 fn golden(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
     GoldenMeasurement {
-        version: 1,
-        platform: None,
-        pcrs: BTreeMap::from([(
-            0,
-            GoldenPcr {
-                sha256: Sha256Digest([0; 32]),
-                source: PcrSource::Observed,
-                note: None,
-            },
-        )]),
-        workload: Some(GoldenWorkload {
-            events,
-            allow_updates: false,
-        }),
-        snp: None,
         tdx: Some(GoldenTdx {
             mrtds: vec![Sha384Digest(tdx_signer::MRTD)],
             rtmr0: Some(Sha384Digest(tdx_signer::RTMR[0])),
@@ -151,6 +135,7 @@ fn golden(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
             mrseams: vec![Sha384Digest(tdx_signer::MRSEAM)],
             ..GoldenTdx::default()
         }),
+        ..golden_base(events)
     }
 }
 

@@ -3,14 +3,13 @@
 //! firmware signs them. Verifiers trust its root only when a test names it explicitly.
 
 use anyhow::Result;
-use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
-use openssl::bn::{BigNum, MsbOption};
+use openssl::asn1::{Asn1Object, Asn1OctetString};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
+use openssl::x509::{X509Extension, X509};
 
 /// Reported TCB of every report and of the VCEK's extensions.
 pub const TCB: [u8; 4] = [3, 0, 8, 115]; // bootloader, tee, snp, microcode
@@ -29,39 +28,23 @@ fn p384_key() -> Result<PKey<Private>> {
     Ok(PKey::from_ec_key(EcKey::generate(&group)?)?)
 }
 
+/// AMD's chain is signed with SHA-384 (RSA-PSS at AMD; ECDSA P-384 here).
 fn certificate(
     common_name: &str,
     key: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
     extensions: Vec<X509Extension>,
 ) -> Result<X509> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", common_name)?;
-    name.append_entry_by_text("O", "TEST ONLY - not AMD")?;
-    let name = name.build();
-    let mut builder = X509Builder::new()?;
-    builder.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
-    let serial = Asn1Integer::from_bn(&serial)?;
-    builder.set_serial_number(&serial)?;
-    builder.set_subject_name(&name)?;
-    builder.set_issuer_name(issuer.map(|(cert, _)| cert.subject_name()).unwrap_or(&name))?;
-    builder.set_pubkey(key)?;
-    let (not_before, not_after) = (
-        Asn1Time::from_unix(1_600_000_000)?,
-        Asn1Time::from_unix(2_500_000_000)?,
-    );
-    builder.set_not_before(&not_before)?;
-    builder.set_not_after(&not_after)?;
-    for extension in extensions {
-        builder.append_extension(extension)?;
-    }
-    builder.sign(
-        issuer.map(|(_, key)| key).unwrap_or(key),
-        MessageDigest::sha384(),
-    )?;
-    Ok(builder.build())
+    crate::certs::certificate(crate::certs::CertSpec {
+        common_name,
+        organization: "TEST ONLY - not AMD",
+        key,
+        issuer,
+        ca: false,
+        extensions,
+        digest: MessageDigest::sha384(),
+        valid: (1_600_000_000, 2_500_000_000),
+    })
 }
 
 fn amd_extension(oid: &str, der: &[u8]) -> Result<X509Extension> {

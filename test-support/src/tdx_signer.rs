@@ -6,15 +6,13 @@
 //! test names it explicitly.
 
 use anyhow::Result;
-use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
-use openssl::bn::{BigNum, MsbOption};
+use openssl::asn1::{Asn1Object, Asn1OctetString};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::x509::extension::BasicConstraints;
-use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
+use openssl::x509::{X509Extension, X509};
 
 /// The platform the PCK certificate and the TCB info describe.
 pub const FMSPC: [u8; 6] = [0x00, 0x90, 0x6e, 0xd5, 0x00, 0x00];
@@ -53,6 +51,7 @@ fn p256_key() -> Result<PKey<Private>> {
     Ok(PKey::from_ec_key(EcKey::generate(&group)?)?)
 }
 
+/// Intel's PKI signs with ECDSA P-256 / SHA-256.
 fn certificate(
     common_name: &str,
     key: &PKey<Private>,
@@ -60,34 +59,16 @@ fn certificate(
     ca: bool,
     extensions: Vec<X509Extension>,
 ) -> Result<X509> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", common_name)?;
-    name.append_entry_by_text("O", "TEST ONLY - not Intel")?;
-    let name = name.build();
-    let mut builder = X509Builder::new()?;
-    builder.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
-    let serial = Asn1Integer::from_bn(&serial)?;
-    builder.set_serial_number(&serial)?;
-    builder.set_subject_name(&name)?;
-    builder.set_issuer_name(issuer.map(|(cert, _)| cert.subject_name()).unwrap_or(&name))?;
-    builder.set_pubkey(key)?;
-    let not_before = Asn1Time::from_unix(1_577_836_800)?; // 2020-01-01
-    let not_after = Asn1Time::from_unix(2_493_072_000)?; // 2049-01-01
-    builder.set_not_before(&not_before)?;
-    builder.set_not_after(&not_after)?;
-    if ca {
-        builder.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-    }
-    for extension in extensions {
-        builder.append_extension(extension)?;
-    }
-    builder.sign(
-        issuer.map(|(_, key)| key).unwrap_or(key),
-        MessageDigest::sha256(),
-    )?;
-    Ok(builder.build())
+    crate::certs::certificate(crate::certs::CertSpec {
+        common_name,
+        organization: "TEST ONLY - not Intel",
+        key,
+        issuer,
+        ca,
+        extensions,
+        digest: MessageDigest::sha256(),
+        valid: (1_577_836_800, 2_493_072_000), // 2020-01-01 .. 2049-01-01
+    })
 }
 
 /// DER: tag, length, content.

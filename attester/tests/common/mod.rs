@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use cvm_attestation::evidence::{Cloud, Platform};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenWorkload, PcrSource};
 use cvm_attestation::workload::{WorkloadEvent, WorkloadFolder, WorkloadLog, WORKLOAD_PCR};
-use cvm_attestation::{Evidence, VerificationReport};
+use cvm_attestation::{Evidence, Sha256Digest, VerificationReport};
 use cvm_attester::tee::TeeBackend;
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::{collect, AttestationKey, CollectRequest, Tpm};
@@ -99,4 +100,27 @@ impl Vm {
 /// Names of the failed checks.
 pub fn failed(report: &VerificationReport) -> Vec<&str> {
     report.failures().map(|c| c.name.as_str()).collect()
+}
+
+/// Golden values for the harness VM: PCR 0 (swtpm has no firmware, so it stays zero; a real image
+/// lists PCR 4, 9, 11 here) and the workload. Each test adds its TEE section.
+pub fn golden_base(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
+    GoldenMeasurement {
+        version: 1,
+        platform: None,
+        pcrs: BTreeMap::from([(
+            0,
+            GoldenPcr {
+                sha256: Sha256Digest([0; 32]),
+                source: PcrSource::Observed,
+                note: None,
+            },
+        )]),
+        workload: Some(GoldenWorkload {
+            events,
+            allow_updates: false,
+        }),
+        snp: None,
+        tdx: None,
+    }
 }
