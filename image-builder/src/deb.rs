@@ -25,6 +25,21 @@ pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
+/// `apt-cache show` of the candidate version; an error when apt knows no such package.
+fn apt_show(package: &str) -> Result<String> {
+    let show = cmd::stdout(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
+    if !show.lines().any(|l| l.starts_with("Filename:")) {
+        return Err(invalid(format!(
+            "apt knows no downloadable {package} (run `apt-get update`?)"
+        )));
+    }
+    Ok(show)
+}
+
+fn is_root() -> bool {
+    cmd::stdout(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
+}
+
 impl DebCache {
     /// Uses `dir`, creating it when needed.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
@@ -56,12 +71,13 @@ impl DebCache {
         {
             return Err(invalid(format!("not a Debian package name: {package:?}")));
         }
-        let show = match cmd::stdout(Command::new("apt-cache").args([
-            "show",
-            "--no-all-versions",
-            package,
-        ])) {
+        let show = match apt_show(package) {
             Ok(s) => s,
+            // Fresh machines and containers often have empty apt lists: as root, fetch them once.
+            Err(_) if self.cached(package).is_none() && is_root() => {
+                cmd::run(Command::new("apt-get").args(["-q", "update"]))?;
+                apt_show(package)?
+            }
             // Offline, or apt's lists being replaced right now: a cached download still serves.
             Err(e) => return self.cached(package).ok_or(e),
         };
