@@ -5,6 +5,7 @@ mod http;
 mod inspect;
 mod local;
 mod time;
+mod update;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -12,9 +13,15 @@ use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
 #[command(name = "cvm-cli", version, about = "Deploy confidential VMs and verify them from outside.", long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// The predecessor's `cvm-cli <VM IP> <API TOKEN>`: upload ./workload (see update-workload).
+    #[arg(value_name = "VM_IP", requires = "api_token")]
+    vm_ip: Option<String>,
+    #[arg(value_name = "API_TOKEN")]
+    api_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +32,9 @@ enum Command {
     /// Boot an image locally in QEMU + OVMF with a software TPM, forward the agent's port, and
     /// record the TPM's attestation key for `verify --trusted-ak`.
     DeployLocal(local::DeployLocalArgs),
+    /// Replace a running VM's workload: pack the folder fresh, optionally verify the VM first,
+    /// upload with the bearer token.
+    UpdateWorkload(update::UpdateArgs),
     /// Print the attestation key the agent will use on a TPM you created (to pin it).
     TpmAk(local::TpmAkArgs),
     /// Stop and delete what this CLI created.
@@ -38,19 +48,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Like other Unix tools, stop quietly when the reader of our output goes away (`| head`).
-    // SAFETY: restoring the default disposition of one signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = match (cli.command, cli.vm_ip, cli.api_token) {
+        (Some(command), _, _) => command,
+        (None, Some(host), Some(token)) => Command::UpdateWorkload(update::UpdateArgs {
+            host,
+            token: Some(token),
+            token_file: None,
+            workload: "workload".into(),
+            golden: None,
+            trusted_ak: None,
+            json: false,
+        }),
+        _ => {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::Golden(args) => golden::run(args).map(|()| true),
         Command::DeployLocal(args) => local::deploy(args).map(|()| true),
         Command::Cleanup(args) => local::cleanup(args).map(|()| true),
         Command::TpmAk(args) => local::tpm_ak(args).map(|()| true),
+        Command::UpdateWorkload(args) => update::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

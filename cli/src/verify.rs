@@ -136,24 +136,14 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
         options = options.with_tdx_collateral(collateral);
     }
     if let Some(host) = &args.host {
-        let golden_path = args.golden.as_ref().context("--host needs --golden")?;
-        let golden = GoldenMeasurement::from_json(&read(golden_path)?)
-            .with_context(|| format!("{}", golden_path.display()))?;
-        let mut nonce = [0u8; 32];
-        openssl::rand::rand_bytes(&mut nonce)?;
-        let options = options.with_nonce(nonce.to_vec());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let evidence_bytes = runtime.block_on(fetch_evidence(host, &nonce))?;
-        if let Some(path) = &args.save_evidence {
-            std::fs::write(path, &evidence_bytes)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
-        let report = verify(&evidence, &golden, &options);
-        print_report(&report, args.json)?;
-        return Ok(report.verified);
+        let golden = args.golden.as_deref().context("--host needs --golden")?;
+        return verify_running(
+            host,
+            golden,
+            options,
+            args.save_evidence.as_deref(),
+            args.json,
+        );
     }
     let report = match (&args.collaterals, &args.report) {
         (Some(evidence), None) => {
@@ -260,6 +250,44 @@ fn verify_bare_report(
         &expectations,
         options,
     ))
+}
+
+/// Verifies a running agent over a fresh nonce and prints the report (for `update-workload`,
+/// which verifies before it uploads).
+pub fn verify_host(
+    host: &str,
+    golden: &Path,
+    trusted_ak: Option<&Path>,
+    json: bool,
+) -> Result<bool> {
+    let options = options(None, None, &[], trusted_ak)?;
+    verify_running(host, golden, options, None, json)
+}
+
+fn verify_running(
+    host: &str,
+    golden_path: &Path,
+    options: VerifyOptions,
+    save_evidence: Option<&Path>,
+    json: bool,
+) -> Result<bool> {
+    let golden = GoldenMeasurement::from_json(&read(golden_path)?)
+        .with_context(|| format!("{}", golden_path.display()))?;
+    let mut nonce = [0u8; 32];
+    openssl::rand::rand_bytes(&mut nonce)?;
+    let options = options.with_nonce(nonce.to_vec());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let evidence_bytes = runtime.block_on(fetch_evidence(host, &nonce))?;
+    if let Some(path) = save_evidence {
+        std::fs::write(path, &evidence_bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
+    let report = verify(&evidence, &golden, &options);
+    print_report(&report, json)?;
+    Ok(report.verified)
 }
 
 /// GET /collaterals/{nonce} from an agent.

@@ -134,10 +134,84 @@ async fn golden_offline_then_verify_a_running_agent() {
         golden2.to_str().unwrap(),
     ]);
     assert!(output.status.success());
-    let output = verify_host(host, golden2, ak).await;
+    let output = verify_host(host.clone(), golden2, ak).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  workload.measurement"), "{stdout}");
     assert!(stdout.contains("config/message.txt\" changed"), "{stdout}");
+
+    // update-workload packs the changed folder, verifies the VM first, uploads with the token.
+    let old_golden = dir.path().join("golden.json");
+    let output = tokio::task::spawn_blocking({
+        let (host, token, changed, golden, ak) = (
+            host.clone(),
+            token.clone(),
+            changed.clone(),
+            old_golden.clone(),
+            dir.path().join("ak.pub"),
+        );
+        move || {
+            cli(&[
+                "update-workload",
+                "--host",
+                &host,
+                "--token-file",
+                token.to_str().unwrap(),
+                "--workload",
+                changed.to_str().unwrap(),
+                "--golden",
+                golden.to_str().unwrap(),
+                "--trusted-ak",
+                ak.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Now the running workload is the changed one: its golden (with updates allowed) passes.
+    let golden3 = dir.path().join("golden3.json");
+    let output = cli(&[
+        "golden",
+        "--workload",
+        changed.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--allow-updates",
+        "--out",
+        golden3.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let output = verify_host(host.clone(), golden3, dir.path().join("ak.pub")).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("replaced 1 time(s) after boot"), "{stdout}");
+
+    // The predecessor's form, with a wrong token: refused, nothing changes.
+    let output = tokio::task::spawn_blocking({
+        let host = host.clone();
+        let workload = workload.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_cvm-cli"))
+                .current_dir(workload.parent().unwrap())
+                .args([host.as_str(), "wrong-token-0000000000000000000000000"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("HTTP 401"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     drop(agent);
 }

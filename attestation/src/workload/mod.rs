@@ -5,9 +5,11 @@ pub mod archive;
 pub mod compose;
 pub mod folder;
 pub mod log;
+pub mod pack;
 pub mod paths;
 
 pub use archive::{archived_images, ArchiveError, ArchivedImage};
 pub use compose::{Compose, ComposeError, ComposeService};
 pub use folder::{WorkloadError, WorkloadFolder};
 pub use log::{replay, EventKind, LogError, WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
+pub use pack::pack_folder;

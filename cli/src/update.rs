@@ -1,0 +1,125 @@
+//! `cvm-cli update-workload`: replaces a running VM's workload. The folder is packed fresh on every
+//! call (the predecessor uploaded stale archives), checked locally the way the agent will measure
+//! it, optionally preceded by a full verification of the VM, and sent with the bearer token.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cvm_attestation::workload::{pack_folder, WorkloadFolder};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cvm-cli update-workload --host 203.0.113.7 --token-file token --workload ./workload\n  \
+    cvm-cli update-workload --host vm:8000 --token-file token --golden golden.json\n  \
+    cvm-cli 203.0.113.7 <API TOKEN>          (the predecessor's form: uploads ./workload)"
+)]
+pub struct UpdateArgs {
+    /// The VM's agent (HOST[:PORT], default port 8000).
+    #[arg(long, visible_alias = "vm_ip")]
+    pub host: String,
+    /// File holding the API token (preferred: a token on the command line is visible to other
+    /// users of this machine).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The API token itself.
+    #[arg(long, visible_alias = "api_token")]
+    pub token: Option<String>,
+    /// The workload folder to upload: docker-compose.yml, config/, secrets/, image archives.
+    #[arg(long, default_value = "workload")]
+    pub workload: PathBuf,
+    /// Verify the VM against this golden measurement first, and upload only if it passes.
+    #[arg(long)]
+    pub golden: Option<PathBuf>,
+    /// With --golden on a VM without a TEE: the AK recorded when its TPM was created.
+    #[arg(long, requires = "golden")]
+    pub trusted_ak: Option<PathBuf>,
+    /// Print the agent's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: UpdateArgs) -> Result<bool> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(path), None) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, Some(token)) => token.clone(),
+        _ => bail!("give --token-file FILE (or --token)"),
+    };
+    let token = token.trim().to_owned();
+
+    // Refuse locally what the agent would refuse, before anything is sent.
+    let folder = WorkloadFolder::read(&args.workload)
+        .with_context(|| format!("workload {}", args.workload.display()))?;
+    let archive = pack_folder(&args.workload)?;
+    eprintln!(
+        "packed {} ({} services, {} config files, {} KiB)",
+        args.workload.display(),
+        folder.services.len(),
+        folder.config_files.len(),
+        archive.len() / 1024
+    );
+
+    if let Some(golden) = &args.golden {
+        let verified =
+            crate::verify::verify_host(&args.host, golden, args.trusted_ak.as_deref(), false)?;
+        if !verified {
+            bail!(
+                "the VM did not verify against {}: nothing was uploaded",
+                golden.display()
+            );
+        }
+    }
+
+    let base = crate::http::base_url(&args.host, 8000)?;
+    let url = format!("{base}/update-workload");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The agent refuses a wrong token before reading a body: check it with a small request first.
+    let (status, _) = runtime.block_on(crate::http::send(
+        "GET",
+        &format!("{base}/container-logs?name=-"),
+        &[("Authorization", format!("Bearer {token}"))],
+        Vec::new(),
+        1 << 20,
+        Duration::from_secs(30),
+    ))?;
+    if status == 401 || status == 403 {
+        bail!("{base}: HTTP {status}: the agent refused the API token; nothing was uploaded");
+    }
+    let (status, body) = runtime.block_on(crate::http::send(
+        "POST",
+        &url,
+        &[
+            ("Authorization", format!("Bearer {token}")),
+            ("Content-Type", "application/x-tar".into()),
+        ],
+        archive,
+        1 << 20,
+        Duration::from_secs(900),
+    ))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    }
+    if status != 200 {
+        bail!(
+            "{url}: HTTP {status}: {}",
+            answer["error"].as_str().unwrap_or(&answer.to_string())
+        );
+    }
+    if !args.json {
+        println!(
+            "workload updated; PCR 23 is now {}",
+            answer["pcr23"].as_str().unwrap_or("?")
+        );
+        println!(
+            "verify it with: cvm-cli verify --host {} --golden <golden with --allow-updates>",
+            args.host
+        );
+    }
+    Ok(true)
+}
