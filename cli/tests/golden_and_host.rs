@@ -10,6 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use test_support::{busybox_image_archive, Swtpm};
 
+mod common;
+use common::cli;
+
 const TOKEN: &str = "cli-test-token-0123456789abcdef0123456789";
 
 fn write_workload(dir: &Path, message: &str) {
@@ -21,13 +24,6 @@ fn write_workload(dir: &Path, message: &str) {
     std::fs::write(dir.join("config/message.txt"), message).unwrap();
     let archive = busybox_image_archive("localhost/cvm-example/hello:1", &["sh"], &[]).unwrap();
     std::fs::write(dir.join("hello.tar"), archive.bytes).unwrap();
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm-cli"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Runs `cvm-cli verify --host` off the runtime the agent serves on.

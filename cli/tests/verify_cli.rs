@@ -2,25 +2,10 @@
 //! checks, tamper detection.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::{cli, stdout, vector};
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors");
 const AT: &str = "2025-06-01T00:00:00Z";
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm-cli"))
-        .args(args)
-        .output()
-        .expect("cvm-cli runs")
-}
-
-fn vector(path: &str) -> String {
-    format!("{VECTORS}/{path}")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[test]
 fn bare_reports_verify_and_exit_zero() {

@@ -2,26 +2,12 @@
 //! ../shared/vectors/tdx and the Azure TDX HCL report: exit status, named checks, tampering,
 //! expiry.
 
-use std::process::{Command, Output};
+mod common;
+use common::{cli, stdout, vector};
+use std::process::Output;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors");
 /// Inside the real collateral's validity (TCB info 2025-06-19 to 2025-07-19).
 const AT: &str = "2025-07-01T00:00:00Z";
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm-cli"))
-        .args(args)
-        .output()
-        .expect("cvm-cli runs")
-}
-
-fn vector(path: &str) -> String {
-    format!("{VECTORS}/{path}")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn failed_checks(output: &Output) -> Vec<String> {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
