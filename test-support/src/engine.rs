@@ -114,7 +114,18 @@ impl Drop for ContainerEngine {
                 .args(["rm", "--all", "--force", "--time", "0"])
                 .output();
         }
+        // dockerd leaves the bridge of every network it created in the host's network namespace;
+        // enough of them exhaust its address pools for every later test on the machine.
+        let bridges = match self.kind {
+            EngineKind::Docker => docker_bridges(&self.socket),
+            EngineKind::Podman => Vec::new(),
+        };
         drop(self.daemon.take());
+        for bridge in bridges {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &bridge])
+                .output();
+        }
         // Whatever the engine left mounted (container shm) would keep the directory alive.
         unmount_below(self.dir.path());
     }
@@ -142,20 +153,39 @@ fn unmount_below(dir: &Path) {
 }
 
 fn ping(socket: &Path) -> bool {
+    get(socket, "/_ping").is_some()
+}
+
+/// `GET path` over the API socket (HTTP/1.0, so the body ends at EOF); the body of a 200 answer.
+fn get(socket: &Path, path: &str) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return false;
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut answer = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut answer).ok()?;
+    let ok = answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200");
+    let body_at = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    ok.then(|| answer.split_off(body_at))
+}
+
+/// The host interfaces of the bridge networks a dockerd created (`br-` + 12 hex of the ID).
+fn docker_bridges(socket: &Path) -> Vec<String> {
+    let Some(body) = get(socket, "/networks") else {
+        return Vec::new();
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = [0u8; 64];
-    let n = stream.read(&mut answer).unwrap_or(0);
-    answer[..n].starts_with(b"HTTP/1.0 200") || answer[..n].starts_with(b"HTTP/1.1 200")
+    let Ok(networks) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+        return Vec::new();
+    };
+    networks
+        .iter()
+        .filter(|network| network["Driver"] == "bridge" && network["Name"] != "bridge")
+        .filter_map(|network| network["Id"].as_str())
+        .filter(|id| id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|id| format!("br-{}", &id[..12]))
+        .collect()
 }
 
 /// dockerd as root with no host networking changes, its own containerd, and the vfs driver (no
@@ -184,6 +214,10 @@ fn docker_command(dir: &Path, socket: &Path) -> Result<Command> {
             "--ip-masq=false",
             "--storage-driver=vfs",
             "--userland-proxy=false",
+            // Not the default pools (31 networks in all): bridges of concurrent engines, and any
+            // left by a killed test, would soon exhaust them.
+            "--default-address-pool",
+            "base=10.160.0.0/11,size=24",
         ]);
     Ok(command)
 }

@@ -149,3 +149,41 @@ async fn docker_registry_push_pull_gives_registry_digest() -> anyhow::Result<()>
 async fn podman_registry_push_pull_gives_registry_digest() -> anyhow::Result<()> {
     push_and_pull_by_digest(EngineKind::Podman).await
 }
+
+/// A network made on the private dockerd lives in the host's namespace as a bridge: it must be
+/// gone once the fixture is dropped, or a machine's test runs exhaust the address pools.
+#[tokio::test]
+async fn docker_networks_do_not_outlive_the_engine() -> anyhow::Result<()> {
+    let engine = ContainerEngine::start(EngineKind::Docker)?;
+    let docker = engine.client()?;
+    let created = docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: "fixture-net".into(),
+            ..Default::default()
+        })
+        .await?;
+    let bridge = format!("br-{}", &created.id[..12]);
+    let subnet = docker
+        .inspect_network(
+            "fixture-net",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().next())
+        .and_then(|config| config.subnet)
+        .unwrap_or_default();
+    assert!(subnet.starts_with("10."), "private pool not used: {subnet}");
+    assert!(std::path::Path::new("/sys/class/net")
+        .join(&bridge)
+        .exists());
+    drop(engine);
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "{bridge} left behind"
+    );
+    Ok(())
+}
