@@ -27,13 +27,28 @@ for pkg in "${PACKAGES[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-test-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
-fi
-
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-test-deps: installing ${missing[*]}"
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-test-deps: all ${#PACKAGES[@]} packages present"
+else
+  echo "install-test-deps: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Cloud emulators for the deploy tests (pinned; reinstalled only when the pins change).
+# test-support finds them under these prefixes.
+VENV=/opt/cvm-test-venv
+PYTHON_PACKAGES=(
+  "moto[server]==5.2.5"
+)
+pins="$(printf '%s\n' "${PYTHON_PACKAGES[@]}")"
+if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$pins" ]; then
+  echo "install-test-deps: installing ${PYTHON_PACKAGES[*]} into $VENV"
+  $SUDO python3 -m venv "$VENV"
+  $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+  printf '%s\n' "$pins" | $SUDO tee "$VENV/.pins" >/dev/null
+else
+  echo "install-test-deps: emulators in $VENV present"
+fi

@@ -45,13 +45,6 @@ pub struct DeployLocalArgs {
     dry_run: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct CleanupArgs {
-    /// Stop a local VM started by deploy-local and delete its state.
-    #[arg(long, value_name = "NAME")]
-    local: String,
-}
-
 /// Where a local VM keeps its TPM state, AK, serial log and process IDs.
 pub fn state_dir(name: &str) -> Result<PathBuf> {
     if name.is_empty()
@@ -253,14 +246,11 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn cleanup(args: CleanupArgs) -> Result<()> {
-    let dir = state_dir(&args.local)?;
+/// Stops a local VM started by deploy-local and deletes its state.
+pub fn cleanup(name: &str) -> Result<()> {
+    let dir = state_dir(name)?;
     if !dir.exists() {
-        bail!(
-            "no local VM named {:?} (looked in {})",
-            args.local,
-            dir.display()
-        );
+        bail!("no local VM named {name:?} (looked in {})", dir.display());
     }
     for pid_file in ["qemu.pid", "swtpm.pid"] {
         if let Some(pid) = read_pid(&dir.join(pid_file)) {
@@ -272,7 +262,7 @@ pub fn cleanup(args: CleanupArgs) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(500));
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    println!("stopped and removed local VM {:?}", args.local);
+    println!("stopped and removed local VM {name:?}");
     Ok(())
 }
 

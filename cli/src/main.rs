@@ -1,5 +1,7 @@
 //! `cvm-cli`: verify confidential VMs from outside and inspect attestation data.
 
+mod cleanup;
+mod deploy;
 mod golden;
 mod http;
 mod inspect;
@@ -37,8 +39,11 @@ enum Command {
     UpdateWorkload(update::UpdateArgs),
     /// Print the attestation key the agent will use on a TPM you created (to pin it).
     TpmAk(local::TpmAkArgs),
-    /// Stop and delete what this CLI created.
-    Cleanup(local::CleanupArgs),
+    /// Deploy an image to AWS: EBS snapshot by direct upload, AMI (UEFI, TPM 2.0), security
+    /// group, SEV-SNP instance.
+    DeployAws(deploy::aws::DeployAwsArgs),
+    /// Stop and delete what this CLI created (found by deployment name; nothing else).
+    Cleanup(cleanup::CleanupArgs),
     /// Compute the golden measurement offline from the image build's measurements.json and the
     /// workload folder.
     Golden(golden::GoldenArgs),
@@ -70,7 +75,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::Golden(args) => golden::run(args).map(|()| true),
         Command::DeployLocal(args) => local::deploy(args).map(|()| true),
-        Command::Cleanup(args) => local::cleanup(args).map(|()| true),
+        Command::Cleanup(args) => cleanup::run(args).map(|()| true),
+        Command::DeployAws(args) => deploy::aws::run(args).map(|()| true),
         Command::TpmAk(args) => local::tpm_ak(args).map(|()| true),
         Command::UpdateWorkload(args) => update::run(args),
     };

@@ -10,6 +10,7 @@ mod certs;
 mod engine;
 pub mod http;
 mod image;
+mod moto;
 mod process;
 mod registry;
 mod snp_backend;
@@ -19,6 +20,7 @@ pub mod tdx_signer;
 
 pub use engine::{ContainerEngine, EngineKind};
 pub use image::{busybox_image_archive, ImageArchive};
+pub use moto::{Moto, RecordedRequest, EMULATOR_VENV};
 pub use process::{free_port, wait_until};
 pub use registry::Registry;
 pub use snp_backend::TestSnpBackend;

@@ -1,0 +1,88 @@
+//! What a deploy will do (printed before anything is created) and what it did (printed at the
+//! end, or on failure so nothing half-created goes unmentioned).
+
+use super::blocks::UploadStats;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The plan: everything a user needs to approve a deploy.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub cloud: &'static str,
+    pub deployment: String,
+    pub region: String,
+    pub vm_type: String,
+    /// The TEE the VM type provides.
+    pub tee: &'static str,
+    pub image: PathBuf,
+    pub image_bytes: u64,
+    pub ports: Vec<u16>,
+    /// The steps in order, each naming the resource it creates.
+    pub steps: Vec<String>,
+}
+
+impl Plan {
+    /// Prints the plan: JSON on stdout with `--json`, else readable text on stderr.
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::json!({ "plan": self }));
+            return;
+        }
+        eprintln!(
+            "Plan: deploy {} to {} {} as {} ({}, {}), inbound TCP {}",
+            self.image.display(),
+            self.cloud,
+            self.region,
+            self.deployment,
+            self.vm_type,
+            self.tee,
+            self.ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (n, step) in self.steps.iter().enumerate() {
+            eprintln!("  {}. {step}", n + 1);
+        }
+    }
+}
+
+/// One cloud resource this deploy created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resource {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// The result of a successful deploy.
+#[derive(Debug, Serialize)]
+pub struct Deployed {
+    pub cloud: &'static str,
+    pub deployment: String,
+    pub region: String,
+    pub vm_type: String,
+    pub address: String,
+    pub resources: Vec<Resource>,
+    pub upload: UploadStats,
+    pub verify_command: String,
+    pub cleanup_command: String,
+}
+
+impl Deployed {
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::json!({ "deployed": self }));
+            return;
+        }
+        println!(
+            "Deployed {} on {} {}: {}",
+            self.deployment, self.cloud, self.region, self.address
+        );
+        for resource in &self.resources {
+            println!("  {} {}", resource.kind, resource.id);
+        }
+        println!("Verify it:  {}", self.verify_command);
+        println!("Remove it:  {}", self.cleanup_command);
+    }
+}
