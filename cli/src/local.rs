@@ -124,6 +124,10 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         "  agent       http://127.0.0.1:{} -> guest port 8000",
         args.port
     );
+    println!(
+        "  API token   new random, in {} (to the guest by fw_cfg)",
+        dir.join("api-token").display()
+    );
     if args.dry_run {
         return Ok(());
     }
@@ -142,6 +146,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     let ak = compute_ak(&dir.join("tpm-state"))?;
     let ak_path = dir.join("ak.pub");
     std::fs::write(&ak_path, encode_base64(&ak))?;
+    let token_path = write_api_token(&dir)?;
 
     step("starting swtpm");
     let socket = dir.join("swtpm.sock");
@@ -178,6 +183,10 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         // No option ROM: nothing but the disk is measured at boot (PCR 2 and 4 stay predictable).
         "-device".into(),
         "virtio-net-pci,netdev=net0,romfile=".into(),
+        // The agent's API token, handed to the guest by the host like a cloud's metadata service
+        // would; the agent measures its hash into PCR 23 with the workload.
+        "-fw_cfg".into(),
+        format!("name={API_TOKEN_FW_CFG},file={}", token_path.display()),
         "-daemonize".into(),
         "-pidfile".into(),
         dir.join("qemu.pid").display().to_string(),
@@ -236,6 +245,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     );
     println!("  agent        http://127.0.0.1:{}", args.port);
     println!("  pinned AK    {}", ak_path.display());
+    println!("  API token    {}", token_path.display());
     println!("  console log  {}", serial.display());
     println!("Verify it:");
     println!(
@@ -243,7 +253,34 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         args.port,
         ak_path.display()
     );
+    println!("Replace its workload:");
+    println!(
+        "  cvm-cli update-workload --host 127.0.0.1:{} --token-file {} --workload workload",
+        args.port,
+        token_path.display()
+    );
     Ok(())
+}
+
+/// The fw_cfg entry the guest reads its API token from
+/// (`/sys/firmware/qemu_fw_cfg/by_name/opt/cvm/api-token/raw`).
+const API_TOKEN_FW_CFG: &str = "opt/cvm/api-token";
+
+/// A fresh random API token (hex, no newline), readable by the owner only.
+fn write_api_token(dir: &Path) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    openssl::rand::rand_bytes(&mut bytes).context("random API token")?;
+    let path = dir.join("api-token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(hex::encode(bytes).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Stops a local VM started by deploy-local and deletes its state.
