@@ -146,6 +146,10 @@ pub struct Evidence {
     pub platform: Option<Platform>,
     /// The verifier's nonce this evidence answers.
     pub nonce: Bytes,
+    /// SHA-256 of the agent's TLS key (SubjectPublicKeyInfo DER) when it serves TLS: TPM and TEE
+    /// then bind it with the nonce (`binding::bound_nonce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_spki_sha256: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sev_snp: Option<SnpEvidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +170,8 @@ pub enum EvidenceError {
     TooLarge(usize),
     #[error("evidence JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("tls_spki_sha256 is {0} bytes, not a SHA-256")]
+    TlsKeyLength(usize),
     #[error(
         "evidence version {0} is not supported (this verifier reads version {EVIDENCE_VERSION})"
     )]
@@ -190,7 +196,24 @@ impl Evidence {
             }
         }
         check_nonce(evidence.nonce.as_slice())?;
+        if let Some(key) = &evidence.tls_spki_sha256 {
+            if key.as_slice().len() != 32 {
+                return Err(EvidenceError::TlsKeyLength(key.as_slice().len()));
+            }
+        }
         Ok(evidence)
+    }
+
+    /// The agent's TLS key hash, when the evidence binds one.
+    pub fn tls_key(&self) -> Option<[u8; 32]> {
+        self.tls_spki_sha256
+            .as_ref()
+            .and_then(|key| key.as_slice().try_into().ok())
+    }
+
+    /// What TPM quote and TEE report must bind: the nonce, with the TLS key when there is one.
+    pub fn bound_nonce(&self) -> Vec<u8> {
+        crate::binding::bound_nonce(self.nonce.as_slice(), self.tls_key().as_ref())
     }
 
     /// The platform as stated, or as implied by what the evidence carries (predecessor format).

@@ -3,6 +3,7 @@
 
 use crate::tee::{TeeBackend, TeeError};
 use crate::tpm::{AttestationKey, Tpm, TpmError};
+use cvm_attestation::binding::bound_nonce;
 use cvm_attestation::encoding::Bytes;
 use cvm_attestation::evidence::{
     check_nonce, EventLogs, Evidence, EvidenceError, PcrBank, Platform, TpmEvidence,
@@ -27,6 +28,8 @@ pub enum CollectError {
 pub struct CollectRequest<'a> {
     pub platform: Platform,
     pub nonce: &'a [u8],
+    /// SHA-256 of the agent's TLS key (SPKI DER): bound with the nonce when present.
+    pub tls_spki_sha256: Option<[u8; 32]>,
     pub workload_log: Option<WorkloadLog>,
     pub firmware_log: Option<Vec<u8>>,
     /// TDX: the CC event log that explains RTMR0-3.
@@ -41,14 +44,16 @@ pub fn collect(
     request: CollectRequest<'_>,
 ) -> Result<Evidence, CollectError> {
     check_nonce(request.nonce)?;
-    let tee_evidence = tee.evidence(tpm, &ak.public, request.nonce)?;
-    let quote = tpm.quote(ak, &qualifying_data(request.nonce))?;
+    let bound = bound_nonce(request.nonce, request.tls_spki_sha256.as_ref());
+    let tee_evidence = tee.evidence(tpm, &ak.public, &bound)?;
+    let quote = tpm.quote(ak, &qualifying_data(&bound))?;
     let signature = QuoteSignature::from_tpmt(&quote.signature)
         .map_err(|e| CollectError::Signature(e.to_string()))?;
     Ok(Evidence {
         version: Some(EVIDENCE_VERSION),
         platform: Some(request.platform),
         nonce: Bytes::from(request.nonce),
+        tls_spki_sha256: request.tls_spki_sha256.map(|key| Bytes(key.to_vec())),
         sev_snp: tee_evidence.snp,
         tdx: tee_evidence.tdx,
         tpm: TpmEvidence {

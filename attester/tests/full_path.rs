@@ -269,3 +269,77 @@ fn azure_snp_takes_the_ak_from_var_data_bound_by_the_report() {
     let report = verify(&altered, &golden, &options);
     assert!(failed(&report).contains(&"snp.report_data"), "{report}");
 }
+
+/// An agent serving TLS binds its key with the nonce in the quote and the SNP report: evidence
+/// verifies only against the key of the connection it came over, and moving it to another key
+/// (a man in the middle presenting its own certificate) breaks both bindings.
+#[test]
+fn the_tls_key_is_bound_by_quote_and_report() {
+    let events = workload_events(None);
+    let signer = SnpTestSigner::new().unwrap();
+    let root = test_root(&signer);
+    let mut tee = TestSnpBackend {
+        signer,
+        measurement: MEASUREMENT,
+        policy: POLICY,
+    };
+    let agent_key = [0x11; 32];
+    let mut vm = Vm::boot(events.clone(), None, false);
+    let evidence = vm.evidence_with_tls(&mut tee, Cloud::Gcp, NONCE, Some(agent_key));
+    let golden = golden(
+        events,
+        Some(GoldenSnp {
+            measurements: vec![cvm_attestation::Sha384Digest(MEASUREMENT)],
+            minimum_tcb: None,
+            allow_debug: false,
+            allow_migration_agent: false,
+            vmpls: vec![0],
+        }),
+    );
+    let options = |key: Option<[u8; 32]>| {
+        let mut options = VerifyOptions::now()
+            .with_nonce(NONCE)
+            .with_test_roots([root.clone()]);
+        options.expected_tls_key = key;
+        options
+    };
+
+    let report = verify(&evidence, &golden, &options(Some(agent_key)));
+    assert!(report.verified, "{report}");
+    assert_eq!(
+        report.check("tls.key").map(|c| c.status),
+        Some(Status::Pass)
+    );
+
+    // Fetched over a connection that ended at another key: refused by name.
+    let report = verify(&evidence, &golden, &options(Some([0x22; 32])));
+    assert_eq!(failed(&report), ["tls.key"], "{report}");
+
+    // The MITM rewrites the evidence to name its own key: quote and report no longer fit.
+    let mut rewritten = evidence.clone();
+    rewritten.tls_spki_sha256 = Some(vec![0x22; 32].into());
+    let report = verify(&rewritten, &golden, &options(Some([0x22; 32])));
+    assert_eq!(
+        failed(&report),
+        ["tpm.quote.nonce", "snp.report_data"],
+        "{report}"
+    );
+
+    // Or drops the key: the bare nonce is not what was bound.
+    let mut stripped = evidence.clone();
+    stripped.tls_spki_sha256 = None;
+    let report = verify(&stripped, &golden, &options(None));
+    assert_eq!(
+        failed(&report),
+        ["tpm.quote.nonce", "snp.report_data"],
+        "{report}"
+    );
+
+    // Offline, without a connection, the binding is reported, not silently assumed.
+    let report = verify(&evidence, &golden, &options(None));
+    assert!(report.verified, "{report}");
+    assert_eq!(
+        report.check("tls.key").map(|c| c.status),
+        Some(Status::Skip)
+    );
+}

@@ -131,6 +131,7 @@ impl TpmActor {
                 CollectRequest {
                     platform,
                     nonce: &nonce,
+                    tls_spki_sha256: None,
                     workload_log: Some(workload_log),
                     firmware_log: firmware_log
                         .as_ref()

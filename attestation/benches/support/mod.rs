@@ -264,6 +264,7 @@ pub fn fixture(kind: Kind) -> Fixture {
         version: Some(EVIDENCE_VERSION),
         platform: Some(platform),
         nonce: NONCE.into(),
+        tls_spki_sha256: None,
         sev_snp,
         tdx: None,
         tpm: TpmEvidence {

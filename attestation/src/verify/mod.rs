@@ -36,6 +36,9 @@ pub struct VerifyOptions {
     /// For platforms without a TEE (local QEMU): the AK public key (as carried in `tpm.ak_pub`)
     /// that the caller recorded when it created the VM's TPM. Nothing else can vouch for it.
     pub trusted_ak: Option<Vec<u8>>,
+    /// SHA-256 of the TLS key (SPKI DER) of the connection the evidence was fetched over: the
+    /// evidence must bind exactly this key.
+    pub expected_tls_key: Option<[u8; 32]>,
 }
 
 impl VerifyOptions {
@@ -48,6 +51,7 @@ impl VerifyOptions {
             tdx_roots: crate::tdx::intel_roots(),
             tdx_collateral: None,
             trusted_ak: None,
+            expected_tls_key: None,
         }
     }
 
@@ -251,6 +255,23 @@ pub fn verify(
             "nonce",
             "no expected nonce given: freshness is not established (pass --nonce, or use verify --host)",
         ),
+    }
+    match (options.expected_tls_key, evidence.tls_key()) {
+        (Some(expected), actual) => checks.compare(
+            "tls.key",
+            Some(expected) == actual,
+            "the evidence binds the TLS key of the connection it came over",
+            hex::encode(expected),
+            actual.map(hex::encode).unwrap_or_else(|| "none".into()),
+        ),
+        (None, Some(actual)) => checks.skip(
+            "tls.key",
+            format!(
+                "the evidence binds TLS key {}; no connection to compare it with",
+                hex::encode(actual)
+            ),
+        ),
+        (None, None) => {}
     }
     match golden.platform {
         Some(expected) => checks.compare(

@@ -73,7 +73,7 @@ pub(crate) fn verify(
         }
     } else {
         let expected =
-            binding::report_data(evidence.tpm.ak_pub.as_slice(), evidence.nonce.as_slice());
+            binding::report_data(evidence.tpm.ak_pub.as_slice(), &evidence.bound_nonce());
         checks.compare(
             "tdx.report_data",
             expected == *report_data,

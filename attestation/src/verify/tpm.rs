@@ -88,7 +88,7 @@ pub(crate) fn verify_quote(
             return Some(ak);
         }
     };
-    let expected = qualifying_data(evidence.nonce.as_slice());
+    let expected = qualifying_data(&evidence.bound_nonce());
     checks.compare(
         "tpm.quote.nonce",
         quote.extra_data == expected,

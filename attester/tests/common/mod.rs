@@ -75,6 +75,17 @@ impl Vm {
     }
 
     pub fn evidence(&mut self, tee: &mut dyn TeeBackend, cloud: Cloud, nonce: &[u8]) -> Evidence {
+        self.evidence_with_tls(tee, cloud, nonce, None)
+    }
+
+    /// Evidence as an agent serving TLS with the key `tls_spki_sha256` produces it.
+    pub fn evidence_with_tls(
+        &mut self,
+        tee: &mut dyn TeeBackend,
+        cloud: Cloud,
+        nonce: &[u8],
+        tls_spki_sha256: Option<[u8; 32]>,
+    ) -> Evidence {
         let platform = Platform {
             cloud,
             tee: tee.tee(),
@@ -86,6 +97,7 @@ impl Vm {
             CollectRequest {
                 platform,
                 nonce,
+                tls_spki_sha256,
                 workload_log: Some(self.log.clone()),
                 firmware_log: None,
                 ccel: None,
