@@ -2,7 +2,8 @@
 # Agent benchmark (not a test): on one swtpm,
 #   - p50 latency of a bare `tpm2_quote` of PCRs 0-23 (SHA-256) with a persistent ECC AK, as a
 #     process per quote (the reference a shell user would run);
-#   - p50 latency of GET /collaterals/{nonce} from the agent (measure-only, release build), which
+#   - p50 latency of GET /collaterals/{nonce} from the agent over TLS (a new connection each, as
+#     curl makes it; measure-only, release build), which
 #     does the same quote plus a PCR read, the event log and JSON;
 #   - requests/s of POST /offchain-verify (2 concurrent clients) on that evidence.
 #   usage: bench/agent.sh [N]     (default 200 requests each)
@@ -54,16 +55,16 @@ measure_only = true
 CONF
 RUST_LOG=error target/release/cvm-agent --config "$work/agent.toml" 2>/dev/null &
 agent=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -skf "https://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 for i in $(seq "$n"); do
   nonce=$(printf '%032x' "$i")
-  curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/collaterals/$nonce"
+  curl -sk -o /dev/null -w '%{time_total}\n' "https://127.0.0.1:$port/collaterals/$nonce"
 done | awk '{printf "%d\n", $1 * 1000000}' > "$work/agent.us"
 agent_p50=$(p50 < "$work/agent.us")
 
 # /offchain-verify throughput with one evidence document and a matching golden.
 nonce=00112233445566778899aabbccddeeff
-curl -sf "http://127.0.0.1:$port/collaterals/$nonce" > "$work/evidence.json"
+curl -skf "https://127.0.0.1:$port/collaterals/$nonce" > "$work/evidence.json"
 target/release/cvm-cli golden --workload "$work/workload" --out "$work/golden.json" 2>/dev/null
 python3 - "$work" <<'PY'
 import json, sys

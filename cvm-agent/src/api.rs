@@ -65,6 +65,8 @@ pub struct AppState {
     pub test_roots: Vec<TrustedRoot>,
     pub workload_dir: std::path::PathBuf,
     pub max_upload_bytes: usize,
+    /// SHA-256 of the external listener's TLS key, bound into every evidence document.
+    pub tls_key: Option<[u8; 32]>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -167,7 +169,7 @@ async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Ev
     let log = state.workloads.measured().await.log;
     let evidence = state
         .tpm
-        .evidence(state.platform, nonce, log)
+        .evidence(state.platform, nonce, state.tls_key, log)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(evidence))

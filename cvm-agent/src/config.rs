@@ -19,6 +19,9 @@ pub struct Config {
     pub local_listen: SocketAddr,
     /// External listener, for verifiers and operators.
     pub external_listen: SocketAddr,
+    /// Serve the external listener over TLS with a key made at start and bound into every
+    /// evidence document, so clients can pin it after verifying (on by default).
+    pub external_tls: bool,
     /// A Unix socket serving the local API, alone in its directory, which compose receives as
     /// `CVM_AGENT_SOCKET_DIR` so the workload can mount it (containers on a bridge network cannot
     /// reach the VM's 127.0.0.1).
@@ -63,6 +66,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/run/cvm-agent"),
             local_listen: "127.0.0.1:7999".parse().expect("literal address"),
             external_listen: "0.0.0.0:8000".parse().expect("literal address"),
+            external_tls: true,
             local_socket: Some(PathBuf::from("/run/cvm-agent/api/api.sock")),
             tcti: "device:/dev/tpmrm0".into(),
             engine_socket: PathBuf::from("/run/podman/podman.sock"),
@@ -117,6 +121,9 @@ impl Config {
         }
         if let Some(v) = get("CVM_AGENT_EXTERNAL_LISTEN") {
             self.external_listen = parse_addr("CVM_AGENT_EXTERNAL_LISTEN", v)?;
+        }
+        if let Some(v) = get("CVM_AGENT_EXTERNAL_TLS") {
+            self.external_tls = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = get("CVM_AGENT_TCTI") {
             self.tcti = v;

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod config;
 pub mod engine;
 pub mod platform;
+pub mod tls;
 pub mod tpm_actor;
 pub mod workload;
 
@@ -125,6 +126,12 @@ impl Agent {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let tls = if config.external_tls {
+            Some(tls::TlsIdentity::generate().context("making the TLS key")?)
+        } else {
+            tracing::warn!("external listener without TLS: bearer tokens travel in the clear");
+            None
+        };
         let state = Arc::new(AppState {
             platform,
             tpm,
@@ -134,17 +141,26 @@ impl Agent {
             test_roots,
             workload_dir: config.workload_dir.clone(),
             max_upload_bytes: config.max_upload_bytes,
+            tls_key: tls.as_ref().map(|tls| tls.spki_sha256),
         });
 
         let mut tasks = Vec::new();
-        for (listener, which) in [(local, Listener::Local), (external, Listener::External)] {
-            let app = api::router(state.clone(), which);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("listener stopped: {e}");
-                }
-            }));
-        }
+        let app = api::router(state.clone(), Listener::Local);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(local, app).await {
+                tracing::error!("local listener stopped: {e}");
+            }
+        }));
+        let app = api::router(state.clone(), Listener::External);
+        tasks.push(tokio::spawn(async move {
+            let result = match tls {
+                Some(tls) => tls.serve(external, app).await,
+                None => axum::serve(external, app).await.map_err(Into::into),
+            };
+            if let Err(e) = result {
+                tracing::error!("external listener stopped: {e:#}");
+            }
+        }));
         if let Some(socket) = unix {
             let app = api::router(state.clone(), Listener::Local);
             tasks.push(tokio::spawn(async move {
@@ -153,7 +169,12 @@ impl Agent {
                 }
             }));
         }
-        tracing::info!(%local_addr, %external_addr, "serving");
+        tracing::info!(
+            %local_addr,
+            %external_addr,
+            tls_key = state.tls_key.map(hex::encode).unwrap_or_default(),
+            "serving"
+        );
         Ok(Self {
             local_addr,
             external_addr,

@@ -110,11 +110,12 @@ impl TpmActor {
         .await
     }
 
-    /// Evidence over `nonce`.
+    /// Evidence over `nonce` (bound with the agent's TLS key when it has one).
     pub async fn evidence(
         &self,
         platform: Platform,
         nonce: Vec<u8>,
+        tls_spki_sha256: Option<[u8; 32]>,
         workload_log: WorkloadLog,
     ) -> Result<Evidence> {
         self.run(move |o| {
@@ -131,7 +132,7 @@ impl TpmActor {
                 CollectRequest {
                     platform,
                     nonce: &nonce,
-                    tls_spki_sha256: None,
+                    tls_spki_sha256,
                     workload_log: Some(workload_log),
                     firmware_log: firmware_log
                         .as_ref()

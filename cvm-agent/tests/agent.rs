@@ -81,6 +81,8 @@ impl TestVm {
             state_dir: self.dir.path().join("run"),
             local_listen: "127.0.0.1:0".parse().unwrap(),
             external_listen: "127.0.0.1:0".parse().unwrap(),
+            // These tests speak plain HTTP; the TLS listener has its own test.
+            external_tls: false,
             local_socket: Some(self.dir.path().join("run/api/api.sock")),
             tcti: self.swtpm.tcti(),
             engine_socket: self.engine.socket().to_owned(),
@@ -479,6 +481,7 @@ fn measure_only_config(dir: &Path, swtpm: &Swtpm) -> Config {
         state_dir: dir.join("run"),
         local_listen: "127.0.0.1:0".parse().unwrap(),
         external_listen: "127.0.0.1:0".parse().unwrap(),
+        external_tls: false,
         local_socket: None,
         tcti: swtpm.tcti(),
         api_token_file: Some(dir.join("token")),
@@ -583,4 +586,91 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
         chain["reason"].as_str().unwrap().contains("TEST-ONLY root"),
         "{chain}"
     );
+}
+
+/// The external listener speaks TLS 1.3 with a key made at start, and the evidence fetched over
+/// that connection binds exactly that key (what `cvm-cli` pins before sending its token).
+#[tokio::test]
+async fn the_external_tls_key_is_bound_into_evidence() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(&dir.path().join("workload"), "over tls\n");
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let config = Config {
+        external_tls: true,
+        ..measure_only_config(dir.path(), &swtpm)
+    };
+    let platform = Platform {
+        cloud: Cloud::Qemu,
+        tee: Tee::None,
+    };
+    let agent = Agent::start_with(config, platform, Box::new(NoTee))
+        .await
+        .unwrap();
+    let addr = agent.external_addr;
+    let nonce = rand_nonce();
+    let path = format!("/collaterals/{}", hex::encode(nonce));
+    let (peer_key, body) = tokio::task::spawn_blocking(move || tls_get(addr, &path))
+        .await
+        .unwrap();
+    let evidence = cvm_attestation::Evidence::from_json(&body).unwrap();
+    assert_eq!(evidence.tls_key(), Some(peer_key));
+    assert_eq!(agent.state.tls_key, Some(peer_key));
+
+    let golden = GoldenMeasurement {
+        workload: Some(GoldenWorkload {
+            events: offline_events(&dir.path().join("workload")),
+            allow_updates: false,
+        }),
+        ..serde_json::from_value(json!({"version": 1})).unwrap()
+    };
+    let mut options = cvm_attestation::VerifyOptions::now().with_nonce(nonce.to_vec());
+    options.trusted_ak = Some(evidence.tpm.ak_pub.as_slice().to_vec());
+    options.expected_tls_key = Some(peer_key);
+    let report = cvm_attestation::verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    options.expected_tls_key = Some([0; 32]);
+    let report = cvm_attestation::verify(&evidence, &golden, &options);
+    assert!(!report.verified, "{report}");
+
+    // Plain HTTP on the TLS port gets nothing.
+    let response = request(addr, "GET", "/health", &[], b"").await;
+    assert!(
+        response.as_ref().map_or(true, |r| r.status != 200),
+        "{response:?}"
+    );
+}
+
+/// One HTTP/1.0 GET over TLS (certificate not checked: the evidence vouches for the key); the
+/// SHA-256 of the server's SPKI and the response body.
+fn tls_get(addr: std::net::SocketAddr, path: &str) -> ([u8; 32], Vec<u8>) {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let mut connector =
+        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut stream = connector
+        .build()
+        .configure()
+        .unwrap()
+        .connect("cvm-agent", tcp)
+        .unwrap();
+    assert_eq!(stream.ssl().version_str(), "TLSv1.3");
+    let spki = stream
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .public_key()
+        .unwrap()
+        .public_key_to_der()
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"));
+    (sha2::Sha256::digest(&spki).into(), response[at..].to_vec())
 }
