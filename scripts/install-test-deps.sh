@@ -42,6 +42,9 @@ fi
 VENV=/opt/cvm-test-venv
 PYTHON_PACKAGES=(
   "moto[server]==5.2.5"
+  "gcp-storage-emulator==2026.7.19"
+  # The reference SEV-SNP launch digest calculator (cvm-cli snp-launch-digest is checked against it)
+  "sev-snp-measure==0.0.13"
 )
 pins="$(printf '%s\n' "${PYTHON_PACKAGES[@]}")"
 if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$pins" ]; then
@@ -51,4 +54,24 @@ if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$pins" ]; then
   printf '%s\n' "$pins" | $SUDO tee "$VENV/.pins" >/dev/null
 else
   echo "install-test-deps: emulators in $VENV present"
+fi
+
+# Azurite (Azure Storage emulator, npm) for deploy-azure's page-blob upload test.
+NPM_PREFIX=/opt/cvm-test-npm
+NPM_PACKAGES=(
+  "azurite@3.37.0"
+)
+npm_pins="$(printf '%s\n' "${NPM_PACKAGES[@]}")"
+if [ "$(cat "$NPM_PREFIX/.pins" 2>/dev/null)" != "$npm_pins" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "install-test-deps: installing npm"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
+  fi
+  echo "install-test-deps: installing ${NPM_PACKAGES[*]} into $NPM_PREFIX"
+  $SUDO mkdir -p "$NPM_PREFIX"
+  $SUDO npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --loglevel=error "${NPM_PACKAGES[@]}"
+  printf '%s\n' "$npm_pins" | $SUDO tee "$NPM_PREFIX/.pins" >/dev/null
+else
+  echo "install-test-deps: emulators in $NPM_PREFIX present"
 fi

@@ -7,9 +7,11 @@ use anyhow::Result;
 use clap::{ArgGroup, Args};
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["local", "aws"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["local", "aws", "gcp", "azure"])))]
 #[command(after_help = "Examples:\n  cvm-cli cleanup --local cvm-local\n  \
-    cvm-cli cleanup --aws cvm-test --region us-east-2")]
+    cvm-cli cleanup --aws cvm-test --region us-east-2\n  \
+    cvm-cli cleanup --gcp cvm-test --project-id my-project --region asia-southeast1-b\n  \
+    cvm-cli cleanup --azure cvm_test --resource-group cvm_testRg")]
 pub struct CleanupArgs {
     /// A local VM started by deploy-local: stop it and delete its state.
     #[arg(long, value_name = "NAME")]
@@ -18,9 +20,31 @@ pub struct CleanupArgs {
     /// security group (only resources tagged with this name).
     #[arg(long, value_name = "NAME")]
     aws: Option<String>,
-    /// The region (AWS) the deployment is in.
-    #[arg(long, default_value = "us-east-2")]
-    region: String,
+    /// A Google Cloud deployment: delete its instance, image, firewall rule and uploaded object
+    /// (only resources labelled or named for it; never the bucket). Needs --project-id and the
+    /// zone as --region.
+    #[arg(long, value_name = "NAME", requires = "project_id")]
+    gcp: Option<String>,
+    /// An Azure deployment: delete its VM, NIC, public IP, VNet, network security group and disk
+    /// (only resources tagged with this name), then its resource group if cvm-cli created it.
+    #[arg(long, value_name = "NAME")]
+    azure: Option<String>,
+    /// The Azure resource group (with --azure; default `<NAME>Rg`).
+    #[arg(long, visible_alias = "resource_group")]
+    resource_group: Option<String>,
+    /// The Azure subscription (with --azure; default AZURE_SUBSCRIPTION_ID or the Azure CLI's).
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    subscription: Option<String>,
+    /// The Google Cloud project (with --gcp).
+    #[arg(long, visible_alias = "project_id")]
+    project_id: Option<String>,
+    /// With --gcp: also look in this bucket for the deployment's uploaded objects.
+    #[arg(long)]
+    bucket: Option<String>,
+    /// The region (AWS; default us-east-2) or zone (GCP; default asia-southeast1-b) the
+    /// deployment is in.
+    #[arg(long)]
+    region: Option<String>,
     /// Print what would be deleted, delete nothing.
     #[arg(long, visible_alias = "dry_run")]
     dry_run: bool,
@@ -31,7 +55,20 @@ pub fn run(args: CleanupArgs) -> Result<()> {
         return crate::local::cleanup(name);
     }
     if let Some(name) = &args.aws {
-        return deploy::aws::cleanup(name, &args.region, args.dry_run);
+        let region = args.region.as_deref().unwrap_or("us-east-2");
+        return deploy::aws::cleanup(name, region, args.dry_run);
     }
-    anyhow::bail!("name what to clean up: --local NAME or --aws NAME")
+    if let (Some(name), Some(project)) = (&args.gcp, &args.project_id) {
+        let zone = args.region.as_deref().unwrap_or("asia-southeast1-b");
+        return deploy::gcp::cleanup(name, project, zone, args.bucket.as_deref(), args.dry_run);
+    }
+    if let Some(name) = &args.azure {
+        return deploy::azure::cleanup(
+            name,
+            args.resource_group.as_deref(),
+            args.subscription.as_deref(),
+            args.dry_run,
+        );
+    }
+    anyhow::bail!("name what to clean up: --local NAME, --aws NAME, --gcp NAME or --azure NAME")
 }

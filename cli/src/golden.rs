@@ -38,6 +38,20 @@ pub struct GoldenArgs {
     /// Allowed SEV-SNP launch measurements (hex, 48 bytes); repeatable.
     #[arg(long = "snp-measurement", value_name = "HEX")]
     snp_measurements: Vec<String>,
+    /// Also allow the SEV-SNP launch digest computed from this firmware (see
+    /// `cvm-cli snp-launch-digest --help` for the other --snp-* inputs).
+    #[arg(long = "snp-ovmf", value_name = "OVMF.fd")]
+    snp_ovmf: Option<PathBuf>,
+    #[arg(long = "snp-kernel", value_name = "UKI", requires = "snp_ovmf")]
+    snp_kernel: Option<PathBuf>,
+    #[arg(long = "snp-vcpus", default_value_t = 1, requires = "snp_ovmf")]
+    snp_vcpus: u32,
+    #[arg(
+        long = "snp-vcpu-type",
+        default_value = "EPYC-v4",
+        requires = "snp_ovmf"
+    )]
+    snp_vcpu_type: String,
     /// Accept a workload replaced after boot through /update-workload.
     #[arg(long)]
     allow_updates: bool,
@@ -116,17 +130,28 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
         (None, Some(_)) => bail!("--tee needs --cloud"),
         (None, None) => None,
     };
-    let snp = if args.snp_measurements.is_empty() {
+    let mut snp_measurements = args
+        .snp_measurements
+        .iter()
+        .map(|m| Sha384Digest::from_hex(m).with_context(|| format!("--snp-measurement {m}")))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(ovmf) = &args.snp_ovmf {
+        let digest = crate::snp_launch::launch_digest(&crate::snp_launch::LaunchInputs {
+            ovmf: ovmf.clone(),
+            kernel: args.snp_kernel.clone(),
+            initrd: None,
+            append: None,
+            vcpus: args.snp_vcpus,
+            vcpu_type: args.snp_vcpu_type.clone(),
+            guest_features: 1,
+        })?;
+        snp_measurements.push(Sha384Digest::from_hex(&hex::encode(digest))?);
+    }
+    let snp = if snp_measurements.is_empty() {
         None
     } else {
         Some(GoldenSnp {
-            measurements: args
-                .snp_measurements
-                .iter()
-                .map(|m| {
-                    Sha384Digest::from_hex(m).with_context(|| format!("--snp-measurement {m}"))
-                })
-                .collect::<Result<_>>()?,
+            measurements: snp_measurements,
             vmpls: vec![0],
             ..GoldenSnp::default()
         })

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::encode_base64;
-use image_builder::boot::{qemu_command, BootConfig};
+use image_builder::boot::{qemu_command, BootConfig, SnpLaunch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,9 +40,70 @@ pub struct DeployLocalArgs {
     /// How long to wait for the agent to answer.
     #[arg(long, default_value_t = 600)]
     wait_seconds: u64,
+    /// `sev-snp`: launch as an SEV-SNP guest (KVM on an SNP host with QEMU 9.1+), booting the UKI
+    /// directly with kernel-hashes=on and printing the expected launch digest; `auto`: SNP when
+    /// the host can, else none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "none", "sev-snp"])]
+    tee: String,
+    /// SEV-SNP firmware: OVMF with SEV metadata and SNP_KERNEL_HASHES (edk2's AmdSevX64 build).
+    #[arg(long, default_value = "/usr/share/ovmf/OVMF.amdsev.fd")]
+    snp_ovmf: PathBuf,
+    /// The image's UKI for the SEV-SNP direct boot (default: uki.efi next to the image).
+    #[arg(long)]
+    uki: Option<PathBuf>,
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Why this host cannot launch SEV-SNP guests, or the host's C-bit position and reduced
+/// physical address bits when it can.
+fn snp_host(accel: &str) -> std::result::Result<(u32, u32), String> {
+    let enabled = std::fs::read_to_string("/sys/module/kvm_amd/parameters/sev_snp")
+        .map(|value| matches!(value.trim(), "Y" | "1"))
+        .unwrap_or(false);
+    if !enabled {
+        return Err("kvm_amd has no SEV-SNP (sev_snp parameter absent or off)".into());
+    }
+    if !Path::new("/dev/sev").exists() {
+        return Err("/dev/sev missing".into());
+    }
+    if accel != "kvm" {
+        return Err("SEV-SNP needs KVM".into());
+    }
+    let version = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    if !qemu_supports_snp(&version) {
+        return Err(format!(
+            "QEMU 9.1 or later needed for SEV-SNP guests ({})",
+            version.lines().next().unwrap_or("no qemu-system-x86_64")
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Leaf 0x8000001F (AMD memory encryption) exists on every SEV host.
+        let leaf = std::arch::x86_64::__cpuid(0x8000_001f);
+        Ok((leaf.ebx & 0x3f, (leaf.ebx >> 6) & 0x3f))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err("not an x86_64 host".into())
+}
+
+/// `QEMU emulator version X.Y.Z ...` with X.Y >= 9.1.
+fn qemu_supports_snp(version_output: &str) -> bool {
+    let version = version_output
+        .split_whitespace()
+        .skip_while(|word| *word != "version")
+        .nth(1)
+        .unwrap_or_default();
+    let mut parts = version
+        .split('.')
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (9, 1)
 }
 
 /// Where a local VM keeps its TPM state, AK, serial log and process IDs.
@@ -101,6 +162,24 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     };
     let dir = state_dir(&args.name)?;
     let accel = accel(&args.accel);
+    let snp = match (args.tee.as_str(), snp_host(&accel)) {
+        ("none", _) | ("auto", Err(_)) => None,
+        (_, Ok((cbitpos, reduced_phys_bits))) => {
+            let uki = args
+                .uki
+                .clone()
+                .unwrap_or_else(|| image.with_file_name("uki.efi"));
+            Some(SnpLaunch {
+                ovmf: args.snp_ovmf.clone(),
+                uki,
+                cbitpos,
+                reduced_phys_bits,
+            })
+        }
+        (_, Err(reason)) => {
+            bail!("--tee sev-snp: this host cannot launch SEV-SNP guests: {reason}")
+        }
+    };
     println!("Plan for local VM {:?}:", args.name);
     println!(
         "  disk        {} (booted with snapshot=on: the file is never written)",
@@ -116,12 +195,20 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
             ""
         }
     );
+    match &snp {
+        Some(launch) => println!(
+            "  TEE         AMD SEV-SNP: firmware {}, UKI {} booted directly (kernel-hashes=on)",
+            launch.ovmf.display(),
+            launch.uki.display()
+        ),
+        None => println!("  TEE         none (the TPM is trusted through its recorded AK)"),
+    }
     println!(
         "  TPM         swtpm, state in {}",
         dir.join("tpm-state").display()
     );
     println!(
-        "  agent       http://127.0.0.1:{} -> guest port 8000",
+        "  agent       https://127.0.0.1:{} -> guest port 8000",
         args.port
     );
     println!(
@@ -177,6 +264,25 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     config.memory_mib = args.memory_mib;
     config.cpus = args.cpus;
     config.accel = accel;
+    if let Some(launch) = snp {
+        // The digest the AMD Secure Processor will sign, known before the guest exists.
+        let digest = crate::snp_launch::launch_digest(&crate::snp_launch::LaunchInputs {
+            ovmf: launch.ovmf.clone(),
+            kernel: Some(launch.uki.clone()),
+            initrd: None,
+            append: None,
+            vcpus: args.cpus,
+            vcpu_type: SNP_VCPU_TYPE.into(),
+            guest_features: 1,
+        })?;
+        std::fs::write(dir.join("snp-launch-digest"), hex::encode(digest))?;
+        println!(
+            "  expected SEV-SNP launch digest {} (golden: --snp-measurement)",
+            hex::encode(digest)
+        );
+        config.cpu = Some(SNP_VCPU_TYPE.into());
+        config.snp = Some(launch);
+    }
     config.extra_args = vec![
         "-netdev".into(),
         format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:8000", args.port),
@@ -204,7 +310,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     }
 
     step("waiting for the agent");
-    let url = format!("http://127.0.0.1:{}/health", args.port);
+    let url = format!("https://127.0.0.1:{}/health", args.port);
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -243,7 +349,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         args.name,
         started.elapsed().as_secs()
     );
-    println!("  agent        http://127.0.0.1:{}", args.port);
+    println!("  agent        https://127.0.0.1:{}", args.port);
     println!("  pinned AK    {}", ak_path.display());
     println!("  API token    {}", token_path.display());
     println!("  console log  {}", serial.display());
@@ -261,6 +367,9 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The vCPU model of SNP guests: it is part of the launch digest.
+const SNP_VCPU_TYPE: &str = "EPYC-v4";
 
 /// The fw_cfg entry the guest reads its API token from
 /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/cvm/api-token/raw`).
@@ -384,4 +493,49 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
     let _ = swtpm.kill();
     let _ = swtpm.wait();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snp_needs_qemu_9_1() {
+        assert!(qemu_supports_snp("QEMU emulator version 9.1.0 (Debian)"));
+        assert!(qemu_supports_snp(
+            "QEMU emulator version 10.0.2 (Debian 1:10.0.2)"
+        ));
+        assert!(!qemu_supports_snp(
+            "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7)"
+        ));
+        assert!(!qemu_supports_snp("QEMU emulator version 9.0.2"));
+        assert!(!qemu_supports_snp(""));
+    }
+
+    #[test]
+    fn snp_launch_replaces_the_pflash_firmware() {
+        let mut config = BootConfig::new("/images/disk.raw");
+        config.snp = Some(SnpLaunch {
+            ovmf: "/fw/OVMF.amdsev.fd".into(),
+            uki: "/images/uki.efi".into(),
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+        });
+        let command = qemu_command(
+            &config,
+            Path::new("/s/vars"),
+            Path::new("/s/serial"),
+            Path::new("/s/tpm"),
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined
+            .contains("sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"));
+        assert!(joined.contains("-bios /fw/OVMF.amdsev.fd -kernel /images/uki.efi"));
+        assert!(joined.contains("confidential-guest-support=sev0"));
+        assert!(!joined.contains("pflash"), "{joined}");
+    }
 }

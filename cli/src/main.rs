@@ -6,6 +6,7 @@ mod golden;
 mod http;
 mod inspect;
 mod local;
+mod snp_launch;
 mod time;
 mod update;
 mod verify;
@@ -42,11 +43,20 @@ enum Command {
     /// Deploy an image to AWS: EBS snapshot by direct upload, AMI (UEFI, TPM 2.0), security
     /// group, SEV-SNP instance.
     DeployAws(deploy::aws::DeployAwsArgs),
+    /// Deploy an image to Azure: managed disk by direct page upload, network, confidential VM
+    /// (SEV-SNP or TDX) with vTPM and Secure Boot.
+    DeployAzure(deploy::azure::DeployAzureArgs),
+    /// Deploy an image to Google Cloud: disk.tar.gz into your bucket, image, firewall rule,
+    /// confidential instance (TDX on c3, SEV-SNP on n2d).
+    DeployGcp(deploy::gcp::DeployGcpArgs),
     /// Stop and delete what this CLI created (found by deployment name; nothing else).
     Cleanup(cleanup::CleanupArgs),
     /// Compute the golden measurement offline from the image build's measurements.json and the
     /// workload folder.
     Golden(golden::GoldenArgs),
+    /// Compute the SEV-SNP launch digest of a QEMU guest offline, from OVMF (+ UKI for a direct
+    /// boot with kernel-hashes=on), vCPU count and model.
+    SnpLaunchDigest(snp_launch::LaunchInputs),
     /// Show what a file is (SNP report, HCL report, TPM quote, event log, evidence, golden) and
     /// print it readably.
     Inspect(inspect::InspectArgs),
@@ -73,10 +83,13 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args).map(|()| true),
+        Command::SnpLaunchDigest(args) => snp_launch::run(args).map(|()| true),
         Command::Golden(args) => golden::run(args).map(|()| true),
         Command::DeployLocal(args) => local::deploy(args).map(|()| true),
         Command::Cleanup(args) => cleanup::run(args).map(|()| true),
         Command::DeployAws(args) => deploy::aws::run(args).map(|()| true),
+        Command::DeployAzure(args) => deploy::azure::run(args).map(|()| true),
+        Command::DeployGcp(args) => deploy::gcp::run(args).map(|()| true),
         Command::TpmAk(args) => local::tpm_ak(args).map(|()| true),
         Command::UpdateWorkload(args) => update::run(args),
     };

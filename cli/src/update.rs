@@ -61,15 +61,25 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         archive.len() / 1024
     );
 
+    // The TLS key the token may go to: the one the verified evidence binds, else (unverified)
+    // the one the first connection presents.
+    let mut pin = None;
     if let Some(golden) = &args.golden {
-        let verified =
+        let verdict =
             crate::verify::verify_host(&args.host, golden, args.trusted_ak.as_deref(), false)?;
-        if !verified {
+        if !verdict.verified {
             bail!(
                 "the VM did not verify against {}: nothing was uploaded",
                 golden.display()
             );
         }
+        pin = verdict.tls_key;
+    } else {
+        eprintln!(
+            "warning: uploading without verifying the VM first (give --golden): the token goes \
+             to whatever answers at {}",
+            args.host
+        );
     }
 
     let base = crate::http::base_url(&args.host, 8000)?;
@@ -77,19 +87,26 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if pin.is_none() && base.starts_with("http://") {
+        eprintln!("warning: plain HTTP: the API token travels in the clear");
+    }
     // The agent refuses a wrong token before reading a body: check it with a small request first.
-    let (status, _) = runtime.block_on(crate::http::send(
+    let check = runtime.block_on(crate::http::request(
         "GET",
         &format!("{base}/container-logs?name=-"),
         &[("Authorization", format!("Bearer {token}"))],
         Vec::new(),
         1 << 20,
         Duration::from_secs(30),
+        pin,
     ))?;
-    if status == 401 || status == 403 {
-        bail!("{base}: HTTP {status}: the agent refused the API token; nothing was uploaded");
+    if check.status == 401 || check.status == 403 {
+        bail!(
+            "{base}: HTTP {}: the agent refused the API token; nothing was uploaded",
+            check.status
+        );
     }
-    let (status, body) = runtime.block_on(crate::http::send(
+    let response = runtime.block_on(crate::http::request(
         "POST",
         &url,
         &[
@@ -99,7 +116,9 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         archive,
         1 << 20,
         Duration::from_secs(900),
+        pin.or(check.tls_key),
     ))?;
+    let (status, body) = (response.status, response.body);
     let answer: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
     if args.json {

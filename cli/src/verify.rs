@@ -143,7 +143,8 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             options,
             args.save_evidence.as_deref(),
             args.json,
-        );
+        )
+        .map(|verdict| verdict.verified);
     }
     let report = match (&args.collaterals, &args.report) {
         (Some(evidence), None) => {
@@ -252,14 +253,21 @@ fn verify_bare_report(
     ))
 }
 
+/// What verifying a running agent established.
+pub struct HostVerdict {
+    pub verified: bool,
+    /// The TLS key the verified evidence binds: pin it for anything sent afterwards.
+    pub tls_key: Option<[u8; 32]>,
+}
+
 /// Verifies a running agent over a fresh nonce and prints the report (for `update-workload`,
-/// which verifies before it uploads).
+/// which verifies before it uploads, then sends its token only to the verified TLS key).
 pub fn verify_host(
     host: &str,
     golden: &Path,
     trusted_ak: Option<&Path>,
     json: bool,
-) -> Result<bool> {
+) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
     verify_running(host, golden, options, None, json)
 }
@@ -270,7 +278,7 @@ fn verify_running(
     options: VerifyOptions,
     save_evidence: Option<&Path>,
     json: bool,
-) -> Result<bool> {
+) -> Result<HostVerdict> {
     let golden = GoldenMeasurement::from_json(&read(golden_path)?)
         .with_context(|| format!("{}", golden_path.display()))?;
     let mut nonce = [0u8; 32];
@@ -279,7 +287,10 @@ fn verify_running(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let evidence_bytes = runtime.block_on(fetch_evidence(host, &nonce))?;
+    let (evidence_bytes, tls_key) = runtime.block_on(fetch_evidence(host, &nonce))?;
+    let mut options = options;
+    // Over TLS the evidence must bind the key of this very connection.
+    options.expected_tls_key = tls_key;
     if let Some(path) = save_evidence {
         std::fs::write(path, &evidence_bytes)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -287,29 +298,37 @@ fn verify_running(
     let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
     let report = verify(&evidence, &golden, &options);
     print_report(&report, json)?;
-    Ok(report.verified)
+    Ok(HostVerdict {
+        verified: report.verified,
+        tls_key: tls_key.filter(|_| report.verified),
+    })
 }
 
-/// GET /collaterals/{nonce} from an agent.
-async fn fetch_evidence(host: &str, nonce: &[u8]) -> Result<Vec<u8>> {
+/// GET /collaterals/{nonce} from an agent: the body and the connection's TLS key.
+async fn fetch_evidence(host: &str, nonce: &[u8]) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
     let url = format!(
         "{}/collaterals/{}",
         crate::http::base_url(host, 8000)?,
         hex::encode(nonce)
     );
-    let (status, body) = crate::http::send(
+    let response = crate::http::request(
         "GET",
         &url,
         &[],
         Vec::new(),
         cvm_attestation::evidence::MAX_EVIDENCE_BYTES,
         std::time::Duration::from_secs(60),
+        None,
     )
     .await?;
-    if status != 200 {
-        bail!("{url}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+    if response.status != 200 {
+        bail!(
+            "{url}: HTTP {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
     }
-    Ok(body)
+    Ok((response.body, response.tls_key))
 }
 
 /// Reports are also distributed as hex text (e.g. virtee's test data).

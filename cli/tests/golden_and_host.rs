@@ -47,6 +47,34 @@ async fn verify_host(
     .unwrap()
 }
 
+/// Runs `cvm-cli update-workload --golden` (verify first, then upload) off the agent's runtime.
+async fn update_workload(
+    host: String,
+    token: &Path,
+    workload: &Path,
+    golden: &Path,
+    ak: &Path,
+) -> std::process::Output {
+    let args: Vec<String> = [
+        "update-workload",
+        "--host",
+        &host,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--workload",
+        workload.to_str().unwrap(),
+        "--golden",
+        golden.to_str().unwrap(),
+        "--trusted-ak",
+        ak.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_offline_then_verify_a_running_agent() {
     let swtpm = Swtpm::start().unwrap();
@@ -108,6 +136,7 @@ async fn golden_offline_then_verify_a_running_agent() {
     );
     for check in [
         "PASS  nonce",
+        "PASS  tls.key",
         "PASS  tee.none",
         "PASS  workload.replay",
         "PASS  workload.measurement",
@@ -138,32 +167,14 @@ async fn golden_offline_then_verify_a_running_agent() {
 
     // update-workload packs the changed folder, verifies the VM first, uploads with the token.
     let old_golden = dir.path().join("golden.json");
-    let output = tokio::task::spawn_blocking({
-        let (host, token, changed, golden, ak) = (
-            host.clone(),
-            token.clone(),
-            changed.clone(),
-            old_golden.clone(),
-            dir.path().join("ak.pub"),
-        );
-        move || {
-            cli(&[
-                "update-workload",
-                "--host",
-                &host,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--workload",
-                changed.to_str().unwrap(),
-                "--golden",
-                golden.to_str().unwrap(),
-                "--trusted-ak",
-                ak.to_str().unwrap(),
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let output = update_workload(
+        host.clone(),
+        &token,
+        &changed,
+        &old_golden,
+        &dir.path().join("ak.pub"),
+    )
+    .await;
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -184,7 +195,7 @@ async fn golden_offline_then_verify_a_running_agent() {
         golden3.to_str().unwrap(),
     ]);
     assert!(output.status.success());
-    let output = verify_host(host.clone(), golden3, dir.path().join("ak.pub")).await;
+    let output = verify_host(host.clone(), golden3.clone(), dir.path().join("ak.pub")).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("replaced 1 time(s) after boot"), "{stdout}");
@@ -209,5 +220,118 @@ async fn golden_offline_then_verify_a_running_agent() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // A man in the middle with its own TLS key, relaying to the real agent: the evidence it
+    // relays is genuine but binds the agent's key, so verification fails by name and
+    // update-workload never sends the token.
+    let mitm = Mitm::start(agent.external_addr).await;
+    let output = verify_host(
+        mitm.addr.to_string(),
+        golden3.clone(),
+        dir.path().join("ak.pub"),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  tls.key"), "{stdout}");
+    let relayed_before = mitm.relayed_bytes();
+    let output = update_workload(
+        mitm.addr.to_string(),
+        &token,
+        &workload,
+        &golden3,
+        &dir.path().join("ak.pub"),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing was uploaded"));
+    // Only the verification's evidence request went through the relay, never the token.
+    assert_eq!(mitm.connections(), 2);
+    assert!(mitm.relayed_bytes() > relayed_before);
     drop(agent);
+}
+
+/// A TLS-terminating relay with its own key in front of the agent: what an attacker on the path
+/// can do without the agent's key.
+struct Mitm {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Mitm {
+    async fn start(agent: std::net::SocketAddr) -> Self {
+        use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+        use std::sync::atomic::Ordering;
+        let key = openssl::pkey::PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut cert = openssl::x509::X509::builder().unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        cert.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let mut acceptor = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server()).unwrap();
+        acceptor.set_private_key(&key).unwrap();
+        acceptor.set_certificate(&cert.build()).unwrap();
+        let acceptor = std::sync::Arc::new(acceptor.build());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, bytes) = (connections.clone(), relayed.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, bytes) = (acceptor.clone(), bytes.clone());
+                tokio::spawn(async move {
+                    let mut client = tokio_openssl::SslStream::new(
+                        Ssl::new(acceptor.context()).unwrap(),
+                        client,
+                    )
+                    .unwrap();
+                    if std::pin::Pin::new(&mut client).accept().await.is_err() {
+                        return;
+                    }
+                    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+                    connector.set_verify(SslVerifyMode::NONE);
+                    let ssl = connector
+                        .build()
+                        .configure()
+                        .unwrap()
+                        .into_ssl("agent")
+                        .unwrap();
+                    let tcp = tokio::net::TcpStream::connect(agent).await.unwrap();
+                    let mut upstream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    std::pin::Pin::new(&mut upstream).connect().await.unwrap();
+                    if let Ok((up, down)) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        bytes.fetch_add((up + down) as usize, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            relayed,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn relayed_bytes(&self) -> usize {
+        self.relayed.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -34,6 +34,42 @@ pub struct BootConfig {
     pub snapshot: bool,
     /// More QEMU arguments (e.g. a NIC with port forwards for deploy-local).
     pub extra_args: Vec<String>,
+    /// Launch as an SEV-SNP guest (KVM on an SNP host, QEMU 9.1 or later).
+    pub snp: Option<SnpLaunch>,
+}
+
+/// How an SEV-SNP guest is launched: OVMF as its one firmware image and the UKI booted directly
+/// with `kernel-hashes=on`, so the launch digest covers both (the UKI carries the initrd, the
+/// command line and with it the dm-verity root hash).
+#[derive(Debug, Clone)]
+pub struct SnpLaunch {
+    /// OVMF with SEV-SNP metadata and the SNP_KERNEL_HASHES section (edk2's AmdSevX64 build).
+    pub ovmf: PathBuf,
+    pub uki: PathBuf,
+    /// The C-bit position and physical address bits lost to encryption (host CPUID 0x8000001F).
+    pub cbitpos: u32,
+    pub reduced_phys_bits: u32,
+}
+
+impl SnpLaunch {
+    /// The QEMU arguments that make the guest an SNP guest.
+    pub fn qemu_args(&self, memory_mib: u32) -> Vec<String> {
+        vec![
+            "-machine".into(),
+            "q35,confidential-guest-support=sev0,memory-backend=ram0".into(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=ram0,size={memory_mib}M,share=true,prealloc=false"),
+            "-object".into(),
+            format!(
+                "sev-snp-guest,id=sev0,cbitpos={},reduced-phys-bits={},kernel-hashes=on",
+                self.cbitpos, self.reduced_phys_bits
+            ),
+            "-bios".into(),
+            self.ovmf.display().to_string(),
+            "-kernel".into(),
+            self.uki.display().to_string(),
+        ]
+    }
 }
 
 impl BootConfig {
@@ -49,6 +85,7 @@ impl BootConfig {
             timeout: Duration::from_secs(600),
             snapshot: true,
             extra_args: Vec::new(),
+            snp: None,
         }
     }
 }
@@ -128,51 +165,56 @@ impl Swtpm {
 /// The QEMU command line for `cfg`, with serial output to `serial` and the TPM at `tpm_socket`.
 pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args([
-        "-machine",
-        "q35",
-        "-nodefaults",
-        "-no-reboot",
-        "-display",
-        "none",
-    ])
-    .arg("-accel")
-    .arg(&cfg.accel)
-    .arg("-m")
-    .arg(cfg.memory_mib.to_string())
-    .arg("-smp")
-    .arg(cfg.cpus.to_string())
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        cfg.ovmf_code.display()
-    ))
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ))
-    .arg("-chardev")
-    .arg(format!("socket,id=chrtpm,path={}", tpm_socket.display()))
-    .args([
-        "-tpmdev",
-        "emulator,id=tpm0,chardev=chrtpm",
-        "-device",
-        "tpm-tis,tpmdev=tpm0",
-    ])
-    .arg("-drive")
-    .arg(format!(
-        "if=none,id=disk0,format=raw,file={}{}",
-        cfg.disk.display(),
-        if cfg.snapshot { ",snapshot=on" } else { "" }
-    ))
-    .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
-    .arg("-serial")
-    .arg(format!("file:{}", serial.display()))
-    .args(&cfg.extra_args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    match &cfg.snp {
+        // An SNP guest has one firmware image and no writable variable store.
+        Some(snp) => {
+            c.args(snp.qemu_args(cfg.memory_mib));
+        }
+        None => {
+            c.args(["-machine", "q35"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    cfg.ovmf_code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
+    }
+    if let Some(cpu) = &cfg.cpu {
+        c.args(["-cpu", cpu]);
+    }
+    c.args(["-nodefaults", "-no-reboot", "-display", "none"])
+        .arg("-accel")
+        .arg(&cfg.accel)
+        .arg("-m")
+        .arg(cfg.memory_mib.to_string())
+        .arg("-smp")
+        .arg(cfg.cpus.to_string())
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", tpm_socket.display()))
+        .args([
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-tis,tpmdev=tpm0",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=disk0,format=raw,file={}{}",
+            cfg.disk.display(),
+            if cfg.snapshot { ",snapshot=on" } else { "" }
+        ))
+        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(&cfg.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     c
 }
 

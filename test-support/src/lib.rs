@@ -8,6 +8,7 @@
 
 mod certs;
 mod engine;
+mod gcs;
 pub mod http;
 mod image;
 mod moto;
@@ -19,6 +20,7 @@ mod swtpm;
 pub mod tdx_signer;
 
 pub use engine::{ContainerEngine, EngineKind};
+pub use gcs::GcsEmulator;
 pub use image::{busybox_image_archive, ImageArchive};
 pub use moto::{Moto, RecordedRequest, EMULATOR_VENV};
 pub use process::{free_port, wait_until};

@@ -3,9 +3,13 @@
 //! `cleanup` removes exactly that, undoes what it created when a later step fails, and ends with
 //! the VM's address and the command that verifies it.
 
+pub mod arm;
 pub mod aws;
+pub mod azure;
 pub mod blocks;
 pub mod ec2;
+pub mod gce;
+pub mod gcp;
 pub mod plan;
 
 use anyhow::{bail, Context, Result};

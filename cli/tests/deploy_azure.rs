@@ -1,0 +1,1499 @@
+//! `cvm-cli deploy-azure` and `cleanup --azure` end to end, with the real binary:
+//! - the disk's page blob lives in Azurite (npm `azurite`, installed by
+//!   scripts/install-test-deps.sh under /opt/cvm-test-npm);
+//! - Azure Resource Manager is a test server here (axum) that checks every request against the
+//!   documented REST shapes (api-version, method, path, body fields) and answers like ARM:
+//!   201 + `Azure-AsyncOperation` (InProgress, then Succeeded or Failed), 202 + `Location` for
+//!   actions and deletes. `beginGetAccess` hands out a SAS URL of the page blob on a small proxy
+//!   in front of Azurite that enforces Azure's 4 MiB page-write limit (Azurite does not) and
+//!   records every write.
+
+mod common;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const AZURITE: &str = "/opt/cvm-test-npm/node_modules/.bin/azurite-blob";
+const ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known development account key.
+const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const SUB: &str = "00000000-1111-2222-3333-444444444444";
+const TAG: &str = "cvm-cli-deployment";
+const MIB: u64 = 1 << 20;
+const ADDRESS: &str = "20.1.2.3";
+
+// ---------------------------------------------------------------------------------------------
+// Azurite
+
+/// Azurite's blob service on a free loopback port; killed on drop (also when a test panics).
+struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Azurite {
+    fn start(in_memory: bool) -> Azurite {
+        assert!(
+            Path::new(AZURITE).exists(),
+            "{AZURITE} missing: run scripts/install-test-deps.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut command = Command::new(AZURITE);
+        command
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if in_memory {
+            command.arg("--inMemoryPersistence");
+        } else {
+            command.arg("--location").arg(dir.path());
+        }
+        let child = command.spawn().expect("azurite-blob starts");
+        let azurite = Azurite {
+            child,
+            port,
+            _dir: dir,
+        };
+        let mut azurite = azurite;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = azurite.child.try_wait() {
+                panic!("azurite-blob exited: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "azurite did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        azurite
+    }
+
+    fn blob_url(&self, container: &str, blob: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{ACCOUNT}/{container}/{blob}",
+            self.port
+        )
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<_>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// An account SAS (blob service, all resource types, read/write/create/delete) signed with the
+/// development account key.
+fn account_sas() -> String {
+    let (version, permissions, services, types, expiry, protocol) = (
+        "2019-12-12",
+        "rwdlacup",
+        "b",
+        "sco",
+        "2099-01-01T00:00:00Z",
+        "https,http",
+    );
+    let to_sign = format!(
+        "{ACCOUNT}\n{permissions}\n{services}\n{types}\n\n{expiry}\n\n{protocol}\n{version}\n"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(ACCOUNT_KEY)
+        .unwrap();
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, to_sign.as_bytes()));
+    let signature = signature
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    format!(
+        "sv={version}&ss={services}&srt={types}&sp={permissions}&se={expiry}&spr=https,http&sig={signature}"
+    )
+}
+
+/// Creates container `vhds` (if needed) and an empty page blob `name` of `size` bytes; returns
+/// the blob's SAS URL.
+async fn page_blob(azurite: &Azurite, name: &str, size: u64) -> String {
+    let http = reqwest::Client::new();
+    let sas = account_sas();
+    let container = format!(
+        "http://127.0.0.1:{}/{ACCOUNT}/vhds?restype=container&{sas}",
+        azurite.port
+    );
+    let response = http
+        .put(&container)
+        .header("x-ms-version", "2021-12-02")
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status() == 201 || response.status() == 409,
+        "create container: {}",
+        response.text().await.unwrap()
+    );
+    let blob = format!("{}?{sas}", azurite.blob_url("vhds", name));
+    let response = http
+        .put(&blob)
+        .header("x-ms-version", "2021-12-02")
+        .header("x-ms-blob-type", "PageBlob")
+        .header("x-ms-blob-content-length", size.to_string())
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "create page blob: {}",
+        response.text().await.unwrap()
+    );
+    blob
+}
+
+async fn download(blob_sas_url: &str) -> Vec<u8> {
+    let response = reqwest::Client::new()
+        .get(blob_sas_url)
+        .header("x-ms-version", "2021-12-02")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap().to_vec()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ARM test server
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+enum Operation {
+    /// Azure-AsyncOperation: InProgress on the first poll, then the outcome.
+    Async { polls: u32, error: Option<Value> },
+    /// Location: 202 on the first poll, then 200 with the result.
+    Location { polls: u32, result: Value },
+}
+
+#[derive(Default)]
+struct Arm {
+    base: String,
+    /// Where Azurite's page blob is (SAS URL); the proxy forwards writes there.
+    azurite_blob: String,
+    /// The SAS URL handed out by beginGetAccess (the proxy, or Azurite itself).
+    access_sas: String,
+    fail_vm: bool,
+    /// The blob service answers every page write with 503 ServerBusy.
+    fail_page_writes: bool,
+    expected_upload_bytes: u64,
+    expected_ports: Vec<u16>,
+    expected_vm_size: String,
+    deployment: String,
+    log: Vec<Recorded>,
+    tokens: Vec<String>,
+    problems: Vec<String>,
+    /// Lower-case resource id -> resource JSON.
+    resources: BTreeMap<String, Value>,
+    disk_state: BTreeMap<String, &'static str>,
+    operations: BTreeMap<u64, Operation>,
+    next_operation: u64,
+    page_writes: Vec<(u64, String)>,
+}
+
+type Shared = Arc<Mutex<Arm>>;
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+fn api_version_for(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("/providers/microsoft.compute/disks/") {
+        "2024-03-02"
+    } else if lower.contains("/providers/microsoft.compute/virtualmachines/") {
+        "2024-07-01"
+    } else if lower.contains("/providers/microsoft.network/") {
+        "2024-05-01"
+    } else {
+        "2024-03-01"
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    url_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x/?{query}"))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn handle(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let query = uri.query().unwrap_or_default().to_owned();
+    if path.starts_with("/blob/") {
+        return proxy_page_write(shared, method, query, headers, body).await;
+    }
+    let mut arm = shared.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let Some(token) = auth.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer authorization_uri=\"test\"")],
+            axum::Json(json!({"error": {"code": "AuthenticationFailed", "message": "no token"}})),
+        )
+            .into_response();
+    };
+    arm.tokens.push(token.to_owned());
+    if let Some(id) = path.strip_prefix("/operations/") {
+        return poll(&mut arm, id);
+    }
+    let body_json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(error) => {
+                arm.problems
+                    .push(format!("{method} {path}: body not JSON: {error}"));
+                return arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "not JSON");
+            }
+        }
+    };
+    arm.log.push(Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: body_json.clone(),
+    });
+    let expected_api = api_version_for(&path);
+    if query_param(&query, "api-version").as_deref() != Some(expected_api) {
+        let problem = format!("{method} {path}: api-version must be {expected_api}, got {query}");
+        arm.problems.push(problem.clone());
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            &problem,
+        );
+    }
+    let prefix = format!("/subscriptions/{SUB}/resourceGroups/");
+    let Some(rest) = path.strip_prefix(&prefix) else {
+        arm.problems
+            .push(format!("{method} {path}: not in the subscription"));
+        return arm_error(StatusCode::NOT_FOUND, "SubscriptionNotFound", &path);
+    };
+    let group = rest.split('/').next().unwrap_or_default().to_owned();
+    let group_id = format!("{prefix}{group}").to_ascii_lowercase();
+    let key = path.to_ascii_lowercase();
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (method.as_str(), parts.len()) {
+        // Resource group.
+        ("GET", 1) => match arm.resources.get(&key) {
+            Some(resource) => axum::Json(resource.clone()).into_response(),
+            None => arm_error(StatusCode::NOT_FOUND, "ResourceGroupNotFound", &group),
+        },
+        ("PUT", 1) => {
+            check_common(&mut arm, &path, &body_json);
+            let resource = json!({
+                "id": path, "name": group, "location": body_json["location"],
+                "tags": body_json["tags"], "properties": {"provisioningState": "Succeeded"}
+            });
+            arm.resources.insert(key, resource.clone());
+            (StatusCode::CREATED, axum::Json(resource)).into_response()
+        }
+        ("DELETE", 1) => {
+            let children: Vec<String> = arm
+                .resources
+                .keys()
+                .filter(|k| k.starts_with(&format!("{group_id}/")))
+                .cloned()
+                .collect();
+            for child in children {
+                arm.resources.remove(&child);
+            }
+            arm.resources.remove(&key);
+            location_operation(&mut arm, Value::Null)
+        }
+        // Resource list.
+        ("GET", 2) if parts[1] == "resources" => {
+            let filter = query_param(&query, "$filter").unwrap_or_default();
+            let wanted = filter
+                .split("tagValue eq '")
+                .nth(1)
+                .and_then(|v| v.split('\'').next())
+                .map(str::to_owned);
+            let value: Vec<Value> = arm
+                .resources
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("{group_id}/providers/")))
+                .filter(|(_, r)| match &wanted {
+                    Some(w) => r["tags"][TAG].as_str() == Some(w),
+                    None => true,
+                })
+                .map(|(_, r)| r.clone())
+                .collect();
+            axum::Json(json!({ "value": value })).into_response()
+        }
+        // A resource: providers/NS/TYPE/NAME (+ action).
+        (_, 5) | (_, 6) if parts[1] == "providers" => {
+            if !arm.resources.contains_key(&group_id) {
+                return arm_error(StatusCode::NOT_FOUND, "ResourceGroupNotFound", &group);
+            }
+            let kind = format!("{}/{}", parts[2], parts[3]);
+            let id = format!("{prefix}{}", parts[..5].join("/"));
+            let id_key = id.to_ascii_lowercase();
+            let action = parts.get(5).copied();
+            resource_request(
+                &mut arm,
+                method.as_str(),
+                &kind,
+                &id,
+                &id_key,
+                action,
+                &body_json,
+            )
+        }
+        _ => {
+            arm.problems
+                .push(format!("{method} {path}: unexpected request"));
+            arm_error(StatusCode::BAD_REQUEST, "UnexpectedRequest", &path)
+        }
+    }
+}
+
+fn check_common(arm: &mut Arm, path: &str, body: &Value) {
+    if body["location"] != "eastus2" {
+        arm.problems.push(format!(
+            "PUT {path}: location {} is not eastus2",
+            body["location"]
+        ));
+    }
+    if body["tags"][TAG].as_str() != Some(arm.deployment.as_str()) {
+        arm.problems
+            .push(format!("PUT {path}: tags {} lack {TAG}", body["tags"]));
+    }
+}
+
+fn require(arm: &mut Arm, path: &str, what: &str, ok: bool) {
+    if !ok {
+        arm.problems.push(format!("{path}: {what}"));
+    }
+}
+
+fn resource_request(
+    arm: &mut Arm,
+    method: &str,
+    kind: &str,
+    id: &str,
+    key: &str,
+    action: Option<&str>,
+    body: &Value,
+) -> Response {
+    let exists = arm.resources.contains_key(key);
+    match (method, action) {
+        ("GET", None) => match arm.resources.get(key) {
+            Some(resource) => axum::Json(resource.clone()).into_response(),
+            None => arm_error(StatusCode::NOT_FOUND, "ResourceNotFound", id),
+        },
+        ("DELETE", None) => {
+            if arm.disk_state.get(key) == Some(&"ActiveUpload") {
+                arm.problems
+                    .push(format!("DELETE {id} while its upload SAS is active"));
+                return arm_error(StatusCode::CONFLICT, "OperationNotAllowed", "active SAS");
+            }
+            arm.resources.remove(key);
+            location_operation(arm, Value::Null)
+        }
+        ("POST", Some("beginGetAccess")) => {
+            require(arm, id, "beginGetAccess on a missing disk", exists);
+            require(arm, id, "access must be Write", body["access"] == "Write");
+            require(
+                arm,
+                id,
+                "disk not ReadyToUpload",
+                arm.disk_state.get(key) == Some(&"ReadyToUpload"),
+            );
+            arm.disk_state.insert(key.to_owned(), "ActiveUpload");
+            let sas = arm.access_sas.clone();
+            location_operation(arm, json!({ "accessSAS": sas }))
+        }
+        ("POST", Some("endGetAccess")) => {
+            require(
+                arm,
+                id,
+                "endGetAccess without an active upload",
+                arm.disk_state.get(key) == Some(&"ActiveUpload"),
+            );
+            arm.disk_state.insert(key.to_owned(), "Unattached");
+            location_operation(arm, Value::Null)
+        }
+        ("PUT", None) => {
+            check_common(arm, id, body);
+            let mut properties = body["properties"].clone();
+            let p = &body["properties"];
+            let mut fail = None;
+            match kind {
+                "Microsoft.Compute/disks" => {
+                    let c = &p["creationData"];
+                    require(
+                        arm,
+                        id,
+                        "createOption Upload",
+                        c["createOption"] == "Upload",
+                    );
+                    let size = c["uploadSizeBytes"].as_u64().unwrap_or_default();
+                    require(
+                        arm,
+                        id,
+                        "uploadSizeBytes = VHD size (MiB + 512)",
+                        size == arm.expected_upload_bytes && size % MIB == 512,
+                    );
+                    require(
+                        arm,
+                        id,
+                        "hyperVGeneration V2",
+                        p["hyperVGeneration"] == "V2",
+                    );
+                    require(arm, id, "osType Linux", p["osType"] == "Linux");
+                    require(
+                        arm,
+                        id,
+                        "securityProfile.securityType",
+                        p["securityProfile"]["securityType"]
+                            == "ConfidentialVM_VMGuestStateOnlyEncryptedWithPlatformKey",
+                    );
+                    arm.disk_state.insert(key.to_owned(), "ReadyToUpload");
+                }
+                "Microsoft.Network/networkSecurityGroups" => {
+                    let ports: Vec<u16> = p["securityRules"]
+                        .as_array()
+                        .map(|rules| {
+                            rules
+                                .iter()
+                                .filter(|r| {
+                                    r["properties"]["direction"] == "Inbound"
+                                        && r["properties"]["access"] == "Allow"
+                                        && r["properties"]["protocol"] == "Tcp"
+                                })
+                                .filter_map(|r| {
+                                    r["properties"]["destinationPortRange"]
+                                        .as_str()?
+                                        .parse()
+                                        .ok()
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let expected = arm.expected_ports.clone();
+                    require(arm, id, "inbound rules for the ports", ports == expected);
+                }
+                "Microsoft.Network/publicIPAddresses" => {
+                    require(arm, id, "Standard SKU", body["sku"]["name"] == "Standard");
+                    require(arm, id, "Static", p["publicIPAllocationMethod"] == "Static");
+                    properties["ipAddress"] = json!(ADDRESS);
+                }
+                "Microsoft.Network/virtualNetworks" => {
+                    require(
+                        arm,
+                        id,
+                        "address space",
+                        p["addressSpace"]["addressPrefixes"][0].is_string(),
+                    );
+                    require(arm, id, "a subnet", p["subnets"][0]["name"].is_string());
+                }
+                "Microsoft.Network/networkInterfaces" => {
+                    let config = &p["ipConfigurations"][0]["properties"];
+                    let subnet = config["subnet"]["id"].as_str().unwrap_or_default();
+                    let vnet = subnet.split("/subnets/").next().unwrap_or_default();
+                    let ip = config["publicIPAddress"]["id"].as_str().unwrap_or_default();
+                    let nsg = p["networkSecurityGroup"]["id"].as_str().unwrap_or_default();
+                    for (what, reference) in
+                        [("subnet's VNet", vnet), ("public IP", ip), ("NSG", nsg)]
+                    {
+                        let ok = arm.resources.contains_key(&reference.to_ascii_lowercase());
+                        require(arm, id, &format!("NIC refers to an existing {what}"), ok);
+                    }
+                }
+                "Microsoft.Compute/virtualMachines" => {
+                    let expected = arm.expected_vm_size.clone();
+                    require(
+                        arm,
+                        id,
+                        "vmSize",
+                        p["hardwareProfile"]["vmSize"] == expected.as_str(),
+                    );
+                    let security = &p["securityProfile"];
+                    require(
+                        arm,
+                        id,
+                        "ConfidentialVM",
+                        security["securityType"] == "ConfidentialVM",
+                    );
+                    require(
+                        arm,
+                        id,
+                        "Secure Boot and vTPM",
+                        security["uefiSettings"]["secureBootEnabled"] == true
+                            && security["uefiSettings"]["vTpmEnabled"] == true,
+                    );
+                    let os = &p["storageProfile"]["osDisk"];
+                    require(arm, id, "osDisk Attach", os["createOption"] == "Attach");
+                    require(
+                        arm,
+                        id,
+                        "VMGuestStateOnly",
+                        os["managedDisk"]["securityProfile"]["securityEncryptionType"]
+                            == "VMGuestStateOnly",
+                    );
+                    let disk = os["managedDisk"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    let disk_ready = arm.disk_state.get(&disk) == Some(&"Unattached");
+                    require(
+                        arm,
+                        id,
+                        "the attached disk is uploaded and revoked",
+                        disk_ready,
+                    );
+                    let nic = p["networkProfile"]["networkInterfaces"][0]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    let nic_exists = arm.resources.contains_key(&nic);
+                    require(arm, id, "an existing NIC", nic_exists);
+                    if arm.fail_vm {
+                        fail = Some(json!({
+                            "code": "OSProvisioningInternalError",
+                            "message": "test failure in the middle"
+                        }));
+                    }
+                }
+                other => arm
+                    .problems
+                    .push(format!("PUT {id}: unexpected type {other}")),
+            }
+            properties["provisioningState"] = json!(if fail.is_some() {
+                "Failed"
+            } else {
+                "Succeeded"
+            });
+            let resource = json!({
+                "id": id,
+                "name": id.rsplit('/').next(),
+                "type": kind,
+                "location": body["location"],
+                "tags": body["tags"],
+                "properties": properties,
+            });
+            arm.resources.insert(key.to_owned(), resource.clone());
+            let operation = arm.next_operation;
+            arm.next_operation += 1;
+            arm.operations.insert(
+                operation,
+                Operation::Async {
+                    polls: 0,
+                    error: fail,
+                },
+            );
+            let url = format!("{}/operations/{operation}?api-version=2024-07-01", arm.base);
+            (
+                StatusCode::CREATED,
+                [("azure-asyncoperation", url.as_str()), ("retry-after", "0")],
+                axum::Json(resource),
+            )
+                .into_response()
+        }
+        _ => {
+            arm.problems
+                .push(format!("{method} {id} {action:?}: unexpected"));
+            arm_error(StatusCode::BAD_REQUEST, "UnexpectedRequest", id)
+        }
+    }
+}
+
+fn location_operation(arm: &mut Arm, result: Value) -> Response {
+    let operation = arm.next_operation;
+    arm.next_operation += 1;
+    arm.operations
+        .insert(operation, Operation::Location { polls: 0, result });
+    let url = format!("{}/operations/{operation}", arm.base);
+    (
+        StatusCode::ACCEPTED,
+        [("location", url.as_str()), ("retry-after", "0")],
+    )
+        .into_response()
+}
+
+fn poll(arm: &mut Arm, id: &str) -> Response {
+    let Some(operation) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| arm.operations.get_mut(&id))
+    else {
+        return arm_error(StatusCode::NOT_FOUND, "NotFound", id);
+    };
+    match operation {
+        Operation::Async { polls, error } => {
+            *polls += 1;
+            let body = match (*polls, error) {
+                (1, _) => json!({ "status": "InProgress" }),
+                (_, Some(error)) => json!({ "status": "Failed", "error": error }),
+                (_, None) => json!({ "status": "Succeeded" }),
+            };
+            ([("retry-after", "0")], axum::Json(body)).into_response()
+        }
+        Operation::Location { polls, result } => {
+            *polls += 1;
+            if *polls == 1 {
+                return (StatusCode::ACCEPTED, [("retry-after", "0")]).into_response();
+            }
+            if result.is_null() {
+                StatusCode::OK.into_response()
+            } else {
+                axum::Json(result.clone()).into_response()
+            }
+        }
+    }
+}
+
+/// The SAS URL's host: records each page write and enforces Azure's 4 MiB limit, then forwards
+/// the write to Azurite.
+async fn proxy_page_write(
+    shared: Shared,
+    method: Method,
+    query: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let length: u64 = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(u64::MAX);
+    let range = headers
+        .get("x-ms-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let target = {
+        let mut arm = shared.lock().unwrap();
+        arm.page_writes.push((length, range.clone()));
+        if method != Method::PUT || query_param(&query, "comp").as_deref() != Some("page") {
+            arm.problems
+                .push(format!("blob request {method} ?{query}: not a page write"));
+        }
+        if arm.fail_page_writes {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<Error><Code>ServerBusy</Code><Message>test: busy</Message></Error>",
+            )
+                .into_response();
+        }
+        let base = arm
+            .azurite_blob
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        format!("{base}?{query}")
+    };
+    if length > 4 * MIB || body.len() as u64 != length {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "<Error><Code>RequestBodyTooLarge</Code></Error>",
+        )
+            .into_response();
+    }
+    let mut request = reqwest::Client::new().put(target).body(body.to_vec());
+    for name in [
+        "x-ms-page-write",
+        "x-ms-range",
+        "x-ms-version",
+        "content-length",
+    ] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let text = response.text().await.unwrap_or_default();
+            (status, text).into_response()
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+    }
+}
+
+struct ArmServer {
+    state: Shared,
+    url: String,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ArmServer {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state: Shared = Arc::new(Mutex::new(Arm {
+        base: url.clone(),
+        deployment: "cvm_test".into(),
+        expected_ports: vec![8000],
+        expected_vm_size: "Standard_DC2es_v5".into(),
+        ..Arm::default()
+    }));
+    {
+        let mut arm = state.lock().unwrap();
+        arm.access_sas = format!("{url}/blob/{ACCOUNT}/vhds/disk.vhd?{}", account_sas());
+        configure(&mut arm);
+    }
+    let app = axum::Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(Arc::clone(&state));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    ArmServer {
+        state,
+        url,
+        _task: task,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images and the CLI
+
+/// A sparse raw disk of `mib` MiB: data in a few places (one range spanning a 4 MiB boundary,
+/// one at the very end), a written zero range, holes elsewhere.
+fn sample_image(dir: &Path, mib: u64) -> PathBuf {
+    let path = dir.join("disk.raw");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(mib * MIB).unwrap();
+    let pattern = |seed: u8, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+            .collect()
+    };
+    file.write_all_at(&pattern(1, 64 * 1024), 0).unwrap();
+    file.write_all_at(&pattern(2, 3 * MIB as usize), 3 * MIB)
+        .unwrap();
+    file.write_all_at(&vec![0u8; 2 * MIB as usize], 8 * MIB)
+        .unwrap();
+    file.write_all_at(&pattern(3, 4096), mib * MIB - 4096)
+        .unwrap();
+    path
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cvm_cli(arm: &ArmServer, token: bool, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cvm-cli"));
+    command
+        .args(args)
+        .env("CVM_AZURE_ARM_ENDPOINT", &arm.url)
+        .env("AZURE_SUBSCRIPTION_ID", SUB)
+        .env_remove("AZURE_ACCESS_TOKEN")
+        // No Azure CLI and no managed identity here.
+        .env("PATH", "/usr/bin:/bin")
+        .kill_on_drop(true);
+    if token {
+        command.env("AZURE_ACCESS_TOKEN", "token-from-env");
+    }
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .expect("cvm-cli finishes")
+        .expect("cvm-cli runs");
+    let run = Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!("--- cvm-cli {args:?}\n{}\n{}", run.stdout, run.stderr);
+    run
+}
+
+fn requests(arm: &ArmServer) -> Vec<Recorded> {
+    arm.state.lock().unwrap().log.clone()
+}
+
+fn problems(arm: &ArmServer) -> Vec<String> {
+    arm.state.lock().unwrap().problems.clone()
+}
+
+fn group_path(group: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/{group}")
+}
+
+fn resource_path(group: &str, kind: &str, name: &str) -> String {
+    format!("{}/providers/{kind}/{name}", group_path(group))
+}
+
+/// The deletes, in the order the CLI sent them, as their last path segments.
+fn deletes(arm: &ArmServer) -> Vec<String> {
+    requests(arm)
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 21);
+    let vhd_bytes = 21 * MIB + 512;
+    let azurite = Azurite::start(true);
+    let blob = page_blob(&azurite, "disk.vhd", vhd_bytes).await;
+    let arm = arm_server(|arm| {
+        arm.azurite_blob = blob.clone();
+        arm.expected_upload_bytes = vhd_bytes;
+        arm.expected_ports = vec![8000, 80, 443];
+        arm.expected_vm_size = "Standard_DC2as_v5".into();
+    })
+    .await;
+
+    // The predecessor's snake_case flags, and its region spelling.
+    let run = cvm_cli(
+        &arm,
+        false,
+        &[
+            "deploy-azure",
+            "--image",
+            raw.to_str().unwrap(),
+            "--vm_name",
+            "cvm_test",
+            "--resource_group",
+            "cvm_testRg",
+            "--region",
+            "East US 2",
+            "--vm_type",
+            "Standard_DC2as_v5",
+            "--additional_ports",
+            "80,443",
+            "--parallel",
+            "4",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(problems(&arm), Vec::<String>::new());
+
+    // The output: plan first, then the deployed VM with its address and commands.
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["plan"]["tee"], "AMD SEV-SNP");
+    assert_eq!(lines[0]["plan"]["region"], "eastus2");
+    let deployed = &lines[1]["deployed"];
+    assert_eq!(deployed["address"], ADDRESS);
+    assert_eq!(
+        deployed["verify_command"],
+        format!("cvm-cli verify --host {ADDRESS}:8000 --golden golden.json")
+    );
+    assert!(deployed["cleanup_command"]
+        .as_str()
+        .unwrap()
+        .contains("--azure cvm_test --resource-group cvm_testRg"));
+
+    // The VHD next to the raw image, and the page blob holds exactly its bytes (holes included).
+    let vhd = dir.path().join("disk.vhd");
+    assert_eq!(std::fs::metadata(&vhd).unwrap().len(), vhd_bytes);
+    let content = download(&blob).await;
+    assert_eq!(content.len() as u64, vhd_bytes);
+    assert_eq!(hex::encode(Sha256::digest(&content)), sha256_file(&vhd));
+    assert_eq!(&content[content.len() - 512..][..8], b"conectix");
+
+    // Page writes: at most 4 MiB, 512-aligned, only the non-zero 4 MiB ranges.
+    let writes = arm.state.lock().unwrap().page_writes.clone();
+    let mut ranges: Vec<String> = writes.iter().map(|(_, r)| r.clone()).collect();
+    ranges.sort();
+    assert_eq!(
+        ranges,
+        vec![
+            "bytes=0-4194303".to_owned(),
+            // The last 4 MiB range ends with the footer: the blob's end, not padded.
+            format!("bytes=20971520-{}", vhd_bytes - 1),
+            "bytes=4194304-8388607".to_owned(),
+        ],
+        "zero ranges (8..20 MiB) must not travel"
+    );
+    for (length, range) in &writes {
+        assert!(*length <= 4 * MIB && length % 512 == 0, "{length} {range}");
+    }
+    assert_eq!(deployed["upload"]["blocks_uploaded"], 3);
+    assert_eq!(deployed["upload"]["blocks_total"], 6);
+
+    // What ARM saw: the resources in order, tagged, and the token it asked for.
+    let log = requests(&arm);
+    let puts: Vec<String> = log
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.method,
+                r.path.trim_start_matches(&group_path("cvm_testRg"))
+            )
+        })
+        .collect();
+    assert_eq!(
+        puts,
+        vec![
+            "PUT ",
+            "PUT /providers/Microsoft.Compute/disks/cvm-test-osdisk",
+            "POST /providers/Microsoft.Compute/disks/cvm-test-osdisk/beginGetAccess",
+            "POST /providers/Microsoft.Compute/disks/cvm-test-osdisk/endGetAccess",
+            "PUT /providers/Microsoft.Network/networkSecurityGroups/cvm-test-nsg",
+            "PUT /providers/Microsoft.Network/publicIPAddresses/cvm-test-ip",
+            "PUT /providers/Microsoft.Network/virtualNetworks/cvm-test-vnet",
+            "PUT /providers/Microsoft.Network/networkInterfaces/cvm-test-nic",
+            "PUT /providers/Microsoft.Compute/virtualMachines/cvm-test",
+        ]
+    );
+    for put in log.iter().filter(|r| r.method == "PUT") {
+        assert_eq!(put.body["tags"][TAG], "cvm_test", "{}", put.path);
+    }
+    let disk = log
+        .iter()
+        .find(|r| r.method == "PUT" && r.path.ends_with("/disks/cvm-test-osdisk"))
+        .unwrap();
+    assert_eq!(
+        disk.body["properties"]["creationData"],
+        json!({ "createOption": "Upload", "uploadSizeBytes": vhd_bytes })
+    );
+    assert!(log.iter().all(|r| r.query.contains("api-version=")));
+    let tokens = arm.state.lock().unwrap().tokens.clone();
+    assert!(
+        tokens.iter().all(|t| t == "cvm-cli-test-token"),
+        "{tokens:?}"
+    );
+
+    // A resource of the user's in the same group: cleanup must leave it, and so the group.
+    let users = resource_path("cvm_testRg", "Microsoft.Storage/storageAccounts", "users");
+    arm.state.lock().unwrap().resources.insert(
+        users.to_ascii_lowercase(),
+        json!({ "id": users, "type": "Microsoft.Storage/storageAccounts", "tags": { "owner": "me" } }),
+    );
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "cleanup",
+            "--azure",
+            "cvm_test",
+            "--resource_group",
+            "cvm_testRg",
+            "--subscription",
+            SUB,
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        deletes(&arm),
+        vec![
+            "cvm-test",
+            "cvm-test-nic",
+            "cvm-test-ip",
+            "cvm-test-vnet",
+            "cvm-test-nsg",
+            "cvm-test-osdisk"
+        ]
+    );
+    assert!(
+        run.stdout.contains("kept resource group cvm_testRg"),
+        "{}",
+        run.stdout
+    );
+    let left: Vec<String> = arm
+        .state
+        .lock()
+        .unwrap()
+        .resources
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            group_path("cvm_testRg").to_ascii_lowercase(),
+            users.to_ascii_lowercase()
+        ]
+    );
+    assert_eq!(problems(&arm), Vec::<String>::new());
+
+    // Once the user's resource is gone, the group cvm-cli created (tagged) goes too.
+    arm.state
+        .lock()
+        .unwrap()
+        .resources
+        .remove(&users.to_ascii_lowercase());
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "cleanup",
+            "--azure",
+            "cvm_test",
+            "--resource-group",
+            "cvm_testRg",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("deleted resource group cvm_testRg"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm_testRg"));
+    assert!(arm.state.lock().unwrap().resources.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 12);
+    let vhd_bytes = 12 * MIB + 512;
+    let azurite = Azurite::start(true);
+
+    // 1. A resource group of the user's: used, never deleted.
+    let blob = page_blob(&azurite, "disk.vhd", vhd_bytes).await;
+    let arm = arm_server(|arm| {
+        arm.azurite_blob = blob.clone();
+        arm.expected_upload_bytes = vhd_bytes;
+        arm.fail_vm = true;
+        let rg = group_path("cvm_testRg");
+        arm.resources.insert(
+            rg.to_ascii_lowercase(),
+            json!({ "id": rg, "name": "cvm_testRg", "location": "eastus2", "tags": {} }),
+        );
+    })
+    .await;
+    let run = cvm_cli(
+        &arm,
+        true,
+        &["deploy-azure", "--image", raw.to_str().unwrap()],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("OSProvisioningInternalError: test failure in the middle"),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .contains("using the existing resource group cvm_testRg"));
+    // The failed VM is deleted too, then everything else newest first; never the group.
+    assert_eq!(
+        deletes(&arm),
+        vec![
+            "cvm-test",
+            "cvm-test-nic",
+            "cvm-test-vnet",
+            "cvm-test-ip",
+            "cvm-test-nsg",
+            "cvm-test-osdisk"
+        ]
+    );
+    for kind in [
+        "VM",
+        "NIC",
+        "VNet",
+        "public IP",
+        "network security group",
+        "disk",
+    ] {
+        assert!(
+            run.stderr
+                .contains(&format!("  deleted {kind} /subscriptions/")),
+            "{kind}: {}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("deleted resource group"));
+    let left: Vec<String> = arm
+        .state
+        .lock()
+        .unwrap()
+        .resources
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(left, vec![group_path("cvm_testRg").to_ascii_lowercase()]);
+    assert_eq!(problems(&arm), Vec::<String>::new());
+    let tokens = arm.state.lock().unwrap().tokens.clone();
+    assert!(tokens.iter().all(|t| t == "token-from-env"));
+    drop(arm);
+
+    // 2. A group this run created is deleted last; --keep-on-failure keeps everything.
+    for keep in [false, true] {
+        let arm = arm_server(|arm| {
+            arm.azurite_blob = blob.clone();
+            arm.expected_upload_bytes = vhd_bytes;
+            arm.fail_vm = true;
+        })
+        .await;
+        let mut args = vec!["deploy-azure", "--image", raw.to_str().unwrap()];
+        if keep {
+            args.push("--keep_on_failure");
+        }
+        let run = cvm_cli(&arm, true, &args).await;
+        assert!(!run.ok);
+        let remaining = arm.state.lock().unwrap().resources.len();
+        if keep {
+            assert_eq!(deletes(&arm), Vec::<String>::new());
+            assert!(
+                run.stderr.contains("kept what it created"),
+                "{}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains("  kept resource group"),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(remaining, 7);
+        } else {
+            assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm_testRg"));
+            assert!(
+                run.stderr.contains("  deleted resource group"),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(remaining, 0);
+        }
+        assert_eq!(problems(&arm), Vec::<String>::new());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 12);
+    let arm = arm_server(|arm| {
+        arm.expected_upload_bytes = 12 * MIB + 512;
+        arm.fail_page_writes = true;
+    })
+    .await;
+    let run = cvm_cli(
+        &arm,
+        true,
+        &["deploy-azure", "--image", raw.to_str().unwrap()],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("failed 5 times, giving up"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("HTTP 503"), "{}", run.stderr);
+    assert!(run.stderr.contains("ServerBusy"), "{}", run.stderr);
+    let calls: Vec<String> = requests(&arm)
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path.rsplit('/').next().unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            "PUT cvm_testRg",
+            "PUT cvm-test-osdisk",
+            "POST beginGetAccess",
+            "POST endGetAccess",
+            "DELETE cvm-test-osdisk",
+            "DELETE cvm_testRg",
+        ]
+    );
+    assert!(run.stderr.contains("  deleted disk "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("  deleted resource group "),
+        "{}",
+        run.stderr
+    );
+    // No write is left unrevoked and nothing remains.
+    assert_eq!(problems(&arm), Vec::<String>::new());
+    assert!(arm.state.lock().unwrap().resources.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_and_bad_flags_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 4);
+    let arm = arm_server(|_| {}).await;
+    let image = raw.to_str().unwrap();
+
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "deploy-azure",
+            "--image",
+            image,
+            "--dry_run",
+            "--vm_name",
+            "demo_vm",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains("Plan: deploy"), "{}", run.stderr);
+    assert!(run.stderr.contains("Intel TDX"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("resource group demo_vmRg"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Azure names take no '_'"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !dir.path().join("disk.vhd").exists(),
+        "a dry run writes nothing"
+    );
+
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "deploy-azure",
+            "--image",
+            image,
+            "--vm-type",
+            "Standard_D2s_v5",
+        ],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("\"Standard_D2s_v5\" is not a confidential VM size"),
+        "{}",
+        run.stderr
+    );
+
+    let run = cvm_cli(
+        &arm,
+        true,
+        &["deploy-azure", "--image", image, "--region", "east-us"],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("region"), "{}", run.stderr);
+
+    // Not a whole number of MiB: Azure could not take it.
+    let odd = dir.path().join("odd.raw");
+    std::fs::write(&odd, vec![1u8; 4096]).unwrap();
+    let run = cvm_cli(
+        &arm,
+        true,
+        &["deploy-azure", "--image", odd.to_str().unwrap()],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("whole number of MiB"), "{}", run.stderr);
+
+    assert_eq!(requests(&arm).len(), 0, "nothing reached ARM");
+}
+
+/// Upload throughput of a 1 GiB half-empty sparse image into Azurite: the CLI's parallel,
+/// zero-skipping page upload vs a naive sequential upload of every 4 MiB range.
+/// `cargo test -p cvm-cli --test deploy_azure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_upload_1gib_half_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    let file = std::fs::File::create(&raw).unwrap();
+    file.set_len(1 << 30).unwrap();
+    // Data in every other 4 MiB range: half the image.
+    let chunk: Vec<u8> = (0..4 * MIB as usize).map(|i| (i % 251) as u8 | 1).collect();
+    for n in (0..256).step_by(2) {
+        file.write_all_at(&chunk, n * 4 * MIB).unwrap();
+    }
+    let vhd_bytes = (1 << 30) + 512;
+    let azurite = Azurite::start(false);
+
+    // The CLI (SAS straight to Azurite: no proxy in the way), default and one at a time.
+    let mut ours = Vec::new();
+    for parallel in ["16", "1"] {
+        let blob = page_blob(&azurite, &format!("cli-{parallel}.vhd"), vhd_bytes).await;
+        let arm = arm_server(|arm| {
+            arm.azurite_blob = blob.clone();
+            arm.access_sas = blob.clone();
+            arm.expected_upload_bytes = vhd_bytes;
+        })
+        .await;
+        let image = raw.to_str().unwrap();
+        let args = [
+            "deploy-azure",
+            "--image",
+            image,
+            "--json",
+            "--parallel",
+            parallel,
+        ];
+        let started = Instant::now();
+        let run = cvm_cli(&arm, true, &args).await;
+        let cli_seconds = started.elapsed().as_secs_f64();
+        assert!(run.ok, "{}", run.stderr);
+        let deployed: Value = serde_json::from_str(run.stdout.lines().nth(1).unwrap()).unwrap();
+        let upload_seconds = deployed["deployed"]["upload"]["seconds"].as_f64().unwrap();
+        ours.push((parallel, upload_seconds, cli_seconds, blob));
+    }
+
+    // Naive: every 4 MiB range in order, one at a time.
+    let naive_blob = {
+        let http = reqwest::Client::new();
+        let url = format!(
+            "{}?{}",
+            azurite.blob_url("vhds", "naive.vhd"),
+            account_sas()
+        );
+        let response = http
+            .put(&url)
+            .header("x-ms-version", "2021-12-02")
+            .header("x-ms-blob-type", "PageBlob")
+            .header("x-ms-blob-content-length", vhd_bytes.to_string())
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        url
+    };
+    let vhd = dir.path().join("disk.vhd");
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    let file = std::fs::File::open(&vhd).unwrap();
+    let mut offset = 0;
+    while offset < vhd_bytes {
+        let len = (4 * MIB).min(vhd_bytes - offset);
+        let mut data = vec![0u8; len as usize];
+        file.read_exact_at(&mut data, offset).unwrap();
+        let response = http
+            .put(format!("{naive_blob}&comp=page"))
+            .header("x-ms-page-write", "update")
+            .header("x-ms-range", format!("bytes={offset}-{}", offset + len - 1))
+            .header("x-ms-version", "2021-12-02")
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        offset += len;
+    }
+    let naive_seconds = started.elapsed().as_secs_f64();
+    let mib = vhd_bytes as f64 / MIB as f64;
+    for (parallel, upload_seconds, cli_seconds, _) in &ours {
+        eprintln!(
+            "BENCH deploy-azure 1 GiB half-empty into Azurite: cvm-cli --parallel {parallel}: \
+             upload {upload_seconds:.2} s ({:.0} MiB/s of image; whole deploy {cli_seconds:.2} s), \
+             {:.1}x faster than naive",
+            mib / upload_seconds,
+            naive_seconds / upload_seconds
+        );
+    }
+    eprintln!(
+        "BENCH naive sequential upload of every 4 MiB range: {naive_seconds:.2} s ({:.0} MiB/s)",
+        mib / naive_seconds
+    );
+    let naive = hex::encode(Sha256::digest(download(&naive_blob).await));
+    for (_, _, _, blob) in &ours {
+        assert_eq!(hex::encode(Sha256::digest(download(blob).await)), naive);
+    }
+}
