@@ -133,16 +133,33 @@ fn a_changed_config_file_fails_the_workload_check_with_a_readable_diff() {
     );
 }
 
-#[test]
-fn gcp_and_aws_snp_verify_with_the_named_test_root_only() {
-    let events = workload_events(None);
+/// A TEST-ONLY SNP signer as the TEE, and the root that must be named to trust it.
+fn snp_backend() -> (TestSnpBackend, TrustedRoot) {
     let signer = SnpTestSigner::new().unwrap();
     let root = test_root(&signer);
-    let mut tee = TestSnpBackend {
+    let tee = TestSnpBackend {
         signer,
         measurement: MEASUREMENT,
         policy: POLICY,
     };
+    (tee, root)
+}
+
+/// Golden SNP values that allow the test signer's measurement at VMPL 0.
+fn golden_snp() -> GoldenSnp {
+    GoldenSnp {
+        measurements: vec![cvm_attestation::Sha384Digest(MEASUREMENT)],
+        minimum_tcb: None,
+        allow_debug: false,
+        allow_migration_agent: false,
+        vmpls: vec![0],
+    }
+}
+
+#[test]
+fn gcp_and_aws_snp_verify_with_the_named_test_root_only() {
+    let events = workload_events(None);
+    let (mut tee, root) = snp_backend();
     for cloud in [Cloud::Gcp, Cloud::Aws] {
         let mut vm = Vm::boot(events.clone(), None, false);
         let evidence = vm.evidence(&mut tee, cloud, NONCE);
@@ -276,26 +293,11 @@ fn azure_snp_takes_the_ak_from_var_data_bound_by_the_report() {
 #[test]
 fn the_tls_key_is_bound_by_quote_and_report() {
     let events = workload_events(None);
-    let signer = SnpTestSigner::new().unwrap();
-    let root = test_root(&signer);
-    let mut tee = TestSnpBackend {
-        signer,
-        measurement: MEASUREMENT,
-        policy: POLICY,
-    };
+    let (mut tee, root) = snp_backend();
     let agent_key = [0x11; 32];
     let mut vm = Vm::boot(events.clone(), None, false);
     let evidence = vm.evidence_with_tls(&mut tee, Cloud::Gcp, NONCE, Some(agent_key));
-    let golden = golden(
-        events,
-        Some(GoldenSnp {
-            measurements: vec![cvm_attestation::Sha384Digest(MEASUREMENT)],
-            minimum_tcb: None,
-            allow_debug: false,
-            allow_migration_agent: false,
-            vmpls: vec![0],
-        }),
-    );
+    let golden = golden(events, Some(golden_snp()));
     let options = |key: Option<[u8; 32]>| {
         let mut options = VerifyOptions::now()
             .with_nonce(NONCE)
