@@ -7,7 +7,7 @@
 
 use super::blocks::{self, Block, UploadSettings, UploadStats};
 use super::ec2::{Ec2, Params};
-use super::plan::{Deployed, Plan, Resource};
+use super::plan::{delete_found, report_kept, verify_command, Deployed, Plan, Resource};
 use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use aws_sdk_ebs::primitives::ByteStream;
@@ -158,10 +158,8 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
                 deployment: name.clone(),
                 region: args.region.clone(),
                 vm_type: args.vm_type.clone(),
-                verify_command: format!(
-                    "cvm-cli verify --host {address}:8000 --golden golden.json"
-                ),
-                cleanup_command: format!("cvm-cli cleanup --aws {name} --region {}", args.region),
+                verify_command: verify_command(&address),
+                cleanup_command: cleanup_command(name, &args.region),
                 address,
                 resources: created,
                 upload,
@@ -174,14 +172,7 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
                 return Err(error);
             }
             if args.options.keep_on_failure {
-                eprintln!("deploy failed; kept what it created (--keep-on-failure):");
-                for resource in &created {
-                    eprintln!("  {} {}", resource.kind, resource.id);
-                }
-                eprintln!(
-                    "remove it with: cvm-cli cleanup --aws {name} --region {}",
-                    args.region
-                );
+                report_kept(&created, &cleanup_command(name, &args.region));
             } else {
                 eprintln!("deploy failed; deleting what it created:");
                 delete_all(&ec2, &created, args.options.wait_seconds).await;
@@ -508,6 +499,10 @@ async fn delete(ec2: &Ec2, resource: &Resource, wait_seconds: u64) -> Result<()>
     }
 }
 
+fn cleanup_command(name: &str, region: &str) -> String {
+    format!("cvm-cli cleanup --aws {name} --region {region}")
+}
+
 /// `cvm-cli cleanup --aws NAME`: finds the deployment's resources by tag and deletes them.
 pub fn cleanup(name: &str, region: &str, dry_run: bool) -> Result<()> {
     check_deployment_name(name)?;
@@ -516,35 +511,12 @@ pub fn cleanup(name: &str, region: &str, dry_run: bool) -> Result<()> {
         check_credentials(&config).await?;
         let ec2 = Ec2::new(&config)?;
         let resources = tagged_resources(&ec2, name).await?;
-        if resources.is_empty() {
-            println!("nothing tagged {DEPLOYMENT_TAG}={name} in {region}");
-            return Ok(());
-        }
-        if dry_run {
-            println!("would delete (tagged {DEPLOYMENT_TAG}={name}):");
-            for resource in &resources {
-                println!("  {} {}", resource.kind, resource.id);
-            }
-            return Ok(());
-        }
-        println!("deleting what is tagged {DEPLOYMENT_TAG}={name} in {region}:");
-        let mut failed = 0;
-        for resource in resources.iter().rev() {
-            match delete(&ec2, resource, 600).await {
-                Ok(()) => println!("  deleted {} {}", resource.kind, resource.id),
-                Err(error) => {
-                    failed += 1;
-                    println!(
-                        "  could not delete {} {}: {error:#}",
-                        resource.kind, resource.id
-                    )
-                }
-            }
-        }
-        if failed > 0 {
-            bail!("{failed} resource(s) could not be deleted");
-        }
-        Ok(())
+        let what = format!("tagged {DEPLOYMENT_TAG}={name} in {region}");
+        let ec2 = &ec2;
+        delete_found(&resources, &what, dry_run, |resource| async move {
+            delete(ec2, &resource, 600).await
+        })
+        .await
     })
 }
 

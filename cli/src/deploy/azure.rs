@@ -16,7 +16,7 @@
 
 use super::arm::{self, Arm, ArmResource, API_DISKS, API_NETWORK, API_RESOURCES, API_VMS};
 use super::blocks::{self, Block, UploadSettings, UploadStats};
-use super::plan::{Deployed, Plan, Resource};
+use super::plan::{report_kept, verify_command, Deployed, Plan, Resource};
 use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -351,9 +351,7 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
                 deployment: args.vm_name.clone(),
                 region,
                 vm_type: args.vm_type.clone(),
-                verify_command: format!(
-                    "cvm-cli verify --host {address}:8000 --golden golden.json"
-                ),
+                verify_command: verify_command(&address),
                 cleanup_command: cleanup_command(&names, &arm.subscription),
                 address,
                 resources: created,
@@ -368,14 +366,7 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
                 return Err(error);
             }
             if args.options.keep_on_failure {
-                eprintln!("deploy failed; kept what it created (--keep-on-failure):");
-                for resource in &created {
-                    eprintln!("  kept {} {}", resource.kind, resource.id);
-                }
-                eprintln!(
-                    "remove it with: {}",
-                    cleanup_command(&names, &arm.subscription)
-                );
+                report_kept(&created, &cleanup_command(&names, &arm.subscription));
             } else {
                 eprintln!("deploy failed ({error}); deleting what it created, newest first:");
                 let limit = lro_limit(&args.options);

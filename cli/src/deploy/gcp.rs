@@ -9,7 +9,7 @@
 
 use super::blocks::UploadStats;
 use super::gce::{self, Compute, Endpoints, Firewall, Gcp, Image, Instance};
-use super::plan::{Deployed, Plan, Resource};
+use super::plan::{delete_found, report_kept, verify_command, Deployed, Plan, Resource};
 use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -786,9 +786,7 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
                 deployment: name.clone(),
                 region: args.region.clone(),
                 vm_type: args.vm_type.clone(),
-                verify_command: format!(
-                    "cvm-cli verify --host {address}:8000 --golden golden.json"
-                ),
+                verify_command: verify_command(&address),
                 cleanup_command: cleanup_command(
                     name,
                     &args.project_id,
@@ -808,13 +806,9 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
             }
             eprintln!("error: {error:#}");
             if args.options.keep_on_failure {
-                eprintln!("deploy failed; kept what it created (--keep-on-failure):");
-                for resource in &created {
-                    eprintln!("  kept {} {}", resource.kind, resource.id);
-                }
-                eprintln!(
-                    "remove it with: {}",
-                    cleanup_command(name, &args.project_id, &args.region, &args.bucket)
+                report_kept(
+                    &created,
+                    &cleanup_command(name, &args.project_id, &args.region, &args.bucket),
                 );
             } else {
                 eprintln!("deploy failed; deleting what it created:");
@@ -1160,35 +1154,14 @@ pub fn cleanup(
             zone: zone.to_owned(),
         };
         let resources = labelled_resources(&compute, name, bucket).await?;
-        if resources.is_empty() {
-            println!("nothing labelled {DEPLOYMENT_TAG}={name} in {project} {zone}");
-            return Ok(());
-        }
-        if dry_run {
-            println!("would delete ({DEPLOYMENT_TAG}={name}):");
-            for resource in &resources {
-                println!("  {} {}", resource.kind, resource.id);
-            }
-            return Ok(());
-        }
-        println!("deleting what is labelled {DEPLOYMENT_TAG}={name} in {project} {zone}:");
-        let mut failed = 0;
-        for resource in resources.iter().rev() {
-            match delete(&compute, resource, Duration::from_secs(600)).await {
-                Ok(_) => println!("  deleted {} {}", resource.kind, resource.id),
-                Err(error) => {
-                    failed += 1;
-                    println!(
-                        "  could not delete {} {}: {error:#}",
-                        resource.kind, resource.id
-                    )
-                }
-            }
-        }
-        if failed > 0 {
-            bail!("{failed} resource(s) could not be deleted");
-        }
-        Ok(())
+        let what = format!("labelled {DEPLOYMENT_TAG}={name} in {project} {zone}");
+        let compute = &compute;
+        delete_found(&resources, &what, dry_run, |resource| async move {
+            delete(compute, &resource, Duration::from_secs(600))
+                .await
+                .map(drop)
+        })
+        .await
     })
 }
 

@@ -86,3 +86,60 @@ impl Deployed {
         println!("Remove it:  {}", self.cleanup_command);
     }
 }
+
+/// The command that attests a deployed VM (agents listen on 8000).
+pub fn verify_command(address: &str) -> String {
+    format!("cvm-cli verify --host {address}:8000 --golden golden.json")
+}
+
+/// After a failed deploy with `--keep-on-failure`: what is left, and how to remove it.
+pub fn report_kept(created: &[Resource], cleanup_command: &str) {
+    eprintln!("deploy failed; kept what it created (--keep-on-failure):");
+    for resource in created {
+        eprintln!("  kept {} {}", resource.kind, resource.id);
+    }
+    eprintln!("remove it with: {cleanup_command}");
+}
+
+/// `cleanup`: prints what a deployment has (or would delete with `dry_run`), deletes it newest
+/// first with `delete`, reports each outcome, and fails when anything is left.
+pub async fn delete_found<F, Fut>(
+    resources: &[Resource],
+    what: &str,
+    dry_run: bool,
+    mut delete: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Resource) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if resources.is_empty() {
+        println!("nothing {what}");
+        return Ok(());
+    }
+    if dry_run {
+        println!("would delete ({what}):");
+        for resource in resources {
+            println!("  {} {}", resource.kind, resource.id);
+        }
+        return Ok(());
+    }
+    println!("deleting what is {what}:");
+    let mut failed = 0;
+    for resource in resources.iter().rev() {
+        match delete(resource.clone()).await {
+            Ok(()) => println!("  deleted {} {}", resource.kind, resource.id),
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "  could not delete {} {}: {error:#}",
+                    resource.kind, resource.id
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} resource(s) could not be deleted");
+    }
+    Ok(())
+}
