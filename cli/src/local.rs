@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
     cvm-cli cleanup --local cvm-local"
 )]
 pub struct DeployLocalArgs {
-    /// The disk image (disk.raw from `cvm-image build`).
-    #[arg(long, default_value = "out/tiny/disk.raw")]
-    image: PathBuf,
+    /// The disk image (disk.raw from `cvm-image build`). Default: the newest `out/*/disk.raw`.
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// Name of the local VM (its state directory).
     #[arg(long, visible_alias = "vm_name", default_value = "cvm-local")]
     name: String,
@@ -147,15 +147,19 @@ fn accel(requested: &str) -> String {
 }
 
 pub fn deploy(args: DeployLocalArgs) -> Result<()> {
-    let image = match args.image.canonicalize() {
+    let requested = match &args.image {
+        Some(image) => image.clone(),
+        None => crate::deploy::newest_build_output(Path::new("out"))?,
+    };
+    let image = match requested.canonicalize() {
         Ok(image) => image,
         // A dry run only describes the plan; the image may not be built yet.
-        Err(_) if args.dry_run => args.image.clone(),
+        Err(_) if args.dry_run => requested.clone(),
         Err(e) => {
             return Err(e).with_context(|| {
                 format!(
                     "disk image {} (build one with `cvm-image build`)",
-                    args.image.display()
+                    requested.display()
                 )
             })
         }

@@ -82,7 +82,7 @@ impl DeployOptions {
 }
 
 /// The most recently written `out/<name>/disk.raw`.
-fn newest_build_output(out: &Path) -> Result<PathBuf> {
+pub fn newest_build_output(out: &Path) -> Result<PathBuf> {
     let entries = std::fs::read_dir(out).with_context(|| {
         format!(
             "no --image given and no build output in {}/ (run `cvm-image build` first)",
