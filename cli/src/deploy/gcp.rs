@@ -9,25 +9,16 @@
 
 use super::blocks::UploadStats;
 use super::gce::{self, Compute, Endpoints, Firewall, Gcp, Image, Instance};
+use super::gcs;
 use super::plan::{delete_found, report_kept, verify_command, Deployed, Plan, Resource};
 use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hyper::body::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const GIB: u64 = 1 << 30;
-/// Resumable upload chunks must be multiples of 256 KiB; larger ones are faster (fewer round
-/// trips, and the emulator copies the whole upload per chunk).
-const CHUNK_BYTES: u64 = 128 * 256 * 1024;
-const UPLOAD_ATTEMPTS: u32 = 5;
-/// Object metadata: the SHA-256 of the disk.raw the tarball holds.
-const DISK_SHA_KEY: &str = "cvm-cli-disk-sha256";
 
 #[derive(Debug, Args)]
 #[command(
@@ -226,7 +217,7 @@ async fn adc_user_token(http: &reqwest::Client) -> Result<Option<String>> {
         ("refresh_token", &adc.refresh_token),
     ]
     .iter()
-    .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+    .map(|(key, value)| format!("{key}={}", gcs::percent_encode(value)))
     .collect::<Vec<_>>()
     .join("&");
     let response = http
@@ -239,479 +230,6 @@ async fn adc_user_token(http: &reqwest::Client) -> Result<Option<String>> {
         .context("refreshing the access token")?;
     let token: Token = gce::json(response, "refreshing the access token").await?;
     Ok(Some(token.access_token))
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
-/// Where the tarball's bytes come from: the builder's file, or `tar | gzip` packing the disk
-/// while the upload runs (no temporary tarball: packing and upload overlap).
-struct TarballSource {
-    reader: Box<dyn Read + Send>,
-    /// The packer, whose exit status decides whether the last chunk may complete the object.
-    child: Option<std::process::Child>,
-    /// The size when known in advance (the builder's file).
-    size: Option<u64>,
-    /// A temporary directory with a padded sparse copy of the disk, removed on drop.
-    temp: Option<PathBuf>,
-}
-
-impl Drop for TarballSource {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        drop(TempDir(self.temp.take()));
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// The image's `disk.tar.gz`: the one `cvm-image` wrote beside it when it is current and the disk
-/// is a whole number of GiB (Compute Engine requires that), else packed on the fly like
-/// `cvm-image` does (oldgnu sparse `disk.raw`, `gzip -1 -n`), from a sparse copy padded with
-/// zeros to a whole GiB when needed.
-fn tarball_source(image: &Path) -> Result<TarballSource> {
-    let raw = std::fs::metadata(image)?;
-    let aligned = raw.len() % GIB == 0;
-    let named_raw = image.file_name().and_then(|n| n.to_str()) == Some("disk.raw");
-    let sibling = image.with_file_name("disk.tar.gz");
-    if let (Ok(tar), true, true) = (std::fs::metadata(&sibling), aligned, named_raw) {
-        if tar.modified()? >= raw.modified()? && tar.len() > 0 {
-            step(format!("using {}", sibling.display()));
-            return Ok(TarballSource {
-                reader: Box::new(std::fs::File::open(&sibling)?),
-                child: None,
-                size: Some(tar.len()),
-                temp: None,
-            });
-        }
-    }
-    let mut source = TarballSource {
-        reader: Box::new(std::io::empty()),
-        child: None,
-        size: None,
-        temp: None,
-    };
-    let disk = if aligned && named_raw {
-        image.to_owned()
-    } else {
-        let temp = std::env::temp_dir().join(format!(
-            "cvm-cli-gcp-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|since| since.as_nanos())
-                .unwrap_or_default()
-        ));
-        std::fs::create_dir(&temp).with_context(|| format!("creating {}", temp.display()))?;
-        source.temp = Some(temp.clone());
-        let padded = raw.len().div_ceil(GIB) * GIB;
-        if !aligned {
-            step(format!(
-                "disk is {} bytes; Compute Engine needs whole GiB: packing a sparse copy padded \
-                 with zeros to {} GiB",
-                raw.len(),
-                padded / GIB
-            ));
-        }
-        let copy = temp.join("disk.raw");
-        let status = std::process::Command::new("cp")
-            .arg("--sparse=always")
-            .arg(image)
-            .arg(&copy)
-            .status()
-            .context("running cp")?;
-        if !status.success() {
-            bail!("copying {} failed ({status})", image.display());
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&copy)?
-            .set_len(padded)?;
-        copy
-    };
-    let epoch: u64 = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    step(format!(
-        "packing {} as disk.tar.gz while uploading",
-        image.display()
-    ));
-    // The archive of image_builder::formats::write_gcp_tar, to a pipe instead of a file, and
-    // with the fastest gzip level: on real disks it packs about 2.5 times faster than the
-    // default for about 7 % more bytes, and packing, not the upload, is what takes the time.
-    let mut child = std::process::Command::new("tar")
-        .arg("--format=oldgnu")
-        .arg("--sparse")
-        .arg("--use-compress-program=gzip -1 -n")
-        .arg(format!("--mtime=@{epoch}"))
-        .args(["--owner=0", "--group=0", "--numeric-owner", "--mode=0644"])
-        .args(["-cf", "-", "-C"])
-        .arg(disk.parent().context("disk has no directory")?)
-        .arg("disk.raw")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running tar")?;
-    source.reader = Box::new(child.stdout.take().context("tar's output")?);
-    source.child = Some(child);
-    Ok(source)
-}
-
-/// One chunk of the tarball for the uploader; `last` when the stream ended with it (and the
-/// packer succeeded).
-struct Piece {
-    data: Bytes,
-    last: bool,
-}
-
-/// Reads the tarball in chunks on a thread of its own, so reading (and packing) overlaps the
-/// upload: one chunk waits in the channel while one travels.
-fn read_pieces(
-    mut source: TarballSource,
-    chunk: u64,
-) -> tokio::sync::mpsc::Receiver<Result<Piece>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    std::thread::spawn(move || {
-        let mut carry = None;
-        loop {
-            let piece = next_piece(&mut source, chunk, &mut carry);
-            let more = matches!(piece, Ok(Piece { last: false, .. }));
-            if sender.blocking_send(piece).is_err() || !more {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-fn next_piece(source: &mut TarballSource, chunk: u64, carry: &mut Option<u8>) -> Result<Piece> {
-    let mut data = Vec::with_capacity(chunk as usize);
-    data.extend(carry.take());
-    let want = chunk - data.len() as u64;
-    (&mut source.reader)
-        .take(want)
-        .read_to_end(&mut data)
-        .context("reading the tarball")?;
-    if data.len() as u64 == chunk {
-        // A full chunk is the last one only if nothing follows: look one byte ahead.
-        let mut next = [0u8; 1];
-        let n = loop {
-            match source.reader.read(&mut next) {
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                result => break result.context("reading the tarball")?,
-            }
-        };
-        if n == 1 {
-            *carry = Some(next[0]);
-            return Ok(Piece {
-                data: data.into(),
-                last: false,
-            });
-        }
-    }
-    if let Some(mut child) = source.child.take() {
-        let status = child.wait().context("waiting for tar")?;
-        if !status.success() {
-            bail!("packing disk.tar.gz failed: tar {status}");
-        }
-    }
-    Ok(Piece {
-        data: data.into(),
-        last: true,
-    })
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// A Cloud Storage object's metadata (the fields we use).
-#[derive(Debug, Deserialize)]
-pub struct StorageObject {
-    pub name: String,
-    #[serde(default)]
-    pub size: Option<String>,
-    #[serde(default)]
-    pub metadata: std::collections::BTreeMap<String, String>,
-}
-
-/// `{storage}/storage/v1/b/{bucket}/o/{object}` (bucket and object names are checked).
-fn object_url(gcp: &Gcp, bucket: &str, object: &str) -> String {
-    format!(
-        "{}/storage/v1/b/{bucket}/o/{}",
-        gcp.storage,
-        percent_encode(object)
-    )
-}
-
-/// The object URL Compute Engine reads the image from.
-fn public_object_url(bucket: &str, object: &str) -> String {
-    format!("https://storage.googleapis.com/{bucket}/{object}")
-}
-
-/// The upload chunk: `CHUNK_BYTES`, or `CVM_GCP_UPLOAD_CHUNK_KIB` (a multiple of 256; tests use
-/// small chunks to exercise many of them).
-fn chunk_bytes() -> u64 {
-    std::env::var("CVM_GCP_UPLOAD_CHUNK_KIB")
-        .ok()
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .filter(|kib| *kib > 0 && kib % 256 == 0 && *kib <= 1 << 20)
-        .map_or(CHUNK_BYTES, |kib| kib * 1024)
-}
-
-/// Resumable upload in chunks of `chunk_bytes()` while the tarball is read or packed; the total
-/// is sent with the last chunk. An interrupted chunk is resumed from the offset the service
-/// reports.
-async fn upload_object(
-    gcp: &Gcp,
-    bucket: &str,
-    object: &str,
-    deployment: &str,
-    disk_sha256: &str,
-    mut source: TarballSource,
-    progress: bool,
-) -> Result<UploadStats> {
-    let started = Instant::now();
-    // Removed when the upload ends, whichever way (the reader thread may outlive a failure;
-    // tar can go on reading the unlinked copy).
-    let _temp = TempDir(source.temp.take());
-    let chunk_bytes = chunk_bytes();
-    let url = reqwest::Url::parse_with_params(
-        &format!("{}/upload/storage/v1/b/{bucket}/o", gcp.storage),
-        &[("uploadType", "resumable"), ("name", object)],
-    )?;
-    let mut request = gcp
-        .request(reqwest::Method::POST, url.as_str())
-        .header("X-Upload-Content-Type", "application/gzip")
-        .timeout(Duration::from_secs(120));
-    if let Some(size) = source.size {
-        request = request.header("X-Upload-Content-Length", size.to_string());
-    }
-    let response = request
-        .json(&json!({
-            "name": object,
-            "contentType": "application/gzip",
-            "metadata": { DEPLOYMENT_TAG: deployment, DISK_SHA_KEY: disk_sha256 },
-        }))
-        .send()
-        .await
-        .context("starting the resumable upload")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = gce::read_limited(response, 1 << 20)
-            .await
-            .unwrap_or_default();
-        bail!(
-            "starting the upload to gs://{bucket}: HTTP {status}: {}",
-            gce::error_message(&body)
-        );
-    }
-    let session = response
-        .headers()
-        .get("location")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| value.len() < 8192)
-        .and_then(|value| reqwest::Url::parse(value).ok())
-        .filter(|url| matches!(url.scheme(), "http" | "https"))
-        .context("the upload session has no Location")?;
-
-    let bar = match (progress, source.size) {
-        (false, _) => indicatif::ProgressBar::hidden(),
-        (true, Some(size)) => indicatif::ProgressBar::new(size).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        ),
-        (true, None) => indicatif::ProgressBar::no_length().with_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        ),
-    };
-    let put = |range: String, body: Bytes| {
-        gcp.request(reqwest::Method::PUT, session.as_str())
-            .header("Content-Range", range)
-            .timeout(Duration::from_secs(600))
-            .body(body)
-            .send()
-    };
-    let mut pieces = read_pieces(source, chunk_bytes);
-    let mut start = 0u64;
-    let mut sent = 0u64;
-    let mut tarball_bytes;
-    let done = 'pieces: loop {
-        let piece = pieces
-            .recv()
-            .await
-            .context("the tarball reader stopped")??;
-        let end = start + piece.data.len() as u64;
-        tarball_bytes = end;
-        let total = if piece.last {
-            end.to_string()
-        } else {
-            "*".to_owned()
-        };
-        let mut offset = start;
-        let mut failures = 0u32;
-        loop {
-            let result = if offset < end {
-                sent += end - offset;
-                let body = piece.data.slice((offset - start) as usize..);
-                put(format!("bytes {offset}-{}/{total}", end - 1), body).await
-            } else {
-                // Nothing left of this chunk: complete the object (last) or ask the status.
-                put(format!("bytes */{total}"), Bytes::new()).await
-            };
-            let failure = match result {
-                Ok(response) if response.status().is_success() => {
-                    if !piece.last {
-                        bail!("gs://{bucket}/{object} was completed before its end");
-                    }
-                    break 'pieces gce::json::<StorageObject>(response, "finishing the upload")
-                        .await?;
-                }
-                Ok(response) if response.status().as_u16() == 308 => {
-                    let persisted = persisted(&response)?;
-                    if persisted < start || persisted > end {
-                        bail!("the upload service reports {persisted} bytes, expected {start} to {end}");
-                    }
-                    offset = persisted;
-                    bar.set_position(offset);
-                    if offset == end && !piece.last {
-                        break;
-                    }
-                    failures = 0;
-                    continue;
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let body = gce::read_limited(response, 1 << 20)
-                        .await
-                        .unwrap_or_default();
-                    let text = format!("HTTP {status}: {}", gce::error_message(&body));
-                    if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
-                        bail!("uploading to gs://{bucket}/{object}: {text}");
-                    }
-                    text
-                }
-                Err(error) => error.to_string(),
-            };
-            failures += 1;
-            if failures >= UPLOAD_ATTEMPTS {
-                bail!("uploading to gs://{bucket}/{object} failed {failures} times: {failure}");
-            }
-            step(format!("upload interrupted ({failure}); resuming"));
-            tokio::time::sleep(Duration::from_millis(500 << failures)).await;
-            // Ask how far it got; the next round sends the rest of the chunk.
-            if let Ok(response) = put(format!("bytes */{total}"), Bytes::new()).await {
-                if response.status().is_success() && piece.last {
-                    break 'pieces gce::json::<StorageObject>(response, "finishing the upload")
-                        .await?;
-                }
-                if response.status().as_u16() == 308 {
-                    offset = persisted(&response)?.clamp(start, end);
-                }
-            }
-        }
-        start = end;
-    };
-    bar.finish_and_clear();
-    let size = done
-        .size
-        .as_deref()
-        .and_then(|size| size.parse::<u64>().ok());
-    if size != Some(tarball_bytes) {
-        bail!(
-            "gs://{bucket}/{object} has {size:?} bytes after the upload, expected {tarball_bytes}"
-        );
-    }
-    Ok(UploadStats {
-        image_bytes: tarball_bytes,
-        block_bytes: chunk_bytes,
-        blocks_total: tarball_bytes.div_ceil(chunk_bytes),
-        blocks_uploaded: sent.div_ceil(chunk_bytes),
-        bytes_uploaded: sent,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// The next offset from a 308's `Range: bytes=0-N` (none: nothing persisted).
-fn persisted(response: &reqwest::Response) -> Result<u64> {
-    let Some(range) = response.headers().get("range") else {
-        return Ok(0);
-    };
-    let last = range
-        .to_str()
-        .ok()
-        .and_then(|range| range.strip_prefix("bytes=0-"))
-        .and_then(|last| last.parse::<u64>().ok())
-        .context("unexpected Range in the upload status")?;
-    Ok(last + 1)
-}
-
-/// Whether the object exists.
-async fn object_exists(gcp: &Gcp, bucket: &str, object: &str) -> Result<Option<StorageObject>> {
-    let response = gcp
-        .request(reqwest::Method::GET, &object_url(gcp, bucket, object))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .context("looking up the object")?;
-    if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    gce::json(response, "looking up the object").await.map(Some)
-}
-
-async fn delete_object(gcp: &Gcp, bucket: &str, object: &str) -> Result<bool> {
-    let response = gcp
-        .request(reqwest::Method::DELETE, &object_url(gcp, bucket, object))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .context("deleting the object")?;
-    let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(false);
-    }
-    if !status.is_success() {
-        let body = gce::read_limited(response, 1 << 20)
-            .await
-            .unwrap_or_default();
-        bail!("HTTP {status}: {}", gce::error_message(&body));
-    }
-    Ok(true)
 }
 
 fn firewall_name(name: &str) -> String {
@@ -742,7 +260,7 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
             format!(
                 "upload disk.tar.gz to gs://{}/{name}-<sha256>.tar.gz (resumable, {} MiB chunks)",
                 args.bucket,
-                chunk_bytes() >> 20
+                gcs::chunk_bytes() >> 20
             ),
             format!(
                 "image {name}-<sha256> in project {} (UEFI_COMPATIBLE, GVNIC, SEV_SNP_CAPABLE, \
@@ -848,14 +366,14 @@ async fn create_everything(
     // Named by the disk's content: a deploy of the same disk again (after a failure kept with
     // --keep-on-failure, or for a second VM) finds the finished upload and skips packing too.
     let image_path = image.to_owned();
-    let digest = tokio::task::spawn_blocking(move || sha256_file(&image_path)).await??;
+    let digest = tokio::task::spawn_blocking(move || gcs::sha256_file(&image_path)).await??;
     let short = &digest[..12];
     let object = format!("{name}-{short}.tar.gz");
 
-    let upload = match object_exists(gcp, bucket, &object).await? {
+    let upload = match gcs::object_exists(gcp, bucket, &object).await? {
         Some(existing)
             if existing.metadata.get(DEPLOYMENT_TAG) == Some(name)
-                && existing.metadata.get(DISK_SHA_KEY) == Some(&digest) =>
+                && existing.metadata.get(gcs::DISK_SHA_KEY) == Some(&digest) =>
         {
             step(format!(
                 "gs://{bucket}/{object} is already there (same disk): not uploading again"
@@ -864,7 +382,8 @@ async fn create_everything(
         }
         _ => {
             let image_path = image.to_owned();
-            let source = tokio::task::spawn_blocking(move || tarball_source(&image_path)).await??;
+            let source =
+                tokio::task::spawn_blocking(move || gcs::tarball_source(&image_path)).await??;
             step(format!("uploading disk.tar.gz to gs://{bucket}/{object}"));
             created.push(Resource {
                 kind: "object",
@@ -872,7 +391,7 @@ async fn create_everything(
             });
             let progress = !args.options.json && std::io::stderr().is_terminal();
             let stats =
-                upload_object(gcp, bucket, &object, name, &digest, source, progress).await?;
+                gcs::upload_object(gcp, bucket, &object, name, &digest, source, progress).await?;
             step(format!(
                 "uploaded {} MiB in {:.1} s",
                 stats.bytes_uploaded >> 20,
@@ -887,7 +406,7 @@ async fn create_everything(
     let body = json!({
         "name": image_name,
         "description": format!("{DEPLOYMENT_TAG}={name}: disk from gs://{bucket}/{object}"),
-        "rawDisk": { "source": public_object_url(bucket, &object) },
+        "rawDisk": { "source": gcs::public_object_url(bucket, &object) },
         "guestOsFeatures": [
             { "type": "UEFI_COMPATIBLE" },
             { "type": "GVNIC" },
@@ -1126,7 +645,7 @@ async fn delete(compute: &Compute<'_>, resource: &Resource, wait: Duration) -> R
                 .strip_prefix("gs://")
                 .and_then(|rest| rest.split_once('/'))
                 .context("not a gs:// URL")?;
-            delete_object(compute.gcp, bucket, object).await
+            gcs::delete_object(compute.gcp, bucket, object).await
         }
         other => bail!("unknown resource kind {other}"),
     }
@@ -1207,7 +726,7 @@ async fn labelled_resources(
             && object.ends_with(".tar.gz")
             && gce::check_path_segment(&bucket, "bucket").is_ok()
             && matches!(
-                object_exists(gcp, &bucket, &object).await?,
+                gcs::object_exists(gcp, &bucket, &object).await?,
                 Some(found) if found.metadata.get(DEPLOYMENT_TAG).map(String::as_str) == Some(name)
             );
         if ours {
@@ -1267,7 +786,7 @@ async fn list_objects(gcp: &Gcp, bucket: &str, prefix: &str) -> Result<Vec<Strin
     #[derive(Deserialize)]
     struct Objects {
         #[serde(default)]
-        items: Vec<StorageObject>,
+        items: Vec<gcs::StorageObject>,
     }
     let url = reqwest::Url::parse_with_params(
         &format!("{}/storage/v1/b/{bucket}/o", gcp.storage),
@@ -1321,7 +840,7 @@ mod tests {
 
     #[test]
     fn percent_encoding() {
-        assert_eq!(percent_encode("a-b_c.d~"), "a-b_c.d~");
-        assert_eq!(percent_encode("1//x+y"), "1%2F%2Fx%2By");
+        assert_eq!(gcs::percent_encode("a-b_c.d~"), "a-b_c.d~");
+        assert_eq!(gcs::percent_encode("1//x+y"), "1%2F%2Fx%2By");
     }
 }

@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod ec2;
 pub mod gce;
 pub mod gcp;
+pub mod gcs;
 pub mod plan;
 
 use anyhow::{bail, Context, Result};
