@@ -97,6 +97,7 @@ pub async fn request(
         let tcp = tokio::net::TcpStream::connect(&authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
+        let _ = tcp.set_nodelay(true);
         if !tls {
             let (status, body) = exchange(tcp, request, limit).await?;
             return Ok(Response {
