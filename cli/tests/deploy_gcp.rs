@@ -1064,3 +1064,48 @@ fn interrupted_upload_resumes_from_the_persisted_offset() {
     assert_eq!(objects.len(), 1);
     assert_eq!(sha256(&unpack(&clouds.download(&objects[0]))), expected);
 }
+
+/// The attestation gate: with --golden a deploy is done only when the VM's agent answers and
+/// verifies. An agent that never answers fails the deploy; the VM is kept for inspection and the
+/// output says how to remove it.
+#[test]
+fn the_attestation_gate_fails_a_deploy_whose_agent_never_answers() {
+    let clouds = Clouds::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    sparse_disk(&disk, GIB, &noise(1 << 20, 3));
+    let golden = dir.path().join("golden.json");
+    std::fs::write(&golden, r#"{"version": 1}"#).unwrap();
+    let output = clouds.run(
+        dir.path(),
+        &[
+            "deploy-gcp",
+            "--vm-name",
+            "gated",
+            "--project-id",
+            PROJECT,
+            "--bucket",
+            BUCKET,
+            "--image",
+            disk.to_str().unwrap(),
+            "--golden",
+            golden.to_str().unwrap(),
+            "--gate-seconds",
+            "1",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let said = text(&output);
+    assert!(
+        said.contains(&format!("Deployed gated on gcp {ZONE}: {NAT_IP}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "attestation gate: the agent at {NAT_IP}:8000 did not answer"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("cvm-cli cleanup --gcp gated"), "{said}");
+    assert!(clouds.gce.state().instances.contains_key("gated"));
+}

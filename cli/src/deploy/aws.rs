@@ -152,21 +152,18 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
     let ebs = aws_sdk_ebs::Client::new(&config);
     let mut created = Vec::new();
     match create_everything(&args, &image, &ec2, &ebs, &mut created).await {
-        Ok((address, upload)) => {
-            Deployed {
-                cloud: "aws",
-                deployment: name.clone(),
-                region: args.region.clone(),
-                vm_type: args.vm_type.clone(),
-                verify_command: verify_command(&address),
-                cleanup_command: cleanup_command(name, &args.region),
-                address,
-                resources: created,
-                upload,
-            }
-            .print(args.options.json);
-            Ok(())
+        Ok((address, upload)) => Deployed {
+            cloud: "aws",
+            deployment: name.clone(),
+            region: args.region.clone(),
+            vm_type: args.vm_type.clone(),
+            verify_command: verify_command(&address),
+            cleanup_command: cleanup_command(name, &args.region),
+            address,
+            resources: created,
+            upload,
         }
+        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
                 return Err(error);

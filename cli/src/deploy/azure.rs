@@ -345,21 +345,18 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
     let arm = Arm::connect(args.subscription.as_deref()).await?;
     let mut created: Vec<Resource> = Vec::new();
     match create_everything(&args, &arm, &names, &region, &vhd, &mut created).await {
-        Ok((address, upload)) => {
-            Deployed {
-                cloud: "azure",
-                deployment: args.vm_name.clone(),
-                region,
-                vm_type: args.vm_type.clone(),
-                verify_command: verify_command(&address),
-                cleanup_command: cleanup_command(&names, &arm.subscription),
-                address,
-                resources: created,
-                upload,
-            }
-            .print(args.options.json);
-            Ok(())
+        Ok((address, upload)) => Deployed {
+            cloud: "azure",
+            deployment: args.vm_name.clone(),
+            region,
+            vm_type: args.vm_type.clone(),
+            verify_command: verify_command(&address),
+            cleanup_command: cleanup_command(&names, &arm.subscription),
+            address,
+            resources: created,
+            upload,
         }
+        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
                 eprintln!("deploy failed; it had created nothing");

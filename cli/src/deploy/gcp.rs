@@ -298,26 +298,18 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
     };
     let mut created = Vec::new();
     match create_everything(&args, tee, &image, &compute, &mut created).await {
-        Ok((address, upload)) => {
-            Deployed {
-                cloud: "gcp",
-                deployment: name.clone(),
-                region: args.region.clone(),
-                vm_type: args.vm_type.clone(),
-                verify_command: verify_command(&address),
-                cleanup_command: cleanup_command(
-                    name,
-                    &args.project_id,
-                    &args.region,
-                    &args.bucket,
-                ),
-                address,
-                resources: created,
-                upload,
-            }
-            .print(args.options.json);
-            Ok(())
+        Ok((address, upload)) => Deployed {
+            cloud: "gcp",
+            deployment: name.clone(),
+            region: args.region.clone(),
+            vm_type: args.vm_type.clone(),
+            verify_command: verify_command(&address),
+            cleanup_command: cleanup_command(name, &args.project_id, &args.region, &args.bucket),
+            address,
+            resources: created,
+            upload,
         }
+        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
                 return Err(error);

@@ -53,6 +53,66 @@ pub struct DeployOptions {
     /// How long to wait for the VM to get its address.
     #[arg(long, default_value_t = 600)]
     pub wait_seconds: u64,
+    /// Attestation gate: once the VM has its address, wait for its agent and verify it against
+    /// these golden values (`cvm-cli golden`); the deploy fails unless every check passes (the
+    /// VM is then kept for inspection, and the cleanup command printed).
+    #[arg(long, value_name = "GOLDEN.json")]
+    pub golden: Option<PathBuf>,
+    /// How long the attestation gate waits for the agent to answer.
+    #[arg(long, default_value_t = 900, requires = "golden")]
+    pub gate_seconds: u64,
+}
+
+/// The attestation gate (see `DeployOptions::golden`).
+pub fn attestation_gate(
+    address: &str,
+    golden: &Path,
+    limit: std::time::Duration,
+    json: bool,
+    cleanup: &str,
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let host = format!("{address}:{AGENT_PORT}");
+    step(format!(
+        "attestation gate: waiting for the agent at https://{host} (up to {} s)",
+        limit.as_secs()
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("https://{host}/health");
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = runtime.block_on(crate::http::send(
+            "GET",
+            &url,
+            &[],
+            Vec::new(),
+            1 << 16,
+            Duration::from_secs(5),
+        ));
+        if matches!(answer, Ok((200, _))) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "attestation gate: the agent at {host} did not answer within {} s; the VM is \
+                 kept (remove it with: {cleanup})",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let verdict = crate::verify::verify_host(&host, golden, None, json)?;
+    if !verdict.verified {
+        bail!(
+            "attestation gate: the VM does not verify against {}; it is kept for inspection \
+             (remove it with: {cleanup})",
+            golden.display()
+        );
+    }
+    step("attestation gate: the VM verified against the golden values");
+    Ok(())
 }
 
 impl DeployOptions {
@@ -135,6 +195,8 @@ mod tests {
             parallel: 1,
             keep_on_failure: false,
             wait_seconds: 1,
+            golden: None,
+            gate_seconds: 1,
         };
         assert_eq!(options.ports(), vec![8000, 443, 80]);
     }

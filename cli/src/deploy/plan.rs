@@ -70,6 +70,26 @@ pub struct Deployed {
 }
 
 impl Deployed {
+    /// Prints the result, then, with `--golden`, runs the attestation gate: the deploy succeeds
+    /// only when the new VM's agent answers and verifies against the golden values.
+    pub fn finish(self, options: &super::DeployOptions) -> anyhow::Result<()> {
+        self.print(options.json);
+        let Some(golden) = options.golden.clone() else {
+            return Ok(());
+        };
+        let (address, cleanup) = (self.address.clone(), self.cleanup_command.clone());
+        let (limit, json) = (
+            std::time::Duration::from_secs(options.gate_seconds),
+            options.json,
+        );
+        // Its own thread: the gate runs its own runtime, and this is called from async code.
+        std::thread::spawn(move || {
+            super::attestation_gate(&address, &golden, limit, json, &cleanup)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attestation gate failed unexpectedly"))?
+    }
+
     pub fn print(&self, json: bool) {
         if json {
             println!("{}", serde_json::json!({ "deployed": self }));
