@@ -129,6 +129,38 @@ pub async fn request(
         .with_context(|| format!("{method} {url}"))
 }
 
+/// Polls `url` every 2 s until it answers 200 (true), or `still_waiting` fails, or `limit`
+/// passes (false). `still_waiting` gets the seconds waited so far, to check on the VM or show
+/// progress.
+pub fn wait_for_ok(
+    url: &str,
+    limit: Duration,
+    mut still_waiting: impl FnMut(u64) -> Result<()>,
+) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    loop {
+        let answer = runtime.block_on(send(
+            "GET",
+            url,
+            &[],
+            Vec::new(),
+            1 << 16,
+            Duration::from_secs(5),
+        ));
+        if matches!(answer, Ok((200, _))) {
+            return Ok(true);
+        }
+        if started.elapsed() >= limit {
+            return Ok(false);
+        }
+        still_waiting(started.elapsed().as_secs())?;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// TLS 1.3 without CA verification (see the module doc); the stream and the server key's hash.
 async fn tls_connect(
     tcp: tokio::net::TcpStream,

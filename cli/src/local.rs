@@ -316,36 +316,23 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     step("waiting for the agent");
     let url = format!("https://127.0.0.1:{}/health", args.port);
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    loop {
-        let answered = runtime.block_on(crate::http::send(
-            "GET",
-            &url,
-            &[],
-            Vec::new(),
-            1 << 16,
-            Duration::from_secs(5),
-        ));
-        if let Ok((200, _)) = answered {
-            break;
-        }
-        if !pid_alive(&dir.join("qemu.pid")) {
-            bail!(
-                "the VM stopped before the agent answered. Last console lines:\n{}",
-                tail(&serial, 25)
-            );
-        }
-        if started.elapsed() > Duration::from_secs(args.wait_seconds) {
-            bail!(
-                "no answer from the agent after {} s. Last console lines:\n{}",
-                args.wait_seconds,
-                tail(&serial, 25)
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        eprint!("\r  {} s", started.elapsed().as_secs());
+    let answered =
+        crate::http::wait_for_ok(&url, Duration::from_secs(args.wait_seconds), |seconds| {
+            if !pid_alive(&dir.join("qemu.pid")) {
+                bail!(
+                    "the VM stopped before the agent answered. Last console lines:\n{}",
+                    tail(&serial, 25)
+                );
+            }
+            eprint!("\r  {seconds} s");
+            Ok(())
+        })?;
+    if !answered {
+        bail!(
+            "no answer from the agent after {} s. Last console lines:\n{}",
+            args.wait_seconds,
+            tail(&serial, 25)
+        );
     }
     eprintln!();
     println!(

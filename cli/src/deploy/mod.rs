@@ -71,37 +71,18 @@ pub fn attestation_gate(
     json: bool,
     cleanup: &str,
 ) -> Result<()> {
-    use std::time::{Duration, Instant};
     let host = format!("{address}:{AGENT_PORT}");
     step(format!(
         "attestation gate: waiting for the agent at https://{host} (up to {} s)",
         limit.as_secs()
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!("https://{host}/health");
-    let deadline = Instant::now() + limit;
-    loop {
-        let answer = runtime.block_on(crate::http::send(
-            "GET",
-            &url,
-            &[],
-            Vec::new(),
-            1 << 16,
-            Duration::from_secs(5),
-        ));
-        if matches!(answer, Ok((200, _))) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "attestation gate: the agent at {host} did not answer within {} s; the VM is \
-                 kept (remove it with: {cleanup})",
-                limit.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
+    if !crate::http::wait_for_ok(&url, limit, |_| Ok(()))? {
+        bail!(
+            "attestation gate: the agent at {host} did not answer within {} s; the VM is \
+             kept (remove it with: {cleanup})",
+            limit.as_secs()
+        );
     }
     let verdict = crate::verify::verify_host(&host, golden, None, json)?;
     if !verdict.verified {
