@@ -6,6 +6,8 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
+mod mutation;
+
 use cvm_attestation::azure::{ak_from_var_data, HclReport};
 use cvm_attestation::encoding::{decode_base64, encode_base64};
 use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
@@ -13,6 +15,7 @@ use cvm_attestation::snp::{amd_extensions, SnpReport};
 use cvm_attestation::tpm::{AkPublic, Quote, QuoteSignature};
 use cvm_attestation::workload::{archived_images, Compose, WorkloadEvent, WorkloadLog};
 use cvm_attestation::{verify, Evidence, GoldenMeasurement};
+use mutation::{cases, mutation};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::BTreeMap;
@@ -236,70 +239,6 @@ services:
             fixtures,
         }
     })
-}
-
-/// 256 cases per property; `PARSER_CASES=N` runs more when hunting.
-fn cases() -> u32 {
-    std::env::var("PARSER_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(256)
-}
-
-/// How to damage a real input: byte overwrites, bit flips, a truncation, and/or inserted bytes.
-#[derive(Debug, Clone)]
-struct Mutation {
-    seed: Index,
-    edits: Vec<(Index, u8, bool)>,
-    truncate: Option<Index>,
-    insert: Option<(Index, Vec<u8>)>,
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    (
-        any::<Index>(),
-        prop::collection::vec((any::<Index>(), any::<u8>(), any::<bool>()), 0..6),
-        prop::option::weighted(0.25, any::<Index>()),
-        prop::option::weighted(
-            0.15,
-            (any::<Index>(), prop::collection::vec(any::<u8>(), 1..16)),
-        ),
-    )
-        .prop_map(|(seed, edits, truncate, insert)| Mutation {
-            seed,
-            edits,
-            truncate,
-            insert,
-        })
-}
-
-impl Mutation {
-    fn apply(&self, seeds: &[Vec<u8>]) -> Vec<u8> {
-        let mut bytes = self.seed.get(seeds).clone();
-        self.apply_to(&mut bytes);
-        bytes
-    }
-
-    fn apply_to(&self, bytes: &mut Vec<u8>) {
-        if bytes.is_empty() {
-            return;
-        }
-        for (at, value, flip_bit) in &self.edits {
-            let i = at.index(bytes.len());
-            if *flip_bit {
-                bytes[i] ^= 1 << (value % 8);
-            } else {
-                bytes[i] = *value;
-            }
-        }
-        if let Some((at, extra)) = &self.insert {
-            let i = at.index(bytes.len() + 1);
-            bytes.splice(i..i, extra.iter().copied());
-        }
-        if let Some(at) = &self.truncate {
-            bytes.truncate(at.index(bytes.len()));
-        }
-    }
 }
 
 fn random_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {

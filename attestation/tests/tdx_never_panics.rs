@@ -4,12 +4,15 @@
 //! on any input, mutated real vectors included, and never panic. Plus real properties: strict
 //! prefixes of a quote never parse, and a flipped byte of a quote's signed part never verifies.
 
+mod mutation;
+
 use cvm_attestation::azure::HclReport;
 use cvm_attestation::encoding::encode_base64;
 use cvm_attestation::golden::{GoldenMeasurement, GoldenTdx};
 use cvm_attestation::tdx::{collateral, sgx_extensions, TdQuote, TdReportBody, TdxCollateral};
 use cvm_attestation::verify::verify_tdx_quote;
 use cvm_attestation::{verify, Evidence, VerifyOptions};
+use mutation::{cases, mutation};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::sync::OnceLock;
@@ -86,65 +89,6 @@ fn seeds() -> &'static Seeds {
             ],
         }
     })
-}
-
-fn cases() -> u32 {
-    std::env::var("PARSER_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(256)
-}
-
-/// Byte overwrites or bit flips, then maybe a truncation or an insertion.
-#[derive(Debug, Clone)]
-struct Mutation {
-    seed: Index,
-    edits: Vec<(Index, u8, bool)>,
-    truncate: Option<Index>,
-    insert: Option<(Index, Vec<u8>)>,
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    (
-        any::<Index>(),
-        prop::collection::vec((any::<Index>(), any::<u8>(), any::<bool>()), 0..6),
-        prop::option::weighted(0.25, any::<Index>()),
-        prop::option::weighted(
-            0.15,
-            (any::<Index>(), prop::collection::vec(any::<u8>(), 1..16)),
-        ),
-    )
-        .prop_map(|(seed, edits, truncate, insert)| Mutation {
-            seed,
-            edits,
-            truncate,
-            insert,
-        })
-}
-
-impl Mutation {
-    fn apply(&self, seeds: &[Vec<u8>]) -> Vec<u8> {
-        let mut bytes = self.seed.get(seeds).clone();
-        if bytes.is_empty() {
-            return bytes;
-        }
-        for (at, value, flip_bit) in &self.edits {
-            let i = at.index(bytes.len());
-            if *flip_bit {
-                bytes[i] ^= 1 << (value % 8);
-            } else {
-                bytes[i] = *value;
-            }
-        }
-        if let Some((at, extra)) = &self.insert {
-            let i = at.index(bytes.len() + 1);
-            bytes.splice(i..i, extra.iter().copied());
-        }
-        if let Some(at) = &self.truncate {
-            bytes.truncate(at.index(bytes.len()));
-        }
-        bytes
-    }
 }
 
 fn exercise_quote(bytes: &[u8]) {
