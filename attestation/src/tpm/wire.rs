@@ -52,8 +52,12 @@ impl<'a> Reader<'a> {
         self.offset
     }
 
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.offset
+    }
+
     pub fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], WireError> {
-        let available = self.bytes.len() - self.offset;
+        let available = self.remaining();
         if len > available {
             return Err(WireError::Truncated {
                 structure: self.structure,
@@ -66,6 +70,12 @@ impl<'a> Reader<'a> {
         let slice = &self.bytes[self.offset..self.offset + len];
         self.offset += len;
         Ok(slice)
+    }
+
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(field, N)?);
+        Ok(out)
     }
 
     pub fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
@@ -122,7 +132,7 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte was consumed.
     pub fn finish(self) -> Result<(), WireError> {
-        let count = self.bytes.len() - self.offset;
+        let count = self.remaining();
         if count != 0 {
             return Err(WireError::Trailing {
                 structure: self.structure,
