@@ -491,23 +491,44 @@ fn measure_only_config(dir: &Path, swtpm: &Swtpm) -> Config {
     }
 }
 
+/// A measure-only agent without a TEE on its own swtpm (fields drop in order: the agent first).
+struct MeasureOnly {
+    agent: Agent,
+    dir: tempfile::TempDir,
+    _swtpm: Swtpm,
+}
+
+impl MeasureOnly {
+    /// With `message` as the workload's config file; `adjust` changes the configuration.
+    async fn start(message: &str, adjust: impl FnOnce(Config) -> Config) -> Self {
+        let swtpm = Swtpm::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_workload(&dir.path().join("workload"), message);
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        let config = adjust(measure_only_config(dir.path(), &swtpm));
+        let platform = Platform {
+            cloud: Cloud::Qemu,
+            tee: Tee::None,
+        };
+        let agent = Agent::start_with(config, platform, Box::new(NoTee))
+            .await
+            .unwrap();
+        Self {
+            agent,
+            dir,
+            _swtpm: swtpm,
+        }
+    }
+}
+
 #[tokio::test]
 async fn measure_only_agent_needs_no_engine() {
-    let swtpm = Swtpm::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_workload(&dir.path().join("workload"), "measured only\n");
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let config = Config {
+    let vm = MeasureOnly::start("measured only\n", |config| Config {
         engine_socket: "/nonexistent/engine.sock".into(),
-        ..measure_only_config(dir.path(), &swtpm)
-    };
-    let platform = Platform {
-        cloud: Cloud::Qemu,
-        tee: Tee::None,
-    };
-    let agent = Agent::start_with(config, platform, Box::new(NoTee))
-        .await
-        .unwrap();
+        ..config
+    })
+    .await;
+    let (agent, dir) = (&vm.agent, &vm.dir);
     let expected = offline_events(&dir.path().join("workload"));
     let pcr = agent.state.tpm.read_pcr23().await.unwrap();
     assert_eq!(
@@ -592,21 +613,12 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
 /// that connection binds exactly that key (what `cvm-cli` pins before sending its token).
 #[tokio::test]
 async fn the_external_tls_key_is_bound_into_evidence() {
-    let swtpm = Swtpm::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_workload(&dir.path().join("workload"), "over tls\n");
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let config = Config {
+    let vm = MeasureOnly::start("over tls\n", |config| Config {
         external_tls: true,
-        ..measure_only_config(dir.path(), &swtpm)
-    };
-    let platform = Platform {
-        cloud: Cloud::Qemu,
-        tee: Tee::None,
-    };
-    let agent = Agent::start_with(config, platform, Box::new(NoTee))
-        .await
-        .unwrap();
+        ..config
+    })
+    .await;
+    let (agent, dir) = (&vm.agent, &vm.dir);
     let addr = agent.external_addr;
     let nonce = rand_nonce();
     let path = format!("/collaterals/{}", hex::encode(nonce));
