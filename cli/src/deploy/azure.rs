@@ -843,7 +843,7 @@ pub async fn put_page(
     http: &reqwest::Client,
     url: reqwest::Url,
     start: u64,
-    data: Vec<u8>,
+    data: hyper::body::Bytes,
 ) -> Result<()> {
     let len = data.len() as u64;
     if len == 0 || len % 512 != 0 || start % 512 != 0 || len > PAGE_WRITE_MAX {

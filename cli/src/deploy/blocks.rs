@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
+use hyper::body::Bytes;
 use serde::Serialize;
 use std::future::Future;
 use std::os::unix::fs::FileExt;
@@ -28,10 +29,11 @@ pub struct UploadStats {
 }
 
 /// One block to write: its index and its bytes (the last block of an image is zero-padded to
-/// the block size, which clouds require and a disk of whole blocks tolerates).
+/// the block size, which clouds require and a disk of whole blocks tolerates). `Bytes`, so a
+/// retry hands the same buffer again instead of copying it.
 pub struct Block {
     pub index: u64,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// How a caller wants the upload done.
@@ -195,7 +197,10 @@ fn read_block(file: &std::fs::File, index: u64, block: u64, size: u64) -> Result
     if is_zero(&data) {
         return Ok(None);
     }
-    Ok(Some(Block { index, data }))
+    Ok(Some(Block {
+        index,
+        data: Bytes::from(data),
+    }))
 }
 
 /// Whole-word comparison: fast enough even in unoptimised builds.
