@@ -13,6 +13,8 @@ PACKAGES=(
   docker.io docker-registry podman runc containernetworking-plugins docker-compose
   # The demo script talks HTTP with curl
   curl
+  # test-support removes the bridges a test dockerd leaves (ip link)
+  iproute2
   # Python emulators for the cloud tests live in a venv
   python3-venv
   # image-builder: the `debian` profile's root (Debian 13) is made by mmdebstrap; Secure Boot
