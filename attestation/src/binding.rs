@@ -48,6 +48,22 @@ pub fn bound_nonce(nonce: &[u8], tls_spki_sha256: Option<&[u8; 32]>) -> Vec<u8> 
     }
 }
 
+/// Domain tag of the NitroTPM document's `user_data`.
+pub const NITRO_USER_DATA_DOMAIN: &[u8] = b"cvm-nitro-user-data/v1\0";
+
+/// The `user_data` the agent asks the NitroTPM to sign (AWS):
+/// `SHA-512(NITRO_USER_DATA_DOMAIN || u32be(len(ak_pub)) || ak_pub || quote_qualifying_data)`.
+/// AWS signs it beside the NitroTPM's own PCRs: an agent whose boot chain those PCRs show is the
+/// measured one, and it names its TPM's AK and the quote it is about to take.
+pub fn nitro_user_data(ak_public: &[u8], quote_qualifying_data: &[u8; 32]) -> [u8; 64] {
+    let mut hasher = Sha512::new();
+    hasher.update(NITRO_USER_DATA_DOMAIN);
+    hasher.update((ak_public.len() as u32).to_be_bytes());
+    hasher.update(ak_public);
+    hasher.update(quote_qualifying_data);
+    hasher.finalize().into()
+}
+
 /// Azure's binding: the first 32 bytes of `report_data` are SHA-256 of `var_data`.
 pub fn azure_var_data_bound(report_data: &[u8; 64], var_data: &[u8]) -> bool {
     let digest: [u8; 32] = Sha256::digest(var_data).into();

@@ -114,8 +114,15 @@ pub struct TpmEvidence {
     pub pcrs: PcrBank,
     /// TPMT_PUBLIC (or TPM2B_PUBLIC, or a PEM/DER SubjectPublicKeyInfo).
     pub ak_pub: Bytes,
+    /// The AK's certificate (DER): on GCP, Google's vTPM AK certificate from NV 0x01c10000
+    /// (RSA) or 0x01c10002 (ECC), which is how the verifier trusts the AK there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ak_cert: Option<Bytes>,
+    /// AWS: the NitroTPM attestation document (COSE_Sign1, signed by AWS's Nitro PKI) whose
+    /// `user_data` names the AK and binds the quote's qualifying data, and whose `nonce` is the
+    /// bound nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nitro_document: Option<Bytes>,
     /// Azure only: the HCL `var_data` JSON that the SNP/TDX report binds and that holds the AK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub var_data: Option<Bytes>,
@@ -216,6 +223,16 @@ impl Evidence {
         crate::binding::bound_nonce(self.nonce.as_slice(), self.tls_key().as_ref())
     }
 
+    /// The TEE report the TPM quote must bind: see [`tee_report_bound_by_quote`].
+    pub fn tee_report_bound_by_quote(&self) -> Option<&[u8]> {
+        tee_report_bound_by_quote(self.sev_snp.as_ref(), self.tdx.as_ref())
+    }
+
+    /// The qualifying data the TPM quote must carry for this evidence.
+    pub fn quote_qualifying_data(&self) -> [u8; 32] {
+        crate::tpm::quote_qualifying_data(&self.bound_nonce(), self.tee_report_bound_by_quote())
+    }
+
     /// The platform as stated, or as implied by what the evidence carries (predecessor format).
     pub fn platform(&self) -> Platform {
         if let Some(platform) = self.platform {
@@ -237,6 +254,23 @@ impl Evidence {
                 Tee::None
             },
         }
+    }
+}
+
+/// The TEE report the TPM quote must bind (`tpm::quote_qualifying_data`): the SEV-SNP report or
+/// TD quote the agent asked its own firmware for. Not on Azure, where the paravisor's vTPM sits
+/// inside the TEE and the HCL report binds its AK instead.
+pub fn tee_report_bound_by_quote<'a>(
+    snp: Option<&'a SnpEvidence>,
+    tdx: Option<&'a TdxEvidence>,
+) -> Option<&'a [u8]> {
+    match (snp, tdx) {
+        (Some(snp), _) => snp
+            .hcl_report
+            .is_none()
+            .then_some(snp.attestation_report.as_slice()),
+        (None, Some(tdx)) => tdx.hcl_report.is_none().then_some(tdx.quote.as_slice()),
+        (None, None) => None,
     }
 }
 

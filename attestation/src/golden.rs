@@ -32,27 +32,157 @@ pub enum PcrSource {
 #[serde(deny_unknown_fields)]
 pub struct GoldenPcr {
     pub sha256: Sha256Digest,
+    /// The same PCR in the SHA-384 bank: what AWS's NitroTPM attestation document carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha384: Option<Sha384Digest>,
     #[serde(default)]
     pub source: PcrSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-/// The expected workload: the events of one measurement, ending with the separator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The expected workload (docs/golden.md): which measurements PCR 23 may hold, or `"any"`.
+///
+/// JSON: `"any"`, or `{"events": [...], "allowed": [...], "allow_updates": bool}`. Every
+/// generation in the log (every measurement since boot, the running one last) must be `events`
+/// or one of `allowed`; more than one generation needs `allowed` or `allow_updates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GoldenWorkload {
+    /// The measurement computed from the workload folder, ending with the separator.
     pub events: Vec<WorkloadEvent>,
-    /// Whether a workload replaced after boot (`/update-workload`) may pass: the running
-    /// measurement must still equal `events`, but PCR 23 then also covers earlier ones.
-    #[serde(default)]
+    /// Documents before `allowed`: `true` lets the log hold several generations, each equal to
+    /// `events` (the same workload measured again), never another workload.
     pub allow_updates: bool,
+    /// Further measurements any generation may be (earlier or alternative workloads).
+    pub allowed: Vec<AllowedWorkload>,
+    /// `"workload": "any"`: the workload is explicitly not checked; the other fields are unused.
+    pub any: bool,
 }
 
+/// One allowed measurement: its events, or only the digest they replay to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowedWorkload {
+    /// The events of the measurement, ending with the separator (differences are then named).
+    Events(Vec<WorkloadEvent>),
+    /// `replay(events)` from a zero PCR: the measurement alone, as `workload.measurement`
+    /// prints it.
+    Digest(Sha256Digest),
+}
+
+impl AllowedWorkload {
+    /// The replay of the measurement alone.
+    pub fn digest(&self) -> Sha256Digest {
+        match self {
+            AllowedWorkload::Events(events) => replay(events),
+            AllowedWorkload::Digest(digest) => *digest,
+        }
+    }
+}
+
+/// The object form of [`GoldenWorkload`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoldenWorkloadObject {
+    events: Vec<WorkloadEvent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed: Vec<AllowedWorkload>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    allow_updates: bool,
+}
+
+/// The string that opts out of workload checks.
+const ANY_WORKLOAD: &str = "any";
+
 impl GoldenWorkload {
+    /// Only this measurement, once (no updates).
+    pub fn new(events: Vec<WorkloadEvent>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+
+    /// `"workload": "any"`.
+    pub fn any() -> Self {
+        Self {
+            any: true,
+            ..Self::default()
+        }
+    }
+
     /// PCR 23 of a VM that has run only this workload since boot.
     pub fn pcr23(&self) -> Sha256Digest {
         replay(&self.events)
+    }
+
+    /// Whether the log may hold more than one generation.
+    pub fn allows_several_generations(&self) -> bool {
+        self.allow_updates || !self.allowed.is_empty()
+    }
+
+    /// Which allowed measurement `generation` is: `Some(None)` for `events`, `Some(Some(i))` for
+    /// `allowed[i]`, `None` when it is none of them. Compared by replay, which binds every
+    /// event's kind, name and digest in order (the display-only `payload` is not measured).
+    pub fn find(&self, generation: &[WorkloadEvent]) -> Option<Option<usize>> {
+        let digest = replay(generation);
+        if digest == self.pcr23() {
+            return Some(None);
+        }
+        self.allowed
+            .iter()
+            .position(|allowed| allowed.digest() == digest)
+            .map(Some)
+    }
+}
+
+impl Serialize for GoldenWorkload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.any {
+            return serializer.serialize_str(ANY_WORKLOAD);
+        }
+        GoldenWorkloadObject {
+            events: self.events.clone(),
+            allowed: self.allowed.clone(),
+            allow_updates: self.allow_updates,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoldenWorkload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = GoldenWorkload;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#""any" or an object {events, allowed?, allow_updates?}"#)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<GoldenWorkload, E> {
+                match text {
+                    ANY_WORKLOAD => Ok(GoldenWorkload::any()),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<GoldenWorkload, A::Error> {
+                let object = GoldenWorkloadObject::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(GoldenWorkload {
+                    events: object.events,
+                    allow_updates: object.allow_updates,
+                    allowed: object.allowed,
+                    any: false,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -100,16 +230,13 @@ pub struct GoldenTdx {
     pub mrseams: Vec<Sha384Digest>,
     /// TCB statuses accepted for the platform, the TDX module and the QE (default `UpToDate`).
     #[serde(default = "default_tcb_statuses")]
-    pub tcb_statuses: Vec<String>,
+    pub tcb_statuses: Vec<crate::tdx::TcbStatus>,
     #[serde(default)]
     pub allow_debug: bool,
 }
 
-fn default_tcb_statuses() -> Vec<String> {
-    crate::tdx::DEFAULT_TCB_STATUSES
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+fn default_tcb_statuses() -> Vec<crate::tdx::TcbStatus> {
+    crate::tdx::DEFAULT_TCB_STATUSES.to_vec()
 }
 
 impl Default for GoldenTdx {
@@ -165,6 +292,37 @@ pub enum GoldenError {
     Legacy(String),
     #[error("golden PCR index {0} is out of range 0..=23")]
     PcrIndex(u8),
+    #[error("golden measurement: {0}")]
+    Shape(String),
+    #[error(
+        "golden measurement pins nothing (no PCRs, workload, SEV-SNP or TDX values): it would \
+         accept any machine; compute one with `cvm-cli golden`"
+    )]
+    Empty,
+}
+
+/// Keys of the predecessor's golden document (inside `golden_measurement`, or at the top).
+const LEGACY_KEYS: &[&str] = &[
+    "pcrs",
+    "measurement",
+    "mrtd",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "tdx",
+];
+
+/// What the JSON value is, for errors that say what was found.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 impl GoldenMeasurement {
@@ -178,18 +336,61 @@ impl GoldenMeasurement {
             Ok(inner) => serde_json::from_str(&inner)?,
             Err(_) => serde_json::from_slice(bytes)?,
         };
-        let golden = if value.get("version").is_some() {
-            serde_json::from_value::<GoldenMeasurement>(value)?
-        } else {
-            legacy(&value)?
-        };
+        let golden = Self::from_value(value)?;
         if golden.version != GOLDEN_VERSION {
             return Err(GoldenError::Version(golden.version));
         }
         if let Some(&index) = golden.pcrs.keys().find(|&&i| i > 23) {
             return Err(GoldenError::PcrIndex(index));
         }
+        if golden.pins_nothing() {
+            return Err(GoldenError::Empty);
+        }
         Ok(golden)
+    }
+
+    /// Ours (also wrapped in `golden_measurement`, as the agent serves it), or the predecessor's.
+    /// Anything else is an error that names what was found, never an empty golden.
+    fn from_value(value: serde_json::Value) -> Result<Self, GoldenError> {
+        let serde_json::Value::Object(map) = &value else {
+            return Err(GoldenError::Shape(format!(
+                "expected a JSON object, found {}",
+                json_kind(&value)
+            )));
+        };
+        if map.contains_key("version") {
+            return Ok(serde_json::from_value(value)?);
+        }
+        if let Some(inner) = map.get("golden_measurement") {
+            if inner.get("version").is_some() {
+                return Ok(serde_json::from_value(inner.clone())?);
+            }
+        }
+        let body = map.get("golden_measurement").unwrap_or(&value);
+        let Some(body_map) = body.as_object() else {
+            return Err(GoldenError::Shape(format!(
+                "golden_measurement is {}, not an object",
+                json_kind(body)
+            )));
+        };
+        if let Some(unknown) = body_map
+            .keys()
+            .find(|k| !LEGACY_KEYS.contains(&k.as_str()))
+        {
+            return Err(GoldenError::Shape(format!(
+                "unknown key {unknown:?} (ours has \"version\"; the predecessor's has {})",
+                LEGACY_KEYS.join(", ")
+            )));
+        }
+        legacy(body)
+    }
+
+    /// True when nothing at all would be compared.
+    pub fn pins_nothing(&self) -> bool {
+        self.pcrs.is_empty()
+            && self.workload.is_none()
+            && self.snp.is_none()
+            && self.tdx.is_none()
     }
 }
 
@@ -221,6 +422,7 @@ fn legacy(value: &serde_json::Value) -> Result<GoldenMeasurement, GoldenError> {
                 GoldenPcr {
                     sha256: digest_text(text)
                         .ok_or_else(|| err(format!("PCR {index} value is not a SHA-256 digest")))?,
+                    sha384: None,
                     source: PcrSource::Observed,
                     note: Some("from the predecessor's golden measurement".into()),
                 },
@@ -303,46 +505,51 @@ fn digest_text(text: &str) -> Option<Sha256Digest> {
     Sha256Digest::from_slice(&decode_base64(text)?).ok()
 }
 
-/// The predicted PCRs of an image build's `measurements.json` (`{"pcrs": {"4": {"sha256": ..,
-/// "source": "predicted"}}}`); entries the build only observed are left out, since only a
+/// The predicted PCRs of an image build's `measurements.json`, read through its typed schema
+/// ([`crate::measurements::Measurements`]: a whole, checked document), with their SHA-384 values
+/// when the build predicted them; entries the build only observed are left out, since only a
 /// prediction made offline can serve as a golden value without trusting a running VM.
 pub fn predicted_pcrs(measurements_json: &[u8]) -> Result<BTreeMap<u8, GoldenPcr>, GoldenError> {
-    if measurements_json.len() > MAX_GOLDEN_BYTES {
-        return Err(GoldenError::TooLarge(measurements_json.len()));
-    }
-    let document: serde_json::Value = serde_json::from_slice(measurements_json)?;
-    let mut pcrs = BTreeMap::new();
-    for (index, entry) in document["pcrs"].as_object().into_iter().flatten() {
-        if entry["source"].as_str() != Some("predicted") {
-            continue;
-        }
-        let index: u8 = index
-            .parse()
-            .map_err(|_| GoldenError::Legacy(format!("measurements.json: PCR index {index:?}")))?;
-        if index > 23 {
-            return Err(GoldenError::PcrIndex(index));
-        }
-        let digest = entry["sha256"]
-            .as_str()
-            .and_then(|text| Sha256Digest::from_hex(text).ok())
-            .ok_or_else(|| {
-                GoldenError::Legacy(format!("measurements.json: PCR {index} has no sha256"))
-            })?;
-        pcrs.insert(
-            index,
-            GoldenPcr {
-                sha256: digest,
-                source: PcrSource::Predicted,
-                note: Some("predicted by the image build".into()),
-            },
-        );
-    }
-    Ok(pcrs)
+    use crate::measurements::{Measurements, MeasurementsError};
+    Measurements::from_json(measurements_json)
+        .and_then(|document| document.golden_pcrs())
+        .map_err(|error| match error {
+            MeasurementsError::TooLarge(size) => GoldenError::TooLarge(size),
+            other => GoldenError::Shape(other.to_string()),
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predicted_pcrs_read_the_typed_schema_with_sha384() {
+        // A real file of the builder from before SHA-384: SHA-256 only.
+        let old = include_bytes!("../tests/fixtures/measurements-v1-sha256-only.json");
+        let pcrs = predicted_pcrs(old).unwrap();
+        assert_eq!(pcrs.keys().copied().collect::<Vec<_>>(), [4, 9, 11, 12]);
+        assert!(pcrs.values().all(|p| p.sha384.is_none()));
+        // The same file with a SHA-384 prediction for PCR 12 (zero, no events) and PCR 9
+        // observed only: PCR 12 gets its SHA-384 value, PCR 9 is left out.
+        let mut document: serde_json::Value = serde_json::from_slice(old).unwrap();
+        document["pcrs"]["12"]["sha384"] = "00".repeat(48).into();
+        document["pcrs"]["9"]["source"] = "observed".into();
+        let pcrs = predicted_pcrs(document.to_string().as_bytes()).unwrap();
+        assert_eq!(pcrs.keys().copied().collect::<Vec<_>>(), [4, 11, 12]);
+        assert_eq!(pcrs[&12].sha384, Some(Sha384Digest([0; 48])));
+        assert_eq!(pcrs[&12].source, PcrSource::Predicted);
+        // Not the builder's document: refused, not read as "no PCRs".
+        document["pcr"] = document["pcrs"].take();
+        assert!(matches!(
+            predicted_pcrs(document.to_string().as_bytes()),
+            Err(GoldenError::Shape(_))
+        ));
+        assert!(matches!(
+            predicted_pcrs(&vec![b' '; MAX_GOLDEN_BYTES + 1]),
+            Err(GoldenError::TooLarge(_))
+        ));
+    }
 
     #[test]
     fn reads_the_predecessor_shape() {
@@ -380,7 +587,7 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(tdx.tcb_statuses, ["UpToDate"]);
+        assert_eq!(tdx.tcb_statuses, [crate::tdx::TcbStatus::UpToDate]);
         let ours = format!(
             r#"{{"version": 1, "tdx": {{"mrtds": ["{}"], "rtmr1": "{}", "tcb_statuses": ["UpToDate", "SWHardeningNeeded"]}}}}"#,
             "11".repeat(48),

@@ -3,13 +3,13 @@
 
 use crate::tee::{TeeBackend, TeeError};
 use crate::tpm::{AttestationKey, Tpm, TpmError};
-use cvm_attestation::binding::bound_nonce;
+use cvm_attestation::binding::{bound_nonce, nitro_user_data};
 use cvm_attestation::encoding::Bytes;
 use cvm_attestation::evidence::{
-    check_nonce, EventLogs, Evidence, EvidenceError, PcrBank, Platform, TpmEvidence,
+    check_nonce, tee_report_bound_by_quote, EventLogs, Evidence, EvidenceError, PcrBank, Platform, TpmEvidence,
     EVIDENCE_VERSION,
 };
-use cvm_attestation::tpm::{qualifying_data, HashAlg, QuoteSignature};
+use cvm_attestation::tpm::{quote_qualifying_data, HashAlg, QuoteSignature};
 use cvm_attestation::workload::WorkloadLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum CollectError {
     Tpm(#[from] TpmError),
     #[error(transparent)]
     Tee(#[from] TeeError),
+    #[error("NitroTPM attestation document: {0}")]
+    Nitro(#[from] crate::nitro::NitroTpmError),
+
     #[error("the TPM returned a signature this code cannot read: {0}")]
     Signature(String),
 }
@@ -34,6 +37,11 @@ pub struct CollectRequest<'a> {
     pub firmware_log: Option<Vec<u8>>,
     /// TDX: the CC event log that explains RTMR0-3.
     pub ccel: Option<Vec<u8>>,
+    /// GCP: Google's certificate for the AK (the verifier's trust basis there).
+    pub ak_cert: Option<Vec<u8>>,
+    /// AWS: also ask the NitroTPM for an AWS-signed attestation document naming the AK and
+    /// binding this quote (the verifier's trust basis there).
+    pub nitro_document: bool,
 }
 
 /// Produces evidence for `request.nonce`.
@@ -46,7 +54,16 @@ pub fn collect(
     check_nonce(request.nonce)?;
     let bound = bound_nonce(request.nonce, request.tls_spki_sha256.as_ref());
     let tee_evidence = tee.evidence(tpm, &ak.public, &bound)?;
-    let quote = tpm.quote(ak, &qualifying_data(&bound))?;
+    // The quote binds the TEE report just produced (see `quote_qualifying_data`).
+    let report = tee_report_bound_by_quote(tee_evidence.snp.as_ref(), tee_evidence.tdx.as_ref());
+    let qualifying = quote_qualifying_data(&bound, report);
+    let quote = tpm.quote(ak, &qualifying)?;
+    let nitro_document = if request.nitro_document {
+        let user_data = nitro_user_data(&ak.public, &qualifying);
+        Some(crate::nitro::nitro_tpm_document(tpm, &user_data, &bound)?)
+    } else {
+        None
+    };
     let signature = QuoteSignature::from_tpmt(&quote.signature)
         .map_err(|e| CollectError::Signature(e.to_string()))?;
     Ok(Evidence {
@@ -70,7 +87,8 @@ pub fn collect(
                     .collect(),
             },
             ak_pub: Bytes(ak.public.clone()),
-            ak_cert: None,
+            ak_cert: request.ak_cert.map(Bytes),
+            nitro_document: nitro_document.map(Bytes),
             var_data: tee_evidence.var_data.map(Bytes),
         },
         event_logs: EventLogs {

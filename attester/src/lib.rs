@@ -2,6 +2,8 @@
 //! the TEE. Verification lives in `cvm-attestation`, which has no I/O and no TPM stack.
 
 pub mod collect;
+pub mod gce;
+pub mod nitro;
 pub mod tee;
 pub mod tpm;
 pub mod tsm;

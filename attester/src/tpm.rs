@@ -23,7 +23,7 @@ use tss_esapi::structures::{
     RsaExponent, RsaScheme, SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
-use tss_esapi::traits::Marshall;
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 /// The workload measurement register (see docs/measurement.md).
@@ -101,6 +101,8 @@ pub struct TpmQuote {
 /// A connection to one TPM.
 pub struct Tpm {
     context: Context,
+    /// The TCTI this connection was opened with, for [`Tpm::raw_command`]'s own connection.
+    tcti: TctiNameConf,
 }
 
 impl Tpm {
@@ -110,11 +112,14 @@ impl Tpm {
             tcti: tcti.to_owned(),
             source,
         })?;
-        let context = Context::new(conf).map_err(|source| TpmError::Open {
+        let context = Context::new(conf.clone()).map_err(|source| TpmError::Open {
             tcti: tcti.to_owned(),
             source,
         })?;
-        Ok(Self { context })
+        Ok(Self {
+            context,
+            tcti: conf,
+        })
     }
 
     /// Extends a SHA-256 digest into PCR `index`: PCR := SHA-256(PCR || digest).
@@ -128,6 +133,75 @@ impl Tpm {
                 ctx.pcr_extend(handle, values)
             })
             .map_err(command("PCR_Extend"))
+    }
+
+    /// Sends one marshalled command as is and returns the TPM's whole response, header included:
+    /// for vendor commands ESAPI cannot express (NitroTPM's 0x20000001). tss-esapi 7.7 keeps its
+    /// ESYS and TCTI contexts private, so this opens a second TCTI connection to the same TPM for
+    /// the command. The kernel resource manager (/dev/tpmrm0, as on EC2) admits many clients, and
+    /// tpm2-tss's swtpm TCTI connects per command, so both serve it; /dev/tpm0 admits one open
+    /// file, so a `Tpm` on it cannot. A TPM that never answers fails the call after `TIMEOUT_MS`.
+    pub fn raw_command(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmError> {
+        use std::ptr::null_mut;
+        use tss_esapi::constants::response_code::Tss2ResponseCode;
+        use tss_esapi::tss2_esys::{
+            size_t, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize, TSS2_RC, TSS2_TCTI_CONTEXT,
+            TSS2_TCTI_CONTEXT_COMMON_V1,
+        };
+        use tss_esapi::{Error, WrapperErrorKind};
+        /// Larger than any TPM 2.0 response (TPM2_PT_MAX_RESPONSE_SIZE is 4 KiB on common TPMs).
+        const MAX_RESPONSE: usize = 16 * 1024;
+        const TIMEOUT_MS: i32 = 120_000;
+        /// Finalizes the TCTI however the command ends.
+        struct Connection(*mut TSS2_TCTI_CONTEXT);
+        impl Drop for Connection {
+            fn drop(&mut self) {
+                // SAFETY: the pointer came from Tss2_TctiLdr_Initialize and is finalized once.
+                unsafe { Tss2_TctiLdr_Finalize(&mut self.0) }
+            }
+        }
+        let failed = |operation, rc: TSS2_RC| TpmError::Command {
+            operation,
+            source: Error::Tss2Error(Tss2ResponseCode::from(rc)),
+        };
+        let malformed = |operation| TpmError::Command {
+            operation,
+            source: Error::WrapperError(WrapperErrorKind::WrongValueFromTpm),
+        };
+        let name = std::ffi::CString::try_from(self.tcti.clone())
+            .map_err(self::command("raw command: TCTI name"))?;
+        let mut connection = Connection(null_mut());
+        // SAFETY: a NUL-terminated name and an out-pointer the loader fills.
+        let rc = unsafe { Tss2_TctiLdr_Initialize(name.as_ptr(), &mut connection.0) };
+        if rc != 0 || connection.0.is_null() {
+            return Err(failed("raw command: open TCTI", rc));
+        }
+        // SAFETY: every TCTI context begins with TSS2_TCTI_CONTEXT_COMMON_V1 (TCG TSS 2.0 TCTI
+        // specification); the Tss2_Tcti_Transmit/Receive macros read the same fields.
+        let common = unsafe { &*(connection.0 as *const TSS2_TCTI_CONTEXT_COMMON_V1) };
+        let (Some(transmit), Some(receive)) = (common.transmit, common.receive) else {
+            return Err(malformed("raw command: TCTI without transmit/receive"));
+        };
+        // SAFETY: the TCTI reads exactly `command.len()` bytes from `command`.
+        let rc = unsafe { transmit(connection.0, command.len() as size_t, command.as_ptr()) };
+        if rc != 0 {
+            return Err(failed("raw command: transmit", rc));
+        }
+        let mut response = vec![0u8; MAX_RESPONSE];
+        let mut size = response.len() as size_t;
+        // SAFETY: the TCTI writes at most `size` bytes into `response` and updates `size`.
+        let rc = unsafe { receive(connection.0, &mut size, response.as_mut_ptr(), TIMEOUT_MS) };
+        if rc != 0 {
+            return Err(failed("raw command: receive", rc));
+        }
+        response.truncate((size as usize).min(MAX_RESPONSE));
+        let declared = response
+            .get(2..6)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        if response.len() < 10 || declared != Some(response.len()) {
+            return Err(malformed("raw command: response size"));
+        }
+        Ok(response)
     }
 
     /// Reads the SHA-256 bank values of the given PCRs, in the order asked.
@@ -189,6 +263,37 @@ impl Tpm {
                 ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
             })
             .map_err(command("CreatePrimary (AK)"))?;
+        Ok(AttestationKey {
+            handle: created.key_handle,
+            public: created
+                .out_public
+                .marshall()
+                .map_err(command("marshal AK public"))?,
+            source: AkSource::CreatedPrimary,
+        })
+    }
+
+    /// Creates a primary key from a marshalled TPMT_PUBLIC template, in the endorsement hierarchy
+    /// or else the owner's: how a cloud's pre-provisioned AK is recreated (GCE keeps its AK
+    /// templates in NV), giving the same key on the same TPM every time.
+    pub fn create_primary_from_template(
+        &mut self,
+        hierarchy_endorsement: bool,
+        template_tpmt_public: &[u8],
+    ) -> Result<AttestationKey, TpmError> {
+        let template =
+            Public::unmarshall(template_tpmt_public).map_err(command("unmarshal TPMT_PUBLIC"))?;
+        let hierarchy = if hierarchy_endorsement {
+            Hierarchy::Endorsement
+        } else {
+            Hierarchy::Owner
+        };
+        let created = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(hierarchy, template, None, None, None, None)
+            })
+            .map_err(command("CreatePrimary (template)"))?;
         Ok(AttestationKey {
             handle: created.key_handle,
             public: created

@@ -14,10 +14,13 @@ use cvm_attestation::workload::WorkloadEvent;
 use cvm_attestation::{verify, VerifyOptions};
 use cvm_attester::tee::{AzureSnp, NoTee};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
-use test_support::{SnpTestSigner, TestSnpBackend};
+use test_support::{GoogleTestCa, NitroTestSigner, SnpTestSigner, TestSnpBackend};
 
 mod common;
-use common::{failed, golden_base, workload_events, Vm, NONCE};
+use common::{
+    attach_nitro_document, failed, golden_base, named_root, nitro_boot_pcrs, workload_events, Vm,
+    NONCE,
+};
 
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 const POLICY: u64 = 0x3_0000; // SMT allowed, reserved bit 17 set, debug off, no migration agent
@@ -55,8 +58,7 @@ fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {
         "tpm.quote.signature",
         "tpm.quote.nonce",
         "tpm.quote.pcr_digest",
-        "tee.none",
-        "pcr[0]",
+        "pcr[4]",
         "workload.replay",
         "workload.measurement",
     ] {
@@ -69,7 +71,17 @@ fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {
 
     // Without the pinned AK nothing vouches for a TPM without TEE.
     let unpinned = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
-    assert_eq!(failed(&unpinned), ["tee.none"]);
+    assert_eq!(
+        failed(&unpinned),
+        [
+            "tpm.ak",
+            "pcr[4]",
+            "pcr[9]",
+            "pcr[11]",
+            "pcr[12]",
+            "workload.replay"
+        ]
+    );
 
     // Wrong nonce.
     let report = verify(
@@ -81,7 +93,7 @@ fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {
 
     // Altered PCR value.
     let mut altered = evidence.clone();
-    altered.tpm.pcrs.pcrs.get_mut(&0).unwrap().0[0] ^= 1;
+    altered.tpm.pcrs.pcrs.get_mut(&4).unwrap().0[0] ^= 1;
     let report = verify(&altered, &golden, &options);
     assert!(
         failed(&report).contains(&"tpm.quote.pcr_digest"),
@@ -100,8 +112,7 @@ fn qemu_without_tee_verifies_with_a_pinned_ak_and_rejects_each_tamper() {
     let mut altered = evidence.clone();
     altered.tpm.ak_pub = other.ak.public.clone().into();
     let report = verify(&altered, &golden, &options);
-    assert!(failed(&report).contains(&"tpm.quote.signature"), "{report}");
-    assert!(failed(&report).contains(&"tee.none"), "{report}");
+    assert!(failed(&report).contains(&"tpm.ak"), "{report}");
 
     // A quote replayed from an earlier nonce inside evidence for a new one.
     let earlier = other.evidence(&mut NoTee, Cloud::Qemu, b"an earlier nonce 00");
@@ -156,66 +167,147 @@ fn golden_snp() -> GoldenSnp {
     }
 }
 
-#[test]
-fn gcp_and_aws_snp_verify_with_the_named_test_root_only() {
-    let events = workload_events(None);
-    let (mut tee, root) = snp_backend();
-    for cloud in [Cloud::Gcp, Cloud::Aws] {
-        let mut vm = Vm::boot(events.clone(), None, false);
-        let evidence = vm.evidence(&mut tee, cloud, NONCE);
-        let golden = golden(
-            events.clone(),
-            Some(GoldenSnp {
-                measurements: vec![cvm_attestation::Sha384Digest(MEASUREMENT)],
-                minimum_tcb: None,
-                allow_debug: false,
-                allow_migration_agent: false,
-                vmpls: vec![0],
-            }),
-        );
-        let options = VerifyOptions::now()
-            .with_nonce(NONCE)
-            .with_test_roots([root.clone()]);
-        let report = verify(&evidence, &golden, &options);
-        assert!(report.verified, "{cloud:?}: {report}");
-        for name in [
-            "snp.chain",
-            "snp.signature",
-            "snp.vcek_matches_report",
-            "snp.report_data",
-            "snp.measurement",
-        ] {
-            assert_eq!(
-                report.check(name).map(|c| c.status),
-                Some(Status::Pass),
-                "{name}: {report}"
-            );
-        }
-        assert!(report
-            .check("snp.chain")
-            .unwrap()
-            .reason
-            .contains("TEST-ONLY root"));
-
-        // Without naming the test root, AMD's pinned roots reject the chain.
-        let report = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
-        assert_eq!(failed(&report), ["snp.chain"], "{report}");
-
-        // The SNP report from one request does not fit another nonce (report_data binding).
-        let other = vm.evidence(&mut tee, cloud, b"a second nonce 0003");
-        let mut mixed = evidence.clone();
-        mixed.sev_snp = other.sev_snp.clone();
-        let report = verify(&mixed, &golden, &options);
-        assert_eq!(failed(&report), ["snp.report_data"], "{report}");
-
-        // A launch measurement the golden does not allow.
-        let mut strict = golden.clone();
-        strict.snp.as_mut().unwrap().measurements = vec![cvm_attestation::Sha384Digest([0; 48])];
+/// Checks every SNP verdict of a GCP or AWS evidence: passes with the named TEST-ONLY roots,
+/// fails by name without them, and refuses a report from another request.
+fn assert_snp_cloud_verdicts(
+    vm: &mut Vm,
+    tee: &mut TestSnpBackend,
+    cloud: Cloud,
+    evidence: &cvm_attestation::Evidence,
+    options: &VerifyOptions,
+) {
+    let golden = golden(workload_events(None), Some(golden_snp()));
+    let report = verify(evidence, &golden, options);
+    assert!(report.verified, "{cloud:?}: {report}");
+    for name in [
+        "tpm.ak",
+        "tpm.quote.nonce",
+        "snp.chain",
+        "snp.signature",
+        "snp.vcek_matches_report",
+        "snp.report_data",
+        "snp.measurement",
+        "workload.replay",
+    ] {
         assert_eq!(
-            failed(&verify(&evidence, &strict, &options)),
-            ["snp.measurement"]
+            report.check(name).map(|c| c.status),
+            Some(Status::Pass),
+            "{name}: {report}"
         );
     }
+    assert!(report
+        .check("snp.chain")
+        .unwrap()
+        .reason
+        .contains("TEST-ONLY root"));
+    assert!(report
+        .check("tpm.ak")
+        .unwrap()
+        .reason
+        .contains("TEST-ONLY root"));
+
+    // Without naming the SNP test root, AMD's pinned roots reject the chain.
+    let mut amd_only = options.clone();
+    amd_only.snp_roots = cvm_attestation::snp::amd_roots();
+    assert_eq!(failed(&verify(evidence, &golden, &amd_only)), ["snp.chain"]);
+
+    // The SNP report of another request fits neither its report_data nor the quote.
+    let other = vm.evidence(tee, cloud, b"a second nonce 0003");
+    let mut mixed = evidence.clone();
+    mixed.sev_snp = other.sev_snp.clone();
+    let failures = failed(&verify(&mixed, &golden, options)).join(" ");
+    assert!(failures.contains("snp.report_data"), "{failures}");
+    assert!(
+        failures.contains("tpm.quote.nonce") || failures.contains("tpm.ak"),
+        "{failures}"
+    );
+
+    // A launch measurement the golden does not allow.
+    let mut strict = golden.clone();
+    strict.snp.as_mut().unwrap().measurements = vec![cvm_attestation::Sha384Digest([0; 48])];
+    assert_eq!(
+        failed(&verify(evidence, &strict, options)),
+        ["snp.measurement"]
+    );
+}
+
+#[test]
+fn gcp_snp_verifies_with_googles_ak_certificate_from_the_named_test_ca_only() {
+    let ca = GoogleTestCa::new().unwrap();
+    let (mut tee, root) = snp_backend();
+    let mut vm = Vm::boot_gce(workload_events(None), &ca);
+    let evidence = vm.evidence(&mut tee, Cloud::Gcp, NONCE);
+    assert!(evidence.tpm.ak_cert.is_some());
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_test_roots([root])
+        .with_gcp_test_ca(ca.trusted_root(), ca.intermediate_der());
+    assert_snp_cloud_verdicts(&mut vm, &mut tee, Cloud::Gcp, &evidence, &options);
+    let reason = &verify(
+        &evidence,
+        &golden(workload_events(None), Some(golden_snp())),
+        &options,
+    )
+    .check("tpm.ak")
+    .unwrap()
+    .reason
+    .clone();
+    assert!(
+        reason.contains("confidential-1") && reason.contains("us-central1-a"),
+        "{reason}"
+    );
+
+    // Without the TEST-ONLY CA named, Google's pinned root does not vouch for the AK.
+    let mut google_only = options.clone();
+    google_only.gcp_roots = cvm_attestation::gcp::google_ak_roots();
+    let golden = golden(workload_events(None), Some(golden_snp()));
+    let report = verify(&evidence, &golden, &google_only);
+    assert!(failed(&report).contains(&"tpm.ak"), "{report}");
+}
+
+#[test]
+fn aws_snp_verifies_with_an_aws_signed_nitrotpm_document_only() {
+    let signer = NitroTestSigner::new().unwrap();
+    let (mut tee, root) = snp_backend();
+    let mut vm = Vm::boot(workload_events(None), None, false);
+    let mut evidence = vm.evidence(&mut tee, Cloud::Aws, NONCE);
+    attach_nitro_document(&mut evidence, &signer, &nitro_boot_pcrs());
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_test_roots([root])
+        .with_nitro_test_roots([named_root("TEST-ONLY Nitro root", signer.root())]);
+    let golden = golden(workload_events(None), Some(golden_snp()));
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    assert_eq!(
+        report.check("nitro.pcrs").map(|c| c.status),
+        Some(Status::Pass)
+    );
+    assert!(report.check("tpm.ak").unwrap().reason.contains("NitroTPM"));
+
+    // Without the document, or with AWS's real root only, nothing vouches for the AK.
+    let mut bare = evidence.clone();
+    bare.tpm.nitro_document = None;
+    assert!(failed(&verify(&bare, &golden, &options)).contains(&"tpm.ak"));
+    let mut aws_only = options.clone();
+    aws_only.nitro_roots = cvm_attestation::nitro::aws_nitro_roots();
+    assert!(failed(&verify(&evidence, &golden, &aws_only)).contains(&"tpm.ak"));
+
+    // The NitroTPM's PCRs show another boot chain: the agent that named the AK is not ours.
+    let mut other_boot = nitro_boot_pcrs();
+    other_boot.insert(4, vec![0x66; 48]);
+    let mut evil = evidence.clone();
+    attach_nitro_document(&mut evil, &signer, &other_boot);
+    let report = verify(&evil, &golden, &options);
+    assert!(failed(&report).contains(&"nitro.pcrs"), "{report}");
+    assert!(failed(&report).contains(&"tpm.ak"), "{report}");
+
+    // A golden without SHA-384 boot values cannot vouch for anything on AWS.
+    let mut sha256_only = golden.clone();
+    for pcr in sha256_only.pcrs.values_mut() {
+        pcr.sha384 = None;
+    }
+    assert!(failed(&verify(&evidence, &sha256_only, &options)).contains(&"nitro.pcrs"));
 }
 
 #[test]
@@ -295,13 +387,15 @@ fn the_tls_key_is_bound_by_quote_and_report() {
     let events = workload_events(None);
     let (mut tee, root) = snp_backend();
     let agent_key = [0x11; 32];
-    let mut vm = Vm::boot(events.clone(), None, false);
+    let ca = GoogleTestCa::new().unwrap();
+    let mut vm = Vm::boot_gce(events.clone(), &ca);
     let evidence = vm.evidence_with_tls(&mut tee, Cloud::Gcp, NONCE, Some(agent_key));
     let golden = golden(events, Some(golden_snp()));
     let options = |key: Option<[u8; 32]>| {
         let mut options = VerifyOptions::now()
             .with_nonce(NONCE)
-            .with_test_roots([root.clone()]);
+            .with_test_roots([root.clone()])
+            .with_gcp_test_ca(ca.trusted_root(), ca.intermediate_der());
         options.expected_tls_key = key;
         options
     };
@@ -323,7 +417,7 @@ fn the_tls_key_is_bound_by_quote_and_report() {
     let report = verify(&rewritten, &golden, &options(Some([0x22; 32])));
     assert_eq!(
         failed(&report),
-        ["tpm.quote.nonce", "snp.report_data"],
+        ["snp.report_data", "tpm.quote.nonce"],
         "{report}"
     );
 
@@ -333,7 +427,7 @@ fn the_tls_key_is_bound_by_quote_and_report() {
     let report = verify(&stripped, &golden, &options(None));
     assert_eq!(
         failed(&report),
-        ["tpm.quote.nonce", "snp.report_data"],
+        ["snp.report_data", "tpm.quote.nonce"],
         "{report}"
     );
 

@@ -4,7 +4,8 @@
 //! verify it, for GCP-TDX (a TD quote per request binding the AK and the nonce) and Azure-TDX (the
 //! HCL report in vTPM NV whose TD report binds var_data, quoted as Azure's quote service would).
 //! The verifier trusts the signer's root only because these tests name it; every tamper is
-//! rejected by a named check.
+//! rejected by a named check, and so are revoked, missing or stale CRLs and collateral the
+//! judged machine picks for itself.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -19,13 +20,14 @@ use cvm_attestation::{verify, Sha384Digest, VerifyOptions};
 use cvm_attester::tee::{AzureTdx, TeeBackend, TeeError, TeeEvidence};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::Tpm;
-use test_support::tdx_signer::{self, TdxTestSigner};
+use test_support::tdx_signer::{self, CollateralOptions, TdxTestSigner};
+use test_support::GoogleTestCa;
 
 mod common;
 use common::{failed, golden_base, workload_events, Vm, NONCE};
 
-fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
-    TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap()
+fn collateral(signer: &TdxTestSigner, options: CollateralOptions) -> TdxCollateral {
+    TdxCollateral::from_json(&signer.collateral_json_with(options).unwrap()).unwrap()
 }
 
 /// GCP-style TDX: a fresh TD quote per request (configfs-tsm / `/dev/tdx_guest`) whose
@@ -33,6 +35,18 @@ fn collateral(signer: &TdxTestSigner) -> TdxCollateral {
 struct TestGcpTdx {
     signer: TdxTestSigner,
     debug: bool,
+    /// The collateral the machine puts in its evidence (`None`: none).
+    carried: Option<CollateralOptions>,
+}
+
+impl TestGcpTdx {
+    fn new(carried: Option<CollateralOptions>) -> Self {
+        Self {
+            signer: TdxTestSigner::new().unwrap(),
+            debug: false,
+            carried,
+        }
+    }
 }
 
 impl TeeBackend for TestGcpTdx {
@@ -54,7 +68,7 @@ impl TeeBackend for TestGcpTdx {
         Ok(TeeEvidence {
             tdx: Some(TdxEvidence {
                 quote: quote.into(),
-                collateral: Some(collateral(&self.signer)),
+                collateral: self.carried.map(|c| collateral(&self.signer, c)),
                 hcl_report: None,
             }),
             ..TeeEvidence::default()
@@ -156,6 +170,7 @@ const TDX_CHECKS: &[&str] = &[
     "tdx.collateral",
     "tdx.tcb_info",
     "tdx.qe_identity",
+    "tdx.crl",
     "tdx.tcb_status",
     "tdx.debug",
     "tdx.mrseam",
@@ -168,20 +183,10 @@ const TDX_CHECKS: &[&str] = &[
 
 #[test]
 fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
-    let events = workload_events(None);
-    let signer = TdxTestSigner::new().unwrap();
-    let root = test_root(&signer);
-    let mut tee = TestGcpTdx {
-        signer,
-        debug: false,
-    };
-    let mut vm = Vm::boot(events.clone(), None, false);
-    let evidence = vm.evidence(&mut tee, Cloud::Gcp, NONCE);
+    let mut machine = GcpTdxMachine::boot(Some(CollateralOptions::default()));
+    let evidence = machine.evidence(NONCE);
     assert_eq!(evidence.platform().tee, Tee::Tdx);
-    let golden = golden(events);
-    let options = VerifyOptions::now()
-        .with_nonce(NONCE)
-        .with_tdx_test_roots([root]);
+    let (golden, options) = (machine.golden.clone(), machine.options());
     let report = verify(&evidence, &golden, &options);
     assert!(report.verified, "{report}");
     for name in TDX_CHECKS
@@ -199,27 +204,29 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
         .unwrap()
         .reason
         .contains("TEST-ONLY root"));
-    assert_eq!(report.check("tdx.crl").unwrap().status, Status::Skip);
 
     // Without naming the test root, Intel's pinned root rejects the chain.
-    let report = verify(&evidence, &golden, &VerifyOptions::now().with_nonce(NONCE));
+    let mut intel_only = options.clone();
+    intel_only.tdx_roots = cvm_attestation::tdx::intel_roots();
+    let report = verify(&evidence, &golden, &intel_only);
     assert_eq!(failed(&report), ["tdx.pck_chain"], "{report}");
 
-    // The TD quote from one request does not fit another nonce (report_data binding).
-    let other = vm.evidence(&mut tee, Cloud::Gcp, b"a second nonce 0003");
+    // The TD quote from one request does not fit another nonce (report_data binding), nor the
+    // TPM quote, whose qualifying data binds the TEE report it was made with.
+    let other = machine.evidence(b"a second nonce 0003");
     let mut mixed = evidence.clone();
     mixed.tdx = other.tdx.clone();
     assert_eq!(
         failed(&verify(&mixed, &golden, &options)),
-        ["tdx.report_data"]
+        ["tdx.report_data", "tpm.quote.nonce"]
     );
 
-    // A flipped byte in the quote's body breaks its signature.
+    // A flipped byte in the quote's body breaks its signature (and the TPM quote's binding of it).
     let mut altered = evidence.clone();
     altered.tdx.as_mut().unwrap().quote.0[48 + 136] ^= 1; // MRTD
     assert_eq!(
         failed(&verify(&altered, &golden, &options)),
-        ["tdx.quote_signature"]
+        ["tdx.quote_signature", "tpm.quote.nonce"]
     );
 
     // An MRTD / RTMR the golden does not allow.
@@ -233,8 +240,8 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
     );
 
     // A debuggable TD.
-    tee.debug = true;
-    let debug = vm.evidence(&mut tee, Cloud::Gcp, NONCE);
+    machine.tee.debug = true;
+    let debug = machine.evidence(NONCE);
     assert_eq!(failed(&verify(&debug, &golden, &options)), ["tdx.debug"]);
 
     // Collateral whose TCB info was tampered with after signing.
@@ -251,7 +258,7 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     let signer = TdxTestSigner::new().unwrap();
     let root = test_root(&signer);
     let bare_root = test_root(&signer);
-    let collateral = collateral(&signer);
+    let collateral = collateral(&signer, CollateralOptions::default());
     let mut vm = Vm::boot(events.clone(), Some(AZURE_AK_HANDLE), true);
 
     // What Azure's paravisor puts in vTPM NV: an HCL report whose TD report binds var_data,
@@ -322,4 +329,135 @@ fn azure_tdx_takes_the_ak_from_var_data_bound_by_the_td_report() {
     hcl.0[0x20 + 128] ^= 1; // report_data of the TD report
     let report = verify(&altered, &golden, &options);
     assert!(failed(&report).contains(&"azure.hcl_report"), "{report}");
+}
+
+/// A GCP-TDX machine: a vTPM whose AK a TEST-ONLY Google CA certified, a TEST-ONLY TDX
+/// platform whose evidence carries the collateral `carried` says, and the golden values.
+struct GcpTdxMachine {
+    tee: TestGcpTdx,
+    ca: GoogleTestCa,
+    vm: Vm,
+    golden: GoldenMeasurement,
+}
+
+impl GcpTdxMachine {
+    fn boot(carried: Option<CollateralOptions>) -> Self {
+        let events = workload_events(None);
+        let ca = GoogleTestCa::new().unwrap();
+        let vm = Vm::boot_gce(events.clone(), &ca);
+        Self {
+            tee: TestGcpTdx::new(carried),
+            ca,
+            vm,
+            golden: golden(events),
+        }
+    }
+
+    fn evidence(&mut self, nonce: &[u8]) -> cvm_attestation::Evidence {
+        self.vm.evidence(&mut self.tee, Cloud::Gcp, nonce)
+    }
+
+    /// Options naming both TEST-ONLY roots (TDX and Google's AK CA), supplying no collateral.
+    fn options(&self) -> VerifyOptions {
+        VerifyOptions::now()
+            .with_nonce(NONCE)
+            .with_tdx_test_roots([test_root(&self.tee.signer)])
+            .with_gcp_test_ca(self.ca.trusted_root(), self.ca.intermediate_der())
+    }
+
+    /// Options that also supply the verifier's own collateral, made as `collateral` says.
+    fn options_supplying(&self, collateral_options: CollateralOptions) -> VerifyOptions {
+        self.options()
+            .with_tdx_collateral(collateral(&self.tee.signer, collateral_options))
+    }
+}
+
+/// Verifies and asserts that exactly `check` failed, with a reason containing each of `words`.
+fn assert_only_failure(
+    evidence: &cvm_attestation::Evidence,
+    golden: &GoldenMeasurement,
+    options: &VerifyOptions,
+    check: &str,
+    words: &[&str],
+) {
+    let report = verify(evidence, golden, options);
+    assert!(!report.verified, "{report}");
+    assert_eq!(failed(&report), [check], "{report}");
+    let reason = &report.check(check).unwrap().reason;
+    for word in words {
+        assert!(reason.contains(word), "{check}: {reason:?} lacks {word:?}");
+    }
+}
+
+#[test]
+fn tdx_crl_fails_for_a_revoked_pck_and_for_missing_or_stale_crls() {
+    // The machine carries collateral whose CRLs revoke nothing (what it fetched before its key
+    // leaked); the verifier's own, newer collateral is what counts.
+    let mut machine = GcpTdxMachine::boot(Some(CollateralOptions::default()));
+    let evidence = machine.evidence(NONCE);
+    let golden = machine.golden.clone();
+    let report = verify(
+        &evidence,
+        &golden,
+        &machine.options_supplying(CollateralOptions::default()),
+    );
+    assert!(report.verified, "{report}");
+    assert_eq!(report.check("tdx.crl").unwrap().status, Status::Pass);
+
+    // Intel revoked this platform's PCK certificate: its serial is in the PCK CRL.
+    let serial = machine.tee.signer.pck().serial_number().to_bn().unwrap();
+    let serial = serial.to_hex_str().unwrap().to_string();
+    let revoked = machine.options_supplying(CollateralOptions {
+        revoke_pck: true,
+        ..CollateralOptions::default()
+    });
+    let words = ["revoked by the PCK CRL", serial.as_str()];
+    assert_only_failure(&evidence, &golden, &revoked, "tdx.crl", &words);
+
+    // Collateral without CRLs cannot show that the PCK is not revoked.
+    let no_crls = CollateralOptions {
+        crls: false,
+        ..CollateralOptions::default()
+    };
+    let words = ["no PCK CRL", "no root CA CRL"];
+    let options = machine.options_supplying(no_crls);
+    assert_only_failure(&evidence, &golden, &options, "tdx.crl", &words);
+
+    // Nor can CRLs whose nextUpdate has passed.
+    let stale = machine.options_supplying(CollateralOptions {
+        crl_validity: tdx_signer::STALE_CRLS,
+        ..CollateralOptions::default()
+    });
+    assert_only_failure(&evidence, &golden, &stale, "tdx.crl", &["not current"]);
+
+    // A machine that strips the CRLs from the collateral it carries gains nothing.
+    machine.tee.carried = Some(no_crls);
+    let stripped = machine.evidence(NONCE);
+    let options = machine.options();
+    assert_only_failure(&stripped, &golden, &options, "tdx.crl", &words);
+}
+
+#[test]
+fn the_verifiers_collateral_wins_over_the_one_the_evidence_carries() {
+    // The machine carries Intel's older evaluation (17), which still rated its TCB UpToDate;
+    // the verifier holds the newer one (18), which rates it OutOfDate. Both are genuinely signed.
+    let mut machine = GcpTdxMachine::boot(Some(CollateralOptions::default()));
+    let evidence = machine.evidence(NONCE);
+    let golden = machine.golden.clone();
+    let options = machine.options_supplying(CollateralOptions {
+        platform_status: "OutOfDate",
+        tcb_evaluation: 18,
+        ..CollateralOptions::default()
+    });
+    let words = ["OutOfDate"];
+    assert_only_failure(&evidence, &golden, &options, "tdx.tcb_status", &words);
+    let report = verify(&evidence, &golden, &options);
+    let source = &report.check("tdx.collateral").unwrap().reason;
+    assert!(source.contains("supplied by the verifier"), "{source}");
+
+    // Only when the verifier has none is the carried collateral used, and the report says so.
+    let report = verify(&evidence, &golden, &machine.options());
+    assert!(report.verified, "{report}");
+    let source = &report.check("tdx.collateral").unwrap().reason;
+    assert!(source.contains("carried in the evidence"), "{source}");
 }

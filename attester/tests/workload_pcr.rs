@@ -21,6 +21,8 @@ fn example_workload_measures_into_pcr23_as_replayed() -> anyhow::Result<()> {
             "docker-compose.yml",
             "config/message.txt",
             "app.env",
+            "README.md",
+            "${CVM_AGENT_SOCKET_DIR:-/run/cvm-agent/api}",
             "localhost/cvm-example/hello:1",
             ""
         ]

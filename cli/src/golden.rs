@@ -5,9 +5,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
 use cvm_attestation::golden::{
-    predicted_pcrs, GoldenMeasurement, GoldenSnp, GoldenWorkload, GOLDEN_VERSION,
+    predicted_pcrs, AllowedWorkload, GoldenMeasurement, GoldenSnp, GoldenWorkload, GOLDEN_VERSION,
 };
-use cvm_attestation::workload::{archived_images, WorkloadFolder};
+use cvm_attestation::workload::token::parse_salt;
+use cvm_attestation::workload::{archived_images, TokenCommitment, WorkloadEvent, WorkloadFolder};
 use cvm_attestation::{Sha256Digest, Sha384Digest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,9 +25,21 @@ pub struct GoldenArgs {
     /// The image build's measurements.json (its predicted PCRs become golden values).
     #[arg(long)]
     measurements: Option<PathBuf>,
-    /// The agent's API token file: its SHA-256 is part of the workload measurement.
-    #[arg(long)]
+    /// The agent's API token file: its salted HMAC is part of the workload measurement.
+    #[arg(long, requires = "token_salt")]
     token_file: Option<PathBuf>,
+    /// The salt of the agent's api-token event (random per boot, public): 64 hex digits, or a
+    /// file holding the agent's workload log (GET /eventlog) or evidence to take it from.
+    #[arg(long, value_name = "HEX|FILE", requires = "token_file")]
+    token_salt: Option<String>,
+    /// Accept a compose bind mount of this host path (outside the workload folder, so its
+    /// content is not measured); repeatable.
+    #[arg(long = "allow-host-mount", value_name = "PATH")]
+    allow_host_mounts: Vec<String>,
+    /// Also accept this workload measurement for any generation since boot: another golden
+    /// file (its workload and what it allows) or a measurement's digest (64 hex); repeatable.
+    #[arg(long = "allow-measurement", value_name = "GOLDEN.json|HEX")]
+    allow_measurements: Vec<String>,
     /// Image IDs for images not shipped as archives in the folder: REFERENCE=sha256:HEX.
     #[arg(long = "image", value_name = "REF=ID")]
     images: Vec<String>,
@@ -52,7 +65,8 @@ pub struct GoldenArgs {
         requires = "snp_ovmf"
     )]
     snp_vcpu_type: String,
-    /// Accept a workload replaced after boot through /update-workload.
+    /// Accept the same workload measured again after boot (several generations, each equal to
+    /// this one); another workload needs --allow-measurement.
     #[arg(long)]
     allow_updates: bool,
     /// Write here instead of standard output.
@@ -83,37 +97,7 @@ pub fn run(args: GoldenArgs) -> Result<()> {
 }
 
 fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
-    let folder = WorkloadFolder::read(&args.workload)
-        .with_context(|| format!("workload {}", args.workload.display()))?;
-    let mut ids = BTreeMap::new();
-    for entry in std::fs::read_dir(&args.workload)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "tar") {
-            let file = std::fs::File::open(&path)?;
-            for image in archived_images(std::io::BufReader::new(file))
-                .with_context(|| format!("{}", path.display()))?
-            {
-                for tag in image.tags {
-                    ids.insert(tag, image.image_id.clone());
-                }
-            }
-        }
-    }
-    for pair in &args.images {
-        let (reference, id) = pair
-            .split_once('=')
-            .with_context(|| format!("--image {pair:?}: expected REF=sha256:HEX"))?;
-        ids.insert(reference.to_owned(), id.to_owned());
-    }
-    let token_hash = match &args.token_file {
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(Sha256Digest::of(token.trim().as_bytes()))
-        }
-        None => None,
-    };
-    let events = folder.events(&ids, token_hash)?;
+    let workload = workload(args)?;
     let pcrs = match &args.measurements {
         Some(path) => {
             let bytes =
@@ -160,11 +144,131 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
         version: GOLDEN_VERSION,
         platform,
         pcrs,
-        workload: Some(GoldenWorkload {
-            events,
-            allow_updates: args.allow_updates,
-        }),
+        workload: Some(workload),
         snp,
         tdx: None,
     })
+}
+
+/// The workload section: the folder's measurement (image IDs from its archives and `--image`,
+/// the token's commitment under the agent's salt) and the other measurements allowed.
+fn workload(args: &GoldenArgs) -> Result<GoldenWorkload> {
+    let folder = WorkloadFolder::read(&args.workload)
+        .with_context(|| format!("workload {}", args.workload.display()))?;
+    let mut ids = BTreeMap::new();
+    for entry in std::fs::read_dir(&args.workload)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tar") {
+            let file = std::fs::File::open(&path)?;
+            for image in archived_images(std::io::BufReader::new(file))
+                .with_context(|| format!("{}", path.display()))?
+            {
+                for tag in image.tags {
+                    ids.insert(tag, image.image_id.clone());
+                }
+            }
+        }
+    }
+    for pair in &args.images {
+        let (reference, id) = pair
+            .split_once('=')
+            .with_context(|| format!("--image {pair:?}: expected REF=sha256:HEX"))?;
+        ids.insert(reference.to_owned(), id.to_owned());
+    }
+    check_host_mounts(&folder, &args.allow_host_mounts)?;
+    let token = token_commitment(args)?;
+    let events = folder.events(&ids, token.as_ref())?;
+    let allowed = args
+        .allow_measurements
+        .iter()
+        .map(|value| allowed_measurements(value))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    Ok(GoldenWorkload {
+        events,
+        allow_updates: args.allow_updates,
+        allowed,
+        any: false,
+    })
+}
+
+/// Refuses host paths the workload mounts from outside its folder unless `--allow-host-mount`
+/// names them: their content is not measured. The agent's own API socket directory is its own.
+fn check_host_mounts(folder: &WorkloadFolder, allowed: &[String]) -> Result<()> {
+    for mount in &folder.host_mounts {
+        if mount.is_agent_socket() || allowed.iter().any(|a| a == &mount.source) {
+            continue;
+        }
+        bail!(
+            "the workload mounts host path {:?} ({}), whose content is not measured; pass \
+             --allow-host-mount {:?} if that is intended",
+            mount.source,
+            mount.uses.join(", "),
+            mount.source
+        );
+    }
+    Ok(())
+}
+
+/// The api-token event's commitment: the token file's content (trimmed, as the agent reads it)
+/// under the salt the agent published.
+fn token_commitment(args: &GoldenArgs) -> Result<Option<TokenCommitment>> {
+    let (Some(path), Some(salt)) = (&args.token_file, &args.token_salt) else {
+        return Ok(None);
+    };
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let salt = match parse_salt(salt) {
+        Some(salt) => salt,
+        None => salt_from_file(std::path::Path::new(salt))
+            .with_context(|| format!("--token-salt {salt}"))?,
+    };
+    Ok(Some(TokenCommitment::new(salt, token.trim())))
+}
+
+/// The salt of the first api-token event in a workload log or in evidence carrying one.
+fn salt_from_file(path: &std::path::Path) -> Result<[u8; 32]> {
+    const MAX_BYTES: u64 = 64 << 20;
+    let size = std::fs::metadata(path)
+        .context("neither 64 hex digits nor a readable file")?
+        .len();
+    if size > MAX_BYTES {
+        bail!("{} is larger than {MAX_BYTES} bytes", path.display());
+    }
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let events = value
+        .get("events")
+        .or_else(|| value.pointer("/event_logs/workload/events"))
+        .with_context(|| format!("{} holds no workload log", path.display()))?;
+    let events: Vec<WorkloadEvent> = serde_json::from_value(events.clone())
+        .with_context(|| format!("{}: workload events", path.display()))?;
+    TokenCommitment::first_salt(&events).with_context(|| {
+        format!(
+            "{}: the workload log has no salted api-token event",
+            path.display()
+        )
+    })
+}
+
+/// What one `--allow-measurement` adds: a digest, or another golden's workload measurement
+/// together with the ones it allows.
+fn allowed_measurements(value: &str) -> Result<Vec<AllowedWorkload>> {
+    if value.len() == 64 {
+        if let Ok(digest) = Sha256Digest::from_hex(value) {
+            return Ok(vec![AllowedWorkload::Digest(digest)]);
+        }
+    }
+    let bytes = std::fs::read(value).with_context(|| {
+        format!("--allow-measurement {value}: neither 64 hex digits nor a file")
+    })?;
+    let golden = GoldenMeasurement::from_json(&bytes)
+        .with_context(|| format!("--allow-measurement {value}"))?;
+    let workload = golden
+        .workload
+        .filter(|w| !w.any)
+        .with_context(|| format!("--allow-measurement {value}: the golden pins no workload"))?;
+    let mut allowed = vec![AllowedWorkload::Events(workload.events)];
+    allowed.extend(workload.allowed);
+    Ok(allowed)
 }

@@ -47,7 +47,8 @@ pub struct VerifyArgs {
     collateral: Option<PathBuf>,
     /// TDX TCB statuses to accept for a bare TD quote (repeatable; default UpToDate), e.g.
     /// SWHardeningNeeded, ConfigurationNeeded, OutOfDate.
-    #[arg(long = "tcb-status", value_name = "STATUS")]
+    #[arg(long = "tcb-status", value_name = "STATUS",
+          value_parser = clap::builder::PossibleValuesParser::new(cvm_attestation::tdx::TcbStatus::KNOWN))]
     tcb_statuses: Vec<String>,
     /// VCEK or VLEK certificate (DER or PEM) for --report.
     #[arg(long, requires = "report")]
@@ -56,9 +57,14 @@ pub struct VerifyArgs {
     /// pinned).
     #[arg(long)]
     chain: Option<PathBuf>,
-    /// The nonce sent to the agent (hex or base64); without it freshness is reported as unchecked.
+    /// The nonce sent to the agent (hex or base64). Required for evidence files: without it a
+    /// replayed document could pass, and `nonce` fails (unless --no-freshness).
     #[arg(long)]
     nonce: Option<String>,
+    /// Accept evidence without checking its nonce (e.g. a document saved long ago). The report
+    /// then says FRESHNESS NOT CHECKED and a warning is printed: a replay would pass.
+    #[arg(long, conflicts_with_all = ["nonce", "host"])]
+    no_freshness: bool,
     /// Check certificate validity at this time (RFC 3339 UTC or Unix seconds) instead of now.
     #[arg(long)]
     at: Option<String>,
@@ -130,6 +136,13 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
         &args.test_roots,
         args.trusted_ak.as_deref(),
     )?;
+    if args.no_freshness {
+        eprintln!(
+            "WARNING: --no-freshness: the evidence's nonce is not checked, so an old or replayed \
+             document can pass. Do not use this to decide whether to trust a running VM."
+        );
+        options = options.without_freshness();
+    }
     if let Some(path) = &args.collateral {
         let collateral = TdxCollateral::from_json(&read(path)?)
             .with_context(|| format!("{}", path.display()))?;
@@ -164,7 +177,8 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                 Some((quote, collateral)) => {
                     let mut expectations = GoldenTdx::default();
                     if !args.tcb_statuses.is_empty() {
-                        expectations.tcb_statuses = args.tcb_statuses.clone();
+                        expectations.tcb_statuses =
+                            args.tcb_statuses.iter().map(|s| s.as_str().into()).collect();
                     }
                     verify_tdx_quote(&quote, collateral.as_ref(), &expectations, &options)
                 }

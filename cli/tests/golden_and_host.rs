@@ -6,6 +6,7 @@ use cvm_agent::config::Config;
 use cvm_agent::Agent;
 use cvm_attestation::encoding::encode_base64;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
+use cvm_attestation::workload::TokenCommitment;
 use std::path::Path;
 use std::process::Command;
 use test_support::{busybox_image_archive, Swtpm};
@@ -24,6 +25,30 @@ fn write_workload(dir: &Path, message: &str) {
     std::fs::write(dir.join("config/message.txt"), message).unwrap();
     let archive = busybox_image_archive("localhost/cvm-example/hello:1", &["sh"], &[]).unwrap();
     std::fs::write(dir.join("hello.tar"), archive.bytes).unwrap();
+}
+
+/// PCR 4 and 11 as the agent's swtpm quotes them (nothing boots on it), to pin a boot chain in
+/// the goldens as verification requires; the workload is what this test is about.
+async fn boot_chain(agent: &Agent) -> serde_json::Value {
+    let path = format!("/collaterals/{}", "ab".repeat(16));
+    let (status, evidence) = test_support::http::get_json(agent.local_addr, &path)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{evidence}");
+    let evidence = cvm_attestation::Evidence::from_json(evidence.to_string().as_bytes()).unwrap();
+    let pcr = |index: u8| {
+        let value = hex::encode(evidence.tpm.pcrs.pcrs[&index].as_slice());
+        serde_json::json!({"sha256": value, "source": "observed"})
+    };
+    serde_json::json!({"4": pcr(4), "11": pcr(11)})
+}
+
+/// Adds the boot chain's PCRs to a golden file `cvm-cli golden` wrote.
+fn pin_boot_chain(golden: &Path, pcrs: &serde_json::Value) {
+    let mut document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
+    document["pcrs"] = pcrs.clone();
+    std::fs::write(golden, document.to_string()).unwrap();
 }
 
 /// Runs `cvm-cli verify --host` off the runtime the agent serves on.
@@ -105,6 +130,10 @@ async fn golden_offline_then_verify_a_running_agent() {
     let ak = dir.path().join("ak.pub");
     std::fs::write(&ak, encode_base64(agent.state.tpm.ak_public())).unwrap();
     let host = agent.external_addr.to_string();
+    // The agent's api-token event carries its salt (random per boot): the golden needs it.
+    let agent_log = agent.state.workloads.measured().await.log;
+    let salt = hex::encode(TokenCommitment::first_salt(&agent_log.events).unwrap());
+    let boot_pcrs = boot_chain(&agent).await;
 
     let golden = dir.path().join("golden.json");
     let output = cli(&[
@@ -113,6 +142,8 @@ async fn golden_offline_then_verify_a_running_agent() {
         workload.to_str().unwrap(),
         "--token-file",
         token.to_str().unwrap(),
+        "--token-salt",
+        &salt,
         "--cloud",
         "qemu",
         "--tee",
@@ -125,7 +156,24 @@ async fn golden_offline_then_verify_a_running_agent() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // cvm-cli golden with the token reproduces the agent's api-token event exactly.
+    let computed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&golden).unwrap()).unwrap();
+    let token_event = |events: &serde_json::Value| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "api-token")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        token_event(&computed["workload"]["events"]),
+        token_event(&serde_json::to_value(&agent_log.events).unwrap())
+    );
 
+    pin_boot_chain(&golden, &boot_pcrs);
     let output = verify_host(host.clone(), golden, ak.clone()).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(
@@ -155,10 +203,13 @@ async fn golden_offline_then_verify_a_running_agent() {
         changed.to_str().unwrap(),
         "--token-file",
         token.to_str().unwrap(),
+        "--token-salt",
+        &salt,
         "--out",
         golden2.to_str().unwrap(),
     ]);
     assert!(output.status.success());
+    pin_boot_chain(&golden2, &boot_pcrs);
     let output = verify_host(host.clone(), golden2, ak).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
@@ -182,19 +233,38 @@ async fn golden_offline_then_verify_a_running_agent() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    // Now the running workload is the changed one: its golden (with updates allowed) passes.
+    // Now the running workload is the changed one. `--allow-updates` alone accepts only this
+    // workload measured again, so the first generation fails by index; naming the earlier
+    // golden as an allowed measurement passes.
     let golden3 = dir.path().join("golden3.json");
-    let output = cli(&[
-        "golden",
-        "--workload",
-        changed.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--allow-updates",
-        "--out",
-        golden3.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
+    let golden_of_changed = |extra: &[&str]| {
+        let mut args = vec![
+            "golden",
+            "--workload",
+            changed.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--token-salt",
+            &salt,
+            "--out",
+            golden3.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = cli(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pin_boot_chain(&golden3, &boot_pcrs);
+    };
+    golden_of_changed(&["--allow-updates"]);
+    let output = verify_host(host.clone(), golden3.clone(), dir.path().join("ak.pub")).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  workload.updates"), "{stdout}");
+    assert!(stdout.contains("generation 1 of 2"), "{stdout}");
+    golden_of_changed(&["--allow-measurement", old_golden.to_str().unwrap()]);
     let output = verify_host(host.clone(), golden3.clone(), dir.path().join("ak.pub")).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{stdout}");

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cvm_attestation::encoding::decode_base64;
 use cvm_attestation::evidence::{check_nonce, Platform};
-use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenWorkload, GOLDEN_VERSION};
+use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GOLDEN_VERSION};
 use cvm_attestation::snp::TrustedRoot;
 use cvm_attestation::{verify, Evidence, Sha256Digest, VerifyOptions};
 use serde::Deserialize;
@@ -183,10 +183,7 @@ async fn golden(state: Shared) -> Json<Value> {
         version: GOLDEN_VERSION,
         platform: Some(state.platform),
         pcrs: state.image_pcrs.clone(),
-        workload: Some(GoldenWorkload {
-            events: measured.current,
-            allow_updates: true,
-        }),
+        workload: Some(measured.golden_workload()),
         snp: None,
         tdx: None,
     };

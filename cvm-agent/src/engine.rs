@@ -9,6 +9,7 @@ use bollard::query_parameters::{
     CreateImageOptions, ImportImageOptions, ListContainersOptions, LogsOptions,
 };
 use bollard::Docker;
+use cvm_attestation::workload::mounts::AGENT_SOCKET_VARIABLE;
 use cvm_attestation::workload::{archived_images, ArchivedImage};
 use futures_util::TryStreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -176,10 +177,12 @@ impl Engine {
             .arg(dir)
             .args(action)
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .envs(
-                self.socket_dir
-                    .iter()
-                    .map(|dir| ("CVM_AGENT_SOCKET_DIR", dir)),
+            // Always set, empty without a socket: the environment wins over the workload's
+            // `.env`, so the host path behind `${CVM_AGENT_SOCKET_DIR:-/default}` (measured as
+            // written) is the agent's own directory or that default, never one `.env` chose.
+            .env(
+                AGENT_SOCKET_VARIABLE,
+                self.socket_dir.as_deref().unwrap_or(Path::new("")),
             )
             .kill_on_drop(true);
         let output = tokio::time::timeout(COMPOSE_TIMEOUT, command.output())

@@ -51,7 +51,7 @@ impl Agent {
         tee: Box<dyn TeeBackend>,
     ) -> Result<Self> {
         tracing::info!(%platform, tcti = %config.tcti, "starting");
-        let token_hash = match &config.api_token_file {
+        let token = match &config.api_token_file {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
                     .with_context(|| format!("reading the API token {}", path.display()))?;
@@ -62,10 +62,12 @@ impl Agent {
                         path.display()
                     );
                 }
-                Some(Sha256Digest::of(token.as_bytes()))
+                Some(token.to_owned())
             }
             None => None,
         };
+        // Bearer checks compare hashes; PCR 23 gets the token's salted commitment (workload.rs).
+        let token_hash = token.as_deref().map(|t| Sha256Digest::of(t.as_bytes()));
         // Listeners are bound before the workload starts, so it finds the local API socket; they
         // are served once the workload is measured.
         let local = tokio::net::TcpListener::bind(config.local_listen)
@@ -88,7 +90,12 @@ impl Agent {
             }
             None => None,
         };
-        let tpm = tpm_actor::TpmActor::start(&config.tcti, tee, config.firmware_event_log.clone())?;
+        let tpm = tpm_actor::TpmActor::start(
+            &config.tcti,
+            platform,
+            tee,
+            config.firmware_event_log.clone(),
+        )?;
         let engine = if config.measure_only {
             tracing::warn!("measure-only: the workload is measured but not started (no engine)");
             None
@@ -108,7 +115,7 @@ impl Agent {
             config.state_dir.clone(),
             engine,
             tpm.clone(),
-            token_hash,
+            token,
             config.start_workload,
         )
         .await?;
@@ -242,11 +249,15 @@ fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend
     })
 }
 
-/// Predicted PCRs from the image build's measurements.json, when configured.
+/// Predicted PCRs (SHA-256, and SHA-384 when the build predicted it) from the image build's
+/// measurements.json, when configured; read bounded through the shared schema.
 fn image_pcrs(path: Option<&std::path::Path>) -> Result<BTreeMap<u8, GoldenPcr>> {
+    use cvm_attestation::measurements::Measurements;
     let Some(path) = path else {
         return Ok(BTreeMap::new());
     };
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    cvm_attestation::golden::predicted_pcrs(&bytes).with_context(|| format!("{}", path.display()))
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    Measurements::from_reader(file)
+        .and_then(|document| document.golden_pcrs())
+        .with_context(|| format!("{}", path.display()))
 }

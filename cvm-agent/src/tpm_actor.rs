@@ -2,7 +2,7 @@
 //! queue. No request holds a TPM session beyond its own command, and async handlers never block.
 
 use anyhow::{anyhow, Context, Result};
-use cvm_attestation::evidence::{Evidence, Platform};
+use cvm_attestation::evidence::{Cloud, Evidence, Platform};
 use cvm_attestation::workload::{WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::{collect, AttestationKey, CollectRequest, TeeBackend, Tpm};
@@ -17,8 +17,30 @@ type Job = Box<dyn FnOnce(&mut Owned) + Send>;
 struct Owned {
     tpm: Tpm,
     ak: AttestationKey,
+    /// GCP: Google's certificate for `ak`.
+    ak_cert: Option<Vec<u8>>,
     tee: Box<dyn TeeBackend>,
     firmware_log: Option<std::path::PathBuf>,
+    /// AWS: ask the NitroTPM for an AWS-signed attestation document with every evidence.
+    nitro: bool,
+}
+
+/// The AK a verifier can trust on this platform: on GCP the one Google certified (created from
+/// the template Google provisioned), elsewhere our own restricted key (persistent at Azure's
+/// handle, where the paravisor's AK lives).
+fn attestation_key(
+    tpm: &mut Tpm,
+    platform: Platform,
+) -> Result<(AttestationKey, Option<Vec<u8>>)> {
+    if platform.cloud == Cloud::Gcp {
+        let (ak, cert) = cvm_attester::gce::gce_attestation_key(tpm)
+            .context("loading Google's certified attestation key")?;
+        return Ok((ak, Some(cert)));
+    }
+    let ak = tpm
+        .attestation_key(Some(AZURE_AK_HANDLE))
+        .context("loading or creating the attestation key")?;
+    Ok((ak, None))
 }
 
 /// A handle to the TPM thread; cheap to clone.
@@ -32,6 +54,7 @@ impl TpmActor {
     /// Opens the TPM, loads or creates the AK, and starts the thread.
     pub fn start(
         tcti: &str,
+        platform: Platform,
         tee: Box<dyn TeeBackend>,
         firmware_log: Option<std::path::PathBuf>,
     ) -> Result<Self> {
@@ -43,14 +66,14 @@ impl TpmActor {
             .spawn(move || {
                 let opened = (|| -> Result<Owned> {
                     let mut tpm = Tpm::open(&tcti)?;
-                    let ak = tpm
-                        .attestation_key(Some(AZURE_AK_HANDLE))
-                        .context("loading or creating the attestation key")?;
+                    let (ak, ak_cert) = attestation_key(&mut tpm, platform)?;
                     Ok(Owned {
                         tpm,
                         ak,
+                        ak_cert,
                         tee,
                         firmware_log,
+                        nitro: platform.cloud == Cloud::Aws,
                     })
                 })();
                 let mut owned = match opened {
@@ -122,8 +145,10 @@ impl TpmActor {
             let Owned {
                 tpm,
                 ak,
+                ak_cert,
                 tee,
                 firmware_log,
+                nitro,
             } = o;
             Ok(collect(
                 tpm,
@@ -140,6 +165,8 @@ impl TpmActor {
                     ccel: (platform.tee == cvm_attestation::evidence::Tee::Tdx)
                         .then(|| std::fs::read(CCEL_PATH).ok())
                         .flatten(),
+                    ak_cert: ak_cert.clone(),
+                    nitro_document: *nitro,
                 },
             )?)
         })

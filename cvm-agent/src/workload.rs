@@ -1,13 +1,17 @@
 //! The workload's life: measure into PCR 23, then run; on update, stage, validate, measure, swap,
 //! run, and roll back on any failure. PCR 23 is extended once per measured workload: the log is
 //! persisted under the state directory (tmpfs, gone at reboot, like the PCR) and an agent restart
-//! reuses it when it still explains the PCR.
+//! reuses it when it still explains the PCR. Immediately before every `compose up` the folder is
+//! measured again and must equal the last generation in the log, so nothing changed behind the
+//! agent's back ever starts unmeasured.
 
 use crate::engine::Engine;
 use crate::tpm_actor::TpmActor;
 use anyhow::{bail, Context, Result};
-use cvm_attestation::workload::{replay, WorkloadEvent, WorkloadFolder, WorkloadLog};
-use cvm_attestation::Sha256Digest;
+use cvm_attestation::golden::{AllowedWorkload, GoldenWorkload};
+use cvm_attestation::workload::{
+    differences, replay, EventKind, TokenCommitment, WorkloadEvent, WorkloadFolder, WorkloadLog,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,45 @@ pub struct Measured {
     pub image_ids: BTreeMap<String, String>,
 }
 
+impl Measured {
+    /// The last generation of the log: what may run now.
+    fn last_generation(&self) -> Result<&[WorkloadEvent]> {
+        let generations = self.log.generations()?;
+        generations
+            .last()
+            .copied()
+            .context("the workload log has no measurement")
+    }
+
+    /// What this VM should match: the running measurement, every earlier one allowed (it did
+    /// run here, and PCR 23 shows it).
+    pub fn golden_workload(&self) -> GoldenWorkload {
+        let mut golden = GoldenWorkload::new(self.current.clone());
+        let current = replay(&self.current);
+        for generation in self.log.generations().unwrap_or_default() {
+            let digest = replay(generation);
+            let known = golden.allowed.iter().any(|a| a.digest() == digest);
+            if digest != current && !known {
+                golden
+                    .allowed
+                    .push(AllowedWorkload::Events(generation.to_vec()));
+            }
+        }
+        golden
+    }
+}
+
+/// The folder about to run is not the workload last measured into PCR 23.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to run {}: it is not the workload last measured into PCR 23: {reason}",
+    dir.display()
+)]
+pub struct Unmeasured {
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
 /// Owns the workload folder and the measurement state.
 pub struct Workloads {
     dir: PathBuf,
@@ -33,11 +76,14 @@ pub struct Workloads {
     /// `None` in measure-only mode.
     engine: Option<Engine>,
     tpm: TpmActor,
-    token_hash: Option<Sha256Digest>,
+    /// The API bearer token (trimmed), committed to in every measurement.
+    token: Option<String>,
     start_workload: bool,
     measured: RwLock<Measured>,
     /// One update (or start) at a time.
     busy: Mutex<()>,
+    /// Why the workload folder was not started when the agent started, if it was refused.
+    refused: RwLock<Option<String>>,
 }
 
 /// How start-up found PCR 23.
@@ -50,13 +96,14 @@ pub enum StartKind {
 }
 
 impl Workloads {
-    /// Measures (or restores) and starts the workload in `dir`.
+    /// Measures (or restores) and starts the workload in `dir`. A restored measurement whose
+    /// folder changed since is not started (see [`Workloads::refused`]); the agent still serves.
     pub async fn start(
         dir: PathBuf,
         state_dir: PathBuf,
         engine: Option<Engine>,
         tpm: TpmActor,
-        token_hash: Option<Sha256Digest>,
+        token: Option<String>,
         start_workload: bool,
     ) -> Result<(Self, StartKind)> {
         std::fs::create_dir_all(&state_dir)
@@ -71,7 +118,10 @@ impl Workloads {
                 state.log.replay()
             ),
             None if pcr == [0; 32] => {
-                let (events, image_ids) = prepare(engine.as_ref(), &dir, token_hash).await?;
+                let salt = token.as_ref().map(|_| fresh_salt()).transpose()?;
+                let commitment = commit(token.as_deref(), salt);
+                let (events, image_ids) =
+                    prepare(engine.as_ref(), &dir, commitment.as_ref()).await?;
                 let log = WorkloadLog::from_events(events.clone());
                 tpm.extend_workload(events.clone()).await?;
                 let state = Measured {
@@ -93,16 +143,28 @@ impl Workloads {
             state_dir,
             engine,
             tpm,
-            token_hash,
+            token,
             start_workload,
             measured: RwLock::new(measured),
             busy: Mutex::new(()),
+            refused: RwLock::new(None),
         };
         if start_workload {
-            let image_ids = workloads.measured.read().await.image_ids.clone();
-            workloads.run(&workloads.dir, &image_ids).await?;
+            if let Err(error) = workloads.run(&workloads.dir).await {
+                let Some(unmeasured) = error.downcast_ref::<Unmeasured>() else {
+                    return Err(error);
+                };
+                tracing::error!(dir = %workloads.dir.display(), "{unmeasured}");
+                *workloads.refused.write().await = Some(unmeasured.to_string());
+            }
         }
         Ok((workloads, kind))
+    }
+
+    /// Why the agent did not start its workload folder at start-up, when it refused to: the
+    /// folder was not the last measured workload. Containers already running are left alone.
+    pub async fn refused(&self) -> Option<String> {
+        self.refused.read().await.clone()
     }
 
     pub async fn measured(&self) -> Measured {
@@ -119,9 +181,11 @@ impl Workloads {
     pub async fn update(&self, staged: &Path) -> Result<Measured> {
         let _guard = self.busy.lock().await;
         // 1. Validate and resolve everything before touching the running workload.
-        let (events, image_ids) = prepare(self.engine.as_ref(), staged, self.token_hash).await?;
+        let commitment = self.token_commitment().await?;
+        let (events, image_ids) =
+            prepare(self.engine.as_ref(), staged, commitment.as_ref()).await?;
         // 2. Measure before running.
-        self.extend(events.clone(), image_ids.clone()).await?;
+        self.extend(events, image_ids).await?;
         // 3. Stop the old one, swap folders atomically, start the new one.
         let previous = self.dir.with_extension("previous");
         let _ = std::fs::remove_dir_all(&previous);
@@ -135,8 +199,11 @@ impl Workloads {
         if !self.start_workload {
             return Ok(self.measured().await);
         }
-        match self.run(&self.dir, &image_ids).await {
-            Ok(()) => Ok(self.measured().await),
+        match self.run(&self.dir).await {
+            Ok(()) => {
+                *self.refused.write().await = None;
+                Ok(self.measured().await)
+            }
             Err(error) => {
                 // Roll back: the old folder returns, is measured again, and runs.
                 let _ = self.compose_down().await;
@@ -145,9 +212,10 @@ impl Workloads {
                 std::fs::rename(&self.dir, &failed)?;
                 std::fs::rename(&previous, &self.dir)?;
                 let (old_events, old_ids) =
-                    prepare(self.engine.as_ref(), &self.dir, self.token_hash).await?;
-                self.extend(old_events, old_ids.clone()).await?;
-                self.run(&self.dir, &old_ids).await?;
+                    prepare(self.engine.as_ref(), &self.dir, commitment.as_ref()).await?;
+                self.extend(old_events, old_ids).await?;
+                self.run(&self.dir).await?;
+                *self.refused.write().await = None;
                 Err(error.context("the new workload did not start; the previous one runs again"))
             }
         }
@@ -171,10 +239,28 @@ impl Workloads {
         write_state(&self.state_dir, &measured)
     }
 
-    /// Runs the compose file with every image pinned to its measured ID.
-    async fn run(&self, dir: &Path, image_ids: &BTreeMap<String, String>) -> Result<()> {
-        let folder = WorkloadFolder::read(dir)?;
-        let pinned = folder.compose.with_images(image_ids)?;
+    /// The token's commitment for a new measurement: the salt of this boot's first api-token
+    /// event, so the same workload always measures the same (a fresh salt when there is none).
+    async fn token_commitment(&self) -> Result<Option<TokenCommitment>> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        let salt = match TokenCommitment::first_salt(&self.measured.read().await.log.events) {
+            Some(salt) => salt,
+            None => fresh_salt()?,
+        };
+        Ok(Some(TokenCommitment::new(salt, token)))
+    }
+
+    /// Runs the compose file in `dir` with every image pinned to its measured ID, after
+    /// measuring the folder again: it must be exactly the last generation in the log, or
+    /// [`Unmeasured`] is returned and nothing is started.
+    async fn run(&self, dir: &Path) -> Result<()> {
+        let (folder, image_ids) = self.remeasure(dir).await.map_err(|reason| Unmeasured {
+            dir: dir.to_owned(),
+            reason,
+        })?;
+        let pinned = folder.compose.with_images(&image_ids)?;
         let file = self.state_dir.join("docker-compose.pinned.yml");
         std::fs::write(&file, pinned).with_context(|| format!("writing {}", file.display()))?;
         match &self.engine {
@@ -185,6 +271,33 @@ impl Workloads {
             }
             None => Ok(()),
         }
+    }
+
+    /// Reads `dir` and compares its events with the last measured generation, whose image
+    /// events give the IDs (so the log, which PCR 23 vouches for, decides what is pinned).
+    /// Returns the folder as read (the compose file to pin comes from this very read) or why it
+    /// is not the measured workload.
+    async fn remeasure(
+        &self,
+        dir: &Path,
+    ) -> std::result::Result<(WorkloadFolder, BTreeMap<String, String>), String> {
+        let measured = self.measured.read().await;
+        let last = measured.last_generation().map_err(|e| format!("{e:#}"))?;
+        let image_ids: BTreeMap<String, String> = last
+            .iter()
+            .filter(|event| event.kind == EventKind::Image)
+            .filter_map(|event| Some((event.name.clone(), event.payload.clone()?)))
+            .collect();
+        let salt = TokenCommitment::first_salt(last.iter());
+        let commitment = commit(self.token.as_deref(), Some(salt.unwrap_or([0; 32])));
+        let folder = WorkloadFolder::read(dir).map_err(|e| e.to_string())?;
+        let events = folder
+            .events(&image_ids, commitment.as_ref())
+            .map_err(|e| e.to_string())?;
+        if replay(&events) != replay(last) {
+            return Err(differences(last, &events).join("; "));
+        }
+        Ok((folder, image_ids))
     }
 
     async fn compose_down(&self) -> Result<()> {
@@ -205,7 +318,7 @@ impl Workloads {
 async fn prepare(
     engine: Option<&Engine>,
     dir: &Path,
-    token_hash: Option<Sha256Digest>,
+    token: Option<&TokenCommitment>,
 ) -> Result<(Vec<WorkloadEvent>, BTreeMap<String, String>)> {
     let folder =
         WorkloadFolder::read(dir).with_context(|| format!("workload {}", dir.display()))?;
@@ -230,8 +343,20 @@ async fn prepare(
                 .collect::<Result<_>>()?
         }
     };
-    let events = folder.events(&image_ids, token_hash)?;
+    let events = folder.events(&image_ids, token)?;
     Ok((events, image_ids))
+}
+
+/// The token's commitment under `salt`, when there is a token.
+fn commit(token: Option<&str>, salt: Option<[u8; 32]>) -> Option<TokenCommitment> {
+    Some(TokenCommitment::new(salt?, token?))
+}
+
+/// A fresh random salt for the token's commitment (once per boot).
+fn fresh_salt() -> Result<[u8; 32]> {
+    let mut salt = [0u8; 32];
+    openssl::rand::rand_bytes(&mut salt).context("drawing a random salt")?;
+    Ok(salt)
 }
 
 fn state_path(state_dir: &Path) -> PathBuf {

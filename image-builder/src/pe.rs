@@ -1,10 +1,14 @@
 //! Just enough PE/COFF (PE32+) for a UKI: reading the section table, appending sections to the
-//! systemd stub, the PE checksum, and the Authenticode SHA-256 that firmware measures into PCR 4.
+//! systemd stub, the PE checksum, and the Authenticode digest that firmware measures into PCR 4
+//! (in each active bank: SHA-256, SHA-384).
 //!
 //! Authenticode hash (Microsoft PE/COFF spec, "Calculating the PE Image Hash"): the headers up to
 //! `SizeOfHeaders` without the checksum field and the certificate-table directory entry, then each
 //! section's raw data in file order, then any data after the last section up to the attribute
 //! certificate table (which is excluded).
+
+use sha2::digest::{Digest, Output};
+use sha2::{Sha256, Sha384};
 
 use crate::error::{invalid, Result};
 
@@ -175,7 +179,16 @@ pub fn checksum(b: &[u8], checksum_offset: usize) -> u32 {
 
 /// SHA-256 Authenticode digest of a PE32+ image.
 pub fn authenticode_sha256(b: &[u8]) -> Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
+    Ok(authenticode::<Sha256>(b)?.into())
+}
+
+/// SHA-384 Authenticode digest of a PE32+ image (what firmware extends into a SHA-384 bank).
+pub fn authenticode_sha384(b: &[u8]) -> Result<[u8; 48]> {
+    Ok(authenticode::<Sha384>(b)?.into())
+}
+
+/// Authenticode digest of a PE32+ image with hash `D`.
+pub fn authenticode<D: Digest>(b: &[u8]) -> Result<Output<D>> {
     let pe = Pe::parse(b)?;
     let ck = pe.opt + OPT_CHECKSUM;
     let cert_dir = pe.opt + OPT_DIRS + DIR_SECURITY * 8;
@@ -183,7 +196,7 @@ pub fn authenticode_sha256(b: &[u8]) -> Result<[u8; 32]> {
     if cert_dir + 8 > hdr_end {
         return Err(invalid("PE image has no certificate-table directory entry"));
     }
-    let mut h = Sha256::new();
+    let mut h = D::new();
     h.update(&b[..ck]);
     h.update(&b[ck + 4..cert_dir]);
     h.update(&b[cert_dir + 8..hdr_end]);
@@ -198,7 +211,7 @@ pub fn authenticode_sha256(b: &[u8]) -> Result<[u8; 32]> {
     if b.len() > hashed + cert_size {
         h.update(&b[hashed..b.len() - cert_size]);
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 fn align(v: u64, a: u64) -> u64 {

@@ -6,8 +6,10 @@ use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
-use openssl::x509::extension::BasicConstraints;
-use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509};
+use openssl::x509::extension::{AuthorityKeyIdentifier, BasicConstraints, CrlNumber};
+use openssl::x509::{
+    X509Builder, X509Crl, X509CrlBuilder, X509Extension, X509NameBuilder, X509RevokedBuilder, X509,
+};
 
 /// What to issue.
 pub(crate) struct CertSpec<'a> {
@@ -61,4 +63,43 @@ pub(crate) fn certificate(spec: CertSpec<'_>) -> Result<X509> {
         spec.digest,
     )?;
     Ok(builder.build())
+}
+
+/// What a CRL says. Built with the openssl crate's own `X509CrlBuilder` (0.10.82 has one), so
+/// the DER is whatever OpenSSL writes for a real CA: v2, AKI and CRL number extensions.
+pub(crate) struct CrlSpec<'a> {
+    /// The CA that issues the CRL, and its key.
+    pub issuer: (&'a X509, &'a PKey<Private>),
+    /// Certificates the CRL revokes (listed by serial, revoked at `valid.0`).
+    pub revoked: &'a [&'a X509],
+    pub digest: MessageDigest,
+    /// thisUpdate and nextUpdate, Unix seconds.
+    pub valid: (i64, i64),
+}
+
+/// Issues the CRL `spec` describes.
+pub(crate) fn crl(spec: CrlSpec<'_>) -> Result<X509Crl> {
+    let (issuer, key) = spec.issuer;
+    let mut builder = X509CrlBuilder::new()?;
+    builder.set_issuer_name(issuer.subject_name())?;
+    let (this_update, next_update) = (
+        Asn1Time::from_unix(spec.valid.0)?,
+        Asn1Time::from_unix(spec.valid.1)?,
+    );
+    builder.set_last_update(&this_update)?;
+    builder.set_next_update(&next_update)?;
+    // The AKI names the issuer by name and serial: the test certificates carry no subject key
+    // identifier to point at. The extension context only needs the issuer certificate.
+    let context_holder = X509Builder::new()?;
+    let context = context_holder.x509v3_context(Some(issuer), None);
+    builder.append_extension(AuthorityKeyIdentifier::new().issuer(true).build(&context)?)?;
+    builder.append_extension(CrlNumber::new(BigNum::from_u32(1)?)?.build()?)?;
+    for cert in spec.revoked {
+        let mut entry = X509RevokedBuilder::new()?;
+        entry.set_serial_number(cert.serial_number())?;
+        entry.set_revocation_date(&this_update)?;
+        builder.add_revoked(entry.build())?;
+    }
+    builder.sign(key, spec.digest)?;
+    Ok(builder.build()?)
 }

@@ -8,10 +8,12 @@
 
 mod certs;
 mod engine;
+mod gce_ca;
 mod gcs;
 pub mod http;
 mod image;
 mod moto;
+mod nitro_signer;
 mod process;
 mod registry;
 mod snp_backend;
@@ -20,9 +22,11 @@ mod swtpm;
 pub mod tdx_signer;
 
 pub use engine::{ContainerEngine, EngineKind};
+pub use gce_ca::GoogleTestCa;
 pub use gcs::GcsEmulator;
 pub use image::{busybox_image_archive, ImageArchive};
 pub use moto::{Moto, RecordedRequest, EMULATOR_VENV};
+pub use nitro_signer::{NitroPayload, NitroTestSigner, ES384};
 pub use process::{free_port, wait_until};
 pub use registry::Registry;
 pub use snp_backend::TestSnpBackend;

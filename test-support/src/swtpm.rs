@@ -1,6 +1,6 @@
 //! A private software TPM 2.0 per test. swtpm serves one TCP client at a time, so never share one.
 
-use crate::process::{free_port, Daemon};
+use crate::process::Daemon;
 use anyhow::{Context, Result};
 use std::net::TcpListener;
 use std::net::TcpStream;
@@ -89,13 +89,19 @@ impl Swtpm {
     }
 }
 
-/// Two consecutive free loopback ports.
+/// Two consecutive free loopback ports, from below Linux's ephemeral range (32768-60999): there
+/// the port after a free one is usually an even port the kernel hands to outgoing connections,
+/// so with many tests connecting at once no pair could be found.
 fn free_port_pair() -> Result<(u16, u16)> {
-    for _ in 0..64 {
-        let port = free_port()?;
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+    for _ in 0..256 {
+        let mut random = [0u8; 2];
+        openssl::rand::rand_bytes(&mut random)?;
+        let port = 20_000 + u16::from_le_bytes(random) % 12_000;
+        let first = TcpListener::bind(("127.0.0.1", port));
+        let second = TcpListener::bind(("127.0.0.1", port + 1));
+        if first.is_ok() && second.is_ok() {
             return Ok((port, port + 1));
         }
     }
-    anyhow::bail!("no two consecutive free loopback ports found")
+    anyhow::bail!("no two consecutive free loopback ports found in 20000-32000")
 }

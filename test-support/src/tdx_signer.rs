@@ -2,8 +2,8 @@
 //! Platform CA -> PCK certificate (with the SGX extensions: FMSPC, PCE ID, TCB component SVNs),
 //! a Quoting Enclave whose report (signed by the PCK key) binds an attestation key, TD quotes v4
 //! signed by that key, TDREPORTs and Azure-style HCL reports, and TCB info / QE identity JSON
-//! signed by a TCB Signing certificate under the same root. Verifiers trust its root only when a
-//! test names it explicitly.
+//! signed by a TCB Signing certificate under the same root, and the CRLs of the PCK Platform CA
+//! and of the root. Verifiers trust its root only when a test names it explicitly.
 
 use anyhow::Result;
 use openssl::asn1::{Asn1Object, Asn1OctetString};
@@ -31,13 +31,21 @@ pub const MRSEAM: [u8; 48] = [0x5e; 48];
 /// Validity of the collateral: 2020-01-01 to 2049-01-01.
 pub const ISSUE_DATE: &str = "2020-01-01T00:00:00Z";
 pub const NEXT_UPDATE: &str = "2049-01-01T00:00:00Z";
+/// The same window in Unix seconds: every certificate's validity and the normal CRLs'
+/// thisUpdate / nextUpdate.
+pub const VALIDITY: (i64, i64) = (1_577_836_800, 2_493_072_000);
+/// CRL thisUpdate / nextUpdate that ended on 2021-01-01: stale at any current verification
+/// time, while the certificates, TCB info and QE identity are still valid.
+pub const STALE_CRLS: (i64, i64) = (VALIDITY.0, 1_609_459_200);
 
 const SGX_OID: &str = "1.2.840.113741.1.13.1";
 
 /// Generated keys and certificates.
 pub struct TdxTestSigner {
     root: X509,
+    root_key: PKey<Private>,
     platform_ca: X509,
+    platform_key: PKey<Private>,
     pck: X509,
     pck_key: PKey<Private>,
     tcb_signing: X509,
@@ -67,8 +75,52 @@ fn certificate(
         ca,
         extensions,
         digest: MessageDigest::sha256(),
-        valid: (1_577_836_800, 2_493_072_000), // 2020-01-01 .. 2049-01-01
+        valid: VALIDITY,
     })
+}
+
+/// A CRL as the collateral carries it: hex DER.
+fn crl_hex(
+    issuer: (&X509, &PKey<Private>),
+    revoked: &[&X509],
+    valid: (i64, i64),
+) -> Result<String> {
+    let crl = crate::certs::crl(crate::certs::CrlSpec {
+        issuer,
+        revoked,
+        digest: MessageDigest::sha256(),
+        valid,
+    })?;
+    Ok(hex::encode(crl.to_der()?))
+}
+
+/// What [`TdxTestSigner::collateral_json_with`] puts in the collateral. `Default` is the
+/// normal, complete collateral a verifier accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollateralOptions {
+    /// Include the PCK CRL and the root CA CRL (verifiers require both).
+    pub crls: bool,
+    /// The PCK CRL lists this signer's PCK certificate: a platform whose key leaked.
+    pub revoke_pck: bool,
+    /// thisUpdate and nextUpdate of both CRLs, Unix seconds ([`STALE_CRLS`]: expired ones).
+    pub crl_validity: (i64, i64),
+    /// The status the TCB info gives this platform's TCB level ("UpToDate", "OutOfDate", ...).
+    pub platform_status: &'static str,
+    /// `tcbEvaluationDataNumber` of the TCB info and the QE identity (which evaluation of
+    /// Intel's the collateral stands for).
+    pub tcb_evaluation: u32,
+}
+
+impl Default for CollateralOptions {
+    fn default() -> Self {
+        Self {
+            crls: true,
+            revoke_pck: false,
+            crl_validity: VALIDITY,
+            platform_status: "UpToDate",
+            tcb_evaluation: 17,
+        }
+    }
 }
 
 /// DER: tag, length, content.
@@ -169,7 +221,9 @@ impl TdxTestSigner {
         )?;
         Ok(Self {
             root,
+            root_key,
             platform_ca,
+            platform_key,
             pck,
             pck_key,
             tcb_signing,
@@ -185,6 +239,11 @@ impl TdxTestSigner {
 
     pub fn root_pem(&self) -> Vec<u8> {
         self.root.to_pem().unwrap_or_default()
+    }
+
+    /// The PCK certificate the quotes carry (what a PCK CRL would revoke).
+    pub fn pck(&self) -> &X509 {
+        &self.pck
     }
 
     /// A TD report body (584 bytes, quote layout) with this signer's measurements.
@@ -307,16 +366,23 @@ impl TdxTestSigner {
         (hcl, body)
     }
 
-    /// TCB info (v3) for this platform with one UpToDate level, and the TD QE identity (v2),
-    /// both signed by the TCB Signing certificate; as collateral JSON (the shape of
-    /// `dcap-qvl`'s collateral files, without CRLs).
+    /// TCB info (v3) for this platform with one UpToDate level, the TD QE identity (v2), both
+    /// signed by the TCB Signing certificate, and both CRLs (none revoking anything), as
+    /// collateral JSON in the shape of `dcap-qvl`'s collateral files.
     pub fn collateral_json(&self) -> Result<Vec<u8>> {
-        let chain = String::from_utf8([self.tcb_signing.to_pem()?, self.root.to_pem()?].concat())?;
-        self.collateral_signed_by(&self.tcb_signing_key, chain)
+        self.collateral_json_with(CollateralOptions::default())
     }
 
-    /// The same collateral signed with the PCK key and its chain (PCK <- PCK CA <- root): what a
-    /// platform whose PCK key leaked could forge. Verifiers must refuse it.
+    /// Collateral as `options` says: with or without CRLs, revoking the PCK, stale CRLs, another
+    /// TCB status or evaluation. TCB info and QE identity are always genuinely signed.
+    pub fn collateral_json_with(&self, options: CollateralOptions) -> Result<Vec<u8>> {
+        let chain = String::from_utf8([self.tcb_signing.to_pem()?, self.root.to_pem()?].concat())?;
+        self.collateral_signed_by(&self.tcb_signing_key, chain, options)
+    }
+
+    /// The normal collateral, but TCB info and QE identity signed with the PCK key and its chain
+    /// (PCK <- PCK CA <- root): what a platform whose PCK key leaked could forge. Verifiers must
+    /// refuse it.
     pub fn collateral_json_signed_by_pck(&self) -> Result<Vec<u8>> {
         let chain = String::from_utf8(
             [
@@ -326,45 +392,57 @@ impl TdxTestSigner {
             ]
             .concat(),
         )?;
-        self.collateral_signed_by(&self.pck_key, chain)
+        self.collateral_signed_by(&self.pck_key, chain, CollateralOptions::default())
     }
 
-    fn collateral_signed_by(&self, key: &PKey<Private>, chain: String) -> Result<Vec<u8>> {
-        let components = |svns: &[u8]| -> Vec<serde_json::Value> {
-            svns.iter()
-                .map(|svn| serde_json::json!({ "svn": svn }))
-                .collect()
+    /// The PCK CRL (by the PCK Platform CA), the root CA CRL (by the root) and the PCK CRL's
+    /// issuer chain, as the collateral's fields; none when `options.crls` is false.
+    fn crl_fields(
+        &self,
+        options: CollateralOptions,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let mut fields = serde_json::Map::new();
+        if !options.crls {
+            return Ok(fields);
+        }
+        let revoked: &[&X509] = if options.revoke_pck {
+            &[&self.pck]
+        } else {
+            &[]
         };
-        let mut tdx_components = [0u8; 16];
-        tdx_components[2] = TEE_TCB_SVN[2];
-        let tcb_info = serde_json::json!({
-            "id": "TDX", "version": 3, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
-            "fmspc": hex::encode_upper(FMSPC), "pceId": hex::encode_upper(PCE_ID),
-            "tcbType": 0, "tcbEvaluationDataNumber": 17,
-            "tdxModule": {"mrsigner": "00".repeat(48), "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"},
-            "tdxModuleIdentities": [{
-                "id": "TDX_01", "mrsigner": "00".repeat(48), "attributes": "0000000000000000",
-                "attributesMask": "FFFFFFFFFFFFFFFF",
-                "tcbLevels": [{"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
-            }],
-            "tcbLevels": [
-                {"tcb": {"sgxtcbcomponents": components(&SGX_TCB), "pcesvn": PCESVN, "tdxtcbcomponents": components(&tdx_components)},
-                 "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"},
-                {"tcb": {"sgxtcbcomponents": components(&[0; 16]), "pcesvn": 0, "tdxtcbcomponents": components(&[0; 16])},
-                 "tcbDate": "2018-01-04T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-00000"]}
-            ]
-        })
-        .to_string();
+        let issuer_chain = [self.platform_ca.to_pem()?, self.root.to_pem()?].concat();
+        let pck_issuer = (&self.platform_ca, &self.platform_key);
+        let valid = options.crl_validity;
+        fields.insert(
+            "pck_crl_issuer_chain".into(),
+            String::from_utf8(issuer_chain)?.into(),
+        );
+        fields.insert(
+            "pck_crl".into(),
+            crl_hex(pck_issuer, revoked, valid)?.into(),
+        );
+        let root_crl = crl_hex((&self.root, &self.root_key), &[], valid)?;
+        fields.insert("root_ca_crl".into(), root_crl.into());
+        Ok(fields)
+    }
+
+    fn collateral_signed_by(
+        &self,
+        key: &PKey<Private>,
+        chain: String,
+        options: CollateralOptions,
+    ) -> Result<Vec<u8>> {
+        let tcb_info = tcb_info_json(&options);
         let qe_identity = serde_json::json!({
             "id": "TD_QE", "version": 2, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
-            "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
-            "attributes": "11000000000000000000000000000000",
+            "tcbEvaluationDataNumber": options.tcb_evaluation, "miscselect": "00000000",
+            "miscselectMask": "FFFFFFFF", "attributes": "11000000000000000000000000000000",
             "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
             "mrsigner": hex::encode_upper(QE_MRSIGNER), "isvprodid": QE_ISVPRODID,
             "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
         })
         .to_string();
-        let collateral = serde_json::json!({
+        let mut collateral = serde_json::json!({
             "tcb_info_issuer_chain": chain,
             "tcb_info_signature": hex::encode(sign_raw(key, tcb_info.as_bytes())?),
             "tcb_info": tcb_info,
@@ -372,6 +450,39 @@ impl TdxTestSigner {
             "qe_identity_signature": hex::encode(sign_raw(key, qe_identity.as_bytes())?),
             "qe_identity": qe_identity,
         });
+        if let Some(fields) = collateral.as_object_mut() {
+            fields.extend(self.crl_fields(options)?);
+        }
         Ok(serde_json::to_vec(&collateral)?)
     }
+}
+
+/// TCB info (v3) for this platform: its TCB level with `options.platform_status`, one
+/// OutOfDate level below it, and the TDX module's level, as the exact bytes to sign.
+fn tcb_info_json(options: &CollateralOptions) -> String {
+    let components = |svns: &[u8]| -> Vec<serde_json::Value> {
+        svns.iter()
+            .map(|svn| serde_json::json!({ "svn": svn }))
+            .collect()
+    };
+    let mut tdx_components = [0u8; 16];
+    tdx_components[2] = TEE_TCB_SVN[2];
+    serde_json::json!({
+        "id": "TDX", "version": 3, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
+        "fmspc": hex::encode_upper(FMSPC), "pceId": hex::encode_upper(PCE_ID),
+        "tcbType": 0, "tcbEvaluationDataNumber": options.tcb_evaluation,
+        "tdxModule": {"mrsigner": "00".repeat(48), "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"},
+        "tdxModuleIdentities": [{
+            "id": "TDX_01", "mrsigner": "00".repeat(48), "attributes": "0000000000000000",
+            "attributesMask": "FFFFFFFFFFFFFFFF",
+            "tcbLevels": [{"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
+        }],
+        "tcbLevels": [
+            {"tcb": {"sgxtcbcomponents": components(&SGX_TCB), "pcesvn": PCESVN, "tdxtcbcomponents": components(&tdx_components)},
+             "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": options.platform_status},
+            {"tcb": {"sgxtcbcomponents": components(&[0; 16]), "pcesvn": 0, "tdxtcbcomponents": components(&[0; 16])},
+             "tcbDate": "2018-01-04T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-00000"]}
+        ]
+    })
+    .to_string()
 }

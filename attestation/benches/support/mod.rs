@@ -13,10 +13,11 @@ use base64::Engine as _;
 use cvm_attestation::evidence::{
     Cloud, EventLogs, PcrBank, Platform, SnpEvidence, Tee, TpmEvidence, EVIDENCE_VERSION,
 };
+use cvm_attestation::gcp::{GceInstance, GceSecurityProperties};
 use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
 use cvm_attestation::snp::policy::Tcb;
 use cvm_attestation::snp::TrustedRoot;
-use cvm_attestation::tpm::{qualifying_data, HashAlg};
+use cvm_attestation::tpm::{quote_qualifying_data, HashAlg};
 use cvm_attestation::workload::{EventKind, WorkloadEvent, WorkloadLog};
 use cvm_attestation::{Evidence, Sha256Digest, Sha384Digest, VerifyOptions};
 use openssl::ec::{EcGroup, EcKey};
@@ -27,7 +28,7 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::sign::Signer;
 use std::collections::BTreeMap;
-use test_support::SnpTestSigner;
+use test_support::{GoogleTestCa, SnpTestSigner};
 
 pub const NONCE: &[u8] = b"benchmark nonce 0001";
 pub const MEASUREMENT: [u8; 48] = [0x42; 48];
@@ -56,6 +57,8 @@ pub struct Fixture {
     pub options: VerifyOptions,
     /// The AK's public key (for signature checks outside `verify`).
     pub ak_key: PKey<openssl::pkey::Public>,
+    /// The AK's private key, which a TPM would never give out (for forging in attack tests).
+    pub ak_private: PKey<Private>,
 }
 
 /// The attestation key, as a TPM would hold it.
@@ -125,6 +128,50 @@ fn rsa_ak() -> Ak {
         key: PKey::from_rsa(rsa).unwrap(),
         tpmt_public: t,
     }
+}
+
+/// The TPM name of a key: nameAlg (SHA-256) || SHA-256(TPMT_PUBLIC).
+pub fn tpm_name(tpmt_public: &[u8]) -> Vec<u8> {
+    let mut name = 0x000bu16.to_be_bytes().to_vec();
+    name.extend_from_slice(&openssl::sha::sha256(tpmt_public));
+    name
+}
+
+/// The production GCE instance the TEST-ONLY AK certificates name.
+pub fn google_instance() -> GceInstance {
+    GceInstance {
+        zone: "europe-west4-a".into(),
+        project_id: "cvm-bench".into(),
+        project_number: 1_234_567,
+        instance_id: 7_654_321,
+        instance_name: "bench-1".into(),
+        security: Some(GceSecurityProperties {
+            security_version: Some(0),
+            is_production: Some(true),
+            other: vec![],
+        }),
+    }
+}
+
+/// Re-signs the fixture's quote after changing its qualifying data: what an attacker who holds
+/// the key could do.
+pub fn resign_quote(fixture: &mut Fixture, extra_data: &[u8]) {
+    let pcrs: Vec<[u8; 32]> = fixture
+        .evidence
+        .tpm
+        .pcrs
+        .pcrs
+        .values()
+        .map(|v| v.as_slice().try_into().unwrap())
+        .collect();
+    let pcrs: [[u8; 32]; 24] = pcrs.try_into().unwrap();
+    let quote = tpms_attest(
+        &tpm_name(fixture.evidence.tpm.ak_pub.as_slice()),
+        extra_data,
+        &pcrs,
+    );
+    fixture.evidence.tpm.signature = Some(tpmt_signature(&fixture.ak_private, &quote).into());
+    fixture.evidence.tpm.quote = quote.into();
 }
 
 /// TPMS_ATTEST of a quote over SHA-256 PCRs 0..=23.
@@ -203,11 +250,6 @@ pub fn fixture(kind: Kind) -> Fixture {
     }
     pcrs[23] = log.replay().0;
 
-    let mut name = 0x000bu16.to_be_bytes().to_vec();
-    name.extend_from_slice(&openssl::sha::sha256(&ak.tpmt_public));
-    let quote = tpms_attest(&name, &qualifying_data(NONCE), &pcrs);
-    let signature = tpmt_signature(&ak.key, &quote);
-
     let (platform, sev_snp, var_data) = match kind {
         Kind::GcpSnp => {
             let data = cvm_attestation::binding::report_data(&ak.tpmt_public, NONCE);
@@ -260,6 +302,23 @@ pub fn fixture(kind: Kind) -> Fixture {
         ),
     };
 
+    // The quote binds the TEE report the agent asked for itself (GCP, AWS).
+    let report = cvm_attestation::evidence::tee_report_bound_by_quote(sev_snp.as_ref(), None);
+    let quote = tpms_attest(
+        &tpm_name(&ak.tpmt_public),
+        &quote_qualifying_data(NONCE, report),
+        &pcrs,
+    );
+    let signature = tpmt_signature(&ak.key, &quote);
+    // GCP's trust basis: Google's (here a TEST-ONLY CA's) certificate for the AK.
+    let google = (kind == Kind::GcpSnp).then(|| GoogleTestCa::new().unwrap());
+    let ak_cert = google.as_ref().map(|ca| {
+        let public = PKey::public_key_from_der(&ak.key.public_key_to_der().unwrap()).unwrap();
+        ca.issue_ak_certificate(&public, Some(&google_instance()))
+            .unwrap()
+            .into()
+    });
+
     let evidence = Evidence {
         version: Some(EVIDENCE_VERSION),
         platform: Some(platform),
@@ -280,7 +339,8 @@ pub fn fixture(kind: Kind) -> Fixture {
                     .collect(),
             },
             ak_pub: ak.tpmt_public.clone().into(),
-            ak_cert: None,
+            ak_cert,
+            nitro_document: None,
             var_data,
         },
         event_logs: EventLogs {
@@ -301,16 +361,14 @@ pub fn fixture(kind: Kind) -> Fixture {
                     i,
                     GoldenPcr {
                         sha256: Sha256Digest(pcrs[usize::from(i)]),
+                        sha384: None,
                         source: PcrSource::Predicted,
                         note: None,
                     },
                 )
             })
             .collect::<BTreeMap<_, _>>(),
-        workload: Some(GoldenWorkload {
-            events,
-            allow_updates: false,
-        }),
+        workload: Some(GoldenWorkload::new(events)),
         snp: (kind != Kind::Qemu).then(|| GoldenSnp {
             measurements: vec![Sha384Digest(MEASUREMENT)],
             minimum_tcb: Some(Tcb {
@@ -338,6 +396,9 @@ pub fn fixture(kind: Kind) -> Fixture {
     if kind == Kind::Qemu {
         options = options.with_trusted_ak(ak.tpmt_public.clone());
     }
+    if let Some(ca) = &google {
+        options = options.with_gcp_test_ca(ca.trusted_root(), ca.intermediate_der());
+    }
     let ak_key = PKey::public_key_from_der(&ak.key.public_key_to_der().unwrap()).unwrap();
     Fixture {
         evidence,
@@ -346,5 +407,6 @@ pub fn fixture(kind: Kind) -> Fixture {
         golden_json,
         options,
         ak_key,
+        ak_private: ak.key,
     }
 }

@@ -4,8 +4,9 @@
 
 use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
 use openssl::pkey::{PKey, Public};
-use openssl::x509::X509;
+use openssl::x509::{X509Crl, X509NameRef, X509};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -48,6 +49,31 @@ pub enum ChainError {
         which: &'static str,
         subject: String,
         issuer: String,
+    },
+    #[error(
+        "{which} ({subject}) names {issuer} as its issuer, and no intermediate (evidence \
+         cert_chain or built-in ASK) signed by a trusted ARK has that name"
+    )]
+    UnknownIssuer {
+        which: &'static str,
+        subject: String,
+        issuer: String,
+    },
+    #[error("{which} ({subject}) cannot sign SEV-SNP reports: {problem}")]
+    NotAReportKey {
+        which: &'static str,
+        subject: String,
+        problem: String,
+    },
+    #[error("AMD CRL: {0}")]
+    Crl(String),
+    #[error("{which} ({subject}, serial {serial}) is revoked by {issuer}'s CRL (since {since})")]
+    Revoked {
+        which: &'static str,
+        subject: String,
+        serial: String,
+        issuer: String,
+        since: String,
     },
     #[error("{which} ({subject}) is not valid at {at}: valid from {not_before} to {not_after}")]
     Expired {
@@ -194,14 +220,58 @@ pub fn common_name(cert: &X509) -> String {
 /// A chain that checked out.
 #[derive(Debug, Clone)]
 pub struct VerifiedChain {
+    /// The trusted root's name (`ARK-Milan`, `ARK-Genoa`, `ARK-Turin`, or a test root's).
     pub root: String,
     pub root_is_test_only: bool,
     pub intermediate: String,
     pub leaf: String,
     pub leaf_key: PKey<Public>,
+    /// The trusted ARK that signed the intermediate (what [`check_amd_crl`] needs).
+    pub root_certificate: X509,
+    /// The ASK or ASVK that signed the leaf (what AMD's CRL may revoke).
+    pub intermediate_certificate: X509,
+}
+
+/// Whether `a` and `b` are the same distinguished name.
+fn same_name(a: &X509NameRef, b: &X509NameRef) -> bool {
+    a.try_cmp(b).is_ok_and(|order| order == Ordering::Equal)
+}
+
+/// A certificate whose subject is its issuer: a root. The evidence may carry AMD's ARK beside
+/// the ASK (KDS serves them together), but a root from the evidence is never a trust anchor nor
+/// an intermediate: anchors come only from the verifier's `roots`.
+fn self_issued(cert: &X509) -> bool {
+    same_name(cert.subject_name(), cert.issuer_name())
+}
+
+/// VCEKs and VLEKs are ECDSA P-384 keys; anything else (an ASK's RSA key, say) never signed a
+/// report.
+fn check_report_key(leaf: &X509) -> Result<PKey<Public>, ChainError> {
+    let problem = |problem: String| ChainError::NotAReportKey {
+        which: "VCEK/VLEK",
+        subject: common_name(leaf),
+        problem,
+    };
+    let key = leaf.public_key()?;
+    let ec = key
+        .ec_key()
+        .map_err(|_| problem(format!("its key is {:?}, not ECDSA P-384", key.id())))?;
+    if ec.group().curve_name() != Some(Nid::SECP384R1) {
+        return Err(problem("its EC key is not on P-384".into()));
+    }
+    if self_issued(leaf) {
+        return Err(problem("it is a self-issued (root) certificate".into()));
+    }
+    Ok(key)
 }
 
 /// Verifies `leaf` <- one of `intermediates` <- one of `roots`, all valid at `at_unix`.
+///
+/// Exactly three levels, by key and by name: the intermediate is named as the leaf's issuer and
+/// signed by a root in `roots` (named as the intermediate's issuer, and self-signed); the leaf
+/// is signed by the intermediate and holds an ECDSA P-384 key. Self-issued certificates among
+/// `intermediates` (an ARK the evidence carries, AMD's or anybody's) are ignored: the evidence
+/// never supplies a root, and a root is never an intermediate.
 pub fn verify_chain(
     leaf: &X509,
     intermediates: &[X509],
@@ -214,15 +284,28 @@ pub fn verify_chain(
         .map(|r| r.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let mut last_error = None;
-    for intermediate in intermediates {
+    let leaf_key = check_report_key(leaf)?;
+    // Errors about intermediates that carry the leaf's issuer name say more than errors about
+    // the others (built-in ASKs of other products, say).
+    let mut named_error = None;
+    let mut other_error = None;
+    for intermediate in intermediates.iter().filter(|cert| !self_issued(cert)) {
+        if !same_name(intermediate.subject_name(), leaf.issuer_name()) {
+            other_error.get_or_insert(ChainError::UnknownIssuer {
+                which: "VCEK/VLEK",
+                subject: common_name(leaf),
+                issuer: name_text(leaf.issuer_name()),
+            });
+            continue;
+        }
         // Which pinned root signed this intermediate? (The root's own self-signature is checked
         // too: a corrupted pinned certificate must not anchor anything.)
         let Some(root) = roots.iter().find(|root| {
-            signed_by(intermediate, &root.certificate)
+            same_name(root.certificate.subject_name(), intermediate.issuer_name())
+                && signed_by(intermediate, &root.certificate)
                 && signed_by(&root.certificate, &root.certificate)
         }) else {
-            last_error = Some(ChainError::UntrustedIntermediate {
+            named_error = Some(ChainError::UntrustedIntermediate {
                 which: "intermediate",
                 subject: common_name(intermediate),
                 tried: tried.clone(),
@@ -230,7 +313,7 @@ pub fn verify_chain(
             continue;
         };
         if !signed_by(leaf, intermediate) {
-            last_error = Some(ChainError::BadLeafSignature {
+            named_error = Some(ChainError::BadLeafSignature {
                 which: "VCEK/VLEK",
                 subject: common_name(leaf),
                 issuer: common_name(intermediate),
@@ -249,10 +332,22 @@ pub fn verify_chain(
             root_is_test_only: root.test_only,
             intermediate: common_name(intermediate),
             leaf: common_name(leaf),
-            leaf_key: leaf.public_key()?,
+            leaf_key,
+            root_certificate: root.certificate.clone(),
+            intermediate_certificate: intermediate.clone(),
         });
     }
-    Err(last_error.unwrap_or(ChainError::NoIntermediate(tried)))
+    Err(named_error
+        .or(other_error)
+        .unwrap_or(ChainError::NoIntermediate(tried)))
+}
+
+/// A distinguished name for messages: its common name, else the whole name.
+fn name_text(name: &X509NameRef) -> String {
+    name.entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+        .unwrap_or_else(|| format!("{name:?}"))
 }
 
 fn check_validity(which: &'static str, cert: &X509, at: &Asn1Time) -> Result<(), ChainError> {
@@ -265,6 +360,150 @@ fn check_validity(which: &'static str, cert: &X509, at: &Asn1Time) -> Result<(),
             at: at.to_string(),
             not_before: cert.not_before().to_string(),
             not_after: cert.not_after().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The largest CRL [`check_amd_crl`] reads. AMD's are under 1 KiB (one entry at most so far).
+pub const MAX_CRL_BYTES: usize = 64 * 1024;
+/// The most entries [`check_amd_crl`] reads from one CRL.
+pub const MAX_CRL_ENTRIES: usize = 1024;
+
+const OID_AUTHORITY_KEY_IDENTIFIER: &str = "2.5.29.35";
+const OID_CRL_NUMBER: &str = "2.5.29.20";
+const OID_DELTA_CRL_INDICATOR: &str = "2.5.29.27";
+
+/// Checks the intermediate that signed a VCEK or VLEK against AMD's CRL for its product
+/// (`https://kdsintf.amd.com/vcek/v1/{Milan,Genoa,Turin}/crl` for ASKs, `/vlek/v1/.../crl` for
+/// ASVKs; DER, signed by the product's ARK with RSA-PSS / SHA-384):
+///
+/// - `crl_der` is at most [`MAX_CRL_BYTES`], strict DER with nothing after it, a complete CRL
+///   (not a delta CRL), with no critical extension this function does not know (CRL or entry)
+///   and at most [`MAX_CRL_ENTRIES`] entries;
+/// - its issuer is `ark`'s subject and `ark`'s key verifies its signature (`ark` must be the
+///   pinned root that [`verify_chain`] named: [`VerifiedChain::root_certificate`]);
+/// - it is current at `at_unix`: thisUpdate <= at <= nextUpdate (a CRL without nextUpdate
+///   could never go stale, and is refused);
+/// - `ask_or_asvk` was issued by `ark` (else this CRL cannot speak for it) and its serial
+///   number is not listed.
+pub fn check_amd_crl(
+    crl_der: &[u8],
+    ark: &X509,
+    ask_or_asvk: &X509,
+    at_unix: i64,
+) -> Result<(), ChainError> {
+    use x509_cert::der::Decode;
+    let crl_error = |message: String| ChainError::Crl(message);
+    if crl_der.is_empty() {
+        return Err(crl_error("empty".into()));
+    }
+    if crl_der.len() > MAX_CRL_BYTES {
+        return Err(crl_error(format!(
+            "{} bytes, more than the limit of {MAX_CRL_BYTES}",
+            crl_der.len()
+        )));
+    }
+    // Structure from a strict DER parser (which also refuses trailing bytes); the signature
+    // from OpenSSL, over the same bytes.
+    let list = x509_cert::crl::CertificateList::from_der(crl_der)
+        .map_err(|e| crl_error(format!("not a DER CRL: {e}")))?;
+    let parsed = X509Crl::from_der(crl_der).map_err(|e| crl_error(format!("not a CRL: {e}")))?;
+    let tbs = &list.tbs_cert_list;
+    let ark_name = common_name(ark);
+
+    if tbs.signature != list.signature_algorithm {
+        return Err(crl_error(
+            "the signed and the outer signature algorithms differ".into(),
+        ));
+    }
+    for ext in tbs.crl_extensions.iter().flatten() {
+        let oid = ext.extn_id.to_string();
+        if oid == OID_DELTA_CRL_INDICATOR {
+            return Err(crl_error(
+                "a delta CRL lists only changes; the complete CRL is needed".into(),
+            ));
+        }
+        if ext.critical && oid != OID_AUTHORITY_KEY_IDENTIFIER && oid != OID_CRL_NUMBER {
+            return Err(crl_error(format!("unknown critical extension {oid}")));
+        }
+    }
+    let entries = tbs.revoked_certificates.as_deref().unwrap_or_default();
+    if entries.len() > MAX_CRL_ENTRIES {
+        return Err(crl_error(format!(
+            "{} entries, more than the limit of {MAX_CRL_ENTRIES}",
+            entries.len()
+        )));
+    }
+    if let Some((entry, ext)) = entries.iter().find_map(|entry| {
+        entry
+            .crl_entry_extensions
+            .iter()
+            .flatten()
+            .find(|ext| ext.critical)
+            .map(|ext| (entry, ext))
+    }) {
+        return Err(crl_error(format!(
+            "entry for serial {} has the critical extension {} (an indirect CRL?)",
+            hex::encode(entry.serial_number.as_bytes()),
+            ext.extn_id
+        )));
+    }
+
+    if !same_name(parsed.issuer_name(), ark.subject_name()) {
+        return Err(crl_error(format!(
+            "issued by {}, not by {ark_name}",
+            name_text(parsed.issuer_name())
+        )));
+    }
+    let ark_key = ark.public_key()?;
+    if !parsed.verify(&ark_key).unwrap_or(false) {
+        return Err(crl_error(format!("not signed by {ark_name}")));
+    }
+
+    let this_update = tbs.this_update.to_unix_duration().as_secs();
+    let next_update = tbs
+        .next_update
+        .map(|t| t.to_unix_duration().as_secs())
+        .ok_or_else(|| crl_error("it has no nextUpdate, so it could never go stale".into()))?;
+    let at = u64::try_from(at_unix).unwrap_or(0);
+    if at_unix < 0 || at < this_update || at > next_update {
+        return Err(crl_error(format!(
+            "not current at {}: thisUpdate {}, nextUpdate {}",
+            Asn1Time::from_unix(at_unix)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| at_unix.to_string()),
+            tbs.this_update,
+            tbs.next_update
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
+        )));
+    }
+
+    let which = if common_name(ask_or_asvk).contains("VLEK") {
+        "ASVK"
+    } else {
+        "ASK"
+    };
+    if !same_name(ask_or_asvk.issuer_name(), ark.subject_name()) || !signed_by(ask_or_asvk, ark) {
+        return Err(crl_error(format!(
+            "the {which} {} was not issued by {ark_name}, so this CRL cannot speak for it",
+            common_name(ask_or_asvk)
+        )));
+    }
+    let serial = ask_or_asvk.serial_number().to_bn()?.to_vec();
+    let magnitude =
+        |bytes: &[u8]| -> Vec<u8> { bytes.iter().copied().skip_while(|b| *b == 0).collect() };
+    if let Some(entry) = entries
+        .iter()
+        .find(|entry| magnitude(entry.serial_number.as_bytes()) == magnitude(&serial))
+    {
+        return Err(ChainError::Revoked {
+            which,
+            subject: common_name(ask_or_asvk),
+            serial: hex::encode(&serial),
+            issuer: ark_name,
+            since: entry.revocation_date.to_string(),
         });
     }
     Ok(())

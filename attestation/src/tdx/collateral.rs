@@ -84,7 +84,7 @@ pub struct PlatformTcb {
 pub struct TcbLevel {
     pub tcb: PlatformTcb,
     pub tcb_date: String,
-    pub tcb_status: String,
+    pub tcb_status: super::tcb::TcbStatus,
     #[serde(default, rename = "advisoryIDs")]
     pub advisory_ids: Vec<String>,
 }
@@ -99,7 +99,7 @@ pub struct IsvSvn {
 pub struct IsvTcbLevel {
     pub tcb: IsvSvn,
     pub tcb_date: String,
-    pub tcb_status: String,
+    pub tcb_status: super::tcb::TcbStatus,
     #[serde(default, rename = "advisoryIDs")]
     pub advisory_ids: Vec<String>,
 }

@@ -17,5 +17,7 @@ pub use collateral::TdxCollateral;
 pub use pck::{sgx_extensions, SgxExtensions};
 pub use quote::{looks_like_td_quote, QeReport, QuoteError, TdQuote};
 
+pub use tcb::TcbStatus;
+
 /// TCB statuses a verifier accepts unless told otherwise.
-pub const DEFAULT_TCB_STATUSES: &[&str] = &["UpToDate"];
+pub const DEFAULT_TCB_STATUSES: &[TcbStatus] = &[TcbStatus::UpToDate];

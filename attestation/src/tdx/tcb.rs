@@ -7,10 +7,85 @@ use super::collateral::{hex_field, IsvTcbLevel, QeIdentity, TcbInfo};
 use super::pck::SgxExtensions;
 use super::quote::QeReport;
 
+/// Intel's TCB status of a level (Intel PCS API v4, "tcbStatus"). An unknown status is kept
+/// by name so a newer collateral never fails to parse, but no golden can allow it by default.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcbStatus {
+    UpToDate,
+    SwHardeningNeeded,
+    ConfigurationNeeded,
+    ConfigurationAndSwHardeningNeeded,
+    OutOfDate,
+    OutOfDateConfigurationNeeded,
+    Revoked,
+    Other(String),
+}
+
+impl TcbStatus {
+    /// Intel's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            TcbStatus::UpToDate => "UpToDate",
+            TcbStatus::SwHardeningNeeded => "SWHardeningNeeded",
+            TcbStatus::ConfigurationNeeded => "ConfigurationNeeded",
+            TcbStatus::ConfigurationAndSwHardeningNeeded => "ConfigurationAndSWHardeningNeeded",
+            TcbStatus::OutOfDate => "OutOfDate",
+            TcbStatus::OutOfDateConfigurationNeeded => "OutOfDateConfigurationNeeded",
+            TcbStatus::Revoked => "Revoked",
+            TcbStatus::Other(name) => name,
+        }
+    }
+
+    /// Every status Intel defines, for help texts and errors.
+    pub const KNOWN: [&'static str; 7] = [
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+        "Revoked",
+    ];
+}
+
+impl From<&str> for TcbStatus {
+    fn from(text: &str) -> Self {
+        match text {
+            "UpToDate" => TcbStatus::UpToDate,
+            "SWHardeningNeeded" => TcbStatus::SwHardeningNeeded,
+            "ConfigurationNeeded" => TcbStatus::ConfigurationNeeded,
+            "ConfigurationAndSWHardeningNeeded" => TcbStatus::ConfigurationAndSwHardeningNeeded,
+            "OutOfDate" => TcbStatus::OutOfDate,
+            "OutOfDateConfigurationNeeded" => TcbStatus::OutOfDateConfigurationNeeded,
+            "Revoked" => TcbStatus::Revoked,
+            other => TcbStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TcbStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for TcbStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TcbStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(TcbStatus::from(text.as_ref()))
+    }
+}
+
 /// The status Intel assigned to the matching level, with its date and advisories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcbMatch {
-    pub status: String,
+    pub status: TcbStatus,
     pub tcb_date: String,
     pub advisory_ids: Vec<String>,
 }

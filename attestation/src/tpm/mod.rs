@@ -29,6 +29,29 @@ pub fn qualifying_data(nonce: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// Domain tag of the qualifying data of a quote that also binds the TEE report.
+pub const QUOTE_REPORT_DOMAIN: &[u8] = b"cvm-tpm-quote/v2\0";
+
+/// The qualifying data of a quote taken after a TEE report the agent asked for itself (GCP, AWS,
+/// local SEV-SNP): `SHA-256(QUOTE_REPORT_DOMAIN || u32be(len(nonce)) || nonce ||
+/// SHA-256(report))`, else [`qualifying_data`].
+///
+/// Why: a TEE report that binds an AK proves only that *some* guest asked for it. An attacker
+/// with root in their own TEE guest can bind the AK and nonce of an honest, non-confidential VM
+/// running the golden image. Only the agent that produced the quote (running the measured image,
+/// so honest when its PCRs verify) can bind the report it got from its own hardware into it.
+pub fn quote_qualifying_data(nonce: &[u8], tee_report: Option<&[u8]>) -> [u8; 32] {
+    let Some(report) = tee_report else {
+        return qualifying_data(nonce);
+    };
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(QUOTE_REPORT_DOMAIN);
+    hasher.update((nonce.len() as u32).to_be_bytes());
+    hasher.update(nonce);
+    hasher.update(sha2::Sha256::digest(report));
+    hasher.finalize().into()
+}
+
 /// TPM hash algorithms (TPM_ALG_ID) this code supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,15 +1,22 @@
 //! `verify(evidence, golden, options) -> report`: every check by name, no I/O.
 //!
-//! Order: freshness (nonce) -> TPM quote (AK, signature, qualifying data, PCR digest, selection)
-//! -> TEE (report, chain, policy, binding of the AK) -> golden PCRs -> workload log. Later checks
-//! still run when an earlier one fails, so a report shows everything wrong at once.
+//! In passes: policy on the golden document and freshness; the TEE report and its chain; how the
+//! AK is trusted (`ak::AkBinding`, decided once per platform); the quote, whose PCR values become
+//! verified facts only under a trusted AK; then the golden values against those facts. Later
+//! checks still run when an earlier one fails, so a report shows everything wrong at once, but
+//! nothing unverified ever feeds a later comparison.
 
+mod ak;
+mod aws;
+mod gcp;
+mod policy;
 mod report;
 mod snp;
 mod tdx;
 mod tpm;
 mod workload;
 
+pub use ak::AkBinding;
 pub use report::{Check, Status, VerificationReport};
 
 use crate::evidence::{Evidence, Tee};
@@ -18,13 +25,25 @@ use crate::snp::{amd_roots, TrustedRoot};
 use report::Checks;
 use std::collections::BTreeMap;
 
+/// Whether the evidence must answer a fresh nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freshness {
+    /// Without an expected nonce, `nonce` fails (the default).
+    #[default]
+    Required,
+    /// The caller knowingly accepts evidence that may be replayed (`--no-freshness`): `nonce`
+    /// is then a SKIP that says so.
+    Waived,
+}
+
 /// What the caller decides, explicitly.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Time at which certificates must be valid (Unix seconds).
     pub at_unix: i64,
-    /// The nonce the caller sent. Without it, freshness is reported as not checked.
+    /// The nonce the caller sent. Without it, `nonce` fails unless freshness is waived.
     pub expected_nonce: Option<Vec<u8>>,
+    pub freshness: Freshness,
     /// Trust anchors for SEV-SNP: AMD's pinned ARKs unless the caller names others.
     pub snp_roots: Vec<TrustedRoot>,
     /// Trust anchors for Intel TDX (DCAP): Intel's pinned SGX Root CA unless the caller names
@@ -33,6 +52,13 @@ pub struct VerifyOptions {
     /// TDX collateral (TCB info, QE identity, CRLs) the verifier supplies, used when the evidence
     /// carries none.
     pub tdx_collateral: Option<crate::tdx::TdxCollateral>,
+    /// Trust anchors for GCP's vTPM AK certificates: Google's EK/AK CA root, pinned.
+    pub gcp_roots: Vec<TrustedRoot>,
+    /// Further intermediates (DER) for GCP AK certificates, e.g. a TEST-ONLY CA's; each counts
+    /// only when one of `gcp_roots` signed it (Google's real intermediate is pinned in the code).
+    pub gcp_intermediates: Vec<Vec<u8>>,
+    /// Trust anchors for AWS NitroTPM attestation documents: AWS Nitro root G1, pinned.
+    pub nitro_roots: Vec<TrustedRoot>,
     /// For platforms without a TEE (local QEMU): the AK public key (as carried in `tpm.ak_pub`)
     /// that the caller recorded when it created the VM's TPM. Nothing else can vouch for it.
     pub trusted_ak: Option<Vec<u8>>,
@@ -47,9 +73,13 @@ impl VerifyOptions {
         Self {
             at_unix,
             expected_nonce: None,
+            freshness: Freshness::Required,
             snp_roots: amd_roots(),
             tdx_roots: crate::tdx::intel_roots(),
             tdx_collateral: None,
+            gcp_roots: crate::gcp::google_ak_roots(),
+            gcp_intermediates: Vec::new(),
+            nitro_roots: crate::nitro::aws_nitro_roots(),
             trusted_ak: None,
             expected_tls_key: None,
         }
@@ -89,9 +119,40 @@ impl VerifyOptions {
         self
     }
 
-    /// TDX collateral for evidence that carries none.
+    /// Adds a TEST-ONLY CA in place of Google's EK/AK CA root (named in every report).
+    pub fn with_gcp_test_roots(mut self, roots: impl IntoIterator<Item = TrustedRoot>) -> Self {
+        self.gcp_roots.extend(roots.into_iter().map(|mut root| {
+            root.test_only = true;
+            root
+        }));
+        self
+    }
+
+    /// Adds a TEST-ONLY CA (root and the intermediate that issues AK certificates) in place of
+    /// Google's EK/AK CA (named in every report).
+    pub fn with_gcp_test_ca(mut self, root: TrustedRoot, intermediate_der: Vec<u8>) -> Self {
+        self.gcp_intermediates.push(intermediate_der);
+        self.with_gcp_test_roots([root])
+    }
+
+    /// Adds a TEST-ONLY root in place of AWS Nitro root G1 (named in every report).
+    pub fn with_nitro_test_roots(mut self, roots: impl IntoIterator<Item = TrustedRoot>) -> Self {
+        self.nitro_roots.extend(roots.into_iter().map(|mut root| {
+            root.test_only = true;
+            root
+        }));
+        self
+    }
+
+    /// The verifier's TDX collateral: used in place of any the evidence carries.
     pub fn with_tdx_collateral(mut self, collateral: crate::tdx::TdxCollateral) -> Self {
         self.tdx_collateral = Some(collateral);
+        self
+    }
+
+    /// Accepts evidence without a nonce (reported as a loud SKIP, never as a pass).
+    pub fn without_freshness(mut self) -> Self {
+        self.freshness = Freshness::Waived;
         self
     }
 
@@ -162,7 +223,8 @@ pub fn verify_snp_report(
     checks.finish("sev-snp report".into())
 }
 
-/// Verifies a bare TD quote (v4) with its collateral (or the one in `options`) against Intel's
+/// Verifies a bare TD quote (v4) with the collateral in `options` (or the one given with the
+/// quote, when the verifier has none) against Intel's
 /// pinned root: the DCAP checks from `tdx.quote` to `tdx.rtmr[3]`, no binding.
 pub fn verify_tdx_quote(
     quote: &[u8],
@@ -174,9 +236,10 @@ pub fn verify_tdx_quote(
     match crate::tdx::TdQuote::parse(quote) {
         Ok(parsed) => {
             checks.pass("tdx.quote", "TD quote version 4 parsed");
-            let collateral = match (collateral, &options.tdx_collateral) {
-                (Some(c), _) => Some((c, "given with the quote")),
-                (None, Some(c)) => Some((c, "supplied by the verifier")),
+            // The verifier's own collateral wins over one that came with the quote.
+            let collateral = match (&options.tdx_collateral, collateral) {
+                (Some(c), _) => Some((c, "supplied by the verifier")),
+                (None, Some(c)) => Some((c, "given with the quote")),
                 (None, None) => None,
             };
             tdx::check_quote(&parsed, collateral, expectations, options, &mut checks);
@@ -243,19 +306,45 @@ pub fn verify(
     let mut checks = Checks::default();
     let platform = evidence.platform();
 
-    match &options.expected_nonce {
+    policy::golden_coverage(golden, evidence, &mut checks);
+    policy::freshness(evidence, options, &mut checks);
+    tls_key(evidence, options, &mut checks);
+    match golden.platform {
         Some(expected) => checks.compare(
-            "nonce",
-            expected.as_slice() == evidence.nonce.as_slice(),
-            "the evidence answers the nonce the verifier sent",
-            hex::encode(expected),
-            hex::encode(evidence.nonce.as_slice()),
+            "platform",
+            expected == platform,
+            "the evidence comes from the platform the golden measurement is for",
+            expected.to_string(),
+            platform.to_string(),
         ),
         None => checks.skip(
-            "nonce",
-            "no expected nonce given: freshness is not established (pass --nonce, or use verify --host)",
+            "platform",
+            format!("the golden measurement names no platform; the evidence says {platform}"),
         ),
     }
+
+    // The TEE first: the AK's trust basis may rest on it (Azure's var_data).
+    let (ak, trusted) = ak::decide(evidence, golden, options, &mut checks);
+    match platform.tee {
+        Tee::SevSnp => snp::verify(evidence, golden, options, ak.as_ref(), &mut checks),
+        Tee::Tdx => tdx::verify(evidence, golden, options, &mut checks),
+        Tee::None => {}
+    }
+
+    let mut facts = Facts::default();
+    if let Some(ak) = &ak {
+        tpm::verify_quote(evidence, ak, trusted.is_some(), &mut checks, &mut facts);
+    }
+    tpm::check_golden_pcrs(golden, &facts, &mut checks);
+    workload::verify(evidence, golden, &facts, &mut checks);
+    if let Some(log) = &evidence.event_logs.firmware {
+        firmware_log(log.as_slice(), &facts, &mut checks);
+    }
+    checks.finish(platform.to_string())
+}
+
+/// The TLS key the evidence binds against the connection's.
+fn tls_key(evidence: &Evidence, options: &VerifyOptions, checks: &mut Checks) {
     match (options.expected_tls_key, evidence.tls_key()) {
         (Some(expected), actual) => checks.compare(
             "tls.key",
@@ -273,39 +362,4 @@ pub fn verify(
         ),
         (None, None) => {}
     }
-    match golden.platform {
-        Some(expected) => checks.compare(
-            "platform",
-            expected == platform,
-            "the evidence comes from the platform the golden measurement is for",
-            expected.to_string(),
-            platform.to_string(),
-        ),
-        None => checks.skip(
-            "platform",
-            format!("the golden measurement names no platform; the evidence says {platform}"),
-        ),
-    }
-
-    let mut facts = Facts::default();
-    let ak = tpm::verify_quote(evidence, options, &mut checks, &mut facts);
-
-    match platform.tee {
-        Tee::SevSnp => snp::verify(evidence, golden, options, ak.as_ref(), &mut checks),
-        Tee::Tdx => tdx::verify(evidence, golden, options, &mut checks),
-        Tee::None => tpm::verify_without_tee(evidence, options, &mut checks),
-    }
-
-    tpm::check_golden_pcrs(golden, &facts, &mut checks);
-    workload::verify(evidence, golden, &facts, &mut checks);
-    if let Some(log) = &evidence.event_logs.firmware {
-        firmware_log(log.as_slice(), &facts, &mut checks);
-    }
-    if evidence.tpm.ak_cert.is_some() {
-        checks.skip(
-            "tpm.ak_cert",
-            "the AK certificate is carried but not checked: the AK is vouched for by the TEE report or pinned",
-        );
-    }
-    checks.finish(platform.to_string())
 }

@@ -14,7 +14,7 @@ use crate::tdx::certs::{check_crl, parse_pck_chain, verify_intel_chain, ChainSha
 use crate::tdx::collateral::{self, ParsedCollateral, Window};
 use crate::tdx::crypto::{p256_key, verify_p256_raw};
 use crate::tdx::tcb::{module_level, platform_level, qe_level};
-use crate::tdx::{SgxExtensions, TdQuote, TdReportBody, TdxCollateral};
+use crate::tdx::{SgxExtensions, TcbStatus, TdQuote, TdReportBody, TdxCollateral};
 
 pub(crate) fn verify(
     evidence: &Evidence,
@@ -41,9 +41,14 @@ pub(crate) fn verify(
     if let Some(hcl) = &tdx.hcl_report {
         check_hcl_td_report(hcl.as_slice(), &quote.body, checks);
     }
-    let (collateral, source) = match (&tdx.collateral, &options.tdx_collateral) {
-        (Some(c), _) => (Some(c), "carried in the evidence"),
-        (None, Some(c)) => (Some(c), "supplied by the verifier"),
+    // The verifier's collateral always wins: collateral the evidence carries comes from the
+    // machine being judged, which could pick an old TCB info that rates its TCB better.
+    let (collateral, source) = match (&options.tdx_collateral, &tdx.collateral) {
+        (Some(c), _) => (Some(c), "supplied by the verifier"),
+        (None, Some(c)) => (
+            Some(c),
+            "carried in the evidence (the verifier supplied none; Intel's signatures still checked)",
+        ),
         (None, None) => (None, ""),
     };
     if !check_quote(
@@ -570,7 +575,7 @@ fn check_collateral(
         Err(e) => errors.push(format!("QE: {e}")),
     }
     let allowed = &expectations.tcb_statuses;
-    let not_allowed: Vec<&String> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
+    let not_allowed: Vec<&TcbStatus> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
     advisories.sort();
     advisories.dedup();
     let reason = if !errors.is_empty() {
@@ -603,7 +608,14 @@ fn check_collateral(
         "tdx.tcb_status",
         errors.is_empty() && not_allowed.is_empty(),
         reason,
-        format!("one of {}", allowed.join(", ")),
+        format!(
+            "one of {}",
+            allowed
+                .iter()
+                .map(TcbStatus::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         parts.join(", "),
     );
 }
@@ -625,14 +637,14 @@ fn check_revocation(
     at: i64,
     checks: &mut Checks,
 ) {
-    if p.pck_crl.is_none() && p.root_ca_crl.is_none() {
-        checks.skip(
-            "tdx.crl",
-            "the collateral has no CRLs: revocation is not checked",
-        );
-        return;
-    }
+    // Both CRLs are required: without them a revoked PCK (a leaked platform key) would pass.
     let mut problems = Vec::new();
+    if p.pck_crl.is_none() {
+        problems.push("the collateral has no PCK CRL: a revoked PCK would pass".to_owned());
+    }
+    if p.root_ca_crl.is_none() {
+        problems.push("the collateral has no root CA CRL: a revoked PCK CA would pass".to_owned());
+    }
     let mut done = Vec::new();
     match (&p.pck_crl, &pck.intermediate) {
         (Some(Ok(crl)), Some(issuer)) => {

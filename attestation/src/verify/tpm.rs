@@ -2,11 +2,11 @@
 //! and the golden PCR values.
 
 use super::report::Checks;
-use super::{Facts, VerifyOptions};
-use crate::azure::{ak_from_var_data, HclReport};
-use crate::evidence::{Cloud, Evidence};
+use super::Facts;
+use crate::azure::HclReport;
+use crate::evidence::Evidence;
 use crate::golden::GoldenMeasurement;
-use crate::tpm::{pcr_digest, qualifying_data, AkPublic, HashAlg, Quote, QuoteSignature};
+use crate::tpm::{pcr_digest, AkPublic, HashAlg, Quote, QuoteSignature};
 use crate::workload::WORKLOAD_PCR;
 use std::collections::BTreeMap;
 
@@ -31,68 +31,40 @@ pub(crate) fn azure_var_data(evidence: &Evidence) -> Option<Vec<u8>> {
         .or_else(|| evidence.tpm.var_data.as_ref().map(|v| v.0.clone()))
 }
 
-/// Establishes the AK and checks the quote. Returns the AK when it could be determined.
+/// Checks the quote with the AK. Its PCR values become verified facts only when the AK is
+/// trusted (`ak::decide`), its signature verifies and the values hash to the signed digest.
 pub(crate) fn verify_quote(
     evidence: &Evidence,
-    options: &VerifyOptions,
+    ak: &AkPublic,
+    ak_trusted: bool,
     checks: &mut Checks,
     facts: &mut Facts,
-) -> Option<AkPublic> {
-    let ak = attestation_key(evidence, options, checks)?;
-
+) {
     let signature = match (&evidence.tpm.signature, &evidence.tpm.raw_sig) {
         (Some(tpmt), _) => QuoteSignature::from_tpmt(tpmt.as_slice()),
         (None, Some(raw)) => QuoteSignature::from_raw(raw.as_slice(), &ak.key),
         (None, None) => {
-            checks.fail(
+            return checks.fail(
                 "tpm.quote.signature",
                 "the evidence carries no quote signature",
             );
-            return Some(ak);
         }
     };
-    let signature_ok = match signature
-        .as_ref()
-        .map_err(|e| e.to_string())
-        .and_then(|sig| {
-            sig.verify(&ak.key, evidence.tpm.quote.as_slice())
-                .map_err(|e| e.to_string())
-        }) {
-        Ok(true) => {
-            checks.pass(
-                "tpm.quote.signature",
-                "the AK's signature over the quote verifies",
-            );
-            true
-        }
-        Ok(false) => {
-            checks.fail(
-                "tpm.quote.signature",
-                "the quote's signature does not verify with the AK",
-            );
-            false
-        }
-        Err(e) => {
-            checks.fail(
-                "tpm.quote.signature",
-                format!("cannot check the signature: {e}"),
-            );
-            false
-        }
-    };
-
+    let signature_ok = check_signature(&signature, ak, evidence.tpm.quote.as_slice(), checks);
     let quote = match Quote::parse(evidence.tpm.quote.as_slice()) {
         Ok(quote) => quote,
-        Err(e) => {
-            checks.fail("tpm.quote.format", e.to_string());
-            return Some(ak);
-        }
+        Err(e) => return checks.fail("tpm.quote.format", e.to_string()),
     };
-    let expected = qualifying_data(&evidence.bound_nonce());
+    let expected = evidence.quote_qualifying_data();
+    let reason = if evidence.tee_report_bound_by_quote().is_some() {
+        "the quote's qualifying data binds the nonce and this TEE report (cvm-tpm-quote/v2)"
+    } else {
+        "the quote's qualifying data is SHA-256(\"cvm-tpm-quote/v1\\0\" || nonce)"
+    };
     checks.compare(
         "tpm.quote.nonce",
         quote.extra_data == expected,
-        "the quote's qualifying data is SHA-256(\"cvm-tpm-quote/v1\\0\" || nonce)",
+        reason,
         hex::encode(expected),
         hex::encode(&quote.extra_data),
     );
@@ -132,93 +104,43 @@ pub(crate) fn verify_quote(
         .filter(|s| s.hash == HashAlg::Sha256)
         .flat_map(|s| s.pcrs.iter().copied())
         .collect();
-    if signature_ok && digest_ok && evidence.tpm.pcrs.hash == HashAlg::Sha256 {
+    if ak_trusted && signature_ok && digest_ok && evidence.tpm.pcrs.hash == HashAlg::Sha256 {
         facts.quoted_pcrs = Some(bank);
     }
-    Some(ak)
 }
 
-fn attestation_key(
-    evidence: &Evidence,
-    options: &VerifyOptions,
+fn check_signature(
+    signature: &Result<QuoteSignature, crate::tpm::SignatureError>,
+    ak: &AkPublic,
+    quote: &[u8],
     checks: &mut Checks,
-) -> Option<AkPublic> {
-    if evidence.platform().cloud == Cloud::Azure {
-        let Some(var_data) = azure_var_data(evidence) else {
-            checks.fail(
-                "tpm.ak",
-                "Azure evidence without var_data: the AK cannot be established",
+) -> bool {
+    let result = signature
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|sig| sig.verify(&ak.key, quote).map_err(|e| e.to_string()));
+    match result {
+        Ok(true) => {
+            checks.pass(
+                "tpm.quote.signature",
+                "the AK's signature over the quote verifies",
             );
-            return None;
-        };
-        return match ak_from_var_data(&var_data) {
-            Ok(key) => {
-                checks.pass(
-                    "tpm.ak",
-                    "AK is HCLAkPub from Azure's var_data, which the hardware report binds",
-                );
-                Some(AkPublic {
-                    key,
-                    object_attributes: None,
-                    tpmt_public: None,
-                    name_alg: None,
-                })
-            }
-            Err(e) => {
-                checks.fail("tpm.ak", e.to_string());
-                None
-            }
-        };
-    }
-    let ak = match AkPublic::from_bytes(evidence.tpm.ak_pub.as_slice()) {
-        Ok(ak) => ak,
-        Err(e) => {
-            checks.fail("tpm.ak", e.to_string());
-            return None;
+            true
         }
-    };
-    let pinned = options.trusted_ak.as_deref() == Some(evidence.tpm.ak_pub.as_slice());
-    match ak.is_restricted_signing_key() {
-        Some(true) => checks.pass(
-            "tpm.ak",
-            "AK is a restricted, fixedTPM signing key: it signs only TPM-generated structures",
-        ),
-        Some(false) => checks.fail(
-            "tpm.ak",
-            "AK is not a restricted fixedTPM signing key: it could sign a forged quote",
-        ),
-        None if pinned => checks.pass(
-            "tpm.ak",
-            "AK given without TPM attributes, pinned by the caller",
-        ),
-        None => checks.fail(
-            "tpm.ak",
-            "AK given without TPM attributes (send TPMT_PUBLIC): cannot tell it is restricted",
-        ),
-    }
-    Some(ak)
-}
-
-/// Without a TEE, only a caller-pinned AK can vouch for the TPM.
-pub(crate) fn verify_without_tee(
-    evidence: &Evidence,
-    options: &VerifyOptions,
-    checks: &mut Checks,
-) {
-    match &options.trusted_ak {
-        Some(pinned) if pinned.as_slice() == evidence.tpm.ak_pub.as_slice() => checks.pass(
-            "tee.none",
-            "no TEE on this platform: the TPM is trusted because its AK equals the one the caller \
-             pinned (recorded when the VM and its software TPM were created)",
-        ),
-        Some(_) => checks.fail(
-            "tee.none",
-            "no TEE, and the AK is not the one the caller pinned: another TPM answered",
-        ),
-        None => checks.fail(
-            "tee.none",
-            "no TEE evidence and no pinned AK: nothing vouches for this TPM",
-        ),
+        Ok(false) => {
+            checks.fail(
+                "tpm.quote.signature",
+                "the quote's signature does not verify with the AK",
+            );
+            false
+        }
+        Err(e) => {
+            checks.fail(
+                "tpm.quote.signature",
+                format!("cannot check the signature: {e}"),
+            );
+            false
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Just enough of the Compose file format to know what a workload runs: each service's image and
-//! the environment files it reads. Features that would pull in unmeasured inputs (`build:`,
+//! the environment files it reads (host mounts: `mounts.rs`). Features that would pull in unmeasured inputs (`build:`,
 //! `include:`, `extends:` from another file) are refused rather than ignored.
 
 use super::paths::{relative_path, PathError};
@@ -36,6 +36,8 @@ pub enum ComposeError {
     Service { service: String, problem: String },
     #[error("compose file uses `{0}`, which would run unmeasured inputs; inline them instead")]
     Unsupported(&'static str),
+    #[error("{place}: {problem}")]
+    Mount { place: String, problem: String },
     #[error("service {service:?}: env_file {path:?}: {source}")]
     EnvFilePath {
         service: String,
@@ -114,6 +116,11 @@ impl Compose {
         Ok(result)
     }
 
+    /// The parsed document, for the other readers of this module.
+    pub(crate) fn document(&self) -> &Yaml {
+        &self.document
+    }
+
     /// The distinct image references of all services, sorted.
     pub fn images(&self) -> Result<BTreeSet<String>, ComposeError> {
         Ok(self.services()?.into_iter().map(|s| s.image).collect())
@@ -151,7 +158,7 @@ impl Compose {
 }
 
 /// Looks a key up in a service mapping, honouring YAML merge keys (`<<: *defaults`).
-fn field<'a>(body: &'a Yaml, key: &str) -> Option<&'a Yaml> {
+pub(crate) fn field<'a>(body: &'a Yaml, key: &str) -> Option<&'a Yaml> {
     let direct = &body[key];
     if !direct.is_badvalue() {
         return Some(direct);

@@ -1,12 +1,18 @@
-//! Measuring a workload folder: `docker-compose.yml`, every file under `config/`, the environment
-//! files compose reads, and every image by its content-derived ID. `secrets/` is never read.
+//! Measuring a workload folder: `docker-compose.yml`, every other regular file (those under
+//! `config/` as config files, the environment files compose reads as env files, the rest as
+//! plain files, since a bind mount may hand any of them to a container), the host paths compose
+//! mounts from outside the folder, and every image by its content-derived ID. `secrets/` is never
+//! read.
 //!
-//! The same function serves the agent (before it starts the workload) and the CLI (to compute the
-//! golden value offline), so both always agree on what PCR 23 must be.
+//! The same function serves the agent (before it starts the workload, and again before every
+//! `compose up`) and the CLI (to compute the golden value offline), so both always agree on what
+//! PCR 23 must be.
 
 use super::compose::{Compose, ComposeError, ComposeService};
 use super::log::{EventKind, WorkloadEvent};
+use super::mounts::HostMount;
 use super::paths::{relative_path, PathError};
+use super::token::TokenCommitment;
 use crate::digest::Sha256Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,8 +25,15 @@ pub const CONFIG_DIR: &str = "config";
 pub const SECRETS_DIR: &str = "secrets";
 /// Compose reads this for variable interpolation when it exists.
 pub const DOT_ENV: &str = ".env";
-/// Upper bound on files under `config/`.
-pub const MAX_CONFIG_FILES: usize = 2048;
+/// Upper bound on measured files (`config/` and the rest together): the log holds at most
+/// 4096 events, and several generations must fit.
+pub const MAX_FILES: usize = 2048;
+/// Upper bound on directory entries visited (empty directories cost nothing else).
+pub const MAX_ENTRIES: usize = 16_384;
+/// Upper bound on the bytes hashed for one measurement (image archives included).
+pub const MAX_MEASURED_BYTES: u64 = 4 << 30;
+/// Deepest directory nesting below the workload folder.
+pub const MAX_DEPTH: usize = 32;
 
 /// Why a workload folder cannot be measured.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +53,16 @@ pub enum WorkloadError {
     SpecialFile(PathBuf),
     #[error("{0}: file name is not UTF-8")]
     NotUtf8(PathBuf),
-    #[error("{CONFIG_DIR}/ holds more than {MAX_CONFIG_FILES} files")]
-    TooManyConfigFiles,
+    #[error(
+        "the workload folder holds more than {MAX_FILES} files to measure ({SECRETS_DIR}/ aside)"
+    )]
+    TooManyFiles,
+    #[error("the workload folder holds more than {MAX_ENTRIES} directory entries")]
+    TooManyEntries,
+    #[error("the files to measure hold more than {MAX_MEASURED_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}: directories nest deeper than {MAX_DEPTH} levels")]
+    TooDeep(PathBuf),
     #[error("env file {path:?} is under {SECRETS_DIR}/, which is never measured: move it")]
     EnvFileInSecrets { path: String },
     #[error("env file {path:?}: {source}")]
@@ -70,50 +91,43 @@ pub struct WorkloadFolder {
     pub config_files: Vec<(String, Sha256Digest)>,
     /// Environment files compose reads, as (relative path, content digest), sorted.
     pub env_files: Vec<(String, Sha256Digest)>,
+    /// Every other regular file outside `config/` and `secrets/` (image archives included), as
+    /// (relative path, content digest), in byte order of the path.
+    pub files: Vec<(String, Sha256Digest)>,
+    /// Host paths outside the folder that compose mounts, by path.
+    pub host_mounts: Vec<HostMount>,
 }
 
 impl WorkloadFolder {
     /// Reads and hashes everything measured, refusing anything that cannot be measured.
     pub fn read(root: &Path) -> Result<Self, WorkloadError> {
         let compose_path = root.join(COMPOSE_FILE);
-        let compose_bytes = match read_bounded(&compose_path, super::compose::MAX_COMPOSE_BYTES) {
-            Err(WorkloadError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Err(WorkloadError::NoCompose(root.to_owned()))
+        refuse_links_on_the_way(root, COMPOSE_FILE).map_err(|e| match e {
+            WorkloadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                WorkloadError::NoCompose(root.to_owned())
             }
-            other => other?,
-        };
+            other => other,
+        })?;
+        let compose_bytes = read_bounded(&compose_path, super::compose::MAX_COMPOSE_BYTES)?;
         let compose = Compose::parse(&compose_bytes)?;
         let services = compose.services()?;
+        let host_mounts = compose.host_mounts()?;
+        let mut budget = Budget::default();
 
         let mut config_files = Vec::new();
-        let config_root = root.join(CONFIG_DIR);
-        if config_root.exists() {
-            collect_files(&config_root, CONFIG_DIR, &mut config_files)?;
+        if std::fs::symlink_metadata(root.join(CONFIG_DIR)).is_ok() {
+            config_files = collect_tree(root, CONFIG_DIR, &[], &BTreeSet::new(), &mut budget)?;
         }
-        config_files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-
-        let mut env_paths: BTreeSet<String> = services
-            .iter()
-            .flat_map(|service| service.env_files.iter().cloned())
-            .collect();
-        if root.join(DOT_ENV).exists() {
-            env_paths.insert(DOT_ENV.to_owned());
-        }
-        let mut env_files = Vec::new();
-        for path in env_paths {
-            let path = relative_path(&path).map_err(|source| WorkloadError::EnvFilePath {
-                path: path.clone(),
-                source,
-            })?;
-            if path == SECRETS_DIR || path.starts_with(&format!("{SECRETS_DIR}/")) {
-                return Err(WorkloadError::EnvFileInSecrets { path });
+        let env_files = read_env_files(root, &services, &mut budget)?;
+        let env_names: BTreeSet<String> = env_files.iter().map(|(name, _)| name.clone()).collect();
+        // Never read, but a link there could make `./secrets/x` mount a host path.
+        if let Ok(meta) = std::fs::symlink_metadata(root.join(SECRETS_DIR)) {
+            if meta.file_type().is_symlink() {
+                return Err(WorkloadError::Symlink(root.join(SECRETS_DIR)));
             }
-            let full = root.join(&path);
-            refuse_links_on_the_way(root, &path)?;
-            env_files.push((path, hash_file(&full)?));
         }
+        let skip = [COMPOSE_FILE, CONFIG_DIR, SECRETS_DIR];
+        let files = collect_tree(root, "", &skip, &env_names, &mut budget)?;
         Ok(Self {
             root: root.to_owned(),
             compose_bytes,
@@ -121,6 +135,8 @@ impl WorkloadFolder {
             services,
             config_files,
             env_files,
+            files,
+            host_mounts,
         })
     }
 
@@ -134,25 +150,28 @@ impl WorkloadFolder {
     pub fn events(
         &self,
         image_ids: &BTreeMap<String, String>,
-        api_token_hash: Option<Sha256Digest>,
+        api_token: Option<&TokenCommitment>,
     ) -> Result<Vec<WorkloadEvent>, WorkloadError> {
         let mut events = vec![WorkloadEvent::over(
             EventKind::ComposeFile,
             COMPOSE_FILE,
             &self.compose_bytes,
         )];
-        for (path, digest) in &self.config_files {
-            events.push(WorkloadEvent::with_digest(
-                EventKind::ConfigFile,
-                path,
-                *digest,
-            ));
+        let by_kind = [
+            (EventKind::ConfigFile, &self.config_files),
+            (EventKind::EnvFile, &self.env_files),
+            (EventKind::File, &self.files),
+        ];
+        for (kind, files) in by_kind {
+            for (path, digest) in files {
+                events.push(WorkloadEvent::with_digest(kind, path, *digest));
+            }
         }
-        for (path, digest) in &self.env_files {
-            events.push(WorkloadEvent::with_digest(
-                EventKind::EnvFile,
-                path,
-                *digest,
+        for mount in &self.host_mounts {
+            events.push(WorkloadEvent::with_payload(
+                EventKind::HostMount,
+                &mount.source,
+                mount.payload(),
             ));
         }
         for reference in self.image_references() {
@@ -169,15 +188,57 @@ impl WorkloadFolder {
             }
             events.push(WorkloadEvent::image(reference, id.clone()));
         }
-        if let Some(hash) = api_token_hash {
-            events.push(WorkloadEvent::with_digest(
-                EventKind::ApiToken,
-                "api-token",
-                hash,
-            ));
+        if let Some(token) = api_token {
+            events.push(token.event());
         }
         events.push(WorkloadEvent::separator());
         Ok(events)
+    }
+}
+
+/// The env files of all services plus `.env`, normalized, deduplicated, hashed.
+fn read_env_files(
+    root: &Path,
+    services: &[ComposeService],
+    budget: &mut Budget,
+) -> Result<Vec<(String, Sha256Digest)>, WorkloadError> {
+    let mut env_paths: BTreeSet<String> = services
+        .iter()
+        .flat_map(|service| service.env_files.iter().cloned())
+        .collect();
+    if std::fs::symlink_metadata(root.join(DOT_ENV)).is_ok() {
+        env_paths.insert(DOT_ENV.to_owned());
+    }
+    let mut env_files = Vec::new();
+    for path in env_paths {
+        let path = relative_path(&path).map_err(|source| WorkloadError::EnvFilePath {
+            path: path.clone(),
+            source,
+        })?;
+        if path == SECRETS_DIR || path.starts_with(&format!("{SECRETS_DIR}/")) {
+            return Err(WorkloadError::EnvFileInSecrets { path });
+        }
+        refuse_links_on_the_way(root, &path)?;
+        let digest = budget.hash(&root.join(&path))?;
+        env_files.push((path, digest));
+    }
+    Ok(env_files)
+}
+
+/// What one measurement may still read.
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    entries: usize,
+    bytes: u64,
+}
+
+impl Budget {
+    /// Hashes a regular file, counting its bytes against the limit.
+    fn hash(&mut self, path: &Path) -> Result<Sha256Digest, WorkloadError> {
+        let (digest, read) = hash_bounded(path, MAX_MEASURED_BYTES - self.bytes)?;
+        self.bytes += read;
+        Ok(digest)
     }
 }
 
@@ -191,66 +252,116 @@ pub fn is_image_id(id: &str) -> bool {
     })
 }
 
-fn collect_files(
-    dir: &Path,
-    relative: &str,
-    out: &mut Vec<(String, Sha256Digest)>,
-) -> Result<(), WorkloadError> {
-    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
-    if meta.file_type().is_symlink() {
-        return Err(WorkloadError::Symlink(dir.to_owned()));
-    }
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let path = entry.path();
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| WorkloadError::NotUtf8(path.clone()))?;
-        let relative = format!("{relative}/{name}");
-        let kind = entry.file_type().map_err(io(&path))?;
-        if kind.is_symlink() {
-            return Err(WorkloadError::Symlink(path));
-        } else if kind.is_dir() {
-            collect_files(&path, &relative, out)?;
-        } else if kind.is_file() {
-            if out.len() >= MAX_CONFIG_FILES {
-                return Err(WorkloadError::TooManyConfigFiles);
-            }
-            out.push((relative, hash_file(&path)?));
+/// Every regular file below `root/start` (the whole folder when `start` is empty), as (relative
+/// path, digest) in byte order of the path, walked without recursion. At the top, names in
+/// `skip` are left to their own readers (after the link check); paths in `exclude` are measured
+/// elsewhere. Links, special files and names that are not UTF-8 are refused.
+fn collect_tree(
+    root: &Path,
+    start: &str,
+    skip: &[&str],
+    exclude: &BTreeSet<String>,
+    budget: &mut Budget,
+) -> Result<Vec<(String, Sha256Digest)>, WorkloadError> {
+    let mut out = Vec::new();
+    let mut pending = vec![(start.to_owned(), 0usize)];
+    while let Some((relative, depth)) = pending.pop() {
+        let dir = if relative.is_empty() {
+            root.to_owned()
         } else {
-            return Err(WorkloadError::SpecialFile(path));
+            root.join(&relative)
+        };
+        let meta = std::fs::symlink_metadata(&dir).map_err(io(&dir))?;
+        if meta.file_type().is_symlink() {
+            return Err(WorkloadError::Symlink(dir));
+        }
+        if depth > MAX_DEPTH {
+            return Err(WorkloadError::TooDeep(dir));
+        }
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            budget.entries += 1;
+            if budget.entries > MAX_ENTRIES {
+                return Err(WorkloadError::TooManyEntries);
+            }
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|_| WorkloadError::NotUtf8(path.clone()))?;
+            let kind = entry.file_type().map_err(io(&path))?;
+            if kind.is_symlink() {
+                return Err(WorkloadError::Symlink(path));
+            }
+            if relative.is_empty() && skip.contains(&name.as_str()) {
+                continue;
+            }
+            let name = if relative.is_empty() {
+                name
+            } else {
+                format!("{relative}/{name}")
+            };
+            if kind.is_dir() {
+                pending.push((name, depth + 1));
+            } else if !kind.is_file() {
+                return Err(WorkloadError::SpecialFile(path));
+            } else if !exclude.contains(&name) {
+                budget.files += 1;
+                if budget.files > MAX_FILES {
+                    return Err(WorkloadError::TooManyFiles);
+                }
+                out.push((name, budget.hash(&path)?));
+            }
         }
     }
-    Ok(())
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(out)
 }
 
-/// Refuses a symlink anywhere along `relative` under `root`.
+/// Refuses a symlink anywhere along `relative` under `root`, and anything but a regular file at
+/// its end (opening a FIFO would block the measurement forever).
 fn refuse_links_on_the_way(root: &Path, relative: &str) -> Result<(), WorkloadError> {
     let mut path = root.to_owned();
+    let mut meta = None;
     for part in relative.split('/') {
         path.push(part);
-        let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        if meta.file_type().is_symlink() {
+        let this = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        if this.file_type().is_symlink() {
             return Err(WorkloadError::Symlink(path));
         }
+        meta = Some(this);
     }
-    Ok(())
+    match meta {
+        Some(meta) if !meta.file_type().is_file() => Err(WorkloadError::SpecialFile(path)),
+        _ => Ok(()),
+    }
 }
 
-/// SHA-256 of a file's content, streamed.
-pub fn hash_file(path: &Path) -> Result<Sha256Digest, WorkloadError> {
-    let mut file = File::open(path).map_err(io(path))?;
+/// SHA-256 of a file's content, streamed; at most `limit` bytes are read (the file may grow
+/// while it is hashed), more is [`WorkloadError::TooLarge`]. Returns the digest and the length.
+fn hash_bounded(path: &Path, limit: u64) -> Result<(Sha256Digest, u64), WorkloadError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut reader = file.take(limit.saturating_add(1));
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
     loop {
-        let n = file.read(&mut buffer).map_err(io(path))?;
+        let n = reader.read(&mut buffer).map_err(io(path))?;
         if n == 0 {
             break;
         }
+        total += n as u64;
+        if total > limit {
+            return Err(WorkloadError::TooLarge);
+        }
         hasher.update(&buffer[..n]);
     }
-    Ok(Sha256Digest(hasher.finalize().into()))
+    Ok((Sha256Digest(hasher.finalize().into()), total))
+}
+
+/// SHA-256 of a whole file's content, streamed (bounded by [`MAX_MEASURED_BYTES`]).
+pub fn hash_file(path: &Path) -> Result<Sha256Digest, WorkloadError> {
+    hash_bounded(path, MAX_MEASURED_BYTES).map(|(digest, _)| digest)
 }
 
 fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, WorkloadError> {

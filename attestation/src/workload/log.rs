@@ -30,10 +30,17 @@ pub enum EventKind {
     EnvFile,
     /// A container image, named by its reference in the compose file; payload is its image ID.
     Image,
-    /// The hash of the agent's API bearer token, so the host cannot swap the token unseen.
+    /// The agent's API bearer token as a salted HMAC (`token.rs`), so the host cannot swap the
+    /// token unseen and nobody who lacks it can test guesses against the log.
     ApiToken,
     /// Ends one workload measurement. Nothing may follow without a new workload.
     Separator,
+    /// Any other regular file of the workload folder (outside `config/` and `secrets/`), which a
+    /// bind mount may hand to a container; named by its path relative to the folder.
+    File,
+    /// A compose bind mount of a host path outside the workload folder, whose content is not
+    /// measured: named by the host path; the payload says which services mount it where.
+    HostMount,
 }
 
 impl EventKind {
@@ -45,6 +52,8 @@ impl EventKind {
             EventKind::EnvFile => 3,
             EventKind::Image => 4,
             EventKind::ApiToken => 5,
+            EventKind::File => 6,
+            EventKind::HostMount => 7,
             EventKind::Separator => 0xffff_ffff,
         }
     }
@@ -56,9 +65,11 @@ impl EventKind {
 pub struct WorkloadEvent {
     pub kind: EventKind,
     pub name: String,
-    /// SHA-256 of the measured bytes (file content, image ID text, token).
+    /// SHA-256 of the measured bytes (file content, image ID text, host mount uses); for
+    /// `api-token`, the HMAC of the token keyed by the salt.
     pub payload_digest: Sha256Digest,
-    /// The measured bytes themselves when they are short and public (image IDs), for display.
+    /// The measured bytes themselves when they are short and public (image IDs, host mount
+    /// uses), for display; for `api-token`, the salt in hex (the HMAC key, not the payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
 }
@@ -81,12 +92,16 @@ impl WorkloadEvent {
 
     /// An image event: `reference` as written in the compose file, `image_id` as `sha256:<hex>`.
     pub fn image(reference: impl Into<String>, image_id: impl Into<String>) -> Self {
-        let image_id = image_id.into();
+        Self::with_payload(EventKind::Image, reference, image_id.into())
+    }
+
+    /// An event whose short, public payload is kept for display (image IDs, host mount uses).
+    pub fn with_payload(kind: EventKind, name: impl Into<String>, payload: String) -> Self {
         Self {
-            kind: EventKind::Image,
-            name: reference.into(),
-            payload_digest: Sha256Digest::of(image_id.as_bytes()),
-            payload: Some(image_id),
+            kind,
+            name: name.into(),
+            payload_digest: Sha256Digest::of(payload.as_bytes()),
+            payload: Some(payload),
         }
     }
 
@@ -150,6 +165,12 @@ pub enum LogError {
     },
     #[error("event {index} ({kind:?} {name:?}): payload is longer than {MAX_PAYLOAD_LEN} bytes")]
     PayloadTooLong {
+        index: usize,
+        kind: EventKind,
+        name: String,
+    },
+    #[error("event {index} ({kind:?} {name:?}): the salt is not 64 lowercase hex digits")]
+    BadSalt {
         index: usize,
         kind: EventKind,
         name: String,
@@ -248,7 +269,16 @@ fn check_event(index: usize, event: &WorkloadEvent) -> Result<(), LogError> {
                 name: event.name.clone(),
             });
         }
-        if Sha256Digest::of(payload.as_bytes()) != event.payload_digest {
+        if event.kind == EventKind::ApiToken {
+            // The payload is the HMAC key, not what was hashed: only its form can be checked.
+            if super::token::parse_salt(payload).is_none() {
+                return Err(LogError::BadSalt {
+                    index,
+                    kind: event.kind,
+                    name: event.name.clone(),
+                });
+            }
+        } else if Sha256Digest::of(payload.as_bytes()) != event.payload_digest {
             return Err(LogError::PayloadMismatch {
                 index,
                 kind: event.kind,
@@ -257,6 +287,58 @@ fn check_event(index: usize, event: &WorkloadEvent) -> Result<(), LogError> {
         }
     }
     Ok(())
+}
+
+/// Differences between two measurements, by event kind and name, readable: each event that
+/// changed (with both digests), is missing or is extra, or else a change of order. Empty when
+/// both are the same measurement.
+pub fn differences(expected: &[WorkloadEvent], actual: &[WorkloadEvent]) -> Vec<String> {
+    let key = |e: &WorkloadEvent| (e.kind, e.name.clone());
+    let describe = |e: &WorkloadEvent| {
+        let kind = serde_json::to_value(e.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if e.name.is_empty() {
+            kind
+        } else {
+            format!("{kind} {:?}", e.name)
+        }
+    };
+    let mut out = Vec::new();
+    for e in expected {
+        match actual.iter().find(|a| key(a) == key(e)) {
+            None => out.push(format!("{} is missing", describe(e))),
+            Some(a) if a.payload_digest != e.payload_digest => out.push(format!(
+                "{} changed: expected {}{}, got {}{}",
+                describe(e),
+                short(&e.payload_digest.to_hex()),
+                e.payload
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
+                short(&a.payload_digest.to_hex()),
+                a.payload
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
+            )),
+            Some(_) => {}
+        }
+    }
+    for a in actual {
+        if !expected.iter().any(|e| key(e) == key(a)) {
+            out.push(format!("{} is not in the golden measurement", describe(a)));
+        }
+    }
+    if out.is_empty() && expected.iter().map(key).ne(actual.iter().map(key)) {
+        out.push("the same events in a different order".into());
+    }
+    out
+}
+
+fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(16)]
 }
 
 #[cfg(test)]
