@@ -39,6 +39,27 @@ else
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# QEMU 10.0 from bookworm-backports (docs/image.md): Debian 12's QEMU 7.2 has double-faulted
+# booting kernel 6.12 under TCG, and a machine that ships qemu-utils 10.0 would lose qemu-img when
+# apt installs 7.2's qemu-system-x86 beside it. The backports suite is added on the mirror apt
+# already uses for bookworm.
+qemu_major() { "$1" --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1; }
+if [ "$(qemu_major qemu-system-x86_64)" != 10 ] || [ "$(qemu_major qemu-img)" != 10 ]; then
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    if [ -z "$mirror" ]; then
+      mirror=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    fi
+    [ -n "$mirror" ] || { echo "install-test-deps: no bookworm mirror configured in apt" >&2; exit 1; }
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$mirror" | $SUDO tee /etc/apt/sources.list.d/cvm-bookworm-backports.sources >/dev/null
+  fi
+  echo "install-test-deps: installing QEMU 10 (qemu-system-x86, qemu-utils) from bookworm-backports"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 qemu-utils
+fi
+
 # Cloud emulators for the deploy tests (pinned; reinstalled only when the pins change).
 # test-support finds them under these prefixes.
 VENV=/opt/cvm-test-venv

@@ -5,7 +5,8 @@
 #           (out/tiny-agent/measurements.json);
 #   boot    `cvm-cli deploy-local`: QEMU + OVMF with a new software TPM whose attestation key is
 #           recorded before the guest runs, and a new API token handed over by fw_cfg; the agent
-#           in the guest measures the seed workload (and the token's hash) into PCR 23;
+#           in the guest measures the seed workload (and a salted commitment to the token) into
+#           PCR 23;
 #   golden  the golden values computed offline: predicted PCR 4/9/11/12 + the workload's PCR 23;
 #   verify  `cvm-cli verify --host` over a fresh nonce: every check printed, exit 0 only if all pass;
 #   upload  `cvm-cli update-workload`: the example workload (./workload), packed fresh, after
@@ -40,11 +41,17 @@ echo "==> boot: deploy-local (QEMU + OVMF + swtpm)"
 "$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
 "$bin/cvm-cli" deploy-local --image "$image" --name "$name" --port "$port"
 
+# The salt under which the agent commits to the API token in PCR 23 (public, drawn once per boot):
+# read from the VM's workload log. A host that lies about it only makes verification fail.
+curl -sfk --max-time 30 "https://127.0.0.1:$port/eventlog" -o out/eventlog.json ||
+  curl -sf --max-time 30 "http://127.0.0.1:$port/eventlog" -o out/eventlog.json
+
 golden() { # WORKLOAD OUT [more golden flags]: computed offline from the build and the folder
   local folder=$1 out=$2
   shift 2
   "$bin/cvm-cli" golden --measurements out/tiny-agent/measurements.json --workload "$folder" \
-    --token-file "$state/api-token" --cloud qemu --tee none --out "$out" "$@"
+    --token-file "$state/api-token" --token-salt out/eventlog.json --cloud qemu --tee none \
+    --out "$out" "$@"
 }
 
 echo "==> golden + verify: the seed workload, against values computed offline"
@@ -60,14 +67,14 @@ cp "$seed/hello.tar" "$upload/"   # measure-only agent: image IDs come from the 
   --workload "$upload" --golden out/golden-seed.json --trusted-ak "$state/ak.pub"
 
 echo "==> golden + verify: the uploaded workload"
-golden "$upload" out/golden.json --allow-updates
+golden "$upload" out/golden.json --allow-measurement out/golden-seed.json
 "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden.json --trusted-ak "$state/ak.pub"
 
 echo "==> verify: a changed config file must fail, and say which file"
 changed=$(mktemp -d)
 cp -r "$upload/." "$changed/"
 echo "changed" > "$changed/config/message.txt"
-golden "$changed" out/golden-changed.json --allow-updates
+golden "$changed" out/golden-changed.json --allow-measurement out/golden-seed.json
 rm -rf "$changed"
 if "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden-changed.json \
      --trusted-ak "$state/ak.pub" > out/verify-changed.txt; then

@@ -373,10 +373,7 @@ impl GoldenMeasurement {
                 json_kind(body)
             )));
         };
-        if let Some(unknown) = body_map
-            .keys()
-            .find(|k| !LEGACY_KEYS.contains(&k.as_str()))
-        {
+        if let Some(unknown) = body_map.keys().find(|k| !LEGACY_KEYS.contains(&k.as_str())) {
             return Err(GoldenError::Shape(format!(
                 "unknown key {unknown:?} (ours has \"version\"; the predecessor's has {})",
                 LEGACY_KEYS.join(", ")
@@ -387,10 +384,7 @@ impl GoldenMeasurement {
 
     /// True when nothing at all would be compared.
     pub fn pins_nothing(&self) -> bool {
-        self.pcrs.is_empty()
-            && self.workload.is_none()
-            && self.snp.is_none()
-            && self.tdx.is_none()
+        self.pcrs.is_empty() && self.workload.is_none() && self.snp.is_none() && self.tdx.is_none()
     }
 }
 

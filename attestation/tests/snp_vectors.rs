@@ -167,3 +167,14 @@ fn malformed_reports_are_errors() {
         .to_string()
         .contains("version 9"));
 }
+
+/// GCP's SEV-SNP VMs report version 4 (version 3's layout): it must parse.
+#[test]
+fn version_4_reports_parse() {
+    let signer = test_support::SnpTestSigner::new().unwrap();
+    let mut bytes = signer.report(&[7; 64], &[0x42; 48], 0x3_0000).unwrap();
+    bytes[0..4].copy_from_slice(&4u32.to_le_bytes());
+    let report = SnpReport::parse(&bytes).unwrap();
+    assert_eq!(report.fields.version, 4);
+    assert_eq!(report.report_data(), &[7; 64]);
+}

@@ -168,7 +168,7 @@ proptest! {
     #[test]
     fn evidence_with_tdx_never_panics(m in mutation()) {
         if let Ok(evidence) = Evidence::from_json(&m.apply(&seeds().evidence_json)) {
-            let golden = GoldenMeasurement::from_json(br#"{"version": 1}"#).unwrap();
+            let golden = GoldenMeasurement::from_json(br#"{"version": 1, "workload": "any", "tdx": {}}"#).unwrap();
             let _ = verify(&evidence, &golden, &VerifyOptions::new(AT)).to_string();
         }
     }

@@ -6,8 +6,8 @@ use crate::tpm::{AttestationKey, Tpm, TpmError};
 use cvm_attestation::binding::{bound_nonce, nitro_user_data};
 use cvm_attestation::encoding::Bytes;
 use cvm_attestation::evidence::{
-    check_nonce, tee_report_bound_by_quote, EventLogs, Evidence, EvidenceError, PcrBank, Platform, TpmEvidence,
-    EVIDENCE_VERSION,
+    check_nonce, tee_report_bound_by_quote, EventLogs, Evidence, EvidenceError, PcrBank, Platform,
+    TpmEvidence, EVIDENCE_VERSION,
 };
 use cvm_attestation::tpm::{quote_qualifying_data, HashAlg, QuoteSignature};
 use cvm_attestation::workload::WorkloadLog;

@@ -7,6 +7,7 @@ use cvm_attestation::evidence::{Cloud, Platform, Tee};
 use cvm_attestation::golden::{
     predicted_pcrs, AllowedWorkload, GoldenMeasurement, GoldenSnp, GoldenWorkload, GOLDEN_VERSION,
 };
+use cvm_attestation::snp::policy::{default_minimum_tcb, SnpProduct, Tcb};
 use cvm_attestation::workload::token::parse_salt;
 use cvm_attestation::workload::{archived_images, TokenCommitment, WorkloadEvent, WorkloadFolder};
 use cvm_attestation::{Sha256Digest, Sha384Digest};
@@ -65,6 +66,11 @@ pub struct GoldenArgs {
         requires = "snp_ovmf"
     )]
     snp_vcpu_type: String,
+    /// Minimum SEV-SNP TCB: a product (milan, genoa, turin: AMD's published minimum, see
+    /// docs/golden.md) or components `bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]`. Without
+    /// it the verifier applies AMD's published minimum for the product that signed the report.
+    #[arg(long = "min-tcb", value_name = "PRODUCT|COMPONENTS")]
+    min_tcb: Option<String>,
     /// Accept the same workload measured again after boot (several generations, each equal to
     /// this one); another workload needs --allow-measurement.
     #[arg(long)]
@@ -131,15 +137,23 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
         })?;
         snp_measurements.push(Sha384Digest::from_hex(&hex::encode(digest))?);
     }
-    let snp = if snp_measurements.is_empty() {
-        None
-    } else {
-        Some(GoldenSnp {
+    let is_snp = platform.is_some_and(|p| p.tee == Tee::SevSnp);
+    if platform.is_some_and(|p| p.cloud == Cloud::Qemu && p.tee == Tee::SevSnp)
+        && snp_measurements.is_empty()
+    {
+        bail!(
+            "a local SEV-SNP VM boots directly, so its launch digest pins the whole boot chain and \
+             must be in the golden: pass --snp-ovmf OVMF.fd --snp-kernel UKI (or --snp-measurement HEX)"
+        );
+    }
+    let minimum_tcb = args.min_tcb.as_deref().map(parse_min_tcb).transpose()?;
+    let snp =
+        (is_snp || !snp_measurements.is_empty() || minimum_tcb.is_some()).then(|| GoldenSnp {
             measurements: snp_measurements,
+            minimum_tcb,
             vmpls: vec![0],
             ..GoldenSnp::default()
-        })
-    };
+        });
     Ok(GoldenMeasurement {
         version: GOLDEN_VERSION,
         platform,
@@ -271,4 +285,46 @@ fn allowed_measurements(value: &str) -> Result<Vec<AllowedWorkload>> {
     let mut allowed = vec![AllowedWorkload::Events(workload.events)];
     allowed.extend(workload.allowed);
     Ok(allowed)
+}
+
+/// `--min-tcb`: a product's published minimum, or explicit components.
+fn parse_min_tcb(text: &str) -> Result<Tcb> {
+    if let Some(product) = SnpProduct::ALL
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(text))
+    {
+        return Ok(default_minimum_tcb(product));
+    }
+    let mut tcb = Tcb {
+        bootloader: 0,
+        tee: 0,
+        snp: 0,
+        microcode: 0,
+        fmc: None,
+    };
+    for part in text.split(',') {
+        let (name, value) = part.split_once('=').with_context(|| {
+            format!("--min-tcb {text:?}: expected a product (milan, genoa, turin) or NAME=N,...")
+        })?;
+        let value = parse_u8(value.trim())
+            .with_context(|| format!("--min-tcb {name}={value}: not a number from 0 to 255"))?;
+        match name.trim() {
+            "bootloader" => tcb.bootloader = value,
+            "tee" => tcb.tee = value,
+            "snp" => tcb.snp = value,
+            "microcode" => tcb.microcode = value,
+            "fmc" => tcb.fmc = Some(value),
+            other => bail!(
+                "--min-tcb: unknown component {other:?} (bootloader, tee, snp, microcode, fmc)"
+            ),
+        }
+    }
+    Ok(tcb)
+}
+
+fn parse_u8(text: &str) -> Option<u8> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u8::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
 }

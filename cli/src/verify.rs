@@ -68,9 +68,16 @@ pub struct VerifyArgs {
     /// Check certificate validity at this time (RFC 3339 UTC or Unix seconds) instead of now.
     #[arg(long)]
     at: Option<String>,
-    /// Also trust this TEST-ONLY root certificate (PEM). Reports say when a test root was used.
+    /// Also trust this TEST-ONLY root certificate (PEM; further certificates in the file are
+    /// intermediates it signed, e.g. a test CA's AK-certificate issuer), for every trust basis
+    /// (AMD, Intel, Google AK certificates, AWS Nitro). Reports say when a test root was used.
     #[arg(long = "test-root", value_name = "PEM")]
     test_roots: Vec<PathBuf>,
+    /// AMD's CRL for the product (DER or PEM, from KDS /vcek/v1/{Milan,Genoa,Turin}/crl):
+    /// `snp.crl` then fails if it revokes the ASK/ASVK; repeatable. Without it `snp.crl` is
+    /// skipped.
+    #[arg(long = "amd-crl", value_name = "CRL")]
+    amd_crls: Vec<PathBuf>,
     /// For VMs without a TEE (local QEMU): the AK public key recorded when the VM was created
     /// (file with the base64 or raw TPMT_PUBLIC).
     #[arg(long, value_name = "FILE")]
@@ -98,16 +105,24 @@ pub fn options(
         options = options.with_nonce(parse_nonce(nonce)?);
     }
     for path in test_roots {
-        let certificate =
-            parse_certificate(&read(path)?).with_context(|| format!("{}", path.display()))?;
+        let bytes = read(path)?;
+        let mut certificates = match parse_pem_chain(&bytes) {
+            Ok(chain) if !chain.is_empty() => chain,
+            _ => vec![parse_certificate(&bytes).with_context(|| format!("{}", path.display()))?],
+        };
         let root = TrustedRoot {
             name: path.display().to_string(),
-            certificate,
+            certificate: certificates.remove(0),
             test_only: true,
         };
         options = options
             .with_test_roots([root.clone()])
-            .with_tdx_test_roots([root]);
+            .with_tdx_test_roots([root.clone()])
+            .with_nitro_test_roots([root.clone()])
+            .with_gcp_test_roots([root]);
+        for intermediate in certificates {
+            options.gcp_intermediates.push(intermediate.to_der()?);
+        }
     }
     if let Some(path) = trusted_ak {
         let bytes = read(path)?;
@@ -136,6 +151,11 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
         &args.test_roots,
         args.trusted_ak.as_deref(),
     )?;
+    for path in &args.amd_crls {
+        options
+            .amd_crls
+            .push(der_or_pem_crl(&read(path)?).with_context(|| format!("{}", path.display()))?);
+    }
     if args.no_freshness {
         eprintln!(
             "WARNING: --no-freshness: the evidence's nonce is not checked, so an old or replayed \
@@ -177,8 +197,11 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                 Some((quote, collateral)) => {
                     let mut expectations = GoldenTdx::default();
                     if !args.tcb_statuses.is_empty() {
-                        expectations.tcb_statuses =
-                            args.tcb_statuses.iter().map(|s| s.as_str().into()).collect();
+                        expectations.tcb_statuses = args
+                            .tcb_statuses
+                            .iter()
+                            .map(|s| s.as_str().into())
+                            .collect();
                     }
                     verify_tdx_quote(&quote, collateral.as_ref(), &expectations, &options)
                 }
@@ -360,4 +383,14 @@ pub fn print_report(report: &VerificationReport, json: bool) -> Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// A CRL file as DER, whether it came as DER or PEM.
+fn der_or_pem_crl(bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.starts_with(b"-----BEGIN") {
+        return Ok(openssl::x509::X509Crl::from_pem(bytes)
+            .context("not a PEM CRL")?
+            .to_der()?);
+    }
+    Ok(bytes.to_vec())
 }

@@ -28,10 +28,7 @@ struct Owned {
 /// The AK a verifier can trust on this platform: on GCP the one Google certified (created from
 /// the template Google provisioned), elsewhere our own restricted key (persistent at Azure's
 /// handle, where the paravisor's AK lives).
-fn attestation_key(
-    tpm: &mut Tpm,
-    platform: Platform,
-) -> Result<(AttestationKey, Option<Vec<u8>>)> {
+fn attestation_key(tpm: &mut Tpm, platform: Platform) -> Result<(AttestationKey, Option<Vec<u8>>)> {
     if platform.cloud == Cloud::Gcp {
         let (ak, cert) = cvm_attester::gce::gce_attestation_key(tpm)
             .context("loading Google's certified attestation key")?;

@@ -626,8 +626,10 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
         test_roots: vec![dir.path().join("test-ark.pem")],
         ..measure_only_config(dir.path(), &swtpm)
     };
+    // A local SEV-SNP host: the AK is pinned by whoever created the TPM (GCP and AWS have their
+    // own trust bases, tested in attester/tests/full_path.rs).
     let platform = Platform {
-        cloud: Cloud::Gcp,
+        cloud: Cloud::Qemu,
         tee: Tee::SevSnp,
     };
     let backend = test_support::TestSnpBackend {
@@ -644,13 +646,18 @@ async fn snp_evidence_verifies_through_offchain_verify_with_a_named_test_root() 
         .await
         .unwrap();
     assert_eq!(status, 200, "{evidence}");
+    // Direct boot: the launch digest pins the boot chain.
     let golden = json!({
         "version": 1,
-        "platform": {"cloud": "gcp", "tee": "sev-snp"},
+        "platform": {"cloud": "qemu", "tee": "sev-snp"},
         "workload": {"events": offline_events(&dir.path().join("workload"), token_salt(&agent).await)},
         "snp": {"measurements": [hex::encode(measurement)]},
     });
-    let body = json!({ "collaterals": evidence, "golden_measurement": golden, "nonce": nonce });
+    // The AK deploy-local records when it creates the VM's TPM.
+    let trusted_ak = evidence["tpm"]["ak_pub"].clone();
+    let body = json!({
+        "collaterals": evidence, "golden_measurement": golden, "nonce": nonce, "trusted_ak": trusted_ak,
+    });
     let response = post_json(agent.local_addr, "/offchain/verify", &body)
         .await
         .unwrap();

@@ -19,7 +19,7 @@ pub const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
 pub enum ReportError {
     #[error("SNP report is {0} bytes, expected {REPORT_LEN}")]
     Length(usize),
-    #[error("SNP report version {0} is not supported (2, 3 and 5 are)")]
+    #[error("SNP report version {0} is not supported (2, 3, 4 and 5 are)")]
     Version(u32),
     #[error("SNP report signature algorithm {0} is not ECDSA P-384/SHA-384")]
     SignatureAlgorithm(u32),
@@ -40,7 +40,9 @@ impl SnpReport {
             return Err(ReportError::Length(bytes.len()));
         }
         let version = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        if !matches!(version, 2 | 3 | 5) {
+        // Version 4 (GCP since late 2025) has version 3's layout with more fields defined in
+        // reserved space; version 5 adds the launch mitigation vector.
+        if !matches!(version, 2..=5) {
             return Err(ReportError::Version(version));
         }
         let sig_algo = u32::from_le_bytes([bytes[0x34], bytes[0x35], bytes[0x36], bytes[0x37]]);

@@ -13,7 +13,7 @@ use super::{AkBinding, VerifyOptions};
 use crate::binding::nitro_user_data;
 use crate::evidence::Evidence;
 use crate::golden::GoldenMeasurement;
-use crate::nitro::{verify_document, NitroDocument};
+use crate::nitro::{verify_document, NitroDigest, NitroDocument};
 
 /// Boot-chain PCRs the document must show with their golden SHA-384 values.
 const BOOT_CHAIN: [u8; 4] = [4, 9, 11, 12];
@@ -38,6 +38,12 @@ pub(crate) fn ak(
     };
     let document = verify_document(bytes.as_slice(), &options.nitro_roots, options.at_unix)
         .map_err(|e| refuse(format!("NitroTPM document: {e}")))?;
+    if document.digest != NitroDigest::Sha384 {
+        return Err(refuse(format!(
+            "the NitroTPM document's PCRs are {}, not SHA384 as AWS documents them",
+            document.digest.name()
+        )));
+    }
     let bound = evidence.bound_nonce();
     if document.nonce.as_deref() != Some(bound.as_slice()) {
         return Err(refuse(

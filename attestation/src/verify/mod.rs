@@ -46,11 +46,14 @@ pub struct VerifyOptions {
     pub freshness: Freshness,
     /// Trust anchors for SEV-SNP: AMD's pinned ARKs unless the caller names others.
     pub snp_roots: Vec<TrustedRoot>,
+    /// AMD's CRLs (DER, from KDS `/vcek/v1/{product}/crl`): when given, the ASK/ASVK must not be
+    /// revoked by the one its ARK signed.
+    pub amd_crls: Vec<Vec<u8>>,
     /// Trust anchors for Intel TDX (DCAP): Intel's pinned SGX Root CA unless the caller names
     /// others.
     pub tdx_roots: Vec<TrustedRoot>,
-    /// TDX collateral (TCB info, QE identity, CRLs) the verifier supplies, used when the evidence
-    /// carries none.
+    /// TDX collateral (TCB info, QE identity, CRLs) the verifier supplies: always used in place of
+    /// any the evidence carries (which comes from the machine being judged).
     pub tdx_collateral: Option<crate::tdx::TdxCollateral>,
     /// Trust anchors for GCP's vTPM AK certificates: Google's EK/AK CA root, pinned.
     pub gcp_roots: Vec<TrustedRoot>,
@@ -75,6 +78,7 @@ impl VerifyOptions {
             expected_nonce: None,
             freshness: Freshness::Required,
             snp_roots: amd_roots(),
+            amd_crls: Vec::new(),
             tdx_roots: crate::tdx::intel_roots(),
             tdx_collateral: None,
             gcp_roots: crate::gcp::google_ak_roots(),

@@ -10,7 +10,8 @@ use crate::encoding::Bytes;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenSnp};
 use crate::snp::certs::{amd_builtin_asks, parse_certificate};
-use crate::snp::policy::{leaf_matches_report, GuestPolicy, Tcb};
+use crate::snp::certs::{check_amd_crl, ChainError, VerifiedChain};
+use crate::snp::policy::{leaf_matches_report, minimum_tcb_for_report, GuestPolicy, Tcb};
 use crate::snp::{amd_extensions, verify_chain, SnpReport};
 use crate::tpm::AkPublic;
 
@@ -203,27 +204,8 @@ pub(crate) fn check_report(
         report.fields.vmpl.to_string(),
     );
 
-    let reported = Tcb::from_sev(&report.fields.reported_tcb);
-    match &expectations.minimum_tcb {
-        Some(minimum) => {
-            let low = reported.below(minimum);
-            checks.compare(
-                "snp.tcb",
-                low.is_empty(),
-                if low.is_empty() {
-                    "reported TCB is at or above the minimum".to_owned()
-                } else {
-                    format!("below the minimum: {}", low.join(", "))
-                },
-                format!(">= {minimum}"),
-                reported.to_string(),
-            );
-        }
-        None => checks.skip(
-            "snp.tcb",
-            format!("no minimum TCB in the golden measurement (reported {reported})"),
-        ),
-    }
+    check_tcb(report, &chain.root, expectations, checks);
+    check_crls(&chain, options, checks);
 
     let measurement = hex::encode(report.fields.measurement);
     if expectations.measurements.is_empty() {
@@ -250,4 +232,75 @@ pub(crate) fn check_report(
     }
 
     true
+}
+
+/// `snp.tcb`: the reported TCB against the golden's minimum, or AMD's published minimum for the
+/// product that signed it (`snp::policy::default_minimum_tcb`) when the golden names none.
+fn check_tcb(report: &SnpReport, root: &str, expectations: &GoldenSnp, checks: &mut Checks) {
+    let reported = Tcb::from_sev(&report.fields.reported_tcb);
+    let (minimum, source) = match &expectations.minimum_tcb {
+        Some(minimum) => (*minimum, "the golden measurement's minimum"),
+        None => match minimum_tcb_for_report(root, report) {
+            Ok(Some(minimum)) => (minimum, "AMD's published minimum for this product"),
+            Ok(None) => return checks.skip(
+                "snp.tcb",
+                format!(
+                    "no minimum TCB in the golden and none known for {root} (reported {reported})"
+                ),
+            ),
+            Err(e) => return checks.fail("snp.tcb", e),
+        },
+    };
+    let low = reported.below(&minimum);
+    checks.compare(
+        "snp.tcb",
+        low.is_empty(),
+        if low.is_empty() {
+            format!("reported TCB is at or above {source}")
+        } else {
+            format!("below {source}: {}", low.join(", "))
+        },
+        format!(">= {minimum}"),
+        reported.to_string(),
+    );
+}
+
+/// `snp.crl`: AMD's CRL for the product (KDS `/vcek/v1/{product}/crl`), when the verifier has
+/// one, must be signed by the ARK, current, and not revoke the ASK/ASVK.
+fn check_crls(chain: &VerifiedChain, options: &VerifyOptions, checks: &mut Checks) {
+    if options.amd_crls.is_empty() {
+        return checks.skip(
+            "snp.crl",
+            "no AMD CRL given: revocation of the ASK/ASVK is not checked (cvm-cli verify --amd-crl)",
+        );
+    }
+    let mut last_error = None;
+    for crl in &options.amd_crls {
+        match check_amd_crl(
+            crl,
+            &chain.root_certificate,
+            &chain.intermediate_certificate,
+            options.at_unix,
+        ) {
+            Ok(()) => {
+                return checks.pass(
+                    "snp.crl",
+                    format!(
+                        "{}'s CRL is signed, current and does not revoke {}",
+                        chain.root, chain.intermediate
+                    ),
+                )
+            }
+            Err(e @ ChainError::Revoked { .. }) => return checks.fail("snp.crl", e.to_string()),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    checks.fail(
+        "snp.crl",
+        format!(
+            "no AMD CRL given fits {}: {}",
+            chain.root,
+            last_error.map(|e| e.to_string()).unwrap_or_default()
+        ),
+    );
 }
