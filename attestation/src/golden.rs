@@ -277,6 +277,41 @@ pub struct GoldenMeasurement {
     pub snp: Option<GoldenSnp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tdx: Option<GoldenTdx>,
+    /// The boot events the image build determines (the UKI in PCR 4, command line and initrd in
+    /// PCR 9, the UKI's sections in PCR 11), which the firmware's event log (vTPM) or the CC
+    /// event log (TDX) must show whatever the cloud's firmware adds around them (`boot.events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_events: Vec<GoldenBootEvent>,
+}
+
+/// One boot event the image build determines: the digest extended into `pcr` (SHA-256 bank;
+/// SHA-384 for the TDX CC event log and the vTPM's SHA-384 bank, when the build predicted it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenBootEvent {
+    /// The TPM PCR the event is extended into (on TDX: the RTMR that PCR maps to).
+    pub pcr: u8,
+    pub sha256: Sha256Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha384: Option<Sha384Digest>,
+    /// What was measured, e.g. `UKI`, `Linux initrd`, `.cmdline (content)`.
+    pub description: String,
+}
+
+/// The boot events of an image build's `measurements.json` (its typed schema, a whole checked
+/// document): the predicted events our build determines, by PCR in ascending order and in
+/// measurement order within one, without the firmware's own actions and separators
+/// ([`crate::measurements::Measurements::golden_boot_events`]).
+pub fn predicted_boot_events(
+    measurements_json: &[u8],
+) -> Result<Vec<GoldenBootEvent>, GoldenError> {
+    use crate::measurements::{Measurements, MeasurementsError};
+    Measurements::from_json(measurements_json)
+        .and_then(|document| document.golden_boot_events())
+        .map_err(|error| match error {
+            MeasurementsError::TooLarge(size) => GoldenError::TooLarge(size),
+            other => GoldenError::Shape(other.to_string()),
+        })
 }
 
 /// Why a golden document cannot be read.
@@ -384,7 +419,11 @@ impl GoldenMeasurement {
 
     /// True when nothing at all would be compared.
     pub fn pins_nothing(&self) -> bool {
-        self.pcrs.is_empty() && self.workload.is_none() && self.snp.is_none() && self.tdx.is_none()
+        self.pcrs.is_empty()
+            && self.workload.is_none()
+            && self.snp.is_none()
+            && self.tdx.is_none()
+            && self.boot_events.is_empty()
     }
 }
 
@@ -449,6 +488,7 @@ fn legacy(value: &serde_json::Value) -> Result<GoldenMeasurement, GoldenError> {
         workload: None,
         snp,
         tdx,
+        boot_events: Vec::new(),
     })
 }
 

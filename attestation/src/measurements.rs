@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha384};
 
 use crate::digest::{DigestParseError, Sha256Digest, Sha384Digest};
-use crate::golden::{GoldenPcr, PcrSource};
+use crate::golden::{GoldenBootEvent, GoldenPcr, PcrSource};
 
 /// The `version` this schema reads and writes.
 pub const MEASUREMENTS_VERSION: u32 = 1;
@@ -27,6 +27,9 @@ pub const MEASUREMENTS_VERSION: u32 = 1;
 pub const MAX_MEASUREMENTS_BYTES: usize = 4 << 20;
 /// Highest TPM PCR index.
 const MAX_PCR: u8 = 23;
+/// Event types the firmware measures on its own account (boot-option actions, separators,
+/// informational events): the cloud's firmware logs its own, so they pin nothing of our build.
+const FIRMWARE_EVENT_TYPES: &[&str] = &["EV_EFI_ACTION", "EV_SEPARATOR", "EV_NO_ACTION"];
 
 /// How a PCR value is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +334,42 @@ impl Measurements {
             })
             .collect())
     }
+
+    /// The predicted events our build determines, as golden boot events (docs/golden.md,
+    /// `boot_events`): PCR 4's boot applications (the UKI's Authenticode digest, and without
+    /// Secure Boot the `.linux` the stub loads), PCR 9's command line and initrd, PCR 11's
+    /// sections; by PCR in ascending order, in measurement order within one. The firmware's own
+    /// actions and separators (`EV_EFI_ACTION`, `EV_SEPARATOR`, `EV_NO_ACTION`) and observed PCRs
+    /// are left out.
+    pub fn golden_boot_events(&self) -> Result<Vec<GoldenBootEvent>, MeasurementsError> {
+        let mut pcrs = self
+            .pcrs
+            .iter()
+            .filter(|(_, value)| value.source == ValueSource::Predicted)
+            .map(|(key, value)| Ok((pcr_index(key)?, key, value)))
+            .collect::<Result<Vec<_>, MeasurementsError>>()?;
+        pcrs.sort_by_key(|(index, _, _)| *index);
+        let mut events = Vec::new();
+        for (index, key, value) in pcrs {
+            for (n, event) in value.events.iter().enumerate() {
+                if FIRMWARE_EVENT_TYPES.contains(&event.event_type.as_str()) {
+                    continue;
+                }
+                let field = |bank: &str| format!("pcrs.{key}.events[{n}].{bank}");
+                events.push(GoldenBootEvent {
+                    pcr: index,
+                    sha256: sha256_field(|| field("sha256"), &event.sha256)?,
+                    sha384: event
+                        .sha384
+                        .as_deref()
+                        .map(|text| sha384_field(|| field("sha384"), text))
+                        .transpose()?,
+                    description: event.description.clone(),
+                });
+            }
+        }
+        Ok(events)
+    }
 }
 
 #[cfg(test)]
@@ -515,6 +554,46 @@ mod tests {
         let mut value: serde_json::Value = serde_json::from_slice(&json(&document())).unwrap();
         value["extra"] = true.into();
         assert!(Measurements::from_json(value.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn boot_events_are_the_builds_own_in_pcr_order() {
+        let m = Measurements::from_json(SHA256_ONLY).unwrap();
+        let events = m.golden_boot_events().unwrap();
+        let described: Vec<(u8, &str)> = events
+            .iter()
+            .map(|e| (e.pcr, e.description.as_str()))
+            .collect();
+        // PCR 4 without the firmware's action and separator; 9 before 11 (numeric order, not
+        // the keys' string order); PCR 12 has none.
+        assert_eq!(
+            described[..4],
+            [
+                (4, "UKI"),
+                (4, ".linux loaded by the stub"),
+                (9, "LOADED_IMAGE::LoadOptions"),
+                (9, "Linux initrd"),
+            ]
+        );
+        assert_eq!(events.len(), 4 + 8);
+        assert!(events[4..].iter().all(|e| e.pcr == 11));
+        assert_eq!(events[0].sha256.to_hex(), m.uki_authenticode_sha256);
+        assert!(events.iter().all(|e| e.sha384.is_none()));
+        // The golden constructor reads the same through the whole checked document.
+        assert_eq!(
+            crate::golden::predicted_boot_events(SHA256_ONLY).unwrap(),
+            events
+        );
+
+        // With SHA-384 the events carry it; observed PCRs give none.
+        let mut doc = document();
+        doc.pcrs.get_mut("4").unwrap().events[0].event_type = "EV_EFI_ACTION".into();
+        let events = doc.golden_boot_events().unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].pcr, 4);
+        assert_eq!(events[0].sha384.unwrap().to_hex(), hex_of::<Sha384>(b"b"));
+        doc.pcrs.get_mut("4").unwrap().source = ValueSource::Observed;
+        assert!(doc.golden_boot_events().unwrap().is_empty());
     }
 
     #[test]

@@ -37,6 +37,8 @@ struct TestGcpTdx {
     debug: bool,
     /// The collateral the machine puts in its evidence (`None`: none).
     carried: Option<CollateralOptions>,
+    /// RTMR3 in every quote: zero (a kernel without the RTMR interface) unless a test extends.
+    rtmr3: [u8; 48],
 }
 
 impl TestGcpTdx {
@@ -45,6 +47,7 @@ impl TestGcpTdx {
             signer: TdxTestSigner::new().unwrap(),
             debug: false,
             carried,
+            rtmr3: tdx_signer::RTMR[3],
         }
     }
 }
@@ -59,7 +62,7 @@ impl TeeBackend for TestGcpTdx {
         let body = if self.debug {
             self.signer.debug_body(&data)
         } else {
-            self.signer.body(&data)
+            self.signer.body_with_rtmr3(&data, &self.rtmr3)
         };
         let quote = self
             .signer
@@ -250,6 +253,86 @@ fn gcp_tdx_verifies_with_the_named_test_root_only_and_rejects_each_tamper() {
     c.tcb_info = c.tcb_info.replace("OutOfDate", "UpToDate");
     let report = verify(&forged, &golden, &options);
     assert!(failed(&report).contains(&"tdx.tcb_info"), "{report}");
+}
+
+/// RTMR3 is the TD's own register: the host that owns the vTPM cannot extend it. When the TD's
+/// kernel lets the agent extend it (Linux 6.16+), the workload log must replay to it too.
+#[test]
+fn workload_rtmr3_is_checked_against_the_tds_own_register() {
+    let mut machine = GcpTdxMachine::boot(Some(CollateralOptions::default()));
+    let (golden, options) = (machine.golden.clone(), machine.options());
+    let log = machine.vm.log.clone();
+    assert!(
+        log.events.len() > 2,
+        "the example workload has several events"
+    );
+
+    // The agent extended every event's SHA-384 digest into RTMR3, in log order.
+    machine.tee.rtmr3 = log.replay_sha384().0;
+    let evidence = machine.evidence(NONCE);
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    let check = report.check("workload.rtmr3").unwrap();
+    assert_eq!(check.status, Status::Pass, "{report}");
+    assert!(
+        check
+            .reason
+            .contains("TEE's own register confirms the workload log"),
+        "{}",
+        check.reason
+    );
+    assert_eq!(
+        check
+            .expected
+            .as_deref()
+            .map(|e| e.starts_with(&check.actual.clone().unwrap())),
+        Some(true)
+    );
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    let at = |name| names.iter().position(|n| *n == name).unwrap();
+    assert_eq!(at("workload.rtmr3"), at("workload.replay") + 1);
+
+    // The host replayed a different log into PCR 23 (here: one with an event the TD never
+    // extended): PCR 23 and the log agree, RTMR3 does not.
+    let missing = [&log.events[..1], &log.events[2..]].concat();
+    machine.tee.rtmr3 = cvm_attestation::workload::log::replay_sha384(&missing).0;
+    let evidence = machine.evidence(NONCE);
+    let report = verify(&evidence, &golden, &options);
+    assert_eq!(failed(&report), ["workload.rtmr3"], "{report}");
+    assert_eq!(
+        report.check("workload.replay").unwrap().status,
+        Status::Pass
+    );
+
+    // A kernel without the interface: RTMR3 stays zero, the check is skipped with the reason and
+    // the verdict rests on PCR 23 (as before).
+    machine.tee.rtmr3 = [0; 48];
+    let evidence = machine.evidence(NONCE);
+    let report = verify(&evidence, &golden, &options);
+    assert!(report.verified, "{report}");
+    let check = report.check("workload.rtmr3").unwrap();
+    assert_eq!(check.status, Status::Skip, "{report}");
+    assert!(
+        check
+            .reason
+            .contains("no RTMR extension to user space (Linux < 6.16)")
+            && check.reason.contains("the vTPM's PCR 23 alone"),
+        "{}",
+        check.reason
+    );
+
+    // The agent says it could not extend RTMR3 after PCR 23: a zero RTMR3 is then no excuse.
+    let mut failed_extend = evidence.clone();
+    failed_extend
+        .event_logs
+        .workload
+        .as_mut()
+        .unwrap()
+        .rtmr3_failure = Some("writing rtmr3:sha384: Invalid argument (os error 22)".into());
+    let report = verify(&failed_extend, &golden, &options);
+    assert_eq!(failed(&report), ["workload.rtmr3"], "{report}");
+    let reason = &report.check("workload.rtmr3").unwrap().reason;
+    assert!(reason.contains("could not extend RTMR3"), "{reason}");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
 use cvm_attestation::golden::{
-    predicted_pcrs, AllowedWorkload, GoldenMeasurement, GoldenSnp, GoldenWorkload, GOLDEN_VERSION,
+    predicted_boot_events, predicted_pcrs, AllowedWorkload, GoldenMeasurement, GoldenSnp,
+    GoldenWorkload, GOLDEN_VERSION,
 };
 use cvm_attestation::snp::policy::{default_minimum_tcb, SnpProduct, Tcb};
 use cvm_attestation::workload::token::parse_salt;
@@ -104,13 +105,19 @@ pub fn run(args: GoldenArgs) -> Result<()> {
 
 fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
     let workload = workload(args)?;
-    let pcrs = match &args.measurements {
+    // The build's predicted PCR values, and its own boot events (`boot.events`), which survive
+    // firmware that adds events of its own.
+    let (pcrs, boot_events) = match &args.measurements {
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            predicted_pcrs(&bytes).with_context(|| format!("{}", path.display()))?
+            let context = || format!("{}", path.display());
+            (
+                predicted_pcrs(&bytes).with_context(context)?,
+                predicted_boot_events(&bytes).with_context(context)?,
+            )
         }
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), Vec::new()),
     };
     let platform = match (&args.cloud, &args.tee) {
         (Some(cloud), tee) => Some(Platform {
@@ -161,6 +168,7 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
         workload: Some(workload),
         snp,
         tdx: None,
+        boot_events,
     })
 }
 
@@ -288,7 +296,7 @@ fn allowed_measurements(value: &str) -> Result<Vec<AllowedWorkload>> {
 }
 
 /// `--min-tcb`: a product's published minimum, or explicit components.
-fn parse_min_tcb(text: &str) -> Result<Tcb> {
+pub(crate) fn parse_min_tcb(text: &str) -> Result<Tcb> {
     if let Some(product) = SnpProduct::ALL
         .into_iter()
         .find(|p| p.name().eq_ignore_ascii_case(text))

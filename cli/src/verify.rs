@@ -1,6 +1,7 @@
 //! `cvm-cli verify`: evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
 //! against AMD's chain. Exit status 0 only when every check passes.
 
+use crate::golden::parse_min_tcb;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::{decode_base64, Bytes};
@@ -50,6 +51,15 @@ pub struct VerifyArgs {
     #[arg(long = "tcb-status", value_name = "STATUS",
           value_parser = clap::builder::PossibleValuesParser::new(cvm_attestation::tdx::TcbStatus::KNOWN))]
     tcb_statuses: Vec<String>,
+    /// Minimum SEV-SNP TCB for --report: a product (milan, genoa, turin) or
+    /// `bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]`. Default: AMD's published minimum for
+    /// the product that signed the report (docs/golden.md).
+    #[arg(
+        long = "min-tcb",
+        value_name = "PRODUCT|COMPONENTS",
+        requires = "report"
+    )]
+    min_tcb: Option<String>,
     /// VCEK or VLEK certificate (DER or PEM) for --report.
     #[arg(long, requires = "report")]
     vcek: Option<PathBuf>,
@@ -209,6 +219,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                     bytes,
                     args.vcek.as_deref(),
                     args.chain.as_deref(),
+                    args.min_tcb.as_deref().map(parse_min_tcb).transpose()?,
                     &options,
                 )?,
             }
@@ -244,6 +255,7 @@ fn verify_bare_report(
     bytes: Vec<u8>,
     vcek: Option<&Path>,
     chain: Option<&Path>,
+    minimum_tcb: Option<cvm_attestation::snp::policy::Tcb>,
     options: &VerifyOptions,
 ) -> Result<VerificationReport> {
     let mut intermediates: Vec<Bytes> = Vec::new();
@@ -279,6 +291,7 @@ fn verify_bare_report(
     };
     let expectations = GoldenSnp {
         vmpls: vec![0, 1, 2, 3],
+        minimum_tcb,
         ..GoldenSnp::default()
     };
     Ok(verify_snp_report(

@@ -186,6 +186,7 @@ async fn golden(state: Shared) -> Json<Value> {
         workload: Some(measured.golden_workload()),
         snp: None,
         tdx: None,
+        boot_events: Vec::new(),
     };
     Json(json!({ "golden_measurement": golden }))
 }

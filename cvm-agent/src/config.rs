@@ -36,8 +36,8 @@ pub struct Config {
     pub cloud: Option<Cloud>,
     /// `sev-snp | tdx | none`, or absent to detect.
     pub tee: Option<Tee>,
-    /// File holding the bearer token for /update-workload and /container-logs. Its SHA-256 is
-    /// measured into PCR 23 with the workload. Without it those routes are disabled.
+    /// File holding the bearer token for /update-workload and /container-logs. A salted HMAC of
+    /// it is measured into PCR 23 with the workload. Without it those routes are disabled.
     pub api_token_file: Option<PathBuf>,
     /// The image build's predicted measurements (measurements.json), served as golden values.
     pub image_measurements: Option<PathBuf>,
@@ -49,6 +49,9 @@ pub struct Config {
     pub test_roots: Vec<PathBuf>,
     /// The firmware's TCG2 event log, included in evidence when readable.
     pub firmware_event_log: Option<PathBuf>,
+    /// TDX: the kernel's RTMR3 attribute (Linux 6.16+). When it exists, every workload event is
+    /// also extended into RTMR3, the TD's own register (docs/measurement.md section 7).
+    pub rtmr3_path: PathBuf,
     /// Start the workload after measuring it (off for measurement-only runs).
     pub start_workload: bool,
     /// No container engine on this image: image IDs are computed from the `*.tar` archives in
@@ -81,6 +84,9 @@ impl Default for Config {
             firmware_event_log: Some(PathBuf::from(
                 "/sys/kernel/security/tpm0/binary_bios_measurements",
             )),
+            rtmr3_path: PathBuf::from(
+                "/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384",
+            ),
             start_workload: true,
             measure_only: false,
             max_upload_bytes: 256 << 20,

@@ -95,6 +95,7 @@ impl Agent {
             platform,
             tee,
             config.firmware_event_log.clone(),
+            &config.rtmr3_path,
         )?;
         let engine = if config.measure_only {
             tracing::warn!("measure-only: the workload is measured but not started (no engine)");

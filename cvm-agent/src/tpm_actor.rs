@@ -2,15 +2,62 @@
 //! queue. No request holds a TPM session beyond its own command, and async handlers never block.
 
 use anyhow::{anyhow, Context, Result};
-use cvm_attestation::evidence::{Cloud, Evidence, Platform};
+use cvm_attestation::evidence::{Cloud, Evidence, Platform, Tee};
 use cvm_attestation::workload::{WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::{collect, AttestationKey, CollectRequest, TeeBackend, Tpm};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// Where Linux exposes the TDX CC event log (the ACPI CCEL table's log area).
 const CCEL_PATH: &str = "/sys/firmware/acpi/tables/data/CCEL";
+
+/// Extends TDX RTMR3 through the kernel's sysfs attribute (Linux 6.16+,
+/// `/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384`): one write of exactly the
+/// 48-byte digest at offset 0; the kernel makes it `TDG.MR.RTMR.EXTEND`, so RTMR3 becomes
+/// SHA-384(RTMR3 || digest). A short or failed write is an error.
+pub fn extend_rtmr3(path: &Path, digest: &[u8; 48]) -> std::io::Result<()> {
+    let mut attribute = std::fs::OpenOptions::new().write(true).open(path)?;
+    let written = attribute.write(digest)?;
+    if written != digest.len() {
+        return Err(std::io::Error::other(format!(
+            "wrote {written} of {} bytes",
+            digest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The RTMR3 attribute to extend on this platform, if any: TDX outside Azure (whose quote is
+/// made at boot by the paravisor and cannot show later extensions), when the kernel offers it.
+fn rtmr3_interface(platform: Platform, path: &Path) -> Option<PathBuf> {
+    if platform.tee != Tee::Tdx || platform.cloud == Cloud::Azure {
+        return None;
+    }
+    if path.exists() {
+        tracing::info!(path = %path.display(), "the workload is also extended into RTMR3");
+        Some(path.to_owned())
+    } else {
+        tracing::warn!(
+            path = %path.display(),
+            "this TD's kernel offers no RTMR extension to user space (Linux < 6.16): \
+             the workload is measured into the vTPM's PCR 23 alone"
+        );
+        None
+    }
+}
+
+/// What [`TpmActor::extend_workload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extended {
+    /// PCR 23 afterwards.
+    pub pcr23: [u8; 32],
+    /// TDX: why RTMR3 could not be extended after PCR 23 was (then RTMR3 no longer follows the
+    /// log; the log must say so, `WorkloadLog::rtmr3_failure`).
+    pub rtmr3_failure: Option<String>,
+}
 
 type Job = Box<dyn FnOnce(&mut Owned) + Send>;
 
@@ -23,6 +70,9 @@ struct Owned {
     firmware_log: Option<std::path::PathBuf>,
     /// AWS: ask the NitroTPM for an AWS-signed attestation document with every evidence.
     nitro: bool,
+    /// TDX: the kernel's RTMR3 attribute, extended with every event after PCR 23 (cleared
+    /// after a failure: RTMR3 cannot follow the log any more).
+    rtmr3: Option<PathBuf>,
 }
 
 /// The AK a verifier can trust on this platform: on GCP the one Google certified (created from
@@ -48,16 +98,19 @@ pub struct TpmActor {
 }
 
 impl TpmActor {
-    /// Opens the TPM, loads or creates the AK, and starts the thread.
+    /// Opens the TPM, loads or creates the AK, and starts the thread. `rtmr3_path` is the
+    /// kernel's RTMR3 attribute, used on TDX when it exists.
     pub fn start(
         tcti: &str,
         platform: Platform,
         tee: Box<dyn TeeBackend>,
         firmware_log: Option<std::path::PathBuf>,
+        rtmr3_path: &Path,
     ) -> Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<u8>>>();
         let (jobs, queue) = mpsc::channel::<Job>();
         let tcti = tcti.to_owned();
+        let rtmr3 = rtmr3_interface(platform, rtmr3_path);
         std::thread::Builder::new()
             .name("tpm".into())
             .spawn(move || {
@@ -71,6 +124,7 @@ impl TpmActor {
                         tee,
                         firmware_log,
                         nitro: platform.cloud == Cloud::Aws,
+                        rtmr3,
                     })
                 })();
                 let mut owned = match opened {
@@ -118,14 +172,37 @@ impl TpmActor {
             .await
     }
 
-    /// Extends every event into PCR 23, in order, and returns the PCR value afterwards.
-    pub async fn extend_workload(&self, events: Vec<WorkloadEvent>) -> Result<[u8; 32]> {
+    /// Extends every event into PCR 23, in order, and on TDX (when the kernel offers it) each
+    /// event's SHA-384 digest into RTMR3 right after it; returns PCR 23 afterwards. PCR 23 is
+    /// always extended in full (the log must explain it); an RTMR3 failure is logged, stops
+    /// further RTMR3 extensions and is returned for the log to carry.
+    pub async fn extend_workload(&self, events: Vec<WorkloadEvent>) -> Result<Extended> {
         self.run(move |o| {
+            let mut rtmr3_failure = None;
             for event in &events {
                 o.tpm
                     .extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)?;
+                let Some(path) = &o.rtmr3 else { continue };
+                if let Err(e) = extend_rtmr3(path, &event.extend_digest_sha384().0) {
+                    let failure = format!(
+                        "extending RTMR3 through {} for {:?} event {:?}: {e}",
+                        path.display(),
+                        event.kind,
+                        event.name
+                    );
+                    tracing::error!(
+                        "{failure}: PCR 23 was extended, RTMR3 was not; RTMR3 no longer \
+                         follows the workload log, the evidence says so and verifiers will \
+                         fail workload.rtmr3"
+                    );
+                    rtmr3_failure = Some(failure);
+                    o.rtmr3 = None;
+                }
             }
-            Ok(o.tpm.read_sha256(&[WORKLOAD_PCR])?[0])
+            Ok(Extended {
+                pcr23: o.tpm.read_sha256(&[WORKLOAD_PCR])?[0],
+                rtmr3_failure,
+            })
         })
         .await
     }
@@ -146,6 +223,7 @@ impl TpmActor {
                 tee,
                 firmware_log,
                 nitro,
+                rtmr3: _,
             } = o;
             Ok(collect(
                 tpm,
@@ -168,5 +246,129 @@ impl TpmActor {
             )?)
         })
         .await
+    }
+}
+
+/// No TDX hardware is available here: these tests stand in a regular file (one extension) and a
+/// FIFO (every extension, in order) for the kernel's `rtmr3:sha384` attribute, and a directory
+/// for an attribute whose writes fail. The real kernel extends instead of storing.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cvm_attestation::workload::log::{extend_sha384, replay_sha384};
+    use cvm_attestation::workload::EventKind;
+    use cvm_attestation::Sha384Digest;
+    use std::io::Read as _;
+
+    fn events() -> Vec<WorkloadEvent> {
+        vec![
+            WorkloadEvent::over(
+                EventKind::ComposeFile,
+                "docker-compose.yml",
+                b"services: {}",
+            ),
+            WorkloadEvent::over(EventKind::ConfigFile, "config/a", b"a"),
+            WorkloadEvent::separator(),
+        ]
+    }
+
+    #[test]
+    fn extend_rtmr3_writes_the_48_byte_digest_at_offset_0_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let attribute = dir.path().join("rtmr3:sha384");
+        std::fs::write(&attribute, [0u8; 48]).unwrap(); // sysfs shows the 48-byte register
+        let digest = events()[0].extend_digest_sha384().0;
+        extend_rtmr3(&attribute, &digest).unwrap();
+        assert_eq!(std::fs::read(&attribute).unwrap(), digest);
+
+        // A kernel without the interface, or an attribute that refuses the write.
+        let missing = extend_rtmr3(&dir.path().join("absent"), &digest).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        assert!(extend_rtmr3(dir.path(), &digest).is_err());
+    }
+
+    #[test]
+    fn only_tdx_outside_azure_with_the_attribute_extends_rtmr3() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let platform = |cloud, tee| Platform { cloud, tee };
+        let gcp_tdx = platform(Cloud::Gcp, Tee::Tdx);
+        assert!(rtmr3_interface(gcp_tdx, file.path()).is_some());
+        assert!(rtmr3_interface(gcp_tdx, Path::new("/nonexistent/rtmr3:sha384")).is_none());
+        assert!(rtmr3_interface(platform(Cloud::Azure, Tee::Tdx), file.path()).is_none());
+        assert!(rtmr3_interface(platform(Cloud::Gcp, Tee::SevSnp), file.path()).is_none());
+    }
+
+    fn actor(swtpm: &test_support::Swtpm, rtmr3: &Path) -> TpmActor {
+        let platform = Platform {
+            cloud: Cloud::Qemu,
+            tee: Tee::Tdx,
+        };
+        let tee = Box::new(cvm_attester::NoTee);
+        TpmActor::start(&swtpm.tcti(), platform, tee, None, rtmr3).unwrap()
+    }
+
+    #[tokio::test]
+    async fn extend_workload_extends_rtmr3_after_pcr23_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rtmr3:sha384");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let events = events();
+        let expected = 48 * events.len();
+        // Every write to the FIFO, in order (writes may arrive in one read session or several).
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut written = Vec::new();
+                while written.len() < expected {
+                    let mut session = std::fs::File::open(&fifo).unwrap();
+                    session.read_to_end(&mut written).unwrap();
+                }
+                written
+            })
+        };
+        let swtpm = test_support::Swtpm::start().unwrap();
+        let tpm = actor(&swtpm, &fifo);
+        let extended = tpm.extend_workload(events.clone()).await.unwrap();
+        let log = WorkloadLog::from_events(events.clone());
+        assert_eq!(extended.rtmr3_failure, None);
+        assert_eq!(extended.pcr23, log.replay().0);
+
+        let written = reader.join().unwrap();
+        let digests: Vec<[u8; 48]> = written
+            .chunks(48)
+            .map(|chunk| chunk.try_into().unwrap())
+            .collect();
+        let wanted: Vec<[u8; 48]> = events.iter().map(|e| e.extend_digest_sha384().0).collect();
+        assert_eq!(digests, wanted);
+        // What the TDX module would hold: the log's SHA-384 replay.
+        let rtmr3 = digests.iter().fold(Sha384Digest::default(), |rtmr, d| {
+            extend_sha384(&rtmr, &Sha384Digest(*d))
+        });
+        assert_eq!(rtmr3, replay_sha384(&events));
+        assert_eq!(rtmr3, log.replay_sha384());
+    }
+
+    #[tokio::test]
+    async fn a_failed_rtmr3_extension_is_reported_and_pcr23_is_still_extended_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let swtpm = test_support::Swtpm::start().unwrap();
+        // A directory exists but refuses writes, like an attribute whose write fails.
+        let tpm = actor(&swtpm, dir.path());
+        let events = events();
+        let extended = tpm.extend_workload(events.clone()).await.unwrap();
+        assert_eq!(
+            extended.pcr23,
+            WorkloadLog::from_events(events.clone()).replay().0
+        );
+        let failure = extended.rtmr3_failure.expect("the failure is reported");
+        assert!(failure.contains("extending RTMR3"), "{failure}");
+        assert!(failure.contains("docker-compose.yml"), "{failure}");
+        // No further attempt after a failure: RTMR3 cannot follow the log any more.
+        let again = tpm.extend_workload(events).await.unwrap();
+        assert_eq!(again.rtmr3_failure, None);
     }
 }

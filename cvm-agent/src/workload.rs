@@ -122,8 +122,8 @@ impl Workloads {
                 let commitment = commit(token.as_deref(), salt);
                 let (events, image_ids) =
                     prepare(engine.as_ref(), &dir, commitment.as_ref()).await?;
-                let log = WorkloadLog::from_events(events.clone());
-                tpm.extend_workload(events.clone()).await?;
+                let mut log = WorkloadLog::from_events(events.clone());
+                log.rtmr3_failure = tpm.extend_workload(events.clone()).await?.rtmr3_failure;
                 let state = Measured {
                     log,
                     current: events,
@@ -227,11 +227,15 @@ impl Workloads {
         image_ids: BTreeMap<String, String>,
     ) -> Result<()> {
         let mut measured = self.measured.write().await;
-        let pcr = self.tpm.extend_workload(events.clone()).await?;
+        let extended = self.tpm.extend_workload(events.clone()).await?;
         measured.log.events.extend(events.iter().cloned());
+        // The first RTMR3 failure stays: RTMR3 does not follow the log from then on.
+        if measured.log.rtmr3_failure.is_none() {
+            measured.log.rtmr3_failure = extended.rtmr3_failure;
+        }
         measured.current = events;
         measured.image_ids = image_ids;
-        if measured.log.replay().0 != pcr {
+        if measured.log.replay().0 != extended.pcr23 {
             bail!(
                 "PCR 23 no longer matches the log after extending: another writer extends PCR 23"
             );

@@ -15,10 +15,57 @@ use crate::error::{Error, IoContext, Result};
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// The controller the disk is attached to (the clouds' disks: virtio on QEMU and GCP, NVMe on AWS
+/// and GCP, SCSI on GCP and Azure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    /// `virtio-blk-pci`.
+    #[default]
+    VirtioBlk,
+    /// An emulated NVMe controller (`nvme`).
+    Nvme,
+    /// `virtio-scsi-pci` with a `scsi-hd` disk.
+    VirtioScsi,
+}
+
+impl DiskBus {
+    /// The QEMU `-device` arguments attaching drive `disk0` as the first boot option.
+    pub fn qemu_args(self) -> Vec<String> {
+        let devices: &[&str] = match self {
+            DiskBus::VirtioBlk => &["virtio-blk-pci,drive=disk0,bootindex=0"],
+            DiskBus::Nvme => &["nvme,serial=cvm-disk0,drive=disk0,bootindex=0"],
+            DiskBus::VirtioScsi => &[
+                "virtio-scsi-pci,id=scsi0",
+                "scsi-hd,bus=scsi0.0,drive=disk0,bootindex=0",
+            ],
+        };
+        devices
+            .iter()
+            .flat_map(|d| ["-device".to_string(), d.to_string()])
+            .collect()
+    }
+}
+
+impl std::str::FromStr for DiskBus {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "virtio-blk" => Ok(DiskBus::VirtioBlk),
+            "nvme" => Ok(DiskBus::Nvme),
+            "virtio-scsi" => Ok(DiskBus::VirtioScsi),
+            _ => Err(format!(
+                "unknown disk bus {s} (virtio-blk|nvme|virtio-scsi)"
+            )),
+        }
+    }
+}
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct BootConfig {
     pub disk: PathBuf,
+    /// The disk's controller.
+    pub disk_bus: DiskBus,
     pub ovmf_code: PathBuf,
     /// Template copied per boot (the firmware writes its variables).
     pub ovmf_vars: PathBuf,
@@ -76,6 +123,7 @@ impl BootConfig {
     pub fn new(disk: impl Into<PathBuf>) -> Self {
         Self {
             disk: disk.into(),
+            disk_bus: DiskBus::default(),
             ovmf_code: OVMF_CODE.into(),
             ovmf_vars: OVMF_VARS.into(),
             memory_mib: 1024,
@@ -208,7 +256,7 @@ pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &P
             cfg.disk.display(),
             if cfg.snapshot { ",snapshot=on" } else { "" }
         ))
-        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+        .args(cfg.disk_bus.qemu_args())
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .args(&cfg.extra_args)

@@ -90,9 +90,11 @@ fn d_packages() -> Vec<String> {
         "linux-image-cloud-amd64",
         "systemd-boot-efi",
         "podman",
-        "podman-compose",
+        "docker-compose",
         "iproute2",
         "ca-certificates",
+        "e2fsprogs",
+        "kmod",
     ]
     .map(String::from)
     .to_vec()

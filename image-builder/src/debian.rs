@@ -98,6 +98,16 @@ pub fn customize(root: &Path) -> Result<()> {
         "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/usr/lib/systemd/system/systemd-networkd.service",
     )?;
+    // Podman's Docker-compatible API socket, when Podman is installed (the agent's engine).
+    if root.join("usr/lib/systemd/system/podman.socket").is_file() {
+        link(
+            root,
+            "etc/systemd/system/sockets.target.wants/podman.socket",
+            "/usr/lib/systemd/system/podman.socket",
+        )?;
+    }
+    // Mount point of the data partition (cvm-data.service formats and mounts it).
+    std::fs::create_dir_all(root.join("data")).ctx("creating directory", root.join("data"))?;
     // Logs and caches that record the build host or time.
     for rel in [
         "var/log/dpkg.log",
@@ -127,6 +137,10 @@ mod tests {
         assert!(!root.join("boot/initrd.img-6.12").exists());
         assert!(root.join("boot/vmlinuz-6.12").exists(), "the kernel stays");
         assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap(), b"");
+        assert!(
+            root.join("data").is_dir(),
+            "the data partition's mount point"
+        );
         let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
         assert!(fstab.contains("tmpfs /var tmpfs"));
         for unit in MASKED_UNITS {

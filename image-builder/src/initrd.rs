@@ -1,6 +1,7 @@
 //! The initrd: the repository's `initrd/` tree (its `/init` script) plus generated parts: busybox
 //! with its applet links, `veritysetup` with its shared-library closure, and the kernel modules
-//! the init loads in dependency order (listed in `/etc/cvm-modules`). Written as a reproducible,
+//! the init loads in dependency order (listed in `/etc/cvm-modules`) with the kernel's
+//! `modules.builtin` beside them. Written as a reproducible,
 //! uncompressed newc cpio.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub struct InitrdInputs<'a> {
     pub veritysetup: &'a Path,
     /// `.ko` files in load order.
     pub modules: &'a [PathBuf],
+    /// The kernel's `modules.builtin`, carried as `/lib/modules/modules.builtin` so the initrd
+    /// itself tells which drivers it has (file or built in).
+    pub builtin: Option<&'a Path>,
     pub epoch: u64,
 }
 
@@ -55,6 +59,9 @@ pub fn build(inp: &InitrdInputs) -> Result<Vec<u8>> {
         list.push('\n');
     }
     std::fs::write(root.join("etc/cvm-modules"), list).ctx("writing module list", root)?;
+    if let Some(b) = inp.builtin.filter(|b| b.is_file()) {
+        tree::copy_file(b, &root.join("lib/modules/modules.builtin"))?;
+    }
     tree::copy_overlay(inp.base, root)?;
 
     let mut a = Archive::new();

@@ -1,7 +1,10 @@
-//! Kernel modules for the initrd: Debian's kernel package ships no `modules.dep`, so the load
-//! order comes from each module's own `.modinfo` `depends=` list, read from its ELF sections.
+//! Kernel modules for the initrd, each after its dependencies. An installed kernel (the `debian`
+//! profile's root, where the package's postinst ran `depmod`) has `modules.dep`, which is used as
+//! is; an unpacked kernel package (the `tiny` profile) has none, so the dependencies come from each
+//! module's own `.modinfo` `depends=` list, read from its ELF sections. Modules listed in
+//! `modules.builtin` are part of the kernel and count as present.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{invalid, IoContext, Result};
@@ -87,75 +90,173 @@ pub fn plain_name(path: &Path) -> Option<String> {
     Some(format!("{}.ko", name.split(".ko").next()?))
 }
 
-/// Resolves `wanted` module names against the module tree `moddir` (`lib/modules/<version>`):
-/// returns the `.ko` files to load, each after its dependencies, in a stable order. Modules that
-/// `modules.builtin` lists are skipped (they need no loading).
-pub fn resolve(moddir: &Path, wanted: &[String]) -> Result<Vec<PathBuf>> {
-    let mut index = BTreeMap::new();
-    let mut stack = vec![moddir.join("kernel")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ctx("reading module dir", &dir)? {
-            let path = entry.ctx("reading module dir", &dir)?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                if let Some(stem) = name.strip_suffix(".ko") {
-                    index.insert(normalize(stem), path.clone());
-                } else if name.ends_with(".ko.xz") || name.ends_with(".ko.zst") {
-                    let stem = name.split(".ko").next().unwrap_or(name);
-                    index.entry(normalize(stem)).or_insert(path.clone());
+/// Where each module file is and what it depends on, plus the built-in modules, of one kernel's
+/// module tree (`lib/modules/<version>`).
+pub struct ModuleTree {
+    /// Normalized name -> `.ko[.xz|.zst]` file.
+    files: BTreeMap<String, PathBuf>,
+    /// Normalized name -> dependencies (normalized names), from `modules.dep` when present.
+    deps: Option<BTreeMap<String, Vec<String>>>,
+    /// Normalized names of the modules built into the kernel.
+    builtin: BTreeSet<String>,
+}
+
+/// The normalized module name of a path like `kernel/drivers/md/dm-verity.ko.xz`.
+fn stem(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let (name, _) = file.split_once(".ko")?;
+    Some(normalize(name))
+}
+
+impl ModuleTree {
+    /// Reads `moddir`: the files under `kernel/`, `modules.dep` if any, `modules.builtin`.
+    pub fn open(moddir: &Path) -> Result<ModuleTree> {
+        let mut files = BTreeMap::new();
+        let mut stack = vec![moddir.join("kernel")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).ctx("reading module dir", &dir)? {
+                let path = entry.ctx("reading module dir", &dir)?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    if name.ends_with(".ko")
+                        || name.ends_with(".ko.xz")
+                        || name.ends_with(".ko.zst")
+                    {
+                        if let Some(s) = stem(name) {
+                            // A plain `.ko` wins over a compressed one of the same name.
+                            if name.ends_with(".ko") {
+                                files.insert(s, path.clone());
+                            } else {
+                                files.entry(s).or_insert(path.clone());
+                            }
+                        }
+                    }
                 }
             }
         }
+        let dep_file = moddir.join("modules.dep");
+        let deps = if dep_file.is_file() {
+            let text = std::fs::read_to_string(&dep_file).ctx("reading modules.dep", &dep_file)?;
+            let mut deps = BTreeMap::new();
+            for line in text.lines() {
+                let Some((module, list)) = line.split_once(':') else {
+                    continue;
+                };
+                let Some(name) = stem(module) else {
+                    continue;
+                };
+                // modules.dep is authoritative for where a module lives.
+                let path = moddir.join(module.trim());
+                if path.is_file() {
+                    files.insert(name.clone(), path);
+                }
+                deps.insert(name, list.split_whitespace().filter_map(stem).collect());
+            }
+            Some(deps)
+        } else {
+            None
+        };
+        let builtin = std::fs::read_to_string(moddir.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(stem)
+            .collect();
+        Ok(ModuleTree {
+            files,
+            deps,
+            builtin,
+        })
     }
-    let builtin: HashSet<String> = std::fs::read_to_string(moddir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.rsplit('/').next())
-        .map(|f| normalize(f.trim_end_matches(".ko")))
-        .collect();
 
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
+    /// Whether the kernel has `name` built in.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize(name))
+    }
+
+    /// Whether `modules.dep` was found (else `.modinfo` gives the dependencies).
+    pub fn has_modules_dep(&self) -> bool {
+        self.deps.is_some()
+    }
+
+    /// The direct dependencies of a module file.
+    fn depends(&self, name: &str, path: &Path) -> Result<Vec<String>> {
+        if let Some(deps) = &self.deps {
+            if let Some(d) = deps.get(name) {
+                return Ok(d.clone());
+            }
+        }
+        Ok(modinfo(&read_module(path)?)?
+            .into_iter()
+            .filter(|(k, _)| k == "depends")
+            .flat_map(|(_, v)| {
+                v.split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(normalize)
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    /// The `.ko` files to load for `wanted`, each after its dependencies, in a stable order.
+    /// Built-in modules are skipped; a module that is neither a file nor built in is an error
+    /// naming every such module.
+    pub fn resolve(&self, wanted: &[String]) -> Result<Vec<PathBuf>> {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|w| !self.is_builtin(w) && !self.files.contains_key(&normalize(w)))
+            .collect();
+        if !missing.is_empty() {
+            return Err(invalid(format!(
+                "kernel modules neither in the kernel's module tree nor built in: {}",
+                missing.join(", ")
+            )));
+        }
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for w in wanted {
+            self.visit(w, &mut seen, &mut Vec::new(), &mut order)?;
+        }
+        Ok(order)
+    }
+
     // Depth-first, dependencies before dependents; `visiting` catches cycles.
     fn visit(
+        &self,
         name: &str,
-        index: &BTreeMap<String, PathBuf>,
-        builtin: &HashSet<String>,
         seen: &mut HashSet<String>,
         visiting: &mut Vec<String>,
         order: &mut Vec<PathBuf>,
     ) -> Result<()> {
         let name = normalize(name);
-        if seen.contains(&name) || builtin.contains(&name) {
+        if seen.contains(&name) || self.builtin.contains(&name) {
             return Ok(());
         }
         if visiting.contains(&name) {
             return Err(invalid(format!("module dependency cycle at {name}")));
         }
-        let path = index.get(&name).ok_or_else(|| {
+        let path = self.files.get(&name).ok_or_else(|| {
             invalid(format!(
-                "kernel module {name} is neither in the package nor built in"
+                "kernel module {name} (a dependency) is neither in the module tree nor built in"
             ))
         })?;
-        let bytes = read_module(path)?;
         visiting.push(name.clone());
-        for (k, v) in modinfo(&bytes)? {
-            if k == "depends" {
-                for dep in v.split(',').filter(|d| !d.is_empty()) {
-                    visit(dep, index, builtin, seen, visiting, order)?;
-                }
-            }
+        for dep in self.depends(&name, path)? {
+            self.visit(&dep, seen, visiting, order)?;
         }
         visiting.pop();
         seen.insert(name);
         order.push(path.clone());
         Ok(())
     }
-    for w in wanted {
-        visit(w, &index, &builtin, &mut seen, &mut Vec::new(), &mut order)?;
-    }
-    Ok(order)
+}
+
+/// Resolves `wanted` module names against the module tree `moddir` (`lib/modules/<version>`):
+/// returns the `.ko` files to load, each after its dependencies, in a stable order. Modules that
+/// `modules.builtin` lists are skipped (they need no loading).
+pub fn resolve(moddir: &Path, wanted: &[String]) -> Result<Vec<PathBuf>> {
+    ModuleTree::open(moddir)?.resolve(wanted)
 }
 
 #[cfg(test)]
@@ -171,6 +272,56 @@ mod tests {
         fake[0x3a] = 64;
         fake[0x3c] = 2;
         assert!(modinfo(&fake).is_err());
+    }
+
+    #[test]
+    fn modules_dep_orders_dependencies_and_builtins_count_as_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        for f in [
+            "kernel/drivers/scsi/hv_storvsc.ko",
+            "kernel/drivers/scsi/scsi_mod.ko",
+            "kernel/drivers/scsi/scsi_common.ko",
+            "kernel/drivers/hv/hv_vmbus.ko",
+        ] {
+            std::fs::create_dir_all(m.join(f).parent().unwrap()).unwrap();
+            std::fs::write(m.join(f), b"not read: modules.dep gives the dependencies").unwrap();
+        }
+        std::fs::write(
+            m.join("modules.dep"),
+            "kernel/drivers/scsi/hv_storvsc.ko: kernel/drivers/scsi/scsi_mod.ko \
+             kernel/drivers/scsi/scsi_common.ko kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n\
+             kernel/drivers/scsi/scsi_common.ko:\nkernel/drivers/hv/hv_vmbus.ko:\n",
+        )
+        .unwrap();
+        std::fs::write(
+            m.join("modules.builtin"),
+            "kernel/drivers/nvme/host/nvme.ko\n",
+        )
+        .unwrap();
+        let tree = ModuleTree::open(m).unwrap();
+        assert!(tree.has_modules_dep());
+        let names: Vec<String> = tree
+            .resolve(&["nvme".into(), "hv_storvsc".into(), "scsi-mod".into()])
+            .unwrap()
+            .iter()
+            .map(|p| plain_name(p).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "scsi_common.ko",
+                "scsi_mod.ko",
+                "hv_vmbus.ko",
+                "hv_storvsc.ko"
+            ]
+        );
+        let err = tree
+            .resolve(&["gve".into(), "nvme".into(), "ena".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gve, ena"), "{err}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ enum Cmd {
         /// Virtual CPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
+        /// The disk's controller: virtio-blk, nvme or virtio-scsi.
+        #[arg(long, default_value = "virtio-blk")]
+        disk_bus: image_builder::boot::DiskBus,
         /// OVMF code image (e.g. OVMF_CODE_4M.secboot.fd for Secure Boot).
         #[arg(long)]
         ovmf_code: Option<PathBuf>,
@@ -126,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             timeout,
             cpu,
             cpus,
+            disk_bus,
             ovmf_code,
             ovmf_vars,
             qemu_args,
@@ -136,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             cfg.timeout = std::time::Duration::from_secs(timeout);
             cfg.cpu = cpu;
             cfg.cpus = cpus;
+            cfg.disk_bus = disk_bus;
             if let Some(c) = ovmf_code {
                 cfg.ovmf_code = c;
             }

@@ -161,7 +161,14 @@ pub fn root_tree(cfg: &Config, dest: &Path) -> Result<()> {
         tree::busybox_links(&cfg.busybox, dest)?;
     }
     if let Some(agent) = &cfg.agent {
-        tree::copy_with_libs(agent, dest, Path::new("/usr/bin/cvm-agent"))?;
+        match cfg.profile {
+            // busybox root: the agent brings its libraries from the build host.
+            Profile::Tiny => tree::copy_with_libs(agent, dest, Path::new("/usr/bin/cvm-agent"))?,
+            // Debian root: its libraries come from the root's own packages (never the host's).
+            Profile::Debian => {
+                tree::copy_checking_libs(agent, dest, Path::new("/usr/bin/cvm-agent"))?
+            }
+        }
     }
     Ok(())
 }
@@ -264,6 +271,7 @@ pub fn build(
         busybox: &cfg.busybox,
         veritysetup: &cfg.veritysetup,
         modules: &modules,
+        builtin: Some(&kernel.moddir.join("modules.builtin")),
         epoch,
     })?;
     std::fs::write(out.join("initrd.cpio"), &initrd_bytes).ctx("writing initrd", out)?;

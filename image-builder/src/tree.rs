@@ -138,6 +138,32 @@ pub fn copy_with_libs(binary: &Path, root: &Path, dest_abs: &Path) -> Result<()>
     Ok(())
 }
 
+/// Copies `binary` to `dest_abs` inside a distribution root that brings its own libraries: every
+/// library `ldd` resolves on the build host must exist by name in the root's library directories,
+/// else the error names the missing ones (add their packages to the root).
+pub fn copy_checking_libs(binary: &Path, root: &Path, dest_abs: &Path) -> Result<()> {
+    let dirs = [
+        "usr/lib/x86_64-linux-gnu",
+        "lib/x86_64-linux-gnu",
+        "usr/lib64",
+        "lib64",
+        "usr/lib",
+    ];
+    let missing: Vec<String> = shared_libs(binary)?
+        .iter()
+        .filter_map(|lib| lib.file_name()?.to_str().map(String::from))
+        .filter(|name| !dirs.iter().any(|d| root.join(d).join(name).exists()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(format!(
+            "{} needs libraries the root lacks: {} (add their packages)",
+            binary.display(),
+            missing.join(", ")
+        )));
+    }
+    copy_file(binary, &in_root(root, dest_abs)?)
+}
+
 /// Creates the busybox applet symlinks (`bin/sh -> /bin/busybox`...) that `busybox --list-full`
 /// names, skipping paths that already exist.
 pub fn busybox_links(busybox: &Path, root: &Path) -> Result<()> {

@@ -19,6 +19,7 @@ mod registry;
 mod snp_backend;
 mod snp_signer;
 mod swtpm;
+pub mod tcg_log;
 pub mod tdx_signer;
 
 pub use engine::{ContainerEngine, EngineKind};

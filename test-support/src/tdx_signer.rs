@@ -248,6 +248,12 @@ impl TdxTestSigner {
 
     /// A TD report body (584 bytes, quote layout) with this signer's measurements.
     pub fn body(&self, report_data: &[u8; 64]) -> Vec<u8> {
+        self.body_with_rtmr3(report_data, &RTMR[3])
+    }
+
+    /// The same body with `rtmr3` as RTMR3 (what the TD extended at run time, e.g. the
+    /// workload log's SHA-384 replay).
+    pub fn body_with_rtmr3(&self, report_data: &[u8; 64], rtmr3: &[u8; 48]) -> Vec<u8> {
         let mut body = Vec::with_capacity(584);
         body.extend_from_slice(&TEE_TCB_SVN);
         body.extend_from_slice(&MRSEAM);
@@ -257,9 +263,10 @@ impl TdxTestSigner {
         body.extend_from_slice(&0xe7u64.to_le_bytes()); // xfam
         body.extend_from_slice(&MRTD);
         body.extend_from_slice(&[0u8; 48 * 3]); // mrconfigid, mrowner, mrownerconfig
-        for rtmr in RTMR {
-            body.extend_from_slice(&rtmr);
+        for rtmr in &RTMR[..3] {
+            body.extend_from_slice(rtmr);
         }
+        body.extend_from_slice(rtmr3);
         body.extend_from_slice(report_data);
         body
     }

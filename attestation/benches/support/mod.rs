@@ -4,19 +4,25 @@
 //! The TPM's part is done by hand: an ECDSA P-256 (or RSA-2048 for Azure) attestation key
 //! generated with openssl, its TPMT_PUBLIC, a TPMS_ATTEST quote over PCRs 0..=23 of the SHA-256
 //! bank with our qualifying data, and a TPMT_SIGNATURE over it. SEV-SNP reports come from the
-//! TEST-ONLY signer in `test-support`, whose root is trusted only because the options name it.
+//! TEST-ONLY signer in `test-support`, whose root is trusted only because the options name it;
+//! TD quotes likewise from its TDX signer.
 
 #![allow(dead_code)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use cvm_attestation::eventlog::TcgLog;
 use cvm_attestation::evidence::{
-    Cloud, EventLogs, PcrBank, Platform, SnpEvidence, Tee, TpmEvidence, EVIDENCE_VERSION,
+    Cloud, EventLogs, PcrBank, Platform, SnpEvidence, TdxEvidence, Tee, TpmEvidence,
+    EVIDENCE_VERSION,
 };
 use cvm_attestation::gcp::{GceInstance, GceSecurityProperties};
-use cvm_attestation::golden::{GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenWorkload, PcrSource};
+use cvm_attestation::golden::{
+    GoldenMeasurement, GoldenPcr, GoldenSnp, GoldenTdx, GoldenWorkload, PcrSource,
+};
 use cvm_attestation::snp::policy::Tcb;
 use cvm_attestation::snp::TrustedRoot;
+use cvm_attestation::tdx::TdxCollateral;
 use cvm_attestation::tpm::{quote_qualifying_data, HashAlg};
 use cvm_attestation::workload::{EventKind, WorkloadEvent, WorkloadLog};
 use cvm_attestation::{Evidence, Sha256Digest, Sha384Digest, VerifyOptions};
@@ -28,6 +34,7 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::sign::Signer;
 use std::collections::BTreeMap;
+use test_support::tdx_signer::{self, TdxTestSigner};
 use test_support::{GoogleTestCa, SnpTestSigner};
 
 pub const NONCE: &[u8] = b"benchmark nonce 0001";
@@ -36,6 +43,9 @@ pub const MEASUREMENT: [u8; 48] = [0x42; 48];
 pub const POLICY: u64 = 0x3_0000;
 /// 2030-01-01: inside the test signer's validity.
 pub const AT: i64 = 1_893_456_000;
+/// Offset of RTMR0 in a TD report body (quote layout): TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM,
+/// SEAM and TD attributes, XFAM, MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG come first.
+const TD_REPORT_RTMR0: usize = 16 + 48 + 48 + 8 + 8 + 8 + 48 * 4;
 
 /// Which platform the evidence imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +245,37 @@ pub fn workload_events() -> Vec<WorkloadEvent> {
 
 /// Builds evidence that `verify` accepts, with its golden document and options.
 pub fn fixture(kind: Kind) -> Fixture {
+    fixture_with(kind, None)
+}
+
+/// The same, with the firmware's TCG2 event log `log` (SHA-256 bank) in the evidence: the quoted
+/// PCRs the log extends are its replay (those of PCRs it does not touch stay as in [`fixture`]),
+/// so the log is the one this "machine" wrote. Build one with `test_support::tcg_log`.
+pub fn fixture_with_firmware_log(kind: Kind, log: Vec<u8>) -> Fixture {
+    fixture_with(kind, Some(log))
+}
+
+/// PCRs 0..=15 distinct, 23 the workload's, and whatever `firmware_log` replays to.
+fn quoted_pcrs(log: &WorkloadLog, firmware_log: Option<&[u8]>) -> [[u8; 32]; 24] {
+    let mut pcrs = [[0u8; 32]; 24];
+    for (i, pcr) in pcrs.iter_mut().enumerate().take(16) {
+        *pcr = openssl::sha::sha256(&[i as u8]);
+    }
+    if let Some(bytes) = firmware_log {
+        let replayed = TcgLog::parse(bytes)
+            .expect("a firmware log the fixture can replay")
+            .replay(HashAlg::Sha256);
+        for (index, value) in replayed {
+            if index < 23 {
+                pcrs[index as usize] = value.try_into().unwrap();
+            }
+        }
+    }
+    pcrs[23] = log.replay().0;
+    pcrs
+}
+
+fn fixture_with(kind: Kind, firmware_log: Option<Vec<u8>>) -> Fixture {
     let signer = SnpTestSigner::new().unwrap();
     let ak = if kind == Kind::AzureSnp {
         rsa_ak()
@@ -244,11 +285,7 @@ pub fn fixture(kind: Kind) -> Fixture {
     let events = workload_events();
     let log = WorkloadLog::from_events(events.clone());
 
-    let mut pcrs = [[0u8; 32]; 24];
-    for (i, pcr) in pcrs.iter_mut().enumerate().take(16) {
-        *pcr = openssl::sha::sha256(&[i as u8]);
-    }
-    pcrs[23] = log.replay().0;
+    let pcrs = quoted_pcrs(&log, firmware_log.as_deref());
 
     let (platform, sev_snp, var_data) = match kind {
         Kind::GcpSnp => {
@@ -344,7 +381,7 @@ pub fn fixture(kind: Kind) -> Fixture {
             var_data,
         },
         event_logs: EventLogs {
-            firmware: None,
+            firmware: firmware_log.map(Into::into),
             workload: Some(log),
             ccel: None,
         },
@@ -383,6 +420,7 @@ pub fn fixture(kind: Kind) -> Fixture {
             vmpls: vec![0],
         }),
         tdx: None,
+        boot_events: Vec::new(),
     };
     let golden_json = serde_json::to_vec(&golden).unwrap();
 
@@ -407,6 +445,120 @@ pub fn fixture(kind: Kind) -> Fixture {
         golden_json,
         options,
         ak_key,
+        ak_private: ak.key,
+    }
+}
+
+/// GCP TDX evidence that `verify` accepts: a TD quote from the TEST-ONLY TDX signer whose
+/// report_data binds the AK and nonce and whose RTMR0-3 are the replay of the CC event log
+/// `ccel` (SHA-384; register index 1..=4 = RTMR0..3), that log in `event_logs.ccel`, and a vTPM
+/// quote (AK certified by a TEST-ONLY Google CA) binding the TD quote. Its golden pins the MRTD,
+/// MRSEAM and workload, not the boot chain (tests add that).
+pub fn gcp_tdx_fixture(ccel: Vec<u8>) -> Fixture {
+    let signer = TdxTestSigner::new().unwrap();
+    let ak = ec_ak();
+    let events = workload_events();
+    let log = WorkloadLog::from_events(events.clone());
+    let pcrs = quoted_pcrs(&log, None);
+    let platform = Platform {
+        cloud: Cloud::Gcp,
+        tee: Tee::Tdx,
+    };
+
+    let mut body = signer.body(&cvm_attestation::binding::report_data(
+        &ak.tpmt_public,
+        NONCE,
+    ));
+    let rtmrs = TcgLog::parse(&ccel)
+        .expect("a CC event log the fixture can replay")
+        .replay(HashAlg::Sha384);
+    for rtmr in 0..4 {
+        let value = rtmrs
+            .get(&(rtmr as u32 + 1))
+            .cloned()
+            .unwrap_or_else(|| vec![0; 48]);
+        let at = TD_REPORT_RTMR0 + 48 * rtmr;
+        body[at..at + 48].copy_from_slice(&value);
+    }
+    let td_quote = signer.quote(&body).unwrap();
+    let quote = tpms_attest(
+        &tpm_name(&ak.tpmt_public),
+        &quote_qualifying_data(NONCE, Some(&td_quote)),
+        &pcrs,
+    );
+    let signature = tpmt_signature(&ak.key, &quote);
+    let google = GoogleTestCa::new().unwrap();
+    let public = PKey::public_key_from_der(&ak.key.public_key_to_der().unwrap()).unwrap();
+    let ak_cert = google
+        .issue_ak_certificate(&public, Some(&google_instance()))
+        .unwrap();
+
+    let evidence = Evidence {
+        version: Some(EVIDENCE_VERSION),
+        platform: Some(platform),
+        nonce: NONCE.into(),
+        tls_spki_sha256: None,
+        sev_snp: None,
+        tdx: Some(TdxEvidence {
+            quote: td_quote.into(),
+            collateral: None,
+            hcl_report: None,
+        }),
+        tpm: TpmEvidence {
+            quote: quote.into(),
+            raw_sig: None,
+            signature: Some(signature.into()),
+            pcrs: PcrBank {
+                hash: HashAlg::Sha256,
+                pcrs: pcrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as u8, v.to_vec().into()))
+                    .collect(),
+            },
+            ak_pub: ak.tpmt_public.clone().into(),
+            ak_cert: Some(ak_cert.into()),
+            nitro_document: None,
+            var_data: None,
+        },
+        event_logs: EventLogs {
+            firmware: None,
+            workload: Some(log),
+            ccel: Some(ccel.into()),
+        },
+    };
+    let json = serde_json::to_vec(&evidence).unwrap();
+    let golden = GoldenMeasurement {
+        version: 1,
+        platform: Some(platform),
+        pcrs: BTreeMap::new(),
+        workload: Some(GoldenWorkload::new(events)),
+        snp: None,
+        tdx: Some(GoldenTdx {
+            mrtds: vec![Sha384Digest(tdx_signer::MRTD)],
+            mrseams: vec![Sha384Digest(tdx_signer::MRSEAM)],
+            ..GoldenTdx::default()
+        }),
+        boot_events: Vec::new(),
+    };
+    let golden_json = serde_json::to_vec(&golden).unwrap();
+    let collateral = TdxCollateral::from_json(&signer.collateral_json().unwrap()).unwrap();
+    let options = VerifyOptions::new(AT)
+        .with_nonce(NONCE)
+        .with_tdx_test_roots([TrustedRoot {
+            name: "TEST-ONLY TDX signer".into(),
+            certificate: signer.root().clone(),
+            test_only: true,
+        }])
+        .with_tdx_collateral(collateral)
+        .with_gcp_test_ca(google.trusted_root(), google.intermediate_der());
+    Fixture {
+        evidence,
+        json,
+        golden,
+        golden_json,
+        options,
+        ak_key: public,
         ak_private: ak.key,
     }
 }

@@ -8,6 +8,7 @@
 
 mod ak;
 mod aws;
+mod boot;
 mod gcp;
 mod policy;
 mod report;
@@ -173,6 +174,8 @@ pub(crate) struct Facts {
     pub quoted_pcrs: Option<BTreeMap<u8, Vec<u8>>>,
     /// PCR indices the quote covers in the SHA-256 bank.
     pub quoted_selection: Vec<u8>,
+    /// TDX: RTMR3 of the TD quote, set only when the quote's PCK chain and signatures verified.
+    pub rtmr3: Option<[u8; 48]>,
 }
 
 /// Verifies a bare SEV-SNP report, or an Azure HCL report (detected by its "HCLA" magic, whose
@@ -329,13 +332,13 @@ pub fn verify(
 
     // The TEE first: the AK's trust basis may rest on it (Azure's var_data).
     let (ak, trusted) = ak::decide(evidence, golden, options, &mut checks);
+    let mut facts = Facts::default();
     match platform.tee {
         Tee::SevSnp => snp::verify(evidence, golden, options, ak.as_ref(), &mut checks),
-        Tee::Tdx => tdx::verify(evidence, golden, options, &mut checks),
+        Tee::Tdx => facts.rtmr3 = tdx::verify(evidence, golden, options, &mut checks),
         Tee::None => {}
     }
 
-    let mut facts = Facts::default();
     if let Some(ak) = &ak {
         tpm::verify_quote(evidence, ak, trusted.is_some(), &mut checks, &mut facts);
     }
@@ -344,6 +347,7 @@ pub fn verify(
     if let Some(log) = &evidence.event_logs.firmware {
         firmware_log(log.as_slice(), &facts, &mut checks);
     }
+    boot::verify(evidence, golden, &facts, &mut checks);
     checks.finish(platform.to_string())
 }
 

@@ -53,6 +53,19 @@ pub(crate) fn boot_chain_pins(golden: &GoldenMeasurement, cloud: Cloud, tee: Tee
             pins.push("RTMR1 and RTMR2".into());
         }
     }
+    // The build's own boot events (`boot.events`): the first boot application in PCR 4 is the
+    // UKI, whose Authenticode digest covers its kernel, initrd, command line and sections.
+    if let Some(uki) = golden.boot_events.iter().find(|e| e.pcr == 4) {
+        let pcrs: std::collections::BTreeSet<u8> =
+            golden.boot_events.iter().map(|e| e.pcr).collect();
+        let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+        pins.push(format!(
+            "boot events: UKI {} in PCR 4 ({} events in PCR {})",
+            &uki.sha256.to_hex()[..16],
+            golden.boot_events.len(),
+            pcrs.join(", ")
+        ));
+    }
     pins
 }
 

@@ -99,6 +99,16 @@ impl Checks {
         }
     }
 
+    /// The status of the latest check named `name` so far; `None` when it has not run. For a
+    /// check whose meaning rests on an earlier one (`boot.events` on `tdx.ccel`).
+    pub fn status(&self, name: &str) -> Option<Status> {
+        self.checks
+            .iter()
+            .rev()
+            .find(|c| c.name == name)
+            .map(|c| c.status)
+    }
+
     pub fn finish(self, platform: String) -> VerificationReport {
         let verified = !self.checks.is_empty()
             && self.checks.iter().all(|c| c.status != Status::Fail)

@@ -242,12 +242,14 @@ fn check_tcb(report: &SnpReport, root: &str, expectations: &GoldenSnp, checks: &
         Some(minimum) => (*minimum, "the golden measurement's minimum"),
         None => match minimum_tcb_for_report(root, report) {
             Ok(Some(minimum)) => (minimum, "AMD's published minimum for this product"),
-            Ok(None) => return checks.skip(
-                "snp.tcb",
-                format!(
+            Ok(None) => {
+                return checks.skip(
+                    "snp.tcb",
+                    format!(
                     "no minimum TCB in the golden and none known for {root} (reported {reported})"
                 ),
-            ),
+                )
+            }
             Err(e) => return checks.fail("snp.tcb", e),
         },
     };

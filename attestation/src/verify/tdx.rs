@@ -16,25 +16,27 @@ use crate::tdx::crypto::{p256_key, verify_p256_raw};
 use crate::tdx::tcb::{module_level, platform_level, qe_level};
 use crate::tdx::{SgxExtensions, TcbStatus, TdQuote, TdReportBody, TdxCollateral};
 
+/// Returns the quoted RTMR3 when the quote's PCK chain and signatures verified (for
+/// `workload.rtmr3`), else `None`.
 pub(crate) fn verify(
     evidence: &Evidence,
     golden: &GoldenMeasurement,
     options: &VerifyOptions,
     checks: &mut Checks,
-) {
+) -> Option<[u8; 48]> {
     let Some(tdx) = &evidence.tdx else {
         checks.fail(
             "tdx.quote",
             "the platform is TDX but the evidence has no tdx section",
         );
-        return;
+        return None;
     };
     let expectations = golden.tdx.clone().unwrap_or_default();
     let quote = match TdQuote::parse(tdx.quote.as_slice()) {
         Ok(quote) => quote,
         Err(e) => {
             checks.fail("tdx.quote", e.to_string());
-            return;
+            return None;
         }
     };
     checks.pass("tdx.quote", "TD quote version 4 parsed");
@@ -58,10 +60,12 @@ pub(crate) fn verify(
         options,
         checks,
     ) {
-        return;
+        return None;
     }
     if let Some(ccel) = &evidence.event_logs.ccel {
-        check_ccel(ccel.as_slice(), &quote.body, checks);
+        let workload = evidence.event_logs.workload.as_ref();
+        let workload_rtmr3 = workload.map(|log| log.replay_sha384().0);
+        check_ccel(ccel.as_slice(), &quote.body, workload_rtmr3, checks);
     }
 
     let report_data = &quote.body.report_data;
@@ -87,37 +91,62 @@ pub(crate) fn verify(
             hex::encode(report_data),
         );
     }
+    Some(quote.body.rtmr[3])
 }
 
 /// The CC event log must replay (SHA-384) to the quoted RTMRs. Its register index 0 is MRTD
-/// (never extended at run time) and 1..=4 are RTMR0..3.
-fn check_ccel(bytes: &[u8], body: &TdReportBody, checks: &mut Checks) {
+/// (never extended at run time) and 1..=4 are RTMR0..3. RTMR3, which no firmware event
+/// extends, may instead hold the workload log the agent extended into it (`workload_rtmr3`,
+/// its SHA-384 replay), which `workload.rtmr3` judges.
+fn check_ccel(
+    bytes: &[u8],
+    body: &TdReportBody,
+    workload_rtmr3: Option<[u8; 48]>,
+    checks: &mut Checks,
+) {
     let log = match crate::eventlog::TcgLog::parse(bytes) {
         Ok(log) => log,
         Err(e) => return checks.fail("tdx.ccel", e.to_string()),
     };
     let replayed = log.replay(crate::tpm::HashAlg::Sha384);
     let mut mismatches = Vec::new();
+    let mut rtmr3_by_workload = false;
     for rtmr in 0..4usize {
-        let value = replayed
-            .get(&(rtmr as u32 + 1))
-            .cloned()
-            .unwrap_or_else(|| vec![0u8; 48]);
-        if value != body.rtmr[rtmr] {
-            mismatches.push(format!(
-                "RTMR{rtmr}: log {}, quote {}",
-                hex::encode(&value),
-                hex::encode(body.rtmr[rtmr])
-            ));
+        let logged = replayed.get(&(rtmr as u32 + 1));
+        let value = logged.cloned().unwrap_or_else(|| vec![0u8; 48]);
+        if value == body.rtmr[rtmr] {
+            continue;
         }
+        if rtmr == 3 && logged.is_none() && workload_rtmr3 == Some(body.rtmr[3]) {
+            rtmr3_by_workload = true;
+            continue;
+        }
+        mismatches.push(format!(
+            "RTMR{rtmr}: log {}, quote {}{}",
+            hex::encode(&value),
+            hex::encode(body.rtmr[rtmr]),
+            if rtmr == 3 && logged.is_none() {
+                " (nor is it the workload log's SHA-384 replay)"
+            } else {
+                ""
+            }
+        ));
     }
     if mismatches.is_empty() {
         checks.pass(
             "tdx.ccel",
-            format!(
-                "{} CC event log events replay to the quoted RTMR0-3",
-                log.events.len()
-            ),
+            if rtmr3_by_workload {
+                format!(
+                    "{} CC event log events replay to the quoted RTMR0-2; RTMR3 holds the \
+                     workload log (workload.rtmr3)",
+                    log.events.len()
+                )
+            } else {
+                format!(
+                    "{} CC event log events replay to the quoted RTMR0-3",
+                    log.events.len()
+                )
+            },
         );
     } else {
         checks.fail(
@@ -715,8 +744,12 @@ mod ccel_tests {
     }
 
     fn checked(body: &TdReportBody, log: &[u8]) -> Check {
+        checked_with(body, log, None)
+    }
+
+    fn checked_with(body: &TdReportBody, log: &[u8], workload: Option<[u8; 48]>) -> Check {
         let mut checks = Checks::default();
-        check_ccel(log, body, &mut checks);
+        check_ccel(log, body, workload, &mut checks);
         checks.finish(String::new()).checks.remove(0)
     }
 
@@ -736,5 +769,12 @@ mod ccel_tests {
         assert_eq!(check.status, Status::Fail);
         assert!(check.reason.contains("RTMR3"), "{}", check.reason);
         assert_eq!(checked(&body, b"garbage").status, Status::Fail);
+
+        // Unless RTMR3 is what the workload log replays to: the agent extended it.
+        let check = checked_with(&body, &log, Some(body.rtmr[3]));
+        assert_eq!(check.status, Status::Pass, "{}", check.reason);
+        assert!(check.reason.contains("workload"), "{}", check.reason);
+        let check = checked_with(&body, &log, Some([9; 48]));
+        assert_eq!(check.status, Status::Fail, "{}", check.reason);
     }
 }

@@ -1,12 +1,16 @@
-//! Workload checks: the PCR 23 log replays to the quoted value, and every measurement in it (each
-//! generation since boot, the running one last) is one the golden measurement allows, with a
-//! readable difference when it is not.
+//! Workload checks: the PCR 23 log replays to the quoted value (and, on TDX, its SHA-384 replay to
+//! the TD's own RTMR3), and every measurement in it (each generation since boot, the running one
+//! last) is one the golden measurement allows, with a readable difference when it is not.
 
 use super::report::Checks;
 use super::Facts;
-use crate::evidence::Evidence;
+use crate::evidence::{Cloud, Evidence, Tee};
 use crate::golden::{GoldenMeasurement, GoldenWorkload};
-use crate::workload::{differences as diff, replay, WorkloadEvent, WORKLOAD_PCR};
+use crate::workload::{differences as diff, replay, WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
+
+/// The first Linux release whose TDX guest driver lets user space extend an RTMR
+/// (`/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384`; docs/measurement.md).
+pub const RTMR_EXTEND_LINUX: &str = "6.16";
 
 pub(crate) fn verify(
     evidence: &Evidence,
@@ -66,6 +70,10 @@ pub(crate) fn verify(
             "PCR 23 is not covered by a verified quote",
         ),
     }
+    let platform = evidence.platform();
+    if platform.tee == Tee::Tdx {
+        check_rtmr3(log, platform.cloud, facts.rtmr3, checks);
+    }
 
     let Some((current, earlier)) = generations.split_last() else {
         return;
@@ -74,13 +82,88 @@ pub(crate) fn verify(
     check_earlier(expected, earlier, checks);
 }
 
-/// `workload.measurement`: the running workload (the last generation) is an allowed one.
+/// `workload.rtmr3` (TDX): the TD's own register confirms the workload log. The agent extends
+/// each event's SHA-384 digest into RTMR3 next to PCR 23, so RTMR3 must be the log's SHA-384
+/// replay. `rtmr3` is the quoted value, present only when the TD quote verified. A zero RTMR3
+/// means the TD's kernel offered no way to extend it: skipped, never passed.
+fn check_rtmr3(log: &WorkloadLog, cloud: Cloud, rtmr3: Option<[u8; 48]>, checks: &mut Checks) {
+    const NAME: &str = "workload.rtmr3";
+    if cloud == Cloud::Azure {
+        return checks.skip(
+            NAME,
+            "Azure: the TD quote is of the TD report the paravisor made at boot, so RTMR3 \
+             cannot show the workload; PCR 23 is in the paravisor's vTPM inside the TD",
+        );
+    }
+    let Some(rtmr3) = rtmr3 else {
+        // tdx::verify returns no RTMR3 only after failing a tdx.* check: never a pass.
+        return checks.skip(
+            NAME,
+            "the TD quote did not verify (see the tdx checks): RTMR3 is not a fact",
+        );
+    };
+    let replayed = log.replay_sha384();
+    let (expected, actual) = (
+        format!("{replayed} (SHA-384 replay of the workload log)"),
+        hex::encode(rtmr3),
+    );
+    if let Some(failure) = &log.rtmr3_failure {
+        return checks.compare(
+            NAME,
+            false,
+            format!(
+                "the agent could not extend RTMR3 after PCR 23 ({failure}): RTMR3 does not \
+                 follow the workload log"
+            ),
+            expected,
+            actual,
+        );
+    }
+    if rtmr3 == replayed.0 {
+        checks.compare(
+            NAME,
+            true,
+            format!(
+                "the TEE's own register confirms the workload log: RTMR3 is the SHA-384 replay \
+                 of its {} events",
+                log.events.len()
+            ),
+            expected,
+            actual,
+        );
+    } else if rtmr3 == [0; 48] && !log.events.is_empty() {
+        checks.skip(
+            NAME,
+            format!(
+                "the TD's kernel offers no RTMR extension to user space (Linux < \
+                 {RTMR_EXTEND_LINUX}): the workload rests on the vTPM's PCR 23 alone"
+            ),
+        );
+    } else {
+        checks.compare(
+            NAME,
+            false,
+            "RTMR3 is not the SHA-384 replay of the workload log: the TD extended other events \
+             than this log holds (a log replayed into PCR 23 by the host, or events missing)",
+            expected,
+            actual,
+        );
+    }
+}
+
+/// `workload.measurement`: the running workload (the last generation) is the golden one. The
+/// `allowed` measurements are history (what may have run before it since boot), never what a
+/// golden for this workload accepts as running now.
 fn check_running(expected: &GoldenWorkload, current: &[WorkloadEvent], checks: &mut Checks) {
     let (passed, reason) = match expected.find(current) {
         Some(None) => (true, "the running workload is the golden one".to_owned()),
         Some(Some(index)) => (
-            true,
-            format!("the running workload is allowed measurement {index} of the golden"),
+            false,
+            format!(
+                "the running workload is allowed measurement {index} of the golden (allowed only \
+                 before it), not the golden one: {}",
+                diff(&expected.events, current).join("; ")
+            ),
         ),
         None => (
             false,
@@ -229,11 +312,11 @@ mod tests {
         };
         let report = checked(&golden, &[&v1, &v3, &v2]);
         assert!(report.failures().next().is_none(), "{report}");
-        // Rolling back to an allowed measurement is allowed, and said.
+        // Rolling back to an allowed measurement is not running the golden workload.
         let (state, reason) = status(&checked(&golden, &[&v2, &v1]), "workload.measurement");
         assert_eq!(
             (state, reason.contains("allowed measurement 0")),
-            (Status::Pass, true)
+            (Status::Fail, true)
         );
         let report = checked(&golden, &[&v1, &evil, &v2]);
         let (state, reason) = status(&report, "workload.updates");
@@ -242,6 +325,44 @@ mod tests {
         assert!(reason.contains("nor is it any of the 2 other"), "{reason}");
         let (state, reason) = status(&checked(&golden, &[&evil]), "workload.measurement");
         assert_eq!(state, Status::Fail, "{reason}");
+    }
+
+    fn rtmr3_check(log: &WorkloadLog, cloud: Cloud, rtmr3: Option<[u8; 48]>) -> (Status, String) {
+        let mut checks = Checks::default();
+        check_rtmr3(log, cloud, rtmr3, &mut checks);
+        status(&checks.finish("test".into()), "workload.rtmr3")
+    }
+
+    #[test]
+    fn rtmr3_passes_only_as_the_logs_sha384_replay() {
+        let events = [measurement(), measurement()].concat();
+        let mut log = WorkloadLog::from_events(events.clone());
+        let replayed = log.replay_sha384().0;
+        let (state, reason) = rtmr3_check(&log, Cloud::Gcp, Some(replayed));
+        assert_eq!(state, Status::Pass, "{reason}");
+        assert!(reason.contains("TEE's own register"), "{reason}");
+
+        // A register that lacks the last event: the TD extended another log.
+        let short = WorkloadLog::from_events(events[..events.len() - 1].to_vec());
+        let (state, _) = rtmr3_check(&log, Cloud::Gcp, Some(short.replay_sha384().0));
+        assert_eq!(state, Status::Fail);
+
+        // A kernel without the interface left RTMR3 zero: skipped with the reason, never passed.
+        let (state, reason) = rtmr3_check(&log, Cloud::Gcp, Some([0; 48]));
+        assert_eq!(state, Status::Skip);
+        assert!(reason.contains("Linux < 6.16"), "{reason}");
+        assert!(reason.contains("PCR 23 alone"), "{reason}");
+
+        // No verified quote (a tdx.* check failed already): nothing to judge.
+        assert_eq!(rtmr3_check(&log, Cloud::Gcp, None).0, Status::Skip);
+        // The agent says it failed to extend: fail.
+        log.rtmr3_failure = Some("EINVAL".into());
+        let (state, reason) = rtmr3_check(&log, Cloud::Gcp, Some([0; 48]));
+        assert_eq!(state, Status::Fail);
+        assert!(reason.contains("EINVAL"), "{reason}");
+
+        // Azure's quote is from boot: nothing to compare.
+        assert_eq!(rtmr3_check(&log, Cloud::Azure, None).0, Status::Skip);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Each event binds its kind, name and payload digest into the digest that is extended
 //! (docs/measurement.md), so no two different events can produce the same extension.
 
-use crate::digest::Sha256Digest;
+use crate::digest::{Sha256Digest, Sha384Digest};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest, Sha256, Sha384};
 
 /// The PCR that holds the workload measurement.
 pub const WORKLOAD_PCR: u8 = 23;
@@ -113,13 +113,25 @@ impl WorkloadEvent {
     /// The digest extended into the PCR:
     /// `SHA-256(EVENT_DOMAIN || u32be(kind) || u32be(len(name)) || name || payload_digest)`.
     pub fn extend_digest(&self) -> Sha256Digest {
-        let mut hasher = Sha256::new();
+        Sha256Digest(self.hash_encoding::<Sha256>().into())
+    }
+
+    /// The digest extended into TDX RTMR3: SHA-384 of exactly the bytes [`Self::extend_digest`]
+    /// hashes (the same domain tag, kind code, name length, name and SHA-256 payload digest).
+    pub fn extend_digest_sha384(&self) -> Sha384Digest {
+        Sha384Digest(self.hash_encoding::<Sha384>().into())
+    }
+
+    /// `H(EVENT_DOMAIN || u32be(kind) || u32be(len(name)) || name || payload_digest)`: the one
+    /// canonical encoding of an event, whatever the register's hash.
+    fn hash_encoding<H: Digest>(&self) -> sha2::digest::Output<H> {
+        let mut hasher = H::new();
         hasher.update(EVENT_DOMAIN);
         hasher.update(self.kind.code().to_be_bytes());
         hasher.update((self.name.len() as u32).to_be_bytes());
         hasher.update(self.name.as_bytes());
         hasher.update(self.payload_digest.0);
-        Sha256Digest(hasher.finalize().into())
+        hasher.finalize()
     }
 }
 
@@ -137,6 +149,24 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a WorkloadEvent>) -> Sha256
         .into_iter()
         .fold(Sha256Digest::default(), |pcr, event| {
             extend(&pcr, &event.extend_digest())
+        })
+}
+
+/// `SHA-384(rtmr || digest)`: the TDX module's extend operation (`TDG.MR.RTMR.EXTEND`).
+pub fn extend_sha384(rtmr: &Sha384Digest, digest: &Sha384Digest) -> Sha384Digest {
+    let mut hasher = Sha384::new();
+    hasher.update(rtmr.0);
+    hasher.update(digest.0);
+    Sha384Digest(hasher.finalize().into())
+}
+
+/// Replays events into a zero 48-byte register with SHA-384: what RTMR3 holds when the agent
+/// extended every event of the log into it (and nothing else did).
+pub fn replay_sha384<'a>(events: impl IntoIterator<Item = &'a WorkloadEvent>) -> Sha384Digest {
+    events
+        .into_iter()
+        .fold(Sha384Digest::default(), |rtmr, event| {
+            extend_sha384(&rtmr, &event.extend_digest_sha384())
         })
 }
 
@@ -181,6 +211,8 @@ pub enum LogError {
         kind: EventKind,
         name: String,
     },
+    #[error("rtmr3_failure is {0} bytes, more than {MAX_PAYLOAD_LEN}")]
+    Rtmr3FailureTooLong(usize),
 }
 
 /// The log the agent keeps and serves, in the order extended.
@@ -190,6 +222,12 @@ pub struct WorkloadLog {
     pub version: u32,
     pub pcr: u8,
     pub events: Vec<WorkloadEvent>,
+    /// TDX: set by the agent when it could not extend an event into RTMR3 after extending it
+    /// into PCR 23 (the kernel offered the interface, the write failed): why. RTMR3 then no
+    /// longer follows this log and `workload.rtmr3` fails. Absent otherwise, also when the
+    /// kernel has no interface (RTMR3 then stays zero). Written only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr3_failure: Option<String>,
 }
 
 impl Default for WorkloadLog {
@@ -198,6 +236,7 @@ impl Default for WorkloadLog {
             version: LOG_VERSION,
             pcr: WORKLOAD_PCR,
             events: Vec::new(),
+            rtmr3_failure: None,
         }
     }
 }
@@ -216,6 +255,12 @@ impl WorkloadLog {
         replay(&self.events)
     }
 
+    /// The RTMR3 value these events produce from a zero register (SHA-384 extends of
+    /// [`WorkloadEvent::extend_digest_sha384`]).
+    pub fn replay_sha384(&self) -> Sha384Digest {
+        replay_sha384(&self.events)
+    }
+
     /// Checks structure and bounds; returns the measurements (each ending in its separator),
     /// oldest first. The last one is the workload that runs now.
     pub fn generations(&self) -> Result<Vec<&[WorkloadEvent]>, LogError> {
@@ -230,6 +275,11 @@ impl WorkloadLog {
         }
         if self.events.is_empty() {
             return Err(LogError::Empty);
+        }
+        if let Some(failure) = &self.rtmr3_failure {
+            if failure.len() > MAX_PAYLOAD_LEN {
+                return Err(LogError::Rtmr3FailureTooLong(failure.len()));
+            }
         }
         for (index, event) in self.events.iter().enumerate() {
             check_event(index, event)?;
@@ -386,6 +436,68 @@ mod tests {
             pcr = Sha256Digest::of(&bytes);
         }
         assert_eq!(WorkloadLog::from_events(events).replay(), pcr);
+    }
+
+    /// The worked example of docs/measurement.md, section 3.
+    fn worked_example() -> Vec<WorkloadEvent> {
+        vec![
+            WorkloadEvent::over(
+                EventKind::ComposeFile,
+                "docker-compose.yml",
+                b"services:\n  web:\n    image: localhost/web:1\n",
+            ),
+            WorkloadEvent::over(EventKind::ConfigFile, "config/app.conf", b"port=8080\n"),
+            WorkloadEvent::image("localhost/web:1", format!("sha256:{}", "ab".repeat(32))),
+            WorkloadEvent::separator(),
+        ]
+    }
+
+    #[test]
+    fn sha384_replay_matches_the_hand_computed_vector() {
+        // Computed outside this code (Python hashlib, docs/measurement.md section 7):
+        // SHA-384 of the same canonical bytes the SHA-256 extend digest hashes, then
+        // rtmr := SHA-384(rtmr || digest) from 48 zero bytes.
+        let events = worked_example();
+        assert_eq!(
+            events[1].extend_digest_sha384().to_hex(),
+            "88dda2fc32ed381f811d8db355dad576dcd66192a5143f1d708a14b5d94126ad\
+             64a41556f9f4304b3b4c54642fd2146f"
+        );
+        let log = WorkloadLog::from_events(events.clone());
+        assert_eq!(
+            log.replay_sha384().to_hex(),
+            "e325fb1aaca05308efc1b00481041addf9c52302877c33a2528d96d7540746d7\
+             0ea4e10f0be0a9c55852f780f018e401"
+        );
+        // The SHA-256 side is unchanged (the documented PCR 23 of the same example).
+        assert_eq!(
+            log.replay().to_hex(),
+            "7984f8a6ff7ba94288277f9a253b832b7451d63a1eedc932f4dc32d3a46636c7"
+        );
+        // One extend by hand, and the empty log is the zero register.
+        let first = extend_sha384(&Sha384Digest::default(), &events[0].extend_digest_sha384());
+        assert_eq!(
+            first.to_hex(),
+            "70f9c8bf49fcd6b083accd9d5e778269ecaaf6e24e079cacbe29b061b7152968\
+             3e35f392e29ed2d5d9054c46489d6335"
+        );
+        assert_eq!(replay_sha384(&[]), Sha384Digest::default());
+    }
+
+    #[test]
+    fn the_rtmr3_failure_is_optional_and_bounded() {
+        let mut log = WorkloadLog::from_events(sample());
+        let json = serde_json::to_string(&log).unwrap();
+        assert!(!json.contains("rtmr3_failure"), "{json}");
+        log.rtmr3_failure = Some("writing rtmr3:sha384: Invalid argument".into());
+        let json = serde_json::to_string(&log).unwrap();
+        assert_eq!(serde_json::from_str::<WorkloadLog>(&json).unwrap(), log);
+        assert!(log.generations().is_ok());
+        log.rtmr3_failure = Some("x".repeat(MAX_PAYLOAD_LEN + 1));
+        assert!(matches!(
+            log.generations(),
+            Err(LogError::Rtmr3FailureTooLong(_))
+        ));
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub fn golden_base(events: Vec<WorkloadEvent>) -> GoldenMeasurement {
         workload: Some(GoldenWorkload::new(events)),
         snp: None,
         tdx: None,
+        boot_events: Vec::new(),
     }
 }
 
