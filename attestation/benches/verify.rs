@@ -170,6 +170,27 @@ fn main() {
     measure("AkPublic::from_bytes (TPMT_PUBLIC, EC point check)", || {
         black_box(AkPublic::from_bytes(black_box(gcp.evidence.tpm.ak_pub.as_slice())).unwrap());
     });
+    let ak_cert = gcp.evidence.tpm.ak_cert.as_ref().unwrap().as_slice();
+    let gcp_intermediates: Vec<&[u8]> = gcp
+        .options
+        .gcp_intermediates
+        .iter()
+        .map(Vec::as_slice)
+        .collect();
+    measure(
+        "GCP AK certificate: chain (remembered), instance identity",
+        || {
+            black_box(
+                cvm_attestation::gcp::verify_ak_certificate(
+                    black_box(ak_cert),
+                    &gcp_intermediates,
+                    &gcp.options.gcp_roots,
+                    gcp.options.at_unix,
+                )
+                .unwrap(),
+            );
+        },
+    );
     measure("Quote::parse", || {
         black_box(Quote::parse(black_box(quote_bytes)).unwrap());
     });

@@ -17,6 +17,7 @@ pub mod gcp;
 pub mod golden;
 pub mod measurements;
 pub mod nitro;
+pub mod pki;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;

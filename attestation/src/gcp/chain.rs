@@ -8,7 +8,6 @@ use crate::snp::certs::{common_name, signed_by};
 use crate::snp::TrustedRoot;
 use openssl::asn1::Asn1Time;
 use openssl::x509::X509;
-use std::cmp::Ordering;
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::KeyUsage;
 use x509_cert::Certificate;
@@ -108,20 +107,12 @@ fn through<'r>(
     Ok(root)
 }
 
-/// Whether `cert` is valid at `at` (both bounds inclusive, as RFC 5280 has them).
+/// Whether `cert` is valid at `at` (`pki::check_validity`).
 pub(crate) fn validity(which: &'static str, cert: &X509, at: &Asn1Time) -> Result<(), GcpError> {
-    let before = cert.not_before().compare(at)?;
-    let after = cert.not_after().compare(at)?;
-    if before == Ordering::Greater || after == Ordering::Less {
-        return Err(GcpError::Expired {
-            which,
-            subject: common_name(cert),
-            at: at.to_string(),
-            not_before: cert.not_before().to_string(),
-            not_after: cert.not_after().to_string(),
-        });
-    }
-    Ok(())
+    crate::pki::check_validity(which, cert, at).map_err(|e| match e {
+        crate::pki::ValidityError::NotValid(e) => GcpError::Expired(e),
+        crate::pki::ValidityError::Crypto(e) => e.into(),
+    })
 }
 
 fn issuer_common_name(cert: &X509) -> String {

@@ -103,14 +103,8 @@ pub enum GcpError {
         subject: String,
         tried: String,
     },
-    #[error("{which} ({subject}) is not valid at {at}: valid from {not_before} to {not_after}")]
-    Expired {
-        which: &'static str,
-        subject: String,
-        at: String,
-        not_before: String,
-        not_after: String,
-    },
+    #[error(transparent)]
+    Expired(crate::pki::NotValid),
     #[error("openssl: {0}")]
     Crypto(String),
 }

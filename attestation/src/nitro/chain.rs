@@ -5,12 +5,11 @@
 use super::NitroError;
 use crate::snp::certs::signed_by;
 use crate::snp::TrustedRoot;
-use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use openssl::asn1::Asn1Time;
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyParam;
 use openssl::x509::{X509StoreContext, X509};
-use std::cmp::Ordering;
 
 /// A chain that checked out.
 pub(super) struct Chain<'r> {
@@ -130,24 +129,10 @@ fn trusted_root<'r>(
 }
 
 fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), NitroError> {
-    let compare = |bound: &Asn1TimeRef| bound.compare(at).map_err(crypto);
-    if compare(cert.not_before())? == Ordering::Greater {
-        return Err(NitroError::CertificateNotYetValid {
-            which: which.to_owned(),
-            subject: subject(cert),
-            not_before: cert.not_before().to_string(),
-            at: at.to_string(),
-        });
-    }
-    if compare(cert.not_after())? == Ordering::Less {
-        return Err(NitroError::CertificateExpired {
-            which: which.to_owned(),
-            subject: subject(cert),
-            not_after: cert.not_after().to_string(),
-            at: at.to_string(),
-        });
-    }
-    Ok(())
+    crate::pki::check_validity(&format!("{which} certificate"), cert, at).map_err(|e| match e {
+        crate::pki::ValidityError::NotValid(e) => NitroError::CertificateNotValid(e),
+        crate::pki::ValidityError::Crypto(e) => crypto(e),
+    })
 }
 
 /// RFC 5280 path validation by OpenSSL with `root` as the only trust anchor, at `at_unix`.

@@ -168,22 +168,8 @@ pub enum NitroError {
     },
     #[error("the signing certificate ({subject}) is not signed by the last cabundle certificate ({issuer})")]
     LeafNotSignedByChain { subject: String, issuer: String },
-    #[error(
-        "the {which} certificate ({subject}) is not valid yet at {at}: valid from {not_before}"
-    )]
-    CertificateNotYetValid {
-        which: String,
-        subject: String,
-        not_before: String,
-        at: String,
-    },
-    #[error("the {which} certificate ({subject}) expired at {not_after}, before {at}")]
-    CertificateExpired {
-        which: String,
-        subject: String,
-        not_after: String,
-        at: String,
-    },
+    #[error("the {0}")]
+    CertificateNotValid(crate::pki::NotValid),
     #[error("the certificate chain violates X.509 path constraints: {0}")]
     ChainConstraints(String),
     #[error("the signing certificate's key is not an EC P-384 key: {0}")]

@@ -75,14 +75,8 @@ pub enum ChainError {
         issuer: String,
         since: String,
     },
-    #[error("{which} ({subject}) is not valid at {at}: valid from {not_before} to {not_after}")]
-    Expired {
-        which: &'static str,
-        subject: String,
-        at: String,
-        not_before: String,
-        not_after: String,
-    },
+    #[error(transparent)]
+    Expired(crate::pki::NotValid),
     #[error("openssl: {0}")]
     Crypto(String),
 }
@@ -210,11 +204,7 @@ pub fn parse_pem_chain(bytes: &[u8]) -> Result<Vec<X509>, ChainError> {
 
 /// The subject's common name, for messages.
 pub fn common_name(cert: &X509) -> String {
-    cert.subject_name()
-        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()
-        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
-        .unwrap_or_else(|| "(no common name)".into())
+    crate::pki::common_name(cert)
 }
 
 /// A chain that checked out.
@@ -351,18 +341,10 @@ fn name_text(name: &X509NameRef) -> String {
 }
 
 fn check_validity(which: &'static str, cert: &X509, at: &Asn1Time) -> Result<(), ChainError> {
-    let before = cert.not_before().compare(at)?;
-    let after = cert.not_after().compare(at)?;
-    if before == Ordering::Greater || after == Ordering::Less {
-        return Err(ChainError::Expired {
-            which,
-            subject: common_name(cert),
-            at: at.to_string(),
-            not_before: cert.not_before().to_string(),
-            not_after: cert.not_after().to_string(),
-        });
-    }
-    Ok(())
+    crate::pki::check_validity(which, cert, at).map_err(|e| match e {
+        crate::pki::ValidityError::NotValid(e) => ChainError::Expired(e),
+        crate::pki::ValidityError::Crypto(e) => e.into(),
+    })
 }
 
 /// The largest CRL [`check_amd_crl`] reads. AMD's are under 1 KiB (one entry at most so far).

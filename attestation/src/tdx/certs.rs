@@ -141,18 +141,7 @@ impl IntelChain {
 }
 
 fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), String> {
-    let before = cert.not_before().compare(at).map_err(|e| e.to_string())?;
-    let after = cert.not_after().compare(at).map_err(|e| e.to_string())?;
-    if before == Ordering::Greater || after == Ordering::Less {
-        return Err(format!(
-            "{which} ({}) is not valid at {}: valid from {} to {}",
-            common_name(cert),
-            &**at,
-            cert.not_before(),
-            cert.not_after()
-        ));
-    }
-    Ok(())
+    crate::pki::check_validity(which, cert, at).map_err(|e| e.to_string())
 }
 
 /// How a leaf must hang from the root.
