@@ -24,7 +24,8 @@ pub struct GoldenArgs {
     /// The workload folder (docker-compose.yml, config/, image archives).
     #[arg(long, default_value = "workload")]
     workload: PathBuf,
-    /// The image build's measurements.json (its predicted PCRs become golden values).
+    /// The image build's measurements.json: its predicted PCRs (SHA-256 and SHA-384) and the boot
+    /// events the build determines (UKI, command line, initrd, UKI sections) become golden values.
     #[arg(long)]
     measurements: Option<PathBuf>,
     /// The agent's API token file: its salted HMAC is part of the workload measurement.

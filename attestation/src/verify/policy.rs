@@ -81,8 +81,9 @@ pub(crate) fn golden_coverage(
     if pins.is_empty() {
         checks.fail(
             "golden.boot_chain",
-            "the golden measurement does not pin the boot chain: it needs PCR 4 and 11 (predicted \
-             by the image build), TDX RTMR1 and RTMR2, or a local SEV-SNP launch digest",
+            "the golden measurement does not pin the boot chain: it needs PCR 4 and 11 or the \
+             build's boot events (both from cvm-cli golden --measurements), TDX RTMR1 and RTMR2, \
+             or a local SEV-SNP launch digest",
         );
     } else {
         checks.pass(
