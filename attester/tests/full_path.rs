@@ -439,3 +439,80 @@ fn the_tls_key_is_bound_by_quote_and_report() {
         Some(Status::Skip)
     );
 }
+
+/// A cloud golden (`cvm-cli golden --cloud aws`) pins PCR 4 by the build's boot events, not by
+/// its value: a cloud's firmware measures events of its own into PCR 4 (actions, separators).
+/// The firmware log must replay (SHA-384) to the PCR 4 the AWS-signed document states, and hold
+/// the UKI event.
+#[test]
+fn aws_boot_events_are_found_in_the_firmware_log_the_nitrotpm_document_authenticates() {
+    use test_support::tcg_log::{
+        Bank, TcgLogBuilder, EV_EFI_ACTION, EV_EFI_BOOT_SERVICES_APPLICATION,
+    };
+    let signer = NitroTestSigner::new().unwrap();
+    let (mut tee, root) = snp_backend();
+    let mut vm = Vm::boot(workload_events(None), None, false);
+    let uki = (
+        openssl::sha::sha256(b"our UKI"),
+        openssl::sha::sha384(b"our UKI"),
+    );
+    let action = b"Calling EFI Application from Boot Option";
+    let log = |firmware_action: bool| {
+        let mut log = TcgLogBuilder::new(&[Bank::Sha256, Bank::Sha384]);
+        if firmware_action {
+            log.measure(4, EV_EFI_ACTION, action);
+        }
+        log.extend(4, EV_EFI_BOOT_SERVICES_APPLICATION, &[&uki.0, &uki.1], b"");
+        log.bytes()
+    };
+    // The firmware extends both banks; the agent's quote shows the SHA-256 one.
+    vm.tpm
+        .extend_sha256(4, &openssl::sha::sha256(action))
+        .unwrap();
+    vm.tpm.extend_sha256(4, &uki.0).unwrap();
+    let mut evidence = vm.evidence(&mut tee, Cloud::Aws, NONCE);
+    // The document's PCR 4 is what the NitroTPM holds after the firmware's action and our UKI.
+    let mut pcrs = nitro_boot_pcrs();
+    let mut pcr4 = [0u8; 48];
+    for digest in [openssl::sha::sha384(action), uki.1] {
+        pcr4 = openssl::sha::sha384(&[pcr4.as_slice(), digest.as_slice()].concat());
+    }
+    pcrs.insert(4, pcr4.to_vec());
+    attach_nitro_document(&mut evidence, &signer, &pcrs);
+    evidence.event_logs.firmware = Some(log(true).into());
+
+    let mut golden = golden(workload_events(None), Some(golden_snp()));
+    golden.pcrs.remove(&4);
+    golden.boot_events = vec![cvm_attestation::golden::GoldenBootEvent {
+        pcr: 4,
+        sha256: cvm_attestation::Sha256Digest(uki.0),
+        sha384: Some(cvm_attestation::Sha384Digest(uki.1)),
+        description: "UKI".into(),
+    }];
+    let options = VerifyOptions::now()
+        .with_nonce(NONCE)
+        .with_test_roots([root])
+        .with_nitro_test_roots([named_root("TEST-ONLY Nitro root", signer.root())]);
+    let report = verify(&evidence, &golden, &options);
+    assert_eq!(
+        report.check("nitro.pcrs").map(|c| c.status),
+        Some(Status::Pass),
+        "{report}"
+    );
+    assert!(report.verified, "{report}");
+    assert!(
+        report
+            .check("nitro.pcrs")
+            .unwrap()
+            .reason
+            .contains("firmware event log"),
+        "{report}"
+    );
+
+    // The log names our UKI but does not replay to the PCR 4 AWS signed: it proves nothing.
+    let mut forged = evidence.clone();
+    forged.event_logs.firmware = Some(log(false).into());
+    let report = verify(&forged, &golden, &options);
+    assert!(failed(&report).contains(&"nitro.pcrs"), "{report}");
+    assert!(failed(&report).contains(&"tpm.ak"), "{report}");
+}

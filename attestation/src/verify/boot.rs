@@ -42,7 +42,12 @@ pub(crate) fn verify(
         (Tee::Tdx, Some(ccel), _) => {
             cc_event_log(ccel.as_slice(), checks.status("tdx.ccel"), expected)
         }
-        (_, _, Some(log)) => firmware_log(log.as_slice(), facts.quoted_pcrs.as_ref(), expected),
+        (_, _, Some(log)) => firmware_log(
+            log.as_slice(),
+            facts.quoted_pcrs.as_ref(),
+            HashAlg::Sha256,
+            expected,
+        ),
         (Tee::Tdx, None, None) => Err("the golden pins boot events, and the evidence carries \
              neither the CC event log (event_logs.ccel) nor the firmware event log \
              (event_logs.firmware)"
@@ -85,10 +90,12 @@ fn joined<T>(items: impl IntoIterator<Item = T>, f: impl Fn(T) -> String) -> Str
     items.into_iter().map(f).collect::<Vec<_>>().join(", ")
 }
 
-/// vTPM: the firmware's log, authenticated by replaying to the quoted PCRs.
-fn firmware_log(
+/// vTPM: the firmware's log, authenticated by replaying in `bank` to PCR values already verified
+/// (a quote under a trusted AK in SHA-256; on AWS, the NitroTPM document's SHA-384 PCRs).
+pub(crate) fn firmware_log(
     bytes: &[u8],
     quoted: Option<&BTreeMap<u8, Vec<u8>>>,
+    bank: HashAlg,
     expected: &[GoldenBootEvent],
 ) -> Result<String, String> {
     let log = TcgLog::parse(bytes)
@@ -107,13 +114,13 @@ fn firmware_log(
         ));
     }
     let pcrs: BTreeSet<u8> = expected.iter().map(|e| e.pcr).collect();
-    let replayed = log.replay(HashAlg::Sha256);
+    let replayed = log.replay(bank);
     let mut unexplained = Vec::new();
     for &pcr in &pcrs {
         let from_log = replayed
             .get(&u32::from(pcr))
             .cloned()
-            .unwrap_or_else(|| vec![0; 32]);
+            .unwrap_or_else(|| vec![0; bank.size()]);
         match quoted.get(&pcr) {
             Some(value) if *value == from_log => {}
             Some(value) => unexplained.push(format!(
@@ -131,15 +138,27 @@ fn firmware_log(
             unexplained.join("; ")
         ));
     }
-    let wanted: Vec<Wanted> = expected
-        .iter()
-        .map(|event| Wanted {
+    let mut wanted = Vec::new();
+    for event in expected {
+        let digest: &[u8] = match bank {
+            HashAlg::Sha384 => match &event.sha384 {
+                Some(digest) => &digest.0,
+                None => {
+                    return Err(format!(
+                        "boot event {:?} has no SHA-384 digest in the golden",
+                        event.description
+                    ))
+                }
+            },
+            _ => &event.sha256.0,
+        };
+        wanted.push(Wanted {
             register: u32::from(event.pcr),
-            digest: &event.sha256.0,
+            digest,
             event,
-        })
-        .collect();
-    find_events(&log, HashAlg::Sha256, &wanted).verdict(
+        });
+    }
+    find_events(&log, bank, &wanted).verdict(
         &wanted,
         "firmware event log",
         &format!("the quoted PCR {}", joined(&pcrs, u8::to_string)),
@@ -520,24 +539,25 @@ mod tests {
             .map(|(i, v)| (i as u8, v))
             .collect();
         let expected = [event(4, uki, "UKI")];
-        let reason = firmware_log(&bytes, Some(&quoted), &expected).unwrap();
+        let reason = firmware_log(&bytes, Some(&quoted), HashAlg::Sha256, &expected).unwrap();
         assert!(reason.contains("replays to the quoted PCR 4"), "{reason}");
 
-        let reason = firmware_log(&bytes, None, &expected).unwrap_err();
+        let reason = firmware_log(&bytes, None, HashAlg::Sha256, &expected).unwrap_err();
         assert!(reason.contains("not authenticated"), "{reason}");
         quoted.get_mut(&4).unwrap()[0] ^= 1;
-        let reason = firmware_log(&bytes, Some(&quoted), &expected).unwrap_err();
+        let reason = firmware_log(&bytes, Some(&quoted), HashAlg::Sha256, &expected).unwrap_err();
         assert!(
             reason.contains("its events prove nothing: PCR 4: log"),
             "{reason}"
         );
         quoted.remove(&4);
-        let reason = firmware_log(&bytes, Some(&quoted), &expected).unwrap_err();
+        let reason = firmware_log(&bytes, Some(&quoted), HashAlg::Sha256, &expected).unwrap_err();
         assert!(
             reason.contains("PCR 4: not in the verified quote"),
             "{reason}"
         );
-        let reason = firmware_log(b"garbage", Some(&quoted), &expected).unwrap_err();
+        let reason =
+            firmware_log(b"garbage", Some(&quoted), HashAlg::Sha256, &expected).unwrap_err();
         assert!(reason.contains("event_logs.firmware"), "{reason}");
     }
 
