@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
+# image-builder's tests/debian.rs builds the production image, which carries the release agent.
+cargo build --release --locked -p cvm-agent
 # dockerd, podman and swtpm fixtures run as root on private sockets; see test-support/.
 cargo test --workspace --locked "$@"

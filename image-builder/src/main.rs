@@ -37,6 +37,10 @@ enum Cmd {
         /// Download cache (default ~/.cache/cvm-image).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// One more overlay copied over the root after the config's (repeatable), e.g. a seed
+        /// workload at usr/share/cvm/workload.
+        #[arg(long = "overlay")]
+        overlays: Vec<PathBuf>,
         /// Print the build report as JSON instead of a summary.
         #[arg(long)]
         json: bool,
@@ -107,9 +111,11 @@ fn main() -> anyhow::Result<()> {
             out,
             profile,
             cache,
+            overlays,
             json,
         } => {
             let mut cfg = Config::load(&config)?;
+            cfg.overlays.extend(overlays);
             if let Some(p) = profile {
                 cfg.profile = p;
             }

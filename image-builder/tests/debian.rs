@@ -2,10 +2,11 @@
 //! drivers of every target, and it boots with the disk on NVMe and on virtio-scsi, with a
 //! non-virtio NIC, until the agent answers `/health` over a forwarded port.
 //!
-//! One shared build (mmdebstrap of Debian 13, 3-6 min, needs the release agent:
-//! `cargo build --release -p cvm-agent`). `CVM_DEBIAN_OUT=<dir>` reuses a finished build of
-//! `images/debian.toml` instead (`cvm-image build --config image-builder/images/debian.toml
-//! --out <dir>`).
+//! One shared build (mmdebstrap of Debian 13, 2-4 min, needs the release agent:
+//! `cargo build --release -p cvm-agent`) with the example workload as its seed. `CVM_DEBIAN_OUT=
+//! <dir>` reuses a finished build instead: `cvm-image build --config
+//! image-builder/images/debian.toml --overlay <seed> --out <dir>`, where `<seed>` holds
+//! `usr/share/cvm/workload` (what `seed_overlay` makes).
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -68,6 +69,8 @@ fn built() -> &'static Built {
         );
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
+        let mut cfg = cfg;
+        cfg.overlays.push(seed_overlay(&dir.path().join("seed")));
         let cache = DebCache::new(DebCache::default_dir()).expect("cache dir");
         pipeline::build(&cfg, &out, &cache, &Quiet)
             .unwrap_or_else(|e| panic!("debian image build failed: {e}"));
@@ -76,6 +79,30 @@ fn built() -> &'static Built {
             out,
         }
     })
+}
+
+/// An overlay with the example workload as the image's seed (`usr/share/cvm/workload`, copied to
+/// `/data/workload` on first boot): `workload/` without `secrets/`, plus its image archive.
+/// Equivalent by hand: `cvm-image build ... --overlay <this dir>`.
+pub fn seed_overlay(dir: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let seed = dir.join("usr/share/cvm/workload");
+    std::fs::create_dir_all(seed.parent().unwrap()).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo.join("workload"))
+        .arg(&seed)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(seed.join("secrets")).unwrap();
+    let status = Command::new(repo.join("scripts/make-example-image.sh"))
+        .arg(seed.join("hello.tar"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "make-example-image.sh failed");
+    dir.to_path_buf()
 }
 
 /// Unpacks `initrd.cpio` into a new directory.

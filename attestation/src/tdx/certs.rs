@@ -3,25 +3,67 @@
 //! and QE identity). Roots are a parameter: Intel's pinned root, plus test roots only when the
 //! caller names them. CRLs from the collateral revoke intermediates and leaves.
 
-use crate::snp::certs::{common_name, signed_by};
+use crate::pki::ValidityError;
+use crate::snp::certs::{common_name, signed_by, ChainError};
 use crate::snp::TrustedRoot;
 use openssl::asn1::Asn1Time;
+use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Why an Intel certificate chain or CRL could not be read or does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("the chain is empty")]
+    EmptyChain,
+    #[error(transparent)]
+    Extensions(#[from] super::pck::PckError),
+    #[error(transparent)]
+    Validity(#[from] ValidityError),
+    #[error("no {leaf_name}: the chain is empty")]
+    NoLeaf { leaf_name: String },
+    #[error("{leaf_name} ({subject}) is not {shape} a trusted root ({tried})")]
+    Untrusted {
+        leaf_name: String,
+        subject: String,
+        /// "signed by an intermediate CA signed by" or "signed directly by".
+        shape: &'static str,
+        tried: String,
+    },
+    #[error("{which} is not signed by {issuer}")]
+    CrlNotSigned { which: String, issuer: String },
+    #[error("{which} is not current at {at}: issued {issued}, next update {next_update}")]
+    CrlNotCurrent {
+        which: String,
+        at: String,
+        issued: String,
+        next_update: String,
+    },
+    #[error("{subject} (serial {serial}) is revoked by the {which}")]
+    Revoked {
+        subject: String,
+        serial: String,
+        which: String,
+    },
+    #[error("{0}")]
+    OpenSsl(#[from] ErrorStack),
+}
+
 /// A PCK certificate chain as the quote carries it, parsed, with the leaf's SGX extensions.
 pub struct PckChain {
     pub certs: Vec<X509>,
-    pub extensions: Result<super::SgxExtensions, String>,
+    pub extensions: Result<super::SgxExtensions, CertError>,
 }
 
 /// Parses the quote's PEM chain (at most 8 certificates) and the leaf's SGX extensions,
 /// remembered per process by the SHA-256 of the PEM: a verifier sees the same platform's chain
 /// with every quote, and decoding PEM costs more than the signature checks.
-pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, String> {
+pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, CertError> {
     type Memo = Mutex<HashMap<[u8; 32], Arc<PckChain>>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     const MAX_ENTRIES: usize = 256;
@@ -30,13 +72,13 @@ pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, String> {
     if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(hit);
     }
-    let certs = crate::snp::certs::parse_pem_chain(pem).map_err(|e| e.to_string())?;
+    let certs = crate::snp::certs::parse_pem_chain(pem)?;
     let extensions = match certs.first() {
         Some(leaf) => leaf
             .to_der()
-            .map_err(|e| e.to_string())
-            .and_then(|der| super::sgx_extensions(&der).map_err(|e| e.to_string())),
-        None => Err("the chain is empty".into()),
+            .map_err(CertError::from)
+            .and_then(|der| Ok(super::sgx_extensions(&der)?)),
+        None => Err(CertError::EmptyChain),
     };
     let chain = Arc::new(PckChain { certs, extensions });
     if let Ok(mut memo) = memo.lock() {
@@ -50,20 +92,19 @@ pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, String> {
 
 /// Whether `crl` (identified by `crl_id`, the SHA-256 of its DER) carries a valid signature by
 /// `issuer`, remembered per process.
-fn crl_signed_by(crl: &X509Crl, crl_id: &[u8; 32], issuer: &X509) -> Result<bool, String> {
+fn crl_signed_by(crl: &X509Crl, crl_id: &[u8; 32], issuer: &X509) -> Result<bool, ErrorStack> {
     type Memo = Mutex<HashMap<([u8; 32], Vec<u8>), bool>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     const MAX_ENTRIES: usize = 256;
     let issuer_id = issuer
-        .digest(openssl::hash::MessageDigest::sha256())
-        .map_err(|e| e.to_string())?
+        .digest(openssl::hash::MessageDigest::sha256())?
         .to_vec();
     let key = (*crl_id, issuer_id);
     let memo = MEMO.get_or_init(Memo::default);
     if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
         return Ok(known);
     }
-    let public = issuer.public_key().map_err(|e| e.to_string())?;
+    let public = issuer.public_key()?;
     let result = crl.verify(&public).unwrap_or(false);
     if let Ok(mut memo) = memo.lock() {
         if memo.len() >= MAX_ENTRIES {
@@ -140,8 +181,8 @@ impl IntelChain {
     }
 }
 
-fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), String> {
-    crate::pki::check_validity(which, cert, at).map_err(|e| e.to_string())
+fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), CertError> {
+    Ok(crate::pki::check_validity(which, cert, at)?)
 }
 
 /// How a leaf must hang from the root.
@@ -163,11 +204,11 @@ pub fn verify_intel_chain(
     shape: ChainShape,
     roots: &[TrustedRoot],
     at_unix: i64,
-) -> Result<IntelChain, String> {
-    let at = Asn1Time::from_unix(at_unix).map_err(|e| e.to_string())?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| format!("no {leaf_name}: the chain is empty"))?;
+) -> Result<IntelChain, CertError> {
+    let at = Asn1Time::from_unix(at_unix)?;
+    let leaf = certs.first().ok_or_else(|| CertError::NoLeaf {
+        leaf_name: leaf_name.to_owned(),
+    })?;
     let tried = roots
         .iter()
         .map(|r| r.name.as_str())
@@ -214,17 +255,18 @@ pub fn verify_intel_chain(
             root_certificate: root.certificate.clone(),
             intermediate: intermediate.cloned(),
             leaf: leaf.clone(),
-            leaf_key: leaf.public_key().map_err(|e| e.to_string())?,
+            leaf_key: leaf.public_key()?,
         });
     }
-    Err(format!(
-        "{leaf_name} ({}) is not {} a trusted root ({tried})",
-        common_name(leaf),
-        match shape {
+    Err(CertError::Untrusted {
+        leaf_name: leaf_name.to_owned(),
+        subject: common_name(leaf),
+        shape: match shape {
             ChainShape::ThroughIntermediate => "signed by an intermediate CA signed by",
             ChainShape::DirectlyUnderRoot => "signed directly by",
-        }
-    ))
+        },
+        tried,
+    })
 }
 
 /// Checks a CRL: signed by `issuer`, current at `at_unix`, and not listing `certs`.
@@ -234,26 +276,31 @@ pub fn check_crl(
     issuer: &X509,
     certs: &[&X509],
     at_unix: i64,
-) -> Result<(), String> {
+) -> Result<(), CertError> {
     let (crl, crl_id) = (&crl.crl, &crl.id);
     if !crl_signed_by(crl, crl_id, issuer)? {
-        return Err(format!("{which} is not signed by {}", common_name(issuer)));
+        return Err(CertError::CrlNotSigned {
+            which: which.to_owned(),
+            issuer: common_name(issuer),
+        });
     }
-    let at = Asn1Time::from_unix(at_unix).map_err(|e| e.to_string())?;
+    let at = Asn1Time::from_unix(at_unix)?;
     let this_update = crl.last_update();
-    let late = this_update.compare(&at).map_err(|e| e.to_string())? == Ordering::Greater;
+    let late = this_update.compare(&at)? == Ordering::Greater;
     let expired = match crl.next_update() {
-        Some(next) => next.compare(&at).map_err(|e| e.to_string())? == Ordering::Less,
+        Some(next) => next.compare(&at)? == Ordering::Less,
         None => false,
     };
     if late || expired {
-        return Err(format!(
-            "{which} is not current at {}: issued {this_update}, next update {}",
-            &*at,
-            crl.next_update()
+        return Err(CertError::CrlNotCurrent {
+            which: which.to_owned(),
+            at: at.to_string(),
+            issued: this_update.to_string(),
+            next_update: crl
+                .next_update()
                 .map(|t| t.to_string())
-                .unwrap_or_else(|| "-".into())
-        ));
+                .unwrap_or_else(|| "-".into()),
+        });
     }
     for cert in certs {
         if let CrlStatus::Revoked(_) = crl.get_by_cert(cert) {
@@ -262,10 +309,11 @@ pub fn check_crl(
                 .to_bn()
                 .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
                 .unwrap_or_default();
-            return Err(format!(
-                "{} (serial {serial}) is revoked by the {which}",
-                common_name(cert)
-            ));
+            return Err(CertError::Revoked {
+                subject: common_name(cert),
+                serial,
+                which: which.to_owned(),
+            });
         }
     }
     Ok(())

@@ -45,6 +45,37 @@ pub enum CollateralError {
     Field { what: &'static str, problem: String },
 }
 
+/// Why a CRL in the collateral could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CrlError {
+    #[error("not hex")]
+    NotHex,
+    #[error("not a DER CRL: {0}")]
+    NotDer(openssl::error::ErrorStack),
+}
+
+/// Why the TCB Signing key's signature over a collateral body could not be checked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodySignatureError {
+    #[error("the issuer chain is empty: no TCB Signing certificate")]
+    NoSigner,
+    #[error("signature is not hex")]
+    NotHex,
+    #[error("{0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+    #[error(transparent)]
+    Crypto(#[from] super::crypto::CryptoError),
+}
+
+/// A TCB info or QE identity value that is not hex of the expected length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {text:?} is not {len} bytes of hex")]
+pub struct HexFieldError {
+    pub what: String,
+    pub text: String,
+    pub len: usize,
+}
+
 fn field(what: &'static str, problem: impl Into<String>) -> CollateralError {
     CollateralError::Field {
         what,
@@ -185,10 +216,10 @@ pub struct ParsedCollateral {
     pub qe_identity_chain: Vec<openssl::x509::X509>,
     pub pck_crl_chain: Vec<openssl::x509::X509>,
     /// Whether the TCB Signing key's signature over each body verifies (Err: cannot be checked).
-    pub tcb_info_signature: Result<bool, String>,
-    pub qe_identity_signature: Result<bool, String>,
-    pub root_ca_crl: Option<Result<Crl, String>>,
-    pub pck_crl: Option<Result<Crl, String>>,
+    pub tcb_info_signature: Result<bool, BodySignatureError>,
+    pub qe_identity_signature: Result<bool, BodySignatureError>,
+    pub root_ca_crl: Option<Result<Crl, CrlError>>,
+    pub pck_crl: Option<Result<Crl, CrlError>>,
 }
 
 /// A CRL and the SHA-256 of its DER (to remember its signature check).
@@ -239,18 +270,18 @@ fn chain(what: &'static str, pem: &str) -> Result<Vec<openssl::x509::X509>, Coll
     crate::snp::certs::parse_pem_chain(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
 }
 
-fn crl(hex_der: &Option<String>) -> Option<Result<Crl, String>> {
+fn crl(hex_der: &Option<String>) -> Option<Result<Crl, CrlError>> {
     let text = hex_der.as_deref()?;
     Some(
         hex::decode(text.trim())
-            .map_err(|_| "not hex".to_owned())
+            .map_err(|_| CrlError::NotHex)
             .and_then(|der| {
                 openssl::x509::X509Crl::from_der(&der)
                     .map(|crl| Crl {
                         crl,
                         id: openssl::sha::sha256(&der),
                     })
-                    .map_err(|e| format!("not a DER CRL: {e}"))
+                    .map_err(CrlError::NotDer)
             }),
     )
 }
@@ -317,11 +348,11 @@ fn body_signature(
     signer: Option<&openssl::x509::X509>,
     body: &[u8],
     signature_hex: &str,
-) -> Result<bool, String> {
-    let signer = signer.ok_or("the issuer chain is empty: no TCB Signing certificate")?;
-    let signature = hex::decode(signature_hex.trim()).map_err(|_| "signature is not hex")?;
-    let key = signer.public_key().map_err(|e| e.to_string())?;
-    super::crypto::verify_p256_raw(&key, body, &signature)
+) -> Result<bool, BodySignatureError> {
+    let signer = signer.ok_or(BodySignatureError::NoSigner)?;
+    let signature = hex::decode(signature_hex.trim()).map_err(|_| BodySignatureError::NotHex)?;
+    let key = signer.public_key()?;
+    Ok(super::crypto::verify_p256_raw(&key, body, &signature)?)
 }
 
 /// Seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
@@ -366,11 +397,15 @@ pub fn parse_time(text: &str) -> Option<i64> {
 }
 
 /// Hex of a fixed length (TCB info and QE identity values).
-pub fn hex_field<const N: usize>(what: &str, text: &str) -> Result<[u8; N], String> {
+pub fn hex_field<const N: usize>(what: &str, text: &str) -> Result<[u8; N], HexFieldError> {
     hex::decode(text)
         .ok()
         .and_then(|v| <[u8; N]>::try_from(v).ok())
-        .ok_or_else(|| format!("{what} {text:?} is not {N} bytes of hex"))
+        .ok_or_else(|| HexFieldError {
+            what: what.to_owned(),
+            text: text.to_owned(),
+            len: N,
+        })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! TEE_TCB_SVN, the TDX module's level from its identity, and the Quoting Enclave's level.
 
 use super::body::TdReportBody;
-use super::collateral::{hex_field, IsvTcbLevel, QeIdentity, TcbInfo};
+use super::collateral::{hex_field, HexFieldError, IsvTcbLevel, QeIdentity, TcbInfo};
 use super::pck::SgxExtensions;
 use super::quote::QeReport;
 
@@ -82,6 +82,60 @@ impl<'de> serde::Deserialize<'de> for TcbStatus {
     }
 }
 
+/// Why no TCB level could be selected, or the TDX module or QE does not match its identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TcbError {
+    #[error("a TCB level has no tdxtcbcomponents (not TDX TCB info)")]
+    NoTdxComponents,
+    #[error("a TCB level has {sgx} SGX and {tdx} TDX components, expected 16 each")]
+    ComponentCount { sgx: usize, tdx: usize },
+    #[error(
+        "no TCB level matches: PCK SVNs {pck_svns:?} PCESVN {pcesvn}, TEE_TCB_SVN {} are below every level",
+        hex::encode(.tee_tcb_svn)
+    )]
+    NoPlatformLevel {
+        pck_svns: [u8; 16],
+        pcesvn: u16,
+        tee_tcb_svn: [u8; 16],
+    },
+    #[error("TCB info has no TDX module identity {0}")]
+    NoModuleIdentity(String),
+    #[error("TCB info has no tdxModule")]
+    NoTdxModule,
+    #[error(transparent)]
+    HexField(#[from] HexFieldError),
+    #[error(
+        "MRSIGNERSEAM {} is not the TDX module signer {}",
+        hex::encode(.actual),
+        hex::encode(.expected)
+    )]
+    MrSignerSeam {
+        actual: [u8; 48],
+        expected: [u8; 48],
+    },
+    #[error(
+        "SEAM attributes {} do not match the TDX module's {}",
+        hex::encode(.actual),
+        hex::encode(.expected)
+    )]
+    SeamAttributes { actual: [u8; 8], expected: [u8; 8] },
+    #[error("the TDX module's SVN {svn} is below every level of TDX_{major:02X}")]
+    ModuleSvnBelow { svn: u8, major: u8 },
+    #[error("QE MRSIGNER {} is not {}", hex::encode(.actual), hex::encode(.expected))]
+    QeMrSigner {
+        actual: [u8; 32],
+        expected: [u8; 32],
+    },
+    #[error("QE ISVPRODID {actual} is not {expected}")]
+    QeIsvProdId { actual: u16, expected: u16 },
+    #[error("QE MISCSELECT {actual:08x} does not match {expected}")]
+    QeMiscSelect { actual: u32, expected: String },
+    #[error("QE attributes {} do not match {expected}", hex::encode(.actual))]
+    QeAttributes { actual: [u8; 16], expected: String },
+    #[error("QE ISVSVN {0} is below every level")]
+    QeIsvSvnBelow(u16),
+}
+
 /// The status Intel assigned to the matching level, with its date and advisories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcbMatch {
@@ -98,19 +152,18 @@ pub fn platform_level(
     tcb_info: &TcbInfo,
     pck: &SgxExtensions,
     body: &TdReportBody,
-) -> Result<TcbMatch, String> {
+) -> Result<TcbMatch, TcbError> {
     let first_tdx = if body.tee_tcb_svn[1] > 0 { 2 } else { 0 };
     for level in &tcb_info.tcb_levels {
         let sgx = &level.tcb.sgxtcbcomponents;
         let Some(tdx) = &level.tcb.tdxtcbcomponents else {
-            return Err("a TCB level has no tdxtcbcomponents (not TDX TCB info)".into());
+            return Err(TcbError::NoTdxComponents);
         };
         if sgx.len() != 16 || tdx.len() != 16 {
-            return Err(format!(
-                "a TCB level has {} SGX and {} TDX components, expected 16 each",
-                sgx.len(),
-                tdx.len()
-            ));
+            return Err(TcbError::ComponentCount {
+                sgx: sgx.len(),
+                tdx: tdx.len(),
+            });
         }
         let sgx_ok = sgx
             .iter()
@@ -129,12 +182,11 @@ pub fn platform_level(
             });
         }
     }
-    Err(format!(
-        "no TCB level matches: PCK SVNs {:?} PCESVN {}, TEE_TCB_SVN {} are below every level",
-        pck.tcb_components,
-        pck.pcesvn,
-        hex::encode(body.tee_tcb_svn)
-    ))
+    Err(TcbError::NoPlatformLevel {
+        pck_svns: pck.tcb_components,
+        pcesvn: pck.pcesvn,
+        tee_tcb_svn: body.tee_tcb_svn,
+    })
 }
 
 fn masked_eq(actual: &[u8], expected: &[u8], mask: &[u8]) -> bool {
@@ -161,7 +213,7 @@ fn isv_level(levels: &[IsvTcbLevel], isvsvn: u16) -> Option<TcbMatch> {
 /// The TDX module: MRSIGNERSEAM and SEAM attributes must match the identity Intel lists; with a
 /// module major version > 0 (TEE_TCB_SVN[1]) its identity `TDX_<major>` also gives a TCB level
 /// for the module's SVN (TEE_TCB_SVN[0]). Ok(None): no module level applies (version 0).
-pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<TcbMatch>, String> {
+pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<TcbMatch>, TcbError> {
     let major = body.tee_tcb_svn[1];
     let (mrsigner, attributes, mask, levels) = if major > 0 {
         let id = format!("TDX_{major:02X}");
@@ -169,7 +221,7 @@ pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<Tc
             .tdx_module_identities
             .iter()
             .find(|i| i.id.eq_ignore_ascii_case(&id))
-            .ok_or_else(|| format!("TCB info has no TDX module identity {id}"))?;
+            .ok_or(TcbError::NoModuleIdentity(id))?;
         (
             &identity.mrsigner,
             &identity.attributes,
@@ -177,10 +229,7 @@ pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<Tc
             Some(&identity.tcb_levels),
         )
     } else {
-        let module = tcb_info
-            .tdx_module
-            .as_ref()
-            .ok_or("TCB info has no tdxModule")?;
+        let module = tcb_info.tdx_module.as_ref().ok_or(TcbError::NoTdxModule)?;
         (
             &module.mrsigner,
             &module.attributes,
@@ -190,29 +239,25 @@ pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<Tc
     };
     let mrsigner: [u8; 48] = hex_field("tdxModule mrsigner", mrsigner)?;
     if mrsigner != body.mrsignerseam {
-        return Err(format!(
-            "MRSIGNERSEAM {} is not the TDX module signer {}",
-            hex::encode(body.mrsignerseam),
-            hex::encode(mrsigner)
-        ));
+        return Err(TcbError::MrSignerSeam {
+            actual: body.mrsignerseam,
+            expected: mrsigner,
+        });
     }
     let attributes: [u8; 8] = hex_field("tdxModule attributes", attributes)?;
     let mask: [u8; 8] = hex_field("tdxModule attributesMask", mask)?;
     if !masked_eq(&body.seam_attributes, &attributes, &mask) {
-        return Err(format!(
-            "SEAM attributes {} do not match the TDX module's {}",
-            hex::encode(body.seam_attributes),
-            hex::encode(attributes)
-        ));
+        return Err(TcbError::SeamAttributes {
+            actual: body.seam_attributes,
+            expected: attributes,
+        });
     }
     match levels {
         Some(levels) => isv_level(levels, u16::from(body.tee_tcb_svn[0]))
             .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "the TDX module's SVN {} is below every level of TDX_{major:02X}",
-                    body.tee_tcb_svn[0]
-                )
+            .ok_or(TcbError::ModuleSvnBelow {
+                svn: body.tee_tcb_svn[0],
+                major,
             }),
         None => Ok(None),
     }
@@ -220,39 +265,90 @@ pub fn module_level(tcb_info: &TcbInfo, body: &TdReportBody) -> Result<Option<Tc
 
 /// The Quoting Enclave against its identity: MRSIGNER, ISVPRODID, MISCSELECT and attributes
 /// (masked) must match; its ISVSVN selects the level.
-pub fn qe_level(identity: &QeIdentity, qe: &QeReport) -> Result<TcbMatch, String> {
+pub fn qe_level(identity: &QeIdentity, qe: &QeReport) -> Result<TcbMatch, TcbError> {
     let mrsigner: [u8; 32] = hex_field("QE identity mrsigner", &identity.mrsigner)?;
     if mrsigner != qe.mrsigner {
-        return Err(format!(
-            "QE MRSIGNER {} is not {}",
-            hex::encode(qe.mrsigner),
-            hex::encode(mrsigner)
-        ));
+        return Err(TcbError::QeMrSigner {
+            actual: qe.mrsigner,
+            expected: mrsigner,
+        });
     }
     if identity.isvprodid != qe.isvprodid {
-        return Err(format!(
-            "QE ISVPRODID {} is not {}",
-            qe.isvprodid, identity.isvprodid
-        ));
+        return Err(TcbError::QeIsvProdId {
+            actual: qe.isvprodid,
+            expected: identity.isvprodid,
+        });
     }
     let misc: [u8; 4] = hex_field("QE identity miscselect", &identity.miscselect)?;
     let misc_mask: [u8; 4] = hex_field("QE identity miscselectMask", &identity.miscselect_mask)?;
     // Hex in the JSON is big-endian reading of the u32.
     if !masked_eq(&qe.miscselect.to_be_bytes(), &misc, &misc_mask) {
-        return Err(format!(
-            "QE MISCSELECT {:08x} does not match {}",
-            qe.miscselect, identity.miscselect
-        ));
+        return Err(TcbError::QeMiscSelect {
+            actual: qe.miscselect,
+            expected: identity.miscselect.clone(),
+        });
     }
     let attributes: [u8; 16] = hex_field("QE identity attributes", &identity.attributes)?;
     let mask: [u8; 16] = hex_field("QE identity attributesMask", &identity.attributes_mask)?;
     if !masked_eq(&qe.attributes, &attributes, &mask) {
-        return Err(format!(
-            "QE attributes {} do not match {}",
-            hex::encode(qe.attributes),
-            identity.attributes
-        ));
+        return Err(TcbError::QeAttributes {
+            actual: qe.attributes,
+            expected: identity.attributes.clone(),
+        });
     }
-    isv_level(&identity.tcb_levels, qe.isvsvn)
-        .ok_or_else(|| format!("QE ISVSVN {} is below every level", qe.isvsvn))
+    isv_level(&identity.tcb_levels, qe.isvsvn).ok_or(TcbError::QeIsvSvnBelow(qe.isvsvn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed errors read exactly as the strings they replaced (reports quote them).
+    #[test]
+    fn tcb_errors_read_as_before() {
+        let svns = [1u8; 16];
+        let tee = [0xabu8; 16];
+        assert_eq!(
+            TcbError::NoPlatformLevel {
+                pck_svns: svns,
+                pcesvn: 13,
+                tee_tcb_svn: tee,
+            }
+            .to_string(),
+            format!(
+                "no TCB level matches: PCK SVNs {:?} PCESVN {}, TEE_TCB_SVN {} are below every level",
+                svns,
+                13,
+                hex::encode(tee)
+            )
+        );
+        assert_eq!(
+            TcbError::MrSignerSeam {
+                actual: [1; 48],
+                expected: [2; 48],
+            }
+            .to_string(),
+            format!(
+                "MRSIGNERSEAM {} is not the TDX module signer {}",
+                hex::encode([1u8; 48]),
+                hex::encode([2u8; 48])
+            )
+        );
+        assert_eq!(
+            TcbError::ModuleSvnBelow { svn: 3, major: 10 }.to_string(),
+            "the TDX module's SVN 3 is below every level of TDX_0A"
+        );
+        assert_eq!(
+            TcbError::QeMiscSelect {
+                actual: 0xab,
+                expected: "00000000".into(),
+            }
+            .to_string(),
+            "QE MISCSELECT 000000ab does not match 00000000"
+        );
+        assert_eq!(
+            TcbError::from(hex_field::<4>("QE identity miscselect", "zz").unwrap_err()).to_string(),
+            "QE identity miscselect \"zz\" is not 4 bytes of hex"
+        );
+    }
 }

@@ -10,11 +10,14 @@ use crate::azure::{HclReport, HclReportType};
 use crate::binding;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenTdx};
-use crate::tdx::certs::{check_crl, parse_pck_chain, verify_intel_chain, ChainShape, IntelChain};
-use crate::tdx::collateral::{self, ParsedCollateral, Window};
+use crate::tdx::certs::{
+    check_crl, parse_pck_chain, verify_intel_chain, CertError, ChainShape, IntelChain, PckChain,
+};
+use crate::tdx::collateral::{self, BodySignatureError, ParsedCollateral, TcbInfo, Window};
 use crate::tdx::crypto::{p256_key, verify_p256_raw};
-use crate::tdx::tcb::{module_level, platform_level, qe_level};
+use crate::tdx::tcb::{module_level, platform_level, qe_level, TcbError, TcbMatch};
 use crate::tdx::{SgxExtensions, TcbStatus, TdQuote, TdReportBody, TdxCollateral};
+use std::sync::Arc;
 
 /// Returns the quoted RTMR3 when the quote's PCK chain and signatures verified (for
 /// `workload.rtmr3`), else `None`.
@@ -211,6 +214,32 @@ fn chain_text(chain: &IntelChain) -> String {
     chain.describe()
 }
 
+// The steps below feed each other, as in dcap-qvl's `verify.rs`: PCK chain -> QE report
+// signature -> QE report data binding -> quote signature -> collateral -> TCB info / QE identity
+// -> revocation -> TCB status -> measurements. Each records its check and hands the next step
+// the fact it established (or `None`), so no step runs on data an earlier one did not verify.
+
+/// Step 1: the quote's PCK chain, verified up to a trusted root at the verification time.
+struct VerifiedPck {
+    chain: IntelChain,
+    /// The parsed chain, with the PCK leaf's SGX extensions (FMSPC, PCE ID, SVNs) or why they
+    /// could not be read.
+    parsed: Arc<PckChain>,
+}
+
+/// Steps 2-4: the QE report is signed by the PCK key, binds the attestation key, and that key
+/// signed the quote. Only this unlocks the collateral and measurement checks.
+struct VerifiedQuote<'a> {
+    quote: &'a TdQuote,
+    pck: VerifiedPck,
+}
+
+/// The TCB info verified (signed, current, TDX v3) and for this platform's FMSPC / PCE ID.
+struct VerifiedTcbInfo<'a> {
+    info: &'a TcbInfo,
+    extensions: &'a SgxExtensions,
+}
+
 /// Every check of a TD quote that needs only the quote, its collateral and the expectations.
 /// Returns false when the quote's signatures could not be established (later checks would mean
 /// nothing).
@@ -221,59 +250,99 @@ pub(crate) fn check_quote(
     options: &VerifyOptions,
     checks: &mut Checks,
 ) -> bool {
-    let at = options.at_unix;
-    // PCK chain, from the quote's certification data.
+    let Some(pck) = verify_pck_chain(quote, options, checks) else {
+        return false;
+    };
+    let Some(verified) = verify_quote_signatures(quote, pck, checks) else {
+        return false;
+    };
+    check_collateral(&verified, collateral, expectations, options, checks);
+    check_measurements(&verified, expectations, checks);
+    true
+}
+
+/// Step 1: `tdx.pck_chain`.
+fn verify_pck_chain(
+    quote: &TdQuote,
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) -> Option<VerifiedPck> {
     let parsed_chain = match parse_pck_chain(&quote.pck_chain_pem) {
         Ok(chain) => chain,
         Err(e) => {
             checks.fail("tdx.pck_chain", format!("PCK certificate chain: {e}"));
-            return false;
+            return None;
         }
     };
-    let pck = match verify_intel_chain(
+    match verify_intel_chain(
         "PCK certificate",
         &parsed_chain.certs,
         ChainShape::ThroughIntermediate,
         &options.tdx_roots,
-        at,
+        options.at_unix,
     ) {
         Ok(chain) => {
             checks.pass(
                 "tdx.pck_chain",
                 format!("{}, valid at the verification time", chain_text(&chain)),
             );
-            chain
+            Some(VerifiedPck {
+                chain,
+                parsed: parsed_chain,
+            })
         }
         Err(e) => {
-            checks.fail("tdx.pck_chain", e);
-            return false;
+            checks.fail("tdx.pck_chain", e.to_string());
+            None
         }
-    };
-    let mut signatures_ok = true;
+    }
+}
+
+/// Steps 2-4. Each of the three checks is recorded even when an earlier one failed (the report
+/// says everything that is wrong), but only all three together verify the quote.
+fn verify_quote_signatures<'a>(
+    quote: &'a TdQuote,
+    pck: VerifiedPck,
+    checks: &mut Checks,
+) -> Option<VerifiedQuote<'a>> {
+    let qe_report_signed = verify_qe_report_signature(quote, &pck, checks);
+    let key_bound = check_qe_report_data(quote, checks);
+    let quote_signed = verify_quote_signature(quote, checks);
+    (qe_report_signed && key_bound && quote_signed).then_some(VerifiedQuote { quote, pck })
+}
+
+/// Step 2: `tdx.qe_report_signature`, by the verified PCK key.
+fn verify_qe_report_signature(quote: &TdQuote, pck: &VerifiedPck, checks: &mut Checks) -> bool {
     match verify_p256_raw(
-        &pck.leaf_key,
+        &pck.chain.leaf_key,
         quote.qe_report_bytes(),
         &quote.qe_report_signature,
     ) {
-        Ok(true) => checks.pass(
-            "tdx.qe_report_signature",
-            "the QE report's ECDSA P-256 signature verifies with the PCK key",
-        ),
+        Ok(true) => {
+            checks.pass(
+                "tdx.qe_report_signature",
+                "the QE report's ECDSA P-256 signature verifies with the PCK key",
+            );
+            true
+        }
         Ok(false) => {
-            signatures_ok = false;
             checks.fail(
                 "tdx.qe_report_signature",
                 "the QE report's signature does not verify with the PCK key",
             );
+            false
         }
         Err(e) => {
-            signatures_ok = false;
-            checks.fail("tdx.qe_report_signature", e);
+            checks.fail("tdx.qe_report_signature", e.to_string());
+            false
         }
     }
+}
+
+/// Step 3: `tdx.qe_report_data`, the QE report binding the attestation key.
+fn check_qe_report_data(quote: &TdQuote, checks: &mut Checks) -> bool {
     let expected = quote.expected_qe_report_data();
     let bound = expected == quote.qe_report.report_data;
-    signatures_ok &= bound;
     checks.compare(
         "tdx.qe_report_data",
         bound,
@@ -281,41 +350,38 @@ pub(crate) fn check_quote(
         hex::encode(expected),
         hex::encode(quote.qe_report.report_data),
     );
+    bound
+}
+
+/// Step 4: `tdx.quote_signature`, by the attestation key.
+fn verify_quote_signature(quote: &TdQuote, checks: &mut Checks) -> bool {
     match p256_key(&quote.attestation_key)
         .and_then(|key| verify_p256_raw(&key, quote.signed_bytes(), &quote.signature))
     {
-        Ok(true) => checks.pass(
-            "tdx.quote_signature",
-            "the quote's ECDSA P-256 signature over header || TD report body verifies with the attestation key",
-        ),
+        Ok(true) => {
+            checks.pass(
+                "tdx.quote_signature",
+                "the quote's ECDSA P-256 signature over header || TD report body verifies with the attestation key",
+            );
+            true
+        }
         Ok(false) => {
-            signatures_ok = false;
             checks.fail(
                 "tdx.quote_signature",
                 "the quote's signature does not verify with the attestation key",
             );
+            false
         }
         Err(e) => {
-            signatures_ok = false;
-            checks.fail("tdx.quote_signature", e);
+            checks.fail("tdx.quote_signature", e.to_string());
+            false
         }
     }
-    if !signatures_ok {
-        return false;
-    }
+}
 
-    let extensions = parsed_chain.extensions.clone();
-    check_collateral(
-        quote,
-        collateral,
-        &pck,
-        extensions,
-        expectations,
-        options,
-        checks,
-    );
-
-    let body = &quote.body;
+/// Last step: debug, MRSEAM, MRTD and the RTMRs of the verified quote against the golden values.
+fn check_measurements(verified: &VerifiedQuote, expectations: &GoldenTdx, checks: &mut Checks) {
+    let body = &verified.quote.body;
     checks.compare(
         "tdx.debug",
         !body.debug() || expectations.allow_debug,
@@ -366,7 +432,6 @@ pub(crate) fn check_quote(
             ),
         }
     }
-    true
 }
 
 fn allow_list(
@@ -399,39 +464,19 @@ fn allow_list(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Step 5: the collateral, then TCB info, QE identity, revocation and TCB status.
 fn check_collateral(
-    quote: &TdQuote,
+    verified: &VerifiedQuote,
     collateral: Option<(&TdxCollateral, &str)>,
-    pck: &IntelChain,
-    extensions: Result<SgxExtensions, String>,
     expectations: &GoldenTdx,
     options: &VerifyOptions,
     checks: &mut Checks,
 ) {
-    let at = options.at_unix;
-    let Some((collateral, source)) = collateral else {
-        checks.fail(
-            "tdx.collateral",
-            "no collateral: the evidence carries none and the verifier supplied none (TCB status cannot be judged)",
-        );
+    let Some((collateral, parsed)) = parse_collateral(collateral, checks) else {
         return;
     };
-    let parsed = match collateral::parse(collateral) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            checks.fail("tdx.collateral", e.to_string());
-            return;
-        }
-    };
-    checks.pass(
-        "tdx.collateral",
-        format!("TCB info and QE identity parsed ({source})"),
-    );
     let p: &ParsedCollateral = &parsed;
-
-    // TCB info: signed by a TCB Signing certificate under a trusted root, current, for this
-    // platform.
+    let at = options.at_unix;
     let tcb_chain = verify_intel_chain(
         "TCB Signing certificate",
         &p.tcb_info_chain,
@@ -439,10 +484,66 @@ fn check_collateral(
         &options.tdx_roots,
         at,
     );
+    let extensions = &verified.pck.parsed.extensions;
+    let tcb_info = check_tcb_info(p, &tcb_chain, extensions, at, checks);
+    // Intel signs both with the same certificate: do not check the same chain twice.
+    let qe_chain =
+        (collateral.qe_identity_issuer_chain != collateral.tcb_info_issuer_chain).then(|| {
+            verify_intel_chain(
+                "TCB Signing certificate",
+                &p.qe_identity_chain,
+                ChainShape::DirectlyUnderRoot,
+                &options.tdx_roots,
+                at,
+            )
+        });
+    let qe_chain = qe_chain.as_ref().unwrap_or(&tcb_chain);
+    let qe = check_qe_identity(p, qe_chain, verified.quote, at, checks);
+    check_revocation(p, &verified.pck.chain, tcb_chain.as_ref().ok(), at, checks);
+    if let Some(tcb_info) = tcb_info {
+        check_tcb_status(&tcb_info, verified.quote, &qe, expectations, checks);
+    }
+}
+
+/// Step 5a: `tdx.collateral`, the collateral to judge (the verifier's or the evidence's), parsed.
+fn parse_collateral<'c>(
+    collateral: Option<(&'c TdxCollateral, &str)>,
+    checks: &mut Checks,
+) -> Option<(&'c TdxCollateral, std::sync::Arc<ParsedCollateral>)> {
+    let Some((collateral, source)) = collateral else {
+        checks.fail(
+            "tdx.collateral",
+            "no collateral: the evidence carries none and the verifier supplied none (TCB status cannot be judged)",
+        );
+        return None;
+    };
+    match collateral::parse(collateral) {
+        Ok(parsed) => {
+            checks.pass(
+                "tdx.collateral",
+                format!("TCB info and QE identity parsed ({source})"),
+            );
+            Some((collateral, parsed))
+        }
+        Err(e) => {
+            checks.fail("tdx.collateral", e.to_string());
+            None
+        }
+    }
+}
+
+/// Step 5b: `tdx.tcb_info`, signed by a TCB Signing certificate under a trusted root, current,
+/// for this platform. Returns it only when all of that holds (the TCB status needs it).
+fn check_tcb_info<'a>(
+    p: &'a ParsedCollateral,
+    tcb_chain: &Result<IntelChain, CertError>,
+    extensions: &'a Result<SgxExtensions, CertError>,
+    at: i64,
+    checks: &mut Checks,
+) -> Option<VerifiedTcbInfo<'a>> {
     let mut problems = Vec::new();
-    match &tcb_chain {
-        Ok(_) => {}
-        Err(e) => problems.push(e.clone()),
+    if let Err(e) = tcb_chain {
+        problems.push(e.to_string());
     }
     signature_problem("TCB info", &p.tcb_info_signature, &mut problems);
     let info = &p.tcb_info;
@@ -459,7 +560,38 @@ fn check_collateral(
         &info.next_update,
         at,
     ));
-    let (actual_platform, platform_ok) = match &extensions {
+    let (actual_platform, platform_ok) = tcb_info_platform(info, extensions, &mut problems);
+    let tcb_info_ok = problems.is_empty();
+    let reason = match (tcb_info_ok, tcb_chain) {
+        (true, Ok(chain)) => format!(
+            "TCB info signed by {}, current at the verification time (issueDate {}, nextUpdate {}), for the PCK's FMSPC and PCE ID",
+            chain_text(chain),
+            info.issue_date,
+            info.next_update
+        ),
+        (true, Err(_)) => String::new(),
+        (false, _) => problems.join("; "),
+    };
+    checks.compare(
+        "tdx.tcb_info",
+        tcb_info_ok && platform_ok,
+        reason,
+        format!("fmspc {} pceId {}", info.fmspc, info.pce_id),
+        actual_platform,
+    );
+    match extensions {
+        Ok(extensions) if tcb_info_ok && platform_ok => Some(VerifiedTcbInfo { info, extensions }),
+        _ => None,
+    }
+}
+
+/// Whether the TCB info is for the PCK's platform (FMSPC and PCE ID), and the PCK's values.
+fn tcb_info_platform(
+    info: &TcbInfo,
+    extensions: &Result<SgxExtensions, CertError>,
+    problems: &mut Vec<String>,
+) -> (String, bool) {
+    match extensions {
         Ok(ext) => {
             let ok = info.fmspc.eq_ignore_ascii_case(&hex::encode(ext.fmspc))
                 && info.pce_id.eq_ignore_ascii_case(&hex::encode(ext.pce_id));
@@ -479,44 +611,21 @@ fn check_collateral(
             problems.push(format!("PCK certificate: {e}"));
             ("(unreadable PCK extensions)".into(), false)
         }
-    };
-    let tcb_info_ok = problems.is_empty();
-    checks.compare(
-        "tdx.tcb_info",
-        tcb_info_ok && platform_ok,
-        if tcb_info_ok {
-            match &tcb_chain {
-                Ok(chain) => format!(
-                    "TCB info signed by {}, current at the verification time (issueDate {}, nextUpdate {}), for the PCK's FMSPC and PCE ID",
-                    chain_text(chain),
-                    info.issue_date,
-                    info.next_update
-                ),
-                Err(_) => String::new(),
-            }
-        } else {
-            problems.join("; ")
-        },
-        format!("fmspc {} pceId {}", info.fmspc, info.pce_id),
-        actual_platform,
-    );
+    }
+}
 
-    // QE identity.
-    // Intel signs both with the same certificate: do not check the same chain twice.
-    let qe_chain = if collateral.qe_identity_issuer_chain == collateral.tcb_info_issuer_chain {
-        tcb_chain.clone()
-    } else {
-        verify_intel_chain(
-            "TCB Signing certificate",
-            &p.qe_identity_chain,
-            ChainShape::DirectlyUnderRoot,
-            &options.tdx_roots,
-            at,
-        )
-    };
+/// Step 5c: `tdx.qe_identity`, signed, current, and matching the quote's QE. Returns the QE's TCB
+/// level (or why it has none) for the TCB status.
+fn check_qe_identity(
+    p: &ParsedCollateral,
+    qe_chain: &Result<IntelChain, CertError>,
+    quote: &TdQuote,
+    at: i64,
+    checks: &mut Checks,
+) -> Result<TcbMatch, TcbError> {
     let mut problems = Vec::new();
-    if let Err(e) = &qe_chain {
-        problems.push(e.clone());
+    if let Err(e) = qe_chain {
+        problems.push(e.to_string());
     }
     signature_problem("QE identity", &p.qe_identity_signature, &mut problems);
     let identity = &p.qe_identity;
@@ -535,7 +644,7 @@ fn check_collateral(
     ));
     let qe = qe_level(identity, &quote.qe_report);
     if let Err(e) = &qe {
-        problems.push(e.clone());
+        problems.push(e.to_string());
     }
     let qe_identity_ok = problems.is_empty();
     checks.compare(
@@ -561,81 +670,91 @@ fn check_collateral(
             quote.qe_report.isvsvn
         ),
     );
+    qe
+}
 
-    // Revocation.
-    check_revocation(p, pck, tcb_chain.as_ref().ok(), at, checks);
+/// The platform, TDX module and QE levels found, their statuses and advisories, or why a level
+/// could not be found.
+#[derive(Default)]
+struct TcbLevels {
+    parts: Vec<String>,
+    statuses: Vec<TcbStatus>,
+    advisories: Vec<String>,
+    errors: Vec<String>,
+}
 
-    // TCB status: platform, TDX module and QE levels, each in the allow-list.
-    let Ok(ext) = &extensions else {
-        return;
-    };
-    if !tcb_info_ok || !platform_ok {
-        return;
+impl TcbLevels {
+    fn add(&mut self, part: String, level: &TcbMatch) {
+        self.parts.push(part);
+        self.statuses.push(level.status.clone());
+        self.advisories.extend(level.advisory_ids.clone());
     }
-    let platform = platform_level(info, ext, &quote.body);
-    let module = module_level(info, &quote.body);
-    let mut parts = Vec::new();
-    let mut statuses = Vec::new();
-    let mut advisories = Vec::new();
-    let mut errors = Vec::new();
-    match &platform {
-        Ok(m) => {
-            parts.push(format!("platform {} ({})", m.status, m.tcb_date));
-            statuses.push(m.status.clone());
-            advisories.extend(m.advisory_ids.clone());
-        }
-        Err(e) => errors.push(e.clone()),
+}
+
+/// Step 6: the TCB levels of the platform, the TDX module and the QE, from the verified TCB info.
+fn tcb_levels(
+    tcb_info: &VerifiedTcbInfo,
+    quote: &TdQuote,
+    qe: &Result<TcbMatch, TcbError>,
+) -> TcbLevels {
+    let mut levels = TcbLevels::default();
+    match platform_level(tcb_info.info, tcb_info.extensions, &quote.body) {
+        Ok(m) => levels.add(format!("platform {} ({})", m.status, m.tcb_date), &m),
+        Err(e) => levels.errors.push(e.to_string()),
     }
-    match &module {
-        Ok(Some(m)) => {
-            parts.push(format!("TDX module {}", m.status));
-            statuses.push(m.status.clone());
-            advisories.extend(m.advisory_ids.clone());
-        }
-        Ok(None) => parts.push("TDX module (version 0: no separate level)".into()),
-        Err(e) => errors.push(e.clone()),
+    match module_level(tcb_info.info, &quote.body) {
+        Ok(Some(m)) => levels.add(format!("TDX module {}", m.status), &m),
+        Ok(None) => levels
+            .parts
+            .push("TDX module (version 0: no separate level)".into()),
+        Err(e) => levels.errors.push(e.to_string()),
     }
-    match &qe {
-        Ok(m) => {
-            parts.push(format!("QE {}", m.status));
-            statuses.push(m.status.clone());
-            advisories.extend(m.advisory_ids.clone());
-        }
-        Err(e) => errors.push(format!("QE: {e}")),
+    match qe {
+        Ok(m) => levels.add(format!("QE {}", m.status), m),
+        Err(e) => levels.errors.push(format!("QE: {e}")),
     }
+    levels.advisories.sort();
+    levels.advisories.dedup();
+    levels
+}
+
+/// Step 7: `tdx.tcb_status`, every level's status in the golden measurement's allow-list.
+fn check_tcb_status(
+    tcb_info: &VerifiedTcbInfo,
+    quote: &TdQuote,
+    qe: &Result<TcbMatch, TcbError>,
+    expectations: &GoldenTdx,
+    checks: &mut Checks,
+) {
+    let levels = tcb_levels(tcb_info, quote, qe);
     let allowed = &expectations.tcb_statuses;
-    let not_allowed: Vec<&TcbStatus> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
-    advisories.sort();
-    advisories.dedup();
-    let reason = if !errors.is_empty() {
-        errors.join("; ")
+    let not_allowed: Vec<&TcbStatus> = levels
+        .statuses
+        .iter()
+        .filter(|s| !allowed.contains(s))
+        .collect();
+    let advisories = if levels.advisories.is_empty() {
+        String::new()
+    } else {
+        format!("; advisories: {}", levels.advisories.join(", "))
+    };
+    let reason = if !levels.errors.is_empty() {
+        levels.errors.join("; ")
     } else if not_allowed.is_empty() {
-        format!(
-            "every TCB level's status is allowed{}",
-            if advisories.is_empty() {
-                String::new()
-            } else {
-                format!("; advisories: {}", advisories.join(", "))
-            }
-        )
+        format!("every TCB level's status is allowed{advisories}")
     } else {
         format!(
-            "status {} is not allowed{}",
+            "status {} is not allowed{advisories}",
             not_allowed
                 .iter()
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
-                .join(", "),
-            if advisories.is_empty() {
-                String::new()
-            } else {
-                format!("; advisories: {}", advisories.join(", "))
-            }
+                .join(", ")
         )
     };
     checks.compare(
         "tdx.tcb_status",
-        errors.is_empty() && not_allowed.is_empty(),
+        levels.errors.is_empty() && not_allowed.is_empty(),
         reason,
         format!(
             "one of {}",
@@ -645,11 +764,15 @@ fn check_collateral(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        parts.join(", "),
+        levels.parts.join(", "),
     );
 }
 
-fn signature_problem(what: &str, result: &Result<bool, String>, problems: &mut Vec<String>) {
+fn signature_problem(
+    what: &str,
+    result: &Result<bool, BodySignatureError>,
+    problems: &mut Vec<String>,
+) {
     match result {
         Ok(true) => {}
         Ok(false) => problems.push(format!(
@@ -679,7 +802,7 @@ fn check_revocation(
         (Some(Ok(crl)), Some(issuer)) => {
             match check_crl("PCK CRL", crl, issuer, &[&pck.leaf], at) {
                 Ok(()) => done.push("PCK CRL"),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         (Some(Ok(_)), None) => problems.push("the PCK certificate has no intermediate CA".into()),
@@ -694,7 +817,7 @@ fn check_revocation(
             }
             match check_crl("root CA CRL", crl, &pck.root_certificate, &covered, at) {
                 Ok(()) => done.push("root CA CRL"),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         Some(Err(e)) => problems.push(format!("root CA CRL: {e}")),
