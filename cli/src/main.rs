@@ -62,7 +62,77 @@ enum Command {
     Inspect(inspect::InspectArgs),
 }
 
+/// The predecessor's positional form is taken only when its first argument is an IP address or
+/// HOST:PORT and its second looks like a token; anything else that is not a subcommand is an
+/// unknown command, with a suggestion. Without this, `cvm-cli inspct ev.json` packed ./workload
+/// and would have sent "ev.json" as a token to a host named "inspct".
+fn refuse_unknown_command(args: &[String]) -> Option<String> {
+    let first = args.get(1)?;
+    if first.starts_with('-') {
+        return None;
+    }
+    let command = <Cli as clap::CommandFactory>::command();
+    let names: Vec<String> = command
+        .get_subcommands()
+        .flat_map(|c| {
+            std::iter::once(c.get_name().to_owned()).chain(c.get_all_aliases().map(str::to_owned))
+        })
+        .chain(["help".to_owned()])
+        .collect();
+    if names.iter().any(|n| n == first) {
+        return None;
+    }
+    if looks_like_host(first) {
+        return match args.get(2) {
+            Some(token) if looks_like_token(token) => None,
+            Some(_) => Some(format!(
+                "`cvm-cli {first} <API TOKEN>`: the second argument does not look like an API \
+                 token (at least 16 characters, no spaces, dots or slashes); nothing was sent"
+            )),
+            None => None, // clap says the token is missing
+        };
+    }
+    let suggestion = names
+        .iter()
+        .map(|n| (strsim::jaro(first, n), n))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| format!("\n  tip: a similar subcommand exists: '{n}'"))
+        .unwrap_or_default();
+    Some(format!(
+        "unrecognized subcommand '{first}'{suggestion}\n  (the predecessor's `cvm-cli <VM IP> \
+         <API TOKEN>` needs an IP address or HOST:PORT first; see `cvm-cli --help`)"
+    ))
+}
+
+/// An IP address, or HOST:PORT (the agent's address as the predecessor's users typed it).
+fn looks_like_host(text: &str) -> bool {
+    if text.parse::<std::net::IpAddr>().is_ok() || text.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    })
+}
+
+/// A bearer token: long, one word, not a file name or a path.
+fn looks_like_token(text: &str) -> bool {
+    text.len() >= 16
+        && text
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '.' | '\\'))
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(message) = refuse_unknown_command(&args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let command = match (cli.command, cli.vm_ip, cli.api_token) {
         (Some(command), _, _) => command,
@@ -99,6 +169,60 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod positional_form_tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        std::iter::once("cvm-cli")
+            .chain(list.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn typos_are_unknown_commands_with_a_suggestion() {
+        let message = refuse_unknown_command(&args(&["inspct", "ev.json"])).unwrap();
+        assert!(
+            message.contains("unrecognized subcommand 'inspct'"),
+            "{message}"
+        );
+        assert!(message.contains("'inspect'"), "{message}");
+        let message = refuse_unknown_command(&args(&["verfy", "--host", "x"])).unwrap();
+        assert!(message.contains("'verify'"), "{message}");
+        assert!(refuse_unknown_command(&args(&["frobnicate", "a"]))
+            .unwrap()
+            .contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn the_predecessors_form_needs_an_address_and_a_token() {
+        let token = "0123456789abcdef0123";
+        for host in [
+            "10.0.0.4",
+            "127.0.0.1:18000",
+            "[::1]:8000",
+            "vm.example:8000",
+        ] {
+            assert_eq!(
+                refuse_unknown_command(&args(&[host, token])),
+                None,
+                "{host}"
+            );
+        }
+        assert!(refuse_unknown_command(&args(&["10.0.0.4", "ev.json"])).is_some());
+        assert!(refuse_unknown_command(&args(&["10.0.0.4", "short"])).is_some());
+        for ok in [
+            vec!["verify", "--help"],
+            vec!["--version"],
+            vec![],
+            vec!["help"],
+        ] {
+            assert_eq!(refuse_unknown_command(&args(&ok)), None, "{ok:?}");
         }
     }
 }
