@@ -257,20 +257,7 @@ impl Tpm {
             }
         }
         let template = restricted_ecc_signing_template().map_err(command("AK template"))?;
-        let created = self
-            .context
-            .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
-            })
-            .map_err(command("CreatePrimary (AK)"))?;
-        Ok(AttestationKey {
-            handle: created.key_handle,
-            public: created
-                .out_public
-                .marshall()
-                .map_err(command("marshal AK public"))?,
-            source: AkSource::CreatedPrimary,
-        })
+        self.create_primary(Hierarchy::Endorsement, template, "CreatePrimary (AK)")
     }
 
     /// Creates a primary key from a marshalled TPMT_PUBLIC template, in the endorsement hierarchy
@@ -288,12 +275,22 @@ impl Tpm {
         } else {
             Hierarchy::Owner
         };
+        self.create_primary(hierarchy, template, "CreatePrimary (template)")
+    }
+
+    /// CreatePrimary under `hierarchy` from `template`, as an AK.
+    fn create_primary(
+        &mut self,
+        hierarchy: Hierarchy,
+        template: Public,
+        operation: &'static str,
+    ) -> Result<AttestationKey, TpmError> {
         let created = self
             .context
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create_primary(hierarchy, template, None, None, None, None)
             })
-            .map_err(command("CreatePrimary (template)"))?;
+            .map_err(command(operation))?;
         Ok(AttestationKey {
             handle: created.key_handle,
             public: created

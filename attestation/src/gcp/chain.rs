@@ -31,16 +31,9 @@ pub(crate) fn anchor<'r>(
     roots: &'r [TrustedRoot],
     at: &Asn1Time,
 ) -> Result<&'r TrustedRoot, GcpError> {
-    let tried = roots
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tried = crate::snp::certs::root_names(roots);
     // A root whose own self-signature fails must not anchor anything.
-    let anchors: Vec<&TrustedRoot> = roots
-        .iter()
-        .filter(|root| signed_by(&root.certificate, &root.certificate))
-        .collect();
+    let anchors = crate::snp::certs::anchors(roots);
     if anchors.is_empty() {
         return Err(GcpError::NoUsableRoot { tried });
     }

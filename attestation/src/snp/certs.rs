@@ -122,6 +122,25 @@ pub fn amd_builtin_asks() -> Vec<X509> {
     .clone()
 }
 
+/// The roots a chain may end in, for every chain walker (AMD, Intel, Google, AWS): their names
+/// for reports, and the ones whose own self-signature holds (a corrupted pinned certificate must
+/// not anchor anything).
+pub(crate) fn root_names(roots: &[TrustedRoot]) -> String {
+    roots
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// See [`root_names`].
+pub(crate) fn anchors(roots: &[TrustedRoot]) -> Vec<&TrustedRoot> {
+    roots
+        .iter()
+        .filter(|root| signed_by(&root.certificate, &root.certificate))
+        .collect()
+}
+
 /// Whether `cert` carries a valid signature by `issuer`'s key.
 ///
 /// The answer depends only on the two certificates' bytes, so it is remembered per process by
@@ -269,11 +288,7 @@ pub fn verify_chain(
     at_unix: i64,
 ) -> Result<VerifiedChain, ChainError> {
     let at = Asn1Time::from_unix(at_unix)?;
-    let tried = roots
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tried = root_names(roots);
     let leaf_key = check_report_key(leaf)?;
     // Errors about intermediates that carry the leaf's issuer name say more than errors about
     // the others (built-in ASKs of other products, say).

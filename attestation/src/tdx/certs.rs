@@ -209,15 +209,8 @@ pub fn verify_intel_chain(
     let leaf = certs.first().ok_or_else(|| CertError::NoLeaf {
         leaf_name: leaf_name.to_owned(),
     })?;
-    let tried = roots
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let anchors: Vec<&TrustedRoot> = roots
-        .iter()
-        .filter(|root| signed_by(&root.certificate, &root.certificate))
-        .collect();
+    let tried = crate::snp::certs::root_names(roots);
+    let anchors = crate::snp::certs::anchors(roots);
     let candidates: Vec<Option<&X509>> = match shape {
         ChainShape::DirectlyUnderRoot => vec![None],
         ChainShape::ThroughIntermediate => certs[1..].iter().map(Some).collect(),
