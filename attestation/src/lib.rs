@@ -18,6 +18,7 @@ pub mod golden;
 pub mod measurements;
 pub mod nitro;
 pub mod pki;
+pub mod provision;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
