@@ -4,11 +4,17 @@
 //! reuses it when it still explains the PCR. Immediately before every `compose up` the folder is
 //! measured again and must equal the last generation in the log, so nothing changed behind the
 //! agent's back ever starts unmeasured.
+//!
+//! An image may carry no workload (nothing seeded, nothing uploaded yet): the agent then measures
+//! an empty generation (the token's commitment and a separator), runs nothing, serves, and waits
+//! for its first `/update-workload`. A compose file that appears later without being uploaded is
+//! refused like any other unmeasured change.
 
 use crate::engine::Engine;
 use crate::tpm_actor::TpmActor;
 use anyhow::{bail, Context, Result};
 use cvm_attestation::golden::{AllowedWorkload, GoldenWorkload};
+use cvm_attestation::workload::folder::COMPOSE_FILE;
 use cvm_attestation::workload::{
     differences, replay, EventKind, TokenCommitment, WorkloadEvent, WorkloadFolder, WorkloadLog,
 };
@@ -120,8 +126,10 @@ impl Workloads {
             None if pcr == [0; 32] => {
                 let salt = token.as_ref().map(|_| fresh_salt()).transpose()?;
                 let commitment = commit(token.as_deref(), salt);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 let (events, image_ids) =
-                    prepare(engine.as_ref(), &dir, commitment.as_ref()).await?;
+                    prepare(engine.as_ref(), &dir, commitment.as_ref(), Empty::Allowed).await?;
                 let mut log = WorkloadLog::from_events(events.clone());
                 log.rtmr3_failure = tpm.extend_workload(events.clone()).await?.rtmr3_failure;
                 let state = Measured {
@@ -182,8 +190,13 @@ impl Workloads {
         let _guard = self.busy.lock().await;
         // 1. Validate and resolve everything before touching the running workload.
         let commitment = self.token_commitment().await?;
-        let (events, image_ids) =
-            prepare(self.engine.as_ref(), staged, commitment.as_ref()).await?;
+        let (events, image_ids) = prepare(
+            self.engine.as_ref(),
+            staged,
+            commitment.as_ref(),
+            Empty::Refused,
+        )
+        .await?;
         // 2. Measure before running.
         self.extend(events, image_ids).await?;
         // 3. Stop the old one, swap folders atomically, start the new one.
@@ -211,8 +224,13 @@ impl Workloads {
                 let _ = std::fs::remove_dir_all(&failed);
                 std::fs::rename(&self.dir, &failed)?;
                 std::fs::rename(&previous, &self.dir)?;
-                let (old_events, old_ids) =
-                    prepare(self.engine.as_ref(), &self.dir, commitment.as_ref()).await?;
+                let (old_events, old_ids) = prepare(
+                    self.engine.as_ref(),
+                    &self.dir,
+                    commitment.as_ref(),
+                    Empty::Allowed,
+                )
+                .await?;
                 self.extend(old_events, old_ids).await?;
                 self.run(&self.dir).await?;
                 *self.refused.write().await = None;
@@ -260,10 +278,14 @@ impl Workloads {
     /// measuring the folder again: it must be exactly the last generation in the log, or
     /// [`Unmeasured`] is returned and nothing is started.
     async fn run(&self, dir: &Path) -> Result<()> {
-        let (folder, image_ids) = self.remeasure(dir).await.map_err(|reason| Unmeasured {
+        let Some((folder, image_ids)) = self.remeasure(dir).await.map_err(|reason| Unmeasured {
             dir: dir.to_owned(),
             reason,
-        })?;
+        })?
+        else {
+            tracing::info!(dir = %dir.display(), "no workload yet: waiting for /update-workload");
+            return Ok(());
+        };
         let pinned = folder.compose.with_images(&image_ids)?;
         let file = self.state_dir.join("docker-compose.pinned.yml");
         std::fs::write(&file, pinned).with_context(|| format!("writing {}", file.display()))?;
@@ -279,14 +301,25 @@ impl Workloads {
 
     /// Reads `dir` and compares its events with the last measured generation, whose image
     /// events give the IDs (so the log, which PCR 23 vouches for, decides what is pinned).
-    /// Returns the folder as read (the compose file to pin comes from this very read) or why it
-    /// is not the measured workload.
+    /// Returns the folder as read (the compose file to pin comes from this very read), `None`
+    /// when the measured generation is empty and the folder has no compose file, or why it is not
+    /// the measured workload.
     async fn remeasure(
         &self,
         dir: &Path,
-    ) -> std::result::Result<(WorkloadFolder, BTreeMap<String, String>), String> {
+    ) -> std::result::Result<Option<(WorkloadFolder, BTreeMap<String, String>)>, String> {
         let measured = self.measured.read().await;
         let last = measured.last_generation().map_err(|e| format!("{e:#}"))?;
+        let measured_empty = !last.iter().any(|e| e.kind == EventKind::ComposeFile);
+        match (measured_empty, dir.join(COMPOSE_FILE).exists()) {
+            (true, false) => return Ok(None),
+            (true, true) => {
+                return Err(format!(
+                    "the measured workload is empty, but {COMPOSE_FILE} appeared in the folder"
+                ))
+            }
+            _ => {}
+        }
         let image_ids: BTreeMap<String, String> = last
             .iter()
             .filter(|event| event.kind == EventKind::Image)
@@ -301,12 +334,14 @@ impl Workloads {
         if replay(&events) != replay(last) {
             return Err(differences(last, &events).join("; "));
         }
-        Ok((folder, image_ids))
+        Ok(Some((folder, image_ids)))
     }
 
     async fn compose_down(&self) -> Result<()> {
         let file = self.state_dir.join("docker-compose.pinned.yml");
         match &self.engine {
+            // Nothing ran yet (an empty workload): nothing to stop.
+            Some(_) if !file.exists() => Ok(()),
             Some(engine) => {
                 engine
                     .compose(PROJECT, &file, &self.dir, &["down", "--timeout", "10"])
@@ -317,13 +352,31 @@ impl Workloads {
     }
 }
 
+/// Whether a folder without a compose file is an empty workload (the agent's own folder at
+/// start-up or in a rollback) or an error (an upload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Empty {
+    Allowed,
+    Refused,
+}
+
 /// Loads archives, resolves image IDs, and computes the events of the workload in `dir`. Without
 /// an engine (measure-only) the IDs come from the archives alone.
 async fn prepare(
     engine: Option<&Engine>,
     dir: &Path,
     token: Option<&TokenCommitment>,
+    empty: Empty,
 ) -> Result<(Vec<WorkloadEvent>, BTreeMap<String, String>)> {
+    if empty == Empty::Allowed && !dir.join(COMPOSE_FILE).exists() {
+        tracing::warn!(dir = %dir.display(), "no {COMPOSE_FILE}: measuring an empty workload");
+        let events = token
+            .map(TokenCommitment::event)
+            .into_iter()
+            .chain([WorkloadEvent::separator()])
+            .collect();
+        return Ok((events, BTreeMap::new()));
+    }
     let folder =
         WorkloadFolder::read(dir).with_context(|| format!("workload {}", dir.display()))?;
     let image_ids = match engine {

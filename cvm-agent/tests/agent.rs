@@ -28,14 +28,36 @@ struct TestVm {
     agent: Option<Agent>,
 }
 
+/// The example workload's service with its answer written to the log instead of served on a
+/// published port (engines of parallel tests share the host's ports); `run-local.sh` runs the
+/// example itself in the production image.
+const COMPOSE: &str = r#"services:
+  hello:
+    image: localhost/cvm-example/hello:1
+    command:
+      - sh
+      - -c
+      - |
+        cat /config/message.txt
+        test -S /run/cvm-agent/api/api.sock && echo "agent API socket: reachable"
+        while true; do sleep 3600; done
+    env_file: app.env
+    volumes:
+      - ./config:/config:ro
+      - ./secrets:/secrets:ro
+      - ${CVM_AGENT_SOCKET_DIR:-/run/cvm-agent/api}:/run/cvm-agent/api:ro
+    restart: unless-stopped
+"#;
+
 /// The example workload plus its image archive, with an optional message.
 fn write_workload(dir: &Path, message: &str) {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workload");
     std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
-    for file in ["docker-compose.yml", "app.env", "secrets/README.md"] {
+    for file in ["app.env", "secrets/README.md"] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
     }
+    std::fs::write(dir.join("docker-compose.yml"), COMPOSE).unwrap();
     std::fs::write(dir.join("config/message.txt"), message).unwrap();
     let archive = busybox_image_archive(IMAGE, &["sh"], &[]).unwrap();
     std::fs::write(dir.join("hello.tar"), archive.bytes).unwrap();
@@ -324,6 +346,54 @@ async fn docker_agent_measures_runs_and_attests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_agent_measures_runs_and_attests() {
     measures_runs_and_attests(EngineKind::Podman).await;
+}
+
+/// An image with no workload: the agent measures an empty generation (the token's commitment),
+/// serves, refuses a compose file that appears unmeasured, and takes its first workload by upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_workload_serves_and_takes_the_first_upload() {
+    let swtpm = Swtpm::start().unwrap();
+    let engine = ContainerEngine::start(EngineKind::Podman).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let mut vm = TestVm {
+        swtpm,
+        engine,
+        dir,
+        agent: None,
+    };
+    assert_eq!(vm.start_agent().await, StartKind::Measured);
+    let salt = token_salt(vm.agent()).await;
+    let empty = vec![
+        TokenCommitment::new(salt, TOKEN).event(),
+        WorkloadEvent::separator(),
+    ];
+    assert_eq!(
+        hex::encode(vm.pcr23().await),
+        cvm_attestation::workload::replay(&empty).to_hex()
+    );
+    let (status, health) = get_json(vm.agent().local_addr, "/health").await.unwrap();
+    assert_eq!((status, &health["workload"]), (200, &json!([])), "{health}");
+    let answer = vm.verify_against(empty.clone()).await;
+    assert_eq!(answer["success"], true, "{answer:#}");
+
+    // A compose file written behind the agent's back is not run after a restart.
+    write_workload(&vm.workload_dir(), "never measured\n");
+    vm.agent = None;
+    assert_eq!(vm.start_agent().await, StartKind::Restored);
+    let refused = vm.agent().state.workloads.refused().await.expect("refused");
+    assert!(refused.contains("appeared"), "{refused}");
+    std::fs::remove_dir_all(vm.workload_dir()).unwrap();
+    std::fs::create_dir(vm.workload_dir()).unwrap();
+
+    let first = tempfile::tempdir().unwrap();
+    write_workload(first.path(), "first upload\n");
+    let response = vm.upload(TOKEN, &zip_folder(first.path())).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    wait_for_log(&vm, "first upload").await;
+    let expected = vm.offline_events(first.path()).await;
+    let answer = vm.verify_against(expected).await;
+    assert_eq!(answer["success"], true, "{answer:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@ use super::report::Checks;
 use super::Facts;
 use crate::evidence::{Cloud, Evidence, Tee};
 use crate::golden::{GoldenMeasurement, GoldenWorkload};
-use crate::workload::{differences as diff, replay, WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
+use crate::workload::{
+    differences as diff, replay, EventKind, WorkloadEvent, WorkloadLog, WORKLOAD_PCR,
+};
 
 /// The first Linux release whose TDX guest driver lets user space extend an RTMR
 /// (`/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384`; docs/measurement.md).
@@ -186,16 +188,25 @@ fn check_running(expected: &GoldenWorkload, current: &[WorkloadEvent], checks: &
 /// `workload.updates`: a workload replaced after boot is allowed at all, and every earlier
 /// generation was an allowed measurement too (uploading something else and then the golden
 /// workload again must not pass).
+/// Empty generations (an image booted without a workload: only the token's commitment was
+/// measured, nothing ran) are not workloads and are not counted.
 fn check_earlier(expected: &GoldenWorkload, earlier: &[&[WorkloadEvent]], checks: &mut Checks) {
-    let updates = earlier.len();
+    let empty = earlier.iter().filter(|g| is_empty_generation(g)).count();
+    let total = earlier.len() + 1;
+    let updates = earlier.len() - empty;
     if updates == 0 {
         checks.pass(
             "workload.updates",
-            "the workload has not been replaced since boot",
+            match empty {
+                0 => "the workload has not been replaced since boot".to_owned(),
+                n => format!(
+                    "no other workload ran since boot (before it: {n} empty generation(s), \
+                     nothing but the API token's commitment measured)"
+                ),
+            },
         );
         return;
     }
-    let total = updates + 1;
     if !expected.allows_several_generations() {
         checks.fail(
             "workload.updates",
@@ -209,6 +220,7 @@ fn check_earlier(expected: &GoldenWorkload, earlier: &[&[WorkloadEvent]], checks
     let problems: Vec<String> = earlier
         .iter()
         .enumerate()
+        .filter(|(_, generation)| !is_empty_generation(generation))
         .filter(|(_, generation)| expected.find(generation).is_none())
         .map(|(index, generation)| {
             format!(
@@ -231,6 +243,13 @@ fn check_earlier(expected: &GoldenWorkload, earlier: &[&[WorkloadEvent]], checks
     } else {
         checks.fail("workload.updates", problems.join(" | "));
     }
+}
+
+/// A generation in which nothing ran: the API token's commitment at most, then the separator.
+fn is_empty_generation(generation: &[WorkloadEvent]) -> bool {
+    generation
+        .iter()
+        .all(|e| matches!(e.kind, EventKind::ApiToken | EventKind::Separator))
 }
 
 /// Says that the other allowed measurements did not match either.
@@ -298,6 +317,30 @@ mod tests {
         // Restarts of the same workload still pass.
         let report = checked(&golden, &[&good, &good]);
         assert_eq!(status(&report, "workload.updates").0, Status::Pass);
+    }
+
+    #[test]
+    fn empty_generations_are_not_workloads_but_do_not_hide_evil_ones() {
+        let (good, evil) = (measurement(), measurement());
+        let token = crate::workload::TokenCommitment::new([7; 32], "t".repeat(40).as_str());
+        let empty = vec![token.event(), WorkloadEvent::separator()];
+        // Booted without a workload, then the golden one uploaded: no update in the golden sense.
+        let report = checked(&GoldenWorkload::new(good.clone()), &[&empty, &good]);
+        let (state, reason) = status(&report, "workload.updates");
+        assert_eq!(state, Status::Pass, "{reason}");
+        assert!(reason.contains("1 empty generation"), "{reason}");
+        // An evil generation after the empty one still fails, numbered as in the log.
+        let golden = GoldenWorkload {
+            allow_updates: true,
+            ..GoldenWorkload::new(good.clone())
+        };
+        let report = checked(&golden, &[&empty, &evil, &good]);
+        let (state, reason) = status(&report, "workload.updates");
+        assert_eq!(state, Status::Fail, "{reason}");
+        assert!(reason.contains("generation 2 of 3"), "{reason}");
+        // Nothing running (the empty generation is current) is not the golden workload.
+        let report = checked(&golden, &[&empty]);
+        assert_eq!(status(&report, "workload.measurement").0, Status::Fail);
     }
 
     #[test]
