@@ -6,6 +6,7 @@
 //! the same one the agent creates) is computed before the guest ever runs and saved as `ak.pub`.
 //! `cvm-cli verify --trusted-ak <state>/ak.pub` then accepts exactly that TPM.
 
+use crate::deploy::token::write_api_token;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::encode_base64;
@@ -30,6 +31,10 @@ pub struct DeployLocalArgs {
     /// Host port forwarded to the agent's external port 8000.
     #[arg(long, default_value_t = 18000)]
     port: u16,
+    /// Also forward host port HOST (on 127.0.0.1) to guest port GUEST, e.g. `18080:8080` for a
+    /// workload's published port (repeatable).
+    #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
+    forwards: Vec<(u16, u16)>,
     #[arg(long, default_value_t = 1024)]
     memory_mib: u32,
     #[arg(long, default_value_t = 2)]
@@ -54,6 +59,20 @@ pub struct DeployLocalArgs {
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// `HOST:GUEST` port pair of `--forward`.
+fn parse_forward(arg: &str) -> std::result::Result<(u16, u16), String> {
+    let (host, guest) = arg
+        .split_once(':')
+        .ok_or_else(|| format!("{arg:?}: expected HOST_PORT:GUEST_PORT, e.g. 18080:8080"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{p:?} is not a port number (1-65535)"))
+    };
+    Ok((port(host)?, port(guest)?))
 }
 
 /// Why this host cannot launch SEV-SNP guests, or the host's C-bit position and reduced
@@ -215,6 +234,9 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         "  agent       https://127.0.0.1:{} -> guest port 8000",
         args.port
     );
+    for (host, guest) in &args.forwards {
+        println!("  forward     127.0.0.1:{host} -> guest port {guest}");
+    }
     println!(
         "  API token   new random, in {} (to the guest by fw_cfg)",
         dir.join("api-token").display()
@@ -287,9 +309,13 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         config.cpu = Some(SNP_VCPU_TYPE.into());
         config.snp = Some(launch);
     }
+    let mut netdev = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:8000", args.port);
+    for (host, guest) in &args.forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
     config.extra_args = vec![
         "-netdev".into(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:8000", args.port),
+        netdev,
         // No option ROM: nothing but the disk is measured at boot (PCR 2 and 4 stay predictable).
         "-device".into(),
         "virtio-net-pci,netdev=net0,romfile=".into(),
@@ -342,6 +368,9 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     );
     println!("  agent        https://127.0.0.1:{}", args.port);
     println!("  pinned AK    {}", ak_path.display());
+    for (host, guest) in &args.forwards {
+        println!("  forwarded    127.0.0.1:{host} -> guest port {guest}");
+    }
     println!("  API token    {}", token_path.display());
     println!("  console log  {}", serial.display());
     println!("Verify it:");
@@ -365,23 +394,6 @@ const SNP_VCPU_TYPE: &str = "EPYC-v4";
 /// The fw_cfg entry the guest reads its API token from
 /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/cvm/api-token/raw`).
 const API_TOKEN_FW_CFG: &str = "opt/cvm/api-token";
-
-/// A fresh random API token (hex, no newline), readable by the owner only.
-fn write_api_token(dir: &Path) -> Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = [0u8; 32];
-    openssl::rand::rand_bytes(&mut bytes).context("random API token")?;
-    let path = dir.join("api-token");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(hex::encode(bytes).as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
 
 /// Stops a local VM started by deploy-local and deletes its state.
 pub fn cleanup(name: &str) -> Result<()> {
@@ -489,6 +501,18 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_name_what_is_wrong() {
+        assert_eq!(parse_forward("18080:8080"), Ok((18080, 8080)));
+        assert!(parse_forward("18080")
+            .unwrap_err()
+            .contains("HOST_PORT:GUEST_PORT"));
+        assert!(parse_forward("0:8080").unwrap_err().contains("\"0\""));
+        assert!(parse_forward("18080:http")
+            .unwrap_err()
+            .contains("\"http\""));
+    }
 
     #[test]
     fn snp_needs_qemu_9_1() {

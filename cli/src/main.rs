@@ -44,7 +44,7 @@ enum Command {
     /// group, SEV-SNP instance.
     DeployAws(deploy::aws::DeployAwsArgs),
     /// Deploy an image to Azure: managed disk by direct page upload, network, confidential VM
-    /// (SEV-SNP or TDX) with vTPM and Secure Boot.
+    /// (SEV-SNP or TDX) with vTPM; Secure Boot only with --secure-boot.
     DeployAzure(deploy::azure::DeployAzureArgs),
     /// Deploy an image to Google Cloud: disk.tar.gz into your bucket, image, firewall rule,
     /// confidential instance (TDX on c3, SEV-SNP on n2d).

@@ -1,12 +1,15 @@
 //! `cvm-cli deploy-aws` and `cleanup --aws` against the moto emulator through the real SDK
 //! (EBS direct APIs) and SigV4-signed EC2 calls: the snapshot must hold exactly the image, the
 //! EC2 calls must ask for UEFI + TPM 2.0 + SEV-SNP (moto records them; it ignores those
-//! parameters itself), and failures must undo what was created.
+//! parameters itself), the instance's user data must carry the token kept in the deployment's
+//! 0600 token file, and failures must undo what was created (the token file included).
 
 mod common;
 
+use base64::Engine;
+use cvm_attestation::provision::UserData;
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use test_support::Moto;
@@ -36,14 +39,19 @@ fn sample_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, content)
 }
 
-/// `cvm-cli` with moto as every AWS endpoint and nothing from the user's AWS configuration.
-fn cli(moto: &Moto, args: &[&str]) -> Output {
-    aws_command(moto).args(args).output().expect("cvm-cli runs")
+/// `cvm-cli` with moto as every AWS endpoint, nothing from the user's AWS configuration, and
+/// its state (the deployments' token files) under `state`.
+fn cli(moto: &Moto, state: &Path, args: &[&str]) -> Output {
+    aws_command(moto, state)
+        .args(args)
+        .output()
+        .expect("cvm-cli runs")
 }
 
-fn aws_command(moto: &Moto) -> Command {
+fn aws_command(moto: &Moto, state: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cvm-cli"));
     command
+        .env("XDG_STATE_HOME", state)
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -108,6 +116,22 @@ async fn snapshot_blocks(moto: &Moto, snapshot: &str) -> BTreeMap<i32, Vec<u8>> 
     blocks
 }
 
+/// The token a RunInstances call handed the instance, checked against the deployment's token
+/// file: the same token, the file private to its owner.
+fn token_in_user_data(run: &BTreeMap<String, String>, token_file: &Path) -> String {
+    let document = base64::engine::general_purpose::STANDARD
+        .decode(&run["UserData"])
+        .expect("UserData is base64");
+    let token = UserData::parse(&document)
+        .expect("UserData is the agent's document")
+        .cvm_api_token;
+    assert_eq!(std::fs::read_to_string(token_file).unwrap(), token);
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    let mode = std::fs::metadata(token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
+    token
+}
+
 fn resource(deployed: &serde_json::Value, kind: &str) -> String {
     deployed["resources"]
         .as_array()
@@ -124,10 +148,12 @@ fn resource(deployed: &serde_json::Value, kind: &str) -> String {
 async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     let moto = Moto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
     let (image, content) = sample_image(dir.path());
 
     let output = cli(
         &moto,
+        &state,
         &[
             "deploy-aws",
             "--image",
@@ -151,6 +177,20 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     let mut lines = stdout.lines();
     let plan: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(plan["plan"]["ports"], serde_json::json!([8000, 443, 80]));
+    assert_eq!(plan["plan"]["secure_boot"]["enabled"], false);
+    assert!(plan["plan"]["secure_boot"]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("off (image unsigned"));
+    assert!(plan["plan"]["api_token"]["passed_via"]
+        .as_str()
+        .unwrap()
+        .contains("RunInstances UserData"));
+    let token_file = state.join("cvm-cli/aws/cvm-e2e/api-token");
+    assert_eq!(
+        plan["plan"]["api_token"]["file"],
+        token_file.to_str().unwrap()
+    );
     let deployed: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     let deployed = &deployed["deployed"];
     assert_eq!(deployed["upload"]["blocks_total"], 10);
@@ -184,8 +224,17 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     ] {
         assert_eq!(register.get(key).map(String::as_str), Some(value), "{key}");
     }
+    // Secure Boot stays off: no UEFI variable store with keys is registered.
+    assert!(!register.contains_key("UefiData"), "{register:?}");
     let run = &moto.ec2_calls("RunInstances").unwrap()[0];
     assert_eq!(run["CpuOptions.AmdSevSnp"], "enabled");
+    // The agent's token: in the instance's user data, and kept here in a 0600 file.
+    assert_eq!(deployed["api_token_file"], token_file.to_str().unwrap());
+    let token = token_in_user_data(run, &token_file);
+    assert!(deployed["update_command"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("--token-file {}", token_file.display())));
     assert_eq!(run["InstanceType"], "m6a.large");
     assert_eq!(run["ImageId"], resource(deployed, "image"));
     let ingress = &moto.ec2_calls("AuthorizeSecurityGroupIngress").unwrap()[0];
@@ -194,41 +243,121 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
         .collect();
     assert_eq!(ports, ["8000", "443", "80"]);
 
-    // Cleanup deletes exactly this deployment's resources, and then finds nothing.
+    // A second deploy under the same name is refused while the token file exists: the file is
+    // never overwritten, and nothing is created.
+    let calls = moto.recording().unwrap().len();
+    let refused = cli(
+        &moto,
+        &state,
+        &[
+            "deploy-aws",
+            "--image",
+            image.to_str().unwrap(),
+            "--vm_name",
+            "cvm-e2e",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let said = text(&refused);
+    assert!(
+        said.contains(&format!("{} already exists", token_file.display()))
+            && said.contains("never overwritten")
+            && said.contains("cvm-cli cleanup --aws cvm-e2e"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    assert_eq!(moto.recording().unwrap().len(), calls, "nothing was sent");
+
+    // Cleanup deletes exactly this deployment's resources and its token file, and then finds
+    // nothing.
     let other = cli(
         &moto,
+        &state,
         &["cleanup", "--aws", "someone-else", "--region", "us-east-2"],
     );
     assert!(text(&other).contains("nothing tagged"), "{}", text(&other));
-    let cleanup = cli(&moto, &["cleanup", "--aws", "cvm-e2e"]);
+    let cleanup = cli(&moto, &state, &["cleanup", "--aws", "cvm-e2e"]);
     assert!(cleanup.status.success(), "{}", text(&cleanup));
     let report = text(&cleanup);
     for kind in ["instance", "security-group", "image", "snapshot"] {
         let id = resource(deployed, kind);
         assert!(report.contains(&format!("deleted {kind} {id}")), "{report}");
     }
-    let again = cli(&moto, &["cleanup", "--aws", "cvm-e2e"]);
+    assert!(
+        report.contains(&format!("removed the API token {}", token_file.display())),
+        "{report}"
+    );
+    assert!(!token_file.exists());
+    let again = cli(&moto, &state, &["cleanup", "--aws", "cvm-e2e"]);
     assert!(text(&again).contains("nothing tagged"), "{}", text(&again));
+
+    // Deployed again: a fresh token.
+    let output = cli(
+        &moto,
+        &state,
+        &[
+            "deploy-aws",
+            "--image",
+            image.to_str().unwrap(),
+            "--vm_name",
+            "cvm-e2e",
+            "--wait-seconds",
+            "30",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!("API token:  {}", token_file.display())),
+        "{}",
+        text(&output)
+    );
+    let runs = moto.ec2_calls("RunInstances").unwrap();
+    assert_eq!(runs.len(), 2);
+    let second = token_in_user_data(&runs[1], &token_file);
+    assert_ne!(second, token, "each deploy makes a new token");
 }
 
 #[test]
 fn dry_runs_and_refusals_create_nothing() {
     let moto = Moto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
     let (image, _) = sample_image(dir.path());
     let image = image.to_str().unwrap();
 
     let dry = cli(
         &moto,
+        &state,
         &["deploy-aws", "--image", image, "--dry_run", "--json"],
     );
     assert!(dry.status.success(), "{}", text(&dry));
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(plan["plan"]["tee"], "AMD SEV-SNP");
     assert_eq!(plan["plan"]["region"], "us-east-2");
+    assert_eq!(plan["plan"]["secure_boot"]["enabled"], false);
+    // The readable plan says how the token travels and that Secure Boot is off.
+    let dry = cli(
+        &moto,
+        &state,
+        &["deploy-aws", "--image", image, "--dry-run"],
+    );
+    let said = text(&dry);
+    assert!(
+        said.contains("passed to the agent via the instance's user data (RunInstances UserData")
+            && said.contains("Secure Boot: off (image unsigned"),
+        "{said}"
+    );
+    // AWS has no --secure-boot: enrolling keys takes an AMI with UefiData (docs/deploy.md).
+    let refused = cli(
+        &moto,
+        &state,
+        &["deploy-aws", "--image", image, "--secure-boot"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
 
     let wrong_type = cli(
         &moto,
+        &state,
         &["deploy-aws", "--image", image, "--vm_type", "t3.micro"],
     );
     assert_eq!(wrong_type.status.code(), Some(2));
@@ -240,6 +369,7 @@ fn dry_runs_and_refusals_create_nothing() {
 
     let wrong_region = cli(
         &moto,
+        &state,
         &["deploy-aws", "--image", image, "--region", "ap-south-1"],
     );
     assert_eq!(wrong_region.status.code(), Some(2));
@@ -249,7 +379,7 @@ fn dry_runs_and_refusals_create_nothing() {
         text(&wrong_region)
     );
 
-    let no_credentials = aws_command(&moto)
+    let no_credentials = aws_command(&moto, &state)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .args(["deploy-aws", "--image", image])
@@ -267,12 +397,14 @@ fn dry_runs_and_refusals_create_nothing() {
         "requests were sent: {:?}",
         moto.recording().unwrap()
     );
+    assert!(!state.exists(), "no token file was left");
 }
 
 #[test]
 fn a_failing_step_deletes_what_the_deploy_created() {
     let moto = Moto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
     let (image, _) = sample_image(dir.path());
     // Someone else's security group with the name the deploy wants: CreateSecurityGroup fails
     // after the snapshot and the AMI exist.
@@ -294,6 +426,7 @@ fn a_failing_step_deletes_what_the_deploy_created() {
 
     let output = cli(
         &moto,
+        &state,
         &[
             "deploy-aws",
             "--image",
@@ -308,8 +441,15 @@ fn a_failing_step_deletes_what_the_deploy_created() {
     assert!(report.contains("deleting what it created"), "{report}");
     assert!(report.contains("deleted image ami-"), "{report}");
     assert!(report.contains("deleted snapshot snap-"), "{report}");
+    // The token made for it goes too, with the directories made for it.
+    let token_file = state.join("cvm-cli/aws/clash/api-token");
+    assert!(
+        report.contains(&format!("removed the API token {}", token_file.display())),
+        "{report}"
+    );
+    assert!(!state.exists(), "{}", state.display());
 
-    let leftovers = cli(&moto, &["cleanup", "--aws", "clash", "--dry-run"]);
+    let leftovers = cli(&moto, &state, &["cleanup", "--aws", "clash", "--dry-run"]);
     assert!(
         text(&leftovers).contains("nothing tagged"),
         "{}",

@@ -7,6 +7,9 @@
 //!   actions and deletes. `beginGetAccess` hands out a SAS URL of the page blob on a small proxy
 //!   in front of Azurite that enforces Azure's 4 MiB page-write limit (Azurite does not) and
 //!   records every write.
+//!
+//! The VM's `userData` must carry the agent's provisioning document with the token the deploy
+//! kept in its 0600 token file, and Secure Boot must be off unless `--secure-boot` is given.
 
 mod common;
 
@@ -15,11 +18,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use cvm_attestation::provision::UserData;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -237,6 +241,10 @@ struct Arm {
     expected_upload_bytes: u64,
     expected_ports: Vec<u16>,
     expected_vm_size: String,
+    /// `securityProfile.uefiSettings.secureBootEnabled` the VM must ask for.
+    expected_secure_boot: bool,
+    /// The API tokens the VMs' userData carried, in order.
+    user_data_tokens: Vec<String>,
     deployment: String,
     log: Vec<Recorded>,
     tokens: Vec<String>,
@@ -598,13 +606,30 @@ fn resource_request(
                         "ConfidentialVM",
                         security["securityType"] == "ConfidentialVM",
                     );
+                    let secure_boot = arm.expected_secure_boot;
                     require(
                         arm,
                         id,
-                        "Secure Boot and vTPM",
-                        security["uefiSettings"]["secureBootEnabled"] == true
+                        "vTPM on, Secure Boot as expected",
+                        security["uefiSettings"]["secureBootEnabled"] == secure_boot
                             && security["uefiSettings"]["vTpmEnabled"] == true,
                     );
+                    // userData: base64 of the agent's provisioning document.
+                    let user_data = p["userData"]
+                        .as_str()
+                        .and_then(|text| {
+                            base64::engine::general_purpose::STANDARD.decode(text).ok()
+                        })
+                        .and_then(|document| UserData::parse(&document).ok());
+                    require(
+                        arm,
+                        id,
+                        "userData with the agent's document",
+                        user_data.is_some(),
+                    );
+                    if let Some(user_data) = user_data {
+                        arm.user_data_tokens.push(user_data.cvm_api_token);
+                    }
                     let os = &p["storageProfile"]["osDisk"];
                     require(arm, id, "osDisk Attach", os["createOption"] == "Attach");
                     require(
@@ -797,7 +822,32 @@ async fn proxy_page_write(
 struct ArmServer {
     state: Shared,
     url: String,
+    /// The CLI's XDG_STATE_HOME (the deployments' token files).
+    home: tempfile::TempDir,
     _task: tokio::task::JoinHandle<()>,
+}
+
+impl ArmServer {
+    /// Where deploy-azure keeps the token of deployment `name`.
+    fn token_file(&self, name: &str) -> PathBuf {
+        self.home
+            .path()
+            .join(format!("cvm-cli/azure/{name}/api-token"))
+    }
+
+    /// The tokens the VMs' userData carried.
+    fn user_data_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().user_data_tokens.clone()
+    }
+}
+
+/// The token file's content, checking it is private to its owner.
+fn private_token(path: &Path) -> String {
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    let token = std::fs::read_to_string(path).unwrap();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    token
 }
 
 impl Drop for ArmServer {
@@ -831,6 +881,7 @@ async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
     ArmServer {
         state,
         url,
+        home: tempfile::tempdir().unwrap(),
         _task: task,
     }
 }
@@ -874,6 +925,7 @@ async fn cvm_cli(arm: &ArmServer, token: bool, args: &[&str]) -> Run {
     command
         .args(args)
         .env("CVM_AZURE_ARM_ENDPOINT", &arm.url)
+        .env("XDG_STATE_HOME", arm.home.path())
         .env("AZURE_SUBSCRIPTION_ID", SUB)
         .env_remove("AZURE_ACCESS_TOKEN")
         // No Azure CLI and no managed identity here.
@@ -973,6 +1025,16 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         .collect();
     assert_eq!(lines[0]["plan"]["tee"], "AMD SEV-SNP");
     assert_eq!(lines[0]["plan"]["region"], "eastus2");
+    assert_eq!(lines[0]["plan"]["secure_boot"]["enabled"], false);
+    let token_file = arm.token_file("cvm_test");
+    assert_eq!(
+        lines[0]["plan"]["api_token"]["file"],
+        token_file.to_str().unwrap()
+    );
+    assert!(lines[0]["plan"]["api_token"]["passed_via"]
+        .as_str()
+        .unwrap()
+        .contains("userData"));
     let deployed = &lines[1]["deployed"];
     assert_eq!(deployed["address"], ADDRESS);
     assert_eq!(
@@ -983,6 +1045,10 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         .as_str()
         .unwrap()
         .contains("--azure cvm_test --resource-group cvm_testRg"));
+    // The VM's userData carried the token kept in the 0600 file; Secure Boot is off.
+    assert_eq!(deployed["api_token_file"], token_file.to_str().unwrap());
+    let token = private_token(&token_file);
+    assert_eq!(arm.user_data_tokens(), vec![token.clone()]);
 
     // The VHD next to the raw image, and the page blob holds exactly its bytes (holes included).
     let vhd = dir.path().join("disk.vhd");
@@ -1050,6 +1116,23 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         disk.body["properties"]["creationData"],
         json!({ "createOption": "Upload", "uploadSizeBytes": vhd_bytes })
     );
+    let vm = log
+        .iter()
+        .find(|r| r.method == "PUT" && r.path.ends_with("/virtualMachines/cvm-test"))
+        .unwrap();
+    let vm = &vm.body["properties"];
+    assert_eq!(
+        vm["securityProfile"]["uefiSettings"],
+        json!({ "secureBootEnabled": false, "vTpmEnabled": true })
+    );
+    let document = base64::engine::general_purpose::STANDARD
+        .decode(vm["userData"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        UserData::parse(&document).unwrap().cvm_api_token,
+        token,
+        "userData is the agent's document with the kept token"
+    );
     assert!(log.iter().all(|r| r.query.contains("api-version=")));
     let tokens = arm.state.lock().unwrap().tokens.clone();
     assert!(
@@ -1094,6 +1177,14 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         "{}",
         run.stdout
     );
+    // The deployment is gone, and with it its token file.
+    assert!(
+        run.stdout
+            .contains(&format!("removed the API token {}", token_file.display())),
+        "{}",
+        run.stdout
+    );
+    assert!(!token_file.exists());
     let left: Vec<String> = arm
         .state
         .lock()
@@ -1152,6 +1243,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         arm.azurite_blob = blob.clone();
         arm.expected_upload_bytes = vhd_bytes;
         arm.fail_vm = true;
+        arm.expected_secure_boot = true;
         let rg = group_path("cvm_testRg");
         arm.resources.insert(
             rg.to_ascii_lowercase(),
@@ -1162,7 +1254,12 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
     let run = cvm_cli(
         &arm,
         true,
-        &["deploy-azure", "--image", raw.to_str().unwrap()],
+        &[
+            "deploy-azure",
+            "--image",
+            raw.to_str().unwrap(),
+            "--secure-boot",
+        ],
     )
     .await;
     assert!(!run.ok);
@@ -1172,6 +1269,22 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         "{}",
         run.stderr
     );
+    // --secure-boot asked for Secure Boot (checked by the server), and the plan said so.
+    assert!(
+        run.stderr.contains("Secure Boot: on (--secure-boot"),
+        "{}",
+        run.stderr
+    );
+    // The VM was asked to carry a token; rolled back, the token file is gone too.
+    assert_eq!(arm.user_data_tokens().len(), 1);
+    let token_file = arm.token_file("cvm_test");
+    assert!(
+        run.stderr
+            .contains(&format!("removed the API token {}", token_file.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(!token_file.exists());
     assert!(run
         .stderr
         .contains("using the existing resource group cvm_testRg"));
@@ -1232,6 +1345,19 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         let run = cvm_cli(&arm, true, &args).await;
         assert!(!run.ok);
         let remaining = arm.state.lock().unwrap().resources.len();
+        let token_file = arm.token_file("cvm_test");
+        if keep {
+            // The kept VM carries the token: the file stays.
+            assert!(
+                run.stderr
+                    .contains(&format!("kept the API token {}", token_file.display())),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(arm.user_data_tokens(), vec![private_token(&token_file)]);
+        } else {
+            assert!(!token_file.exists());
+        }
         if keep {
             assert_eq!(deletes(&arm), Vec::<String>::new());
             assert!(
@@ -1303,9 +1429,15 @@ async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
         "{}",
         run.stderr
     );
-    // No write is left unrevoked and nothing remains.
+    // No write is left unrevoked and nothing remains, not even the token file.
     assert_eq!(problems(&arm), Vec::<String>::new());
     assert!(arm.state.lock().unwrap().resources.is_empty());
+    assert!(
+        run.stderr.contains("removed the API token"),
+        "{}",
+        run.stderr
+    );
+    assert!(!arm.token_file("cvm_test").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1344,6 +1476,32 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     assert!(
         !dir.path().join("disk.vhd").exists(),
         "a dry run writes nothing"
+    );
+    for said in [
+        "Secure Boot: off (image unsigned; PCR 7 records it; the golden's PCR set decides)",
+        "passed to the agent via the VM's userData",
+        "Secure Boot off, the API token in userData",
+    ] {
+        assert!(run.stderr.contains(said), "{said:?}: {}", run.stderr);
+    }
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "deploy-azure",
+            "--image",
+            image,
+            "--dry-run",
+            "--secure-boot",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("Secure Boot: on (--secure-boot: the UKI must be signed"),
+        "{}",
+        run.stderr
     );
 
     let run = cvm_cli(
@@ -1388,6 +1546,11 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     assert!(run.stderr.contains("whole number of MiB"), "{}", run.stderr);
 
     assert_eq!(requests(&arm).len(), 0, "nothing reached ARM");
+    assert_eq!(
+        std::fs::read_dir(arm.home.path()).unwrap().count(),
+        0,
+        "no token file was made"
+    );
 }
 
 /// Upload throughput of a 1 GiB half-empty sparse image into Azurite: the CLI's parallel,

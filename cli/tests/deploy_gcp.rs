@@ -2,16 +2,20 @@
 //! the disk tarball) and a Compute Engine test server in this file that checks every request
 //! against the documented REST shapes and answers like GCE (operations PENDING, RUNNING, DONE;
 //! an instance that gets its external IP after a while; an insert that fails when asked to).
+//! The instance's metadata attribute `cvm-agent` must carry the agent's provisioning document
+//! with the token the deploy kept in its 0600 token file, and Secure Boot must be off unless
+//! `--secure-boot` is given.
 
 mod common;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use cvm_attestation::provision::{UserData, GCP_METADATA_KEY};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -51,6 +55,10 @@ struct GceState {
     operations: BTreeMap<String, PendingOperation>,
     next_operation: u64,
     fail_instance_insert: bool,
+    /// `shieldedInstanceConfig.enableSecureBoot` the instances must ask for.
+    expected_secure_boot: bool,
+    /// The API tokens the instance inserts carried in their metadata, in order.
+    metadata_tokens: Vec<String>,
 }
 
 /// The Compute Engine test server: a tokio runtime of its own, stopped on drop.
@@ -195,7 +203,7 @@ fn check_firewall(body: &Value) -> Vec<String> {
     problems
 }
 
-fn check_instance(state: &GceState, zone: &str, body: &Value) -> Vec<String> {
+fn check_instance(state: &mut GceState, zone: &str, body: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     if !is_name(&body["name"]) {
         problems.push(format!("instance name {}", body["name"]));
@@ -221,14 +229,29 @@ fn check_instance(state: &GceState, zone: &str, body: &Value) -> Vec<String> {
         problems.push("scheduling.onHostMaintenance must be TERMINATE".into());
     }
     let shielded = &body["shieldedInstanceConfig"];
-    for key in [
-        "enableVtpm",
-        "enableSecureBoot",
-        "enableIntegrityMonitoring",
+    for (key, expected) in [
+        ("enableVtpm", true),
+        ("enableSecureBoot", state.expected_secure_boot),
+        ("enableIntegrityMonitoring", true),
     ] {
-        if shielded[key] != true {
-            problems.push(format!("shieldedInstanceConfig.{key}"));
+        if shielded[key] != expected {
+            problems.push(format!("shieldedInstanceConfig.{key} must be {expected}"));
         }
+    }
+    // The agent's document in the metadata attribute cvm-agent, and nothing else there.
+    let items = body["metadata"]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let document = match &items[..] {
+        [item] if item["key"] == GCP_METADATA_KEY => item["value"]
+            .as_str()
+            .and_then(|value| UserData::parse(value.as_bytes()).ok()),
+        _ => None,
+    };
+    match document {
+        Some(document) => state.metadata_tokens.push(document.cvm_api_token),
+        None => problems.push(format!("metadata {}", body["metadata"])),
     }
     let disk = &body["disks"][0];
     let image = disk["initializeParams"]["sourceImage"]
@@ -380,7 +403,7 @@ fn handle(
         }
         ("POST", ["zones", zone, "instances"]) => {
             let zone = zone.to_string();
-            let problems = check_instance(&state, &zone, &body);
+            let problems = check_instance(&mut state, &zone, &body);
             if !problems.is_empty() {
                 state.violations.extend(problems.clone());
                 return error(StatusCode::BAD_REQUEST, &problems.join("; "));
@@ -495,6 +518,7 @@ impl Clouds {
             .env("STORAGE_EMULATOR_HOST", self.gcs.endpoint())
             .env("CVM_GCP_COMPUTE_ENDPOINT", self.gce.endpoint())
             .env("HOME", home)
+            .env("XDG_STATE_HOME", home.join("state"))
             .env_remove("GOOGLE_OAUTH_ACCESS_TOKEN")
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
         command
@@ -593,6 +617,20 @@ fn unpack(tarball: &[u8]) -> Vec<u8> {
     std::fs::read(dir.path().join("unpacked/disk.raw")).unwrap()
 }
 
+/// Where deploy-gcp keeps the token of deployment `name` (with `Clouds::command`'s HOME).
+fn token_file(home: &Path, name: &str) -> PathBuf {
+    home.join(format!("state/cvm-cli/gcp/{name}/api-token"))
+}
+
+/// The token file's content, checking it is private to its owner.
+fn private_token(path: &Path) -> String {
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    let token = std::fs::read_to_string(path).unwrap();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    token
+}
+
 fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -656,7 +694,18 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
     );
     let (plan, deployed) = json_lines(&output);
     assert_eq!(plan["tee"], "Intel TDX");
+    assert_eq!(plan["secure_boot"]["enabled"], false);
+    let token_file = token_file(dir.path(), "gcp-tdx");
+    assert_eq!(plan["api_token"]["file"], token_file.to_str().unwrap());
+    assert!(plan["api_token"]["passed_via"]
+        .as_str()
+        .unwrap()
+        .contains("metadata attribute \"cvm-agent\""));
     assert_eq!(deployed["address"], NAT_IP);
+    // The instance's metadata carried the token kept in the 0600 file.
+    assert_eq!(deployed["api_token_file"], token_file.to_str().unwrap());
+    let token = private_token(&token_file);
+    assert_eq!(clouds.gce.state().metadata_tokens, vec![token.clone()]);
     assert!(deployed["verify_command"]
         .as_str()
         .unwrap()
@@ -705,6 +754,15 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
         instance["machineType"],
         format!("zones/{ZONE}/machineTypes/c3-standard-4")
     );
+    assert_eq!(
+        instance["shieldedInstanceConfig"]["enableSecureBoot"],
+        false
+    );
+    assert_eq!(instance["shieldedInstanceConfig"]["enableVtpm"], true);
+    let items = &instance["metadata"]["items"];
+    assert_eq!(items[0]["key"], "cvm-agent");
+    let document = UserData::parse(items[0]["value"].as_str().unwrap().as_bytes()).unwrap();
+    assert_eq!(document.cvm_api_token, token);
     assert_eq!(instance["tags"]["items"], json!(["gcp-tdx"]));
 
     // Cleanup: everything of gcp-tdx, nothing else, never the bucket.
@@ -727,9 +785,11 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
         "deleted firewall gcp-tdx-cvm-cli",
         "deleted image gcp-tdx-",
         "deleted object gs://test-bucket/gcp-tdx-",
+        &format!("removed the API token {}", token_file.display()),
     ] {
         assert!(said.contains(line), "{line:?} in {said}");
     }
+    assert!(!token_file.exists());
     let state = clouds.gce.state();
     assert!(state.instances.is_empty() && state.firewalls.is_empty());
     assert_eq!(state.images.keys().collect::<Vec<_>>(), vec!["other-image"]);
@@ -739,10 +799,12 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
 }
 
 /// SEV-SNP on n2d (AMD Milan) with kebab-case flags: the builder's current disk.tar.gz beside a
-/// whole-GiB disk.raw is uploaded byte for byte; no credentials, so no token is sent.
+/// whole-GiB disk.raw is uploaded byte for byte; no credentials, so no token is sent. With
+/// --secure-boot the instance asks for Secure Boot.
 #[test]
 fn deploy_snp_uploads_the_builders_tarball_exactly() {
     let clouds = Clouds::start();
+    clouds.gce.state().expected_secure_boot = true;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.raw");
     sparse_disk(&disk, GIB, &noise(12 << 20, 11));
@@ -766,6 +828,7 @@ fn deploy_snp_uploads_the_builders_tarball_exactly() {
             "n2d-standard-2",
             "--image",
             disk.to_str().unwrap(),
+            "--secure-boot",
         ],
     );
     assert!(output.status.success(), "{}", text(&output));
@@ -801,6 +864,22 @@ fn deploy_snp_uploads_the_builders_tarball_exactly() {
     assert_eq!(instance["minCpuPlatform"], "AMD Milan");
     assert_eq!(instance["scheduling"]["onHostMaintenance"], "TERMINATE");
     assert_eq!(instance["shieldedInstanceConfig"]["enableVtpm"], true);
+    assert_eq!(instance["shieldedInstanceConfig"]["enableSecureBoot"], true);
+    assert!(
+        said.contains("Secure Boot: on (--secure-boot") && said.contains("Secure Boot on,"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "API token:  {}",
+            token_file(dir.path(), "gcp-snp").display()
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        clouds.gce.state().metadata_tokens,
+        vec![private_token(&token_file(dir.path(), "gcp-snp"))]
+    );
     assert_eq!(instance["networkInterfaces"][0]["nicType"], "GVNIC");
 }
 
@@ -831,14 +910,21 @@ fn failed_instance_deletes_what_was_created_unless_kept() {
     assert!(!output.status.success());
     let said = text(&output);
     assert!(said.contains("ZONE_RESOURCE_POOL_EXHAUSTED"), "{said}");
+    let token_file = token_file(dir.path(), "cvm-test");
     for line in [
         "deleted firewall cvm-test-cvm-cli",
         "deleted image cvm-test-",
         "deleted object gs://test-bucket/cvm-test-",
-        "instance cvm-test did not exist",
+        &format!("removed the API token {}", token_file.display()),
     ] {
         assert!(said.contains(line), "{line:?} in {said}");
     }
+    // The failed insert left no instance: none is deleted.
+    assert!(
+        !said.contains("deleted instance") && !said.contains("did not exist"),
+        "{said}"
+    );
+    assert!(!token_file.exists());
     let state = clouds.gce.state();
     assert!(state.violations.is_empty(), "{:?}", state.violations);
     assert!(state.images.is_empty() && state.firewalls.is_empty() && state.instances.is_empty());
@@ -851,6 +937,10 @@ fn failed_instance_deletes_what_was_created_unless_kept() {
     assert!(said.contains("kept image cvm-test-"), "{said}");
     assert!(said.contains("kept firewall cvm-test-cvm-cli"), "{said}");
     assert!(said.contains("cvm-cli cleanup --gcp cvm-test"), "{said}");
+    // No instance exists to carry the token, so it goes even with --keep-on-failure.
+    assert!(!said.contains("kept instance"), "{said}");
+    assert!(said.contains("removed the API token"), "{said}");
+    assert!(!token_file.exists());
     let state = clouds.gce.state();
     assert_eq!(state.images.len(), 1);
     assert_eq!(state.firewalls.len(), 1);
@@ -874,10 +964,16 @@ fn failed_instance_deletes_what_was_created_unless_kept() {
     let state = clouds.gce.state();
     assert!(state.violations.is_empty(), "{:?}", state.violations);
     assert_eq!(state.instances.len(), 1);
+    // Three inserts, three fresh tokens; the last one is kept.
+    let tokens = state.metadata_tokens.clone();
     drop(state);
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens[0] != tokens[1] && tokens[1] != tokens[2] && tokens[0] != tokens[2]);
+    assert_eq!(private_token(&token_file), tokens[2]);
 
     // Other ports than the kept rule's: refused, nothing new left behind.
     clouds.gce.state().instances.clear();
+    std::fs::remove_file(&token_file).unwrap();
     let output = clouds.run(dir.path(), &args(&["--additional_ports", "443"]));
     assert!(!output.status.success());
     assert!(
@@ -913,6 +1009,15 @@ fn dry_run_and_refusals_create_nothing() {
     assert_eq!(plan["plan"]["vm_type"], "c3-standard-4");
     assert_eq!(plan["plan"]["region"], ZONE);
     assert_eq!(plan["plan"]["deployment"], "cvm-test");
+    assert_eq!(plan["plan"]["secure_boot"]["enabled"], false);
+    assert_eq!(
+        plan["plan"]["secure_boot"]["note"],
+        "off (image unsigned; PCR 7 records it; the golden's PCR set decides)"
+    );
+    assert_eq!(
+        plan["plan"]["api_token"]["passed_via"],
+        "the instance metadata attribute \"cvm-agent\" (metadata.items[])"
+    );
 
     let output = clouds.run(
         dir.path(),
@@ -1108,4 +1213,7 @@ fn the_attestation_gate_fails_a_deploy_whose_agent_never_answers() {
     );
     assert!(said.contains("cvm-cli cleanup --gcp gated"), "{said}");
     assert!(clouds.gce.state().instances.contains_key("gated"));
+    // The VM is kept, and so is its token.
+    let token = private_token(&token_file(dir.path(), "gated"));
+    assert_eq!(clouds.gce.state().metadata_tokens, vec![token]);
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use image_builder::config::{Config, Profile};
+use image_builder::config::{Config, Format, Profile};
 use image_builder::deb::DebCache;
 use image_builder::pipeline::{self, BuildReport, Progress};
 use image_builder::verity;
@@ -41,6 +41,10 @@ enum Cmd {
         /// workload at usr/share/cvm/workload.
         #[arg(long = "overlay")]
         overlays: Vec<PathBuf>,
+        /// Write only these formats instead of the config's (repeatable: raw, vhd, gcp, vmdk);
+        /// `disk.raw` is always written.
+        #[arg(long = "format", value_parser = parse_format)]
+        formats: Vec<Format>,
         /// Print the build report as JSON instead of a summary.
         #[arg(long)]
         json: bool,
@@ -97,6 +101,16 @@ enum Cmd {
     },
 }
 
+fn parse_format(s: &str) -> anyhow::Result<Format> {
+    Ok(match s {
+        "raw" => Format::Raw,
+        "vhd" => Format::Vhd,
+        "gcp" => Format::Gcp,
+        "vmdk" => Format::Vmdk,
+        other => anyhow::bail!("unknown format {other:?}: expected raw, vhd, gcp or vmdk"),
+    })
+}
+
 fn parse_uuid(s: &str) -> anyhow::Result<[u8; 16]> {
     let bytes = hex::decode(s.replace('-', "")).context("UUID is not hex")?;
     bytes
@@ -112,10 +126,14 @@ fn main() -> anyhow::Result<()> {
             profile,
             cache,
             overlays,
+            formats,
             json,
         } => {
             let mut cfg = Config::load(&config)?;
             cfg.overlays.extend(overlays);
+            if !formats.is_empty() {
+                cfg.formats = formats;
+            }
             if let Some(p) = profile {
                 cfg.profile = p;
             }
@@ -235,6 +253,9 @@ fn summary(r: &BuildReport) {
     println!("Built {} in {}", r.name, r.out_dir.display());
     println!("  verity root hash  {}", r.root_hash);
     println!("  kernel cmdline    {}", r.kernel_cmdline);
+    if r.kernel_cmdline.split(' ').any(|w| w == "cvm.verity=off") {
+        println!("  WARNING           dm-verity OFF (verity = false): the root is not integrity-checked; a benchmark/diagnosis image, never deploy it");
+    }
     for (name, size) in &r.files {
         println!("  {name:<18}{:>10.1} MiB", *size as f64 / (1 << 20) as f64);
     }

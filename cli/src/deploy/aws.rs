@@ -1,13 +1,20 @@
 //! `cvm-cli deploy-aws`: the raw disk goes straight into an EBS snapshot through the EBS direct
 //! APIs (no S3 bucket, no vmimport role, no VMDK conversion), then an AMI (UEFI, TPM 2.0, ENA),
-//! a security group and an SEV-SNP instance (`CpuOptions.AmdSevSnp=enabled`).
+//! a security group and an SEV-SNP instance (`CpuOptions.AmdSevSnp=enabled`) whose `UserData`
+//! carries the agent's new API token (the `cvm_attestation::provision::UserData` document).
+//! Secure Boot stays off: the AMI is registered without `UefiData`, so the instance's UEFI
+//! variable store has no keys enrolled (the default image is unsigned).
 //!
 //! Everything created carries the tag `cvm-cli-deployment=<name>`; `cvm-cli cleanup --aws <name>`
 //! deletes exactly those resources.
 
 use super::blocks::{self, Block, UploadSettings, UploadStats};
 use super::ec2::{Ec2, Params};
-use super::plan::{delete_found, report_kept, verify_command, Deployed, Plan, Resource};
+use super::plan::{
+    delete_found, report_kept, update_command, verify_command, Deployed, Plan, Resource,
+    SecureBootPlan, TokenPlan,
+};
+use super::token::{self, DeployToken};
 use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use aws_sdk_ebs::primitives::ByteStream;
@@ -50,6 +57,10 @@ pub struct DeployAwsArgs {
     #[command(flatten)]
     pub options: DeployOptions,
 }
+
+/// How the agent's token reaches it on AWS.
+const TOKEN_VIA: &str =
+    "the instance's user data (RunInstances UserData, base64; IMDSv2 user-data)";
 
 pub fn run(args: DeployAwsArgs) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(deploy(args))
@@ -117,13 +128,26 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
         image: image.clone(),
         image_bytes,
         ports: ports.clone(),
+        api_token: TokenPlan {
+            file: token::token_path("aws", name)?,
+            passed_via: TOKEN_VIA.into(),
+        },
+        secure_boot: SecureBootPlan {
+            enabled: false,
+            note: "off (image unsigned: the AMI gets no UefiData, so no keys are enrolled; PCR 7 \
+                   records it; the golden's PCR set decides)"
+                .into(),
+        },
         steps: vec![
             format!(
                 "EBS snapshot of {} GiB: upload the non-zero 512 KiB blocks, {} in parallel",
                 image_bytes.div_ceil(GIB),
                 args.options.parallel
             ),
-            format!("AMI {name}-<time> from the snapshot (UEFI, TPM 2.0, ENA)"),
+            format!(
+                "AMI {name}-<time> from the snapshot (boot mode uefi, NitroTPM 2.0, ENA, no \
+                 UefiData: Secure Boot off)"
+            ),
             format!(
                 "security group {name}-cvm: inbound TCP {}",
                 ports
@@ -133,7 +157,8 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
                     .join(", ")
             ),
             format!(
-                "instance {name} ({}, AmdSevSnp=enabled), wait for its public IP",
+                "instance {name} ({}, AmdSevSnp=enabled, the API token in UserData), wait for its \
+                 public IP",
                 args.vm_type
             ),
         ],
@@ -150,29 +175,39 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
     check_credentials(&config).await?;
     let ec2 = Ec2::new(&config)?;
     let ebs = aws_sdk_ebs::Client::new(&config);
+    let mut token = DeployToken::create("aws", name, &cleanup_command(name, &args.region))?;
+    let user_data = token.user_data_base64()?;
     let mut created = Vec::new();
-    match create_everything(&args, &image, &ec2, &ebs, &mut created).await {
-        Ok((address, upload)) => Deployed {
-            cloud: "aws",
-            deployment: name.clone(),
-            region: args.region.clone(),
-            vm_type: args.vm_type.clone(),
-            verify_command: verify_command(&address),
-            cleanup_command: cleanup_command(name, &args.region),
-            address,
-            resources: created,
-            upload,
+    match create_everything(&args, &image, &ec2, &ebs, &user_data, &mut created).await {
+        Ok((address, upload)) => {
+            token.keep();
+            Deployed {
+                cloud: "aws",
+                deployment: name.clone(),
+                region: args.region.clone(),
+                vm_type: args.vm_type.clone(),
+                verify_command: verify_command(&address),
+                update_command: update_command(&address, &token.path),
+                api_token_file: token.path.clone(),
+                cleanup_command: cleanup_command(name, &args.region),
+                address,
+                resources: created,
+                upload,
+            }
+            .finish(&args.options)
         }
-        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
+                token.after_failure(false);
                 return Err(error);
             }
             if args.options.keep_on_failure {
                 report_kept(&created, &cleanup_command(name, &args.region));
+                token.after_failure(created.iter().any(|r| r.kind == "instance"));
             } else {
                 eprintln!("deploy failed; deleting what it created:");
                 delete_all(&ec2, &created, args.options.wait_seconds).await;
+                token.after_failure(false);
             }
             Err(error)
         }
@@ -185,6 +220,7 @@ async fn create_everything(
     image: &std::path::Path,
     ec2: &Ec2,
     ebs: &aws_sdk_ebs::Client,
+    user_data: &str,
     created: &mut Vec<Resource>,
 ) -> Result<(String, UploadStats)> {
     let name = &args.vm_name;
@@ -212,7 +248,9 @@ async fn create_everything(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_secs())
         .unwrap_or_default();
-    step("registering the AMI (UEFI, TPM 2.0, ENA)");
+    // No UefiData: the instance's UEFI variable store starts without Secure Boot keys, so
+    // Secure Boot is off (the default image is unsigned; docs/deploy.md has the signed path).
+    step("registering the AMI (UEFI, TPM 2.0, ENA; Secure Boot off)");
     let answer = ec2
         .call(
             "RegisterImage",
@@ -296,6 +334,7 @@ async fn create_everything(
                 .set("SecurityGroupId.1", &group)
                 .set("CpuOptions.AmdSevSnp", "enabled")
                 .set("MetadataOptions.HttpTokens", "required")
+                .set("UserData", user_data)
                 .set("ClientToken", format!("{name}-{stamp}"))
                 .tags(1, "instance", &tags)
                 .tags(2, "volume", &tags)
@@ -513,7 +552,8 @@ pub fn cleanup(name: &str, region: &str, dry_run: bool) -> Result<()> {
         delete_found(&resources, &what, dry_run, |resource| async move {
             delete(ec2, &resource, 600).await
         })
-        .await
+        .await?;
+        token::forget("aws", name, !resources.is_empty(), dry_run)
     })
 }
 

@@ -6,8 +6,11 @@
 //!    `beginGetAccess` -> SAS URL -> parallel 512-aligned page writes of at most 4 MiB that skip
 //!    zero ranges -> `endGetAccess`,
 //! 3. network security group (8000 + extra ports), static Standard public IP, VNet + subnet, NIC,
-//! 4. VM with `securityType: ConfidentialVM`, vTPM and Secure Boot, attaching the disk with
-//!    `securityEncryptionType: VMGuestStateOnly`; then its public IP address.
+//! 4. VM with `securityType: ConfidentialVM`, vTPM on, Secure Boot off unless `--secure-boot`
+//!    (the default image is unsigned), attaching the disk with `securityEncryptionType:
+//!    VMGuestStateOnly` and carrying the agent's new API token in `userData` (base64 of the
+//!    `cvm_attestation::provision::UserData` document, read by the agent from IMDS); then its
+//!    public IP address.
 //!
 //! Every resource carries the tag `cvm-cli-deployment=<name>`; `cvm-cli cleanup --azure <name>`
 //! deletes exactly those. Azure resource names take no '_' (the predecessor's default VM name is
@@ -16,8 +19,10 @@
 
 use super::arm::{self, Arm, ArmResource, API_DISKS, API_NETWORK, API_RESOURCES, API_VMS};
 use super::blocks::{self, Block, UploadSettings, UploadStats};
-use super::plan::{report_kept, verify_command, Deployed, Plan, Resource};
-use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
+use super::plan::TokenPlan;
+use super::plan::{report_kept, update_command, verify_command, Deployed, Plan, Resource};
+use super::token::{self, DeployToken};
+use super::{check_deployment_name, step, DeployOptions, SecureBootOption, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
@@ -60,8 +65,13 @@ pub struct DeployAzureArgs {
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
     pub subscription: Option<String>,
     #[command(flatten)]
+    pub secure_boot: SecureBootOption,
+    #[command(flatten)]
     pub options: DeployOptions,
 }
+
+/// How the agent's token reaches it on Azure.
+const TOKEN_VIA: &str = "the VM's userData (properties.userData, base64; IMDS compute/userData)";
 
 pub fn run(args: DeployAzureArgs) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(deploy(args))
@@ -309,6 +319,11 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
         image: image.clone(),
         image_bytes,
         ports: ports.clone(),
+        api_token: TokenPlan {
+            file: token::token_path("azure", &args.vm_name)?,
+            passed_via: TOKEN_VIA.into(),
+        },
+        secure_boot: args.secure_boot.plan(),
         steps: vec![
             format!("resource group {group} in {region} (an existing one is used, never deleted)"),
             format!(
@@ -330,9 +345,15 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
             format!("VNet {} with subnet default 10.0.0.0/24", names.vnet),
             format!("NIC {}", names.nic),
             format!(
-                "VM {}{renamed} ({}, ConfidentialVM with VMGuestStateOnly, vTPM, Secure Boot), \
-                 then its public IP",
-                names.vm, args.vm_type
+                "VM {}{renamed} ({}, ConfidentialVM with VMGuestStateOnly, vTPM, Secure Boot {}, \
+                 the API token in userData), then its public IP",
+                names.vm,
+                args.vm_type,
+                if args.secure_boot.secure_boot {
+                    "on"
+                } else {
+                    "off"
+                }
             ),
         ],
     };
@@ -343,27 +364,40 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
 
     let vhd = vhd_for(&image)?;
     let arm = Arm::connect(args.subscription.as_deref()).await?;
+    let mut token = DeployToken::create(
+        "azure",
+        &args.vm_name,
+        &cleanup_command(&names, &arm.subscription),
+    )?;
+    let user_data = token.user_data_base64()?;
     let mut created: Vec<Resource> = Vec::new();
-    match create_everything(&args, &arm, &names, &region, &vhd, &mut created).await {
-        Ok((address, upload)) => Deployed {
-            cloud: "azure",
-            deployment: args.vm_name.clone(),
-            region,
-            vm_type: args.vm_type.clone(),
-            verify_command: verify_command(&address),
-            cleanup_command: cleanup_command(&names, &arm.subscription),
-            address,
-            resources: created,
-            upload,
+    match create_everything(&args, &arm, &names, &region, &vhd, &user_data, &mut created).await {
+        Ok((address, upload)) => {
+            token.keep();
+            Deployed {
+                cloud: "azure",
+                deployment: args.vm_name.clone(),
+                region,
+                vm_type: args.vm_type.clone(),
+                verify_command: verify_command(&address),
+                update_command: update_command(&address, &token.path),
+                api_token_file: token.path.clone(),
+                cleanup_command: cleanup_command(&names, &arm.subscription),
+                address,
+                resources: created,
+                upload,
+            }
+            .finish(&args.options)
         }
-        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
                 eprintln!("deploy failed; it had created nothing");
+                token.after_failure(false);
                 return Err(error);
             }
             if args.options.keep_on_failure {
                 report_kept(&created, &cleanup_command(&names, &arm.subscription));
+                token.after_failure(created.iter().any(|r| r.kind == "VM"));
             } else {
                 eprintln!("deploy failed ({error}); deleting what it created, newest first:");
                 let limit = lro_limit(&args.options);
@@ -388,6 +422,7 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
                         cleanup_command(&names, &arm.subscription)
                     );
                 }
+                token.after_failure(false);
             }
             Err(error)
         }
@@ -441,6 +476,7 @@ async fn create_everything(
     names: &Names,
     region: &str,
     vhd: &Path,
+    user_data: &str,
     created: &mut Vec<Resource>,
 ) -> Result<(String, UploadStats)> {
     let limit = lro_limit(&args.options);
@@ -753,10 +789,11 @@ async fn create_everything(
             security_profile: body::VmSecurity {
                 security_type: "ConfidentialVM",
                 uefi_settings: body::UefiSettings {
-                    secure_boot_enabled: true,
+                    secure_boot_enabled: args.secure_boot.secure_boot,
                     v_tpm_enabled: true,
                 },
             },
+            user_data: user_data.to_owned(),
             diagnostics_profile: body::DiagnosticsProfile {
                 boot_diagnostics: body::BootDiagnostics { enabled: true },
             },
@@ -962,7 +999,7 @@ pub fn cleanup(
         if failed > 0 {
             bail!("{failed} deletion(s) failed");
         }
-        Ok(())
+        token::forget("azure", name, !tagged.is_empty(), dry_run)
     })
 }
 

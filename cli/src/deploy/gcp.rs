@@ -1,7 +1,10 @@
 //! `cvm-cli deploy-gcp`: the disk as `disk.tar.gz` (a sparse `disk.raw` member) into the user's
 //! bucket by a resumable upload, then an image (UEFI, gVNIC, SEV-SNP and TDX capable), a firewall
 //! rule for the agent's and the extra ports, and a confidential instance: TDX on c3, SEV-SNP on
-//! n2d (AMD Milan), maintenance TERMINATE, vTPM and Secure Boot on.
+//! n2d (AMD Milan), maintenance TERMINATE, vTPM on, Secure Boot off unless `--secure-boot` (the
+//! default image is unsigned). The agent's new API token travels in the instance metadata
+//! attribute `cvm-agent` (`cvm_attestation::provision::GCP_METADATA_KEY`) as the
+//! `cvm_attestation::provision::UserData` document.
 //!
 //! Images and instances carry the label `cvm-cli-deployment=<name>`; firewalls have no labels, so
 //! the rule is named `<name>-cvm-cli` and its description says `cvm-cli-deployment=<name>`. The
@@ -10,10 +13,14 @@
 use super::blocks::UploadStats;
 use super::gce::{self, Compute, Endpoints, Firewall, Gcp, Image, Instance};
 use super::gcs;
-use super::plan::{delete_found, report_kept, verify_command, Deployed, Plan, Resource};
-use super::{check_deployment_name, step, DeployOptions, DEPLOYMENT_TAG};
+use super::plan::{
+    delete_found, report_kept, update_command, verify_command, Deployed, Plan, Resource, TokenPlan,
+};
+use super::token::{self, DeployToken};
+use super::{check_deployment_name, step, DeployOptions, SecureBootOption, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use cvm_attestation::provision::GCP_METADATA_KEY;
 use serde::Deserialize;
 use serde_json::json;
 use std::io::IsTerminal;
@@ -47,6 +54,8 @@ pub struct DeployGcpArgs {
     /// Machine type: c3-* (Intel TDX) or n2d-* (AMD SEV-SNP).
     #[arg(long, visible_alias = "vm_type", default_value = "c3-standard-4")]
     pub vm_type: String,
+    #[command(flatten)]
+    pub secure_boot: SecureBootOption,
     #[command(flatten)]
     pub options: DeployOptions,
 }
@@ -256,6 +265,13 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
         image: image.clone(),
         image_bytes,
         ports: ports.clone(),
+        api_token: TokenPlan {
+            file: token::token_path("gcp", name)?,
+            passed_via: format!(
+                "the instance metadata attribute {GCP_METADATA_KEY:?} (metadata.items[])"
+            ),
+        },
+        secure_boot: args.secure_boot.plan(),
         steps: vec![
             format!(
                 "upload disk.tar.gz to gs://{}/{name}-<sha256>.tar.gz (resumable, {} MiB chunks)",
@@ -272,13 +288,18 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
                 firewall_name(name)
             ),
             format!(
-                "instance {name} ({}, {}{}, maintenance TERMINATE, vTPM + Secure Boot), wait for \
-                 its external IP",
+                "instance {name} ({}, {}{}, maintenance TERMINATE, vTPM, Secure Boot {}, the API \
+                 token in metadata {GCP_METADATA_KEY}), wait for its external IP",
                 args.vm_type,
                 tee.api,
                 tee.min_cpu_platform
                     .map(|cpu| format!(" on {cpu}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if args.secure_boot.secure_boot {
+                    "on"
+                } else {
+                    "off"
+                }
             ),
         ],
     };
@@ -296,40 +317,45 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
         project: args.project_id.clone(),
         zone: args.region.clone(),
     };
+    let cleanup = cleanup_command(name, &args.project_id, &args.region, &args.bucket);
+    let mut token = DeployToken::create("gcp", name, &cleanup)?;
+    let user_data = token.user_data()?;
     let mut created = Vec::new();
-    match create_everything(&args, tee, &image, &compute, &mut created).await {
-        Ok((address, upload)) => Deployed {
-            cloud: "gcp",
-            deployment: name.clone(),
-            region: args.region.clone(),
-            vm_type: args.vm_type.clone(),
-            verify_command: verify_command(&address),
-            cleanup_command: cleanup_command(name, &args.project_id, &args.region, &args.bucket),
-            address,
-            resources: created,
-            upload,
+    match create_everything(&args, tee, &image, &compute, &user_data, &mut created).await {
+        Ok((address, upload)) => {
+            token.keep();
+            Deployed {
+                cloud: "gcp",
+                deployment: name.clone(),
+                region: args.region.clone(),
+                vm_type: args.vm_type.clone(),
+                verify_command: verify_command(&address),
+                update_command: update_command(&address, &token.path),
+                api_token_file: token.path.clone(),
+                cleanup_command: cleanup,
+                address,
+                resources: created,
+                upload,
+            }
+            .finish(&args.options)
         }
-        .finish(&args.options),
         Err(error) => {
             if created.is_empty() {
+                token.after_failure(false);
                 return Err(error);
             }
             eprintln!("error: {error:#}");
             if args.options.keep_on_failure {
-                report_kept(
-                    &created,
-                    &cleanup_command(name, &args.project_id, &args.region, &args.bucket),
-                );
+                report_kept(&created, &cleanup);
+                token.after_failure(created.iter().any(|r| r.kind == "instance"));
             } else {
                 eprintln!("deploy failed; deleting what it created:");
                 let wait = Duration::from_secs(args.options.wait_seconds);
                 let failed = delete_all(&compute, &created, wait).await;
                 if failed > 0 {
-                    eprintln!(
-                        "{failed} resource(s) are left; retry with: {}",
-                        cleanup_command(name, &args.project_id, &args.region, &args.bucket)
-                    );
+                    eprintln!("{failed} resource(s) are left; retry with: {cleanup}");
                 }
+                token.after_failure(false);
             }
             Err(error)
         }
@@ -346,6 +372,7 @@ async fn create_everything(
     tee: Tee,
     image: &Path,
     compute: &Compute<'_>,
+    user_data: &str,
     created: &mut Vec<Resource>,
 ) -> Result<(String, UploadStats)> {
     let gcp = compute.gcp;
@@ -511,8 +538,11 @@ async fn create_everything(
         },
         "shieldedInstanceConfig": {
             "enableVtpm": true,
-            "enableSecureBoot": true,
+            "enableSecureBoot": args.secure_boot.secure_boot,
             "enableIntegrityMonitoring": true,
+        },
+        "metadata": {
+            "items": [{ "key": GCP_METADATA_KEY, "value": user_data }],
         },
         "disks": [{
             "boot": true,
@@ -548,7 +578,14 @@ async fn create_everything(
         kind: "instance",
         id: name.clone(),
     });
-    compute.wait(operation, &what, wait).await?;
+    if let Err(error) = compute.wait(operation, &what, wait).await {
+        // A failed insert usually leaves no instance: then none is reported, kept or deleted.
+        let path = compute.zonal(&format!("instances/{name}"));
+        if let Ok(None) = compute.get::<Instance>(&path, "reading the instance").await {
+            created.pop();
+        }
+        return Err(error);
+    }
 
     step(format!("waiting for {name} to run with an external IP"));
     let deadline = Instant::now() + wait;
@@ -672,7 +709,8 @@ pub fn cleanup(
                 .await
                 .map(drop)
         })
-        .await
+        .await?;
+        token::forget("gcp", name, !resources.is_empty(), dry_run)
     })
 }
 

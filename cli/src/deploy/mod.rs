@@ -12,6 +12,7 @@ pub mod gce;
 pub mod gcp;
 pub mod gcs;
 pub mod plan;
+pub mod token;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -61,6 +62,33 @@ pub struct DeployOptions {
     /// How long the attestation gate waits for the agent to answer.
     #[arg(long, default_value_t = 900, requires = "golden")]
     pub gate_seconds: u64,
+}
+
+/// `--secure-boot` of the clouds that can turn UEFI Secure Boot on for our image (Azure, GCP).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SecureBootOption {
+    /// Turn UEFI Secure Boot on. Only for an image whose UKI is signed with a key the platform
+    /// trusts (see docs/deploy.md): the default image is unsigned and would not boot. Off by
+    /// default: PCR 7 records the Secure Boot state either way, and the golden's PCR set decides
+    /// whether it matters. vTPM and measured boot are on in both cases.
+    #[arg(long, visible_alias = "secure_boot")]
+    pub secure_boot: bool,
+}
+
+impl SecureBootOption {
+    /// What the plan says about Secure Boot.
+    pub fn plan(self) -> plan::SecureBootPlan {
+        if self.secure_boot {
+            plan::SecureBootPlan {
+                enabled: true,
+                note: "on (--secure-boot: the UKI must be signed with a key in the platform's \
+                       db, or the VM will not boot; PCR 7 records it)"
+                    .into(),
+            }
+        } else {
+            plan::SecureBootPlan::off()
+        }
+    }
 }
 
 /// The attestation gate (see `DeployOptions::golden`).

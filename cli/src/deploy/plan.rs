@@ -17,8 +17,38 @@ pub struct Plan {
     pub image: PathBuf,
     pub image_bytes: u64,
     pub ports: Vec<u16>,
+    /// The agent's API token: where it is kept and how it reaches the agent.
+    pub api_token: TokenPlan,
+    /// UEFI Secure Boot of the VM (vTPM and measured boot are always on).
+    pub secure_boot: SecureBootPlan,
     /// The steps in order, each naming the resource it creates.
     pub steps: Vec<String>,
+}
+
+/// How a deploy provisions the agent's API token.
+#[derive(Debug, Serialize)]
+pub struct TokenPlan {
+    /// The new token's file on this machine (mode 0600).
+    pub file: PathBuf,
+    /// The platform field that carries the `{"cvm_api_token": ...}` document.
+    pub passed_via: String,
+}
+
+/// Whether the VM boots with UEFI Secure Boot, and why.
+#[derive(Debug, Serialize)]
+pub struct SecureBootPlan {
+    pub enabled: bool,
+    pub note: String,
+}
+
+impl SecureBootPlan {
+    /// Off: the default image's UKI is unsigned.
+    pub fn off() -> Self {
+        Self {
+            enabled: false,
+            note: "off (image unsigned; PCR 7 records it; the golden's PCR set decides)".into(),
+        }
+    }
 }
 
 impl Plan {
@@ -41,6 +71,15 @@ impl Plan {
                 .map(u16::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+        eprintln!(
+            "  API token: a new random one, kept in {} (mode 0600), passed to the agent via {}",
+            self.api_token.file.display(),
+            self.api_token.passed_via
+        );
+        eprintln!(
+            "  Secure Boot: {}; vTPM and measured boot on",
+            self.secure_boot.note
         );
         for (n, step) in self.steps.iter().enumerate() {
             eprintln!("  {}. {step}", n + 1);
@@ -65,7 +104,10 @@ pub struct Deployed {
     pub address: String,
     pub resources: Vec<Resource>,
     pub upload: UploadStats,
+    /// The agent's API token (mode 0600), for `update-workload --token-file`.
+    pub api_token_file: PathBuf,
     pub verify_command: String,
+    pub update_command: String,
     pub cleanup_command: String,
 }
 
@@ -102,7 +144,9 @@ impl Deployed {
         for resource in &self.resources {
             println!("  {} {}", resource.kind, resource.id);
         }
+        println!("API token:  {} (mode 0600)", self.api_token_file.display());
         println!("Verify it:  {}", self.verify_command);
+        println!("Update it:  {}", self.update_command);
         println!("Remove it:  {}", self.cleanup_command);
     }
 }
@@ -110,6 +154,15 @@ impl Deployed {
 /// The command that attests a deployed VM (agents listen on 8000).
 pub fn verify_command(address: &str) -> String {
     format!("cvm-cli verify --host {address}:8000 --golden golden.json")
+}
+
+/// The command that replaces a deployed VM's workload with the deploy's token.
+pub fn update_command(address: &str, token_file: &std::path::Path) -> String {
+    format!(
+        "cvm-cli update-workload --host {address}:8000 --token-file {} --workload workload \
+         --golden golden.json",
+        token_file.display()
+    )
 }
 
 /// After a failed deploy with `--keep-on-failure`: what is left, and how to remove it.

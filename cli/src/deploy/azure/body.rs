@@ -133,6 +133,8 @@ pub struct Vm {
     pub network_profile: NetworkProfile,
     pub security_profile: VmSecurity,
     pub diagnostics_profile: DiagnosticsProfile,
+    /// Base64 of the agent's provisioning document (IMDS `compute/userData`).
+    pub user_data: String,
 }
 
 #[derive(Serialize)]
