@@ -1,85 +1,126 @@
 #!/usr/bin/env bash
 # The README's main command: the whole job on the embedded local default, on this machine.
-#   build   the `tiny-agent` image (UKI + dm-verity root with the agent and a seed workload; a
-#           data partition for the workload), predicting its PCRs offline
-#           (out/tiny-agent/measurements.json);
+#   build   the production `debian` image (Debian 13, Podman, docker-compose, the release-built
+#           cvm-agent; UKI + dm-verity root; a data partition made on first boot) with the example
+#           workload (./workload) as its seed, predicting its PCRs offline
+#           (out/debian/measurements.json);
 #   boot    `cvm-cli deploy-local`: QEMU + OVMF with a new software TPM whose attestation key is
-#           recorded before the guest runs, and a new API token handed over by fw_cfg; the agent
-#           in the guest measures the seed workload (and a salted commitment to the token) into
-#           PCR 23;
+#           recorded before the guest runs, a new API token handed over by fw_cfg, and the
+#           workload's port 8080 forwarded to 127.0.0.1:$CVM_LOCAL_WORKLOAD_PORT (18080); the
+#           agent measures the seed workload (and a salted commitment to the token) into PCR 23,
+#           then runs it with Podman;
 #   golden  the golden values computed offline: predicted PCR 4/9/11/12 + the workload's PCR 23;
 #   verify  `cvm-cli verify --host` over a fresh nonce: every check printed, exit 0 only if all pass;
-#   upload  `cvm-cli update-workload`: the example workload (./workload), packed fresh, after
-#           verifying the VM; the agent measures it into PCR 23 as a new generation;
-#   verify  again against golden values of ./workload; then golden values of a changed config
-#           file must fail, naming the file.
-# Everything it needs is installed by scripts/install-test-deps.sh. Outputs go to out/.
+#   answer  the example workload answers over HTTP with its measured config and what it read from
+#           the agent's local API socket;
+#   update  `cvm-cli update-workload`: the example with a changed config, after verifying the VM;
+#           the agent measures it into PCR 23 as a new generation and runs it; it answers anew;
+#   verify  passes against golden values of the update, and fails, naming the changed file,
+#           against the seed's.
+# Everything it needs is installed by scripts/install-test-deps.sh. Outputs go to out/; the time
+# each step took is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+timings=()
+step_start=$SECONDS
+step() { # NAME: ends the running step (recording its time) and announces the next
+  [ -n "${step_name:-}" ] && timings+=("$(printf '%-8s %4d s' "$step_name" $((SECONDS - step_start)))")
+  step_name=$1
+  step_start=$SECONDS
+  [ -n "$1" ] && echo "==> $1: ${2:-}"
+  return 0
+}
+
+step deps "test dependencies and the build"
 ./scripts/install-test-deps.sh
-cargo build --locked -p image-builder -p cvm-cli -p cvm-agent
+cargo build --locked --release -p cvm-agent
+cargo build --locked -p image-builder -p cvm-cli
 bin=target/debug
 name=cvm-run-local
 port=${CVM_LOCAL_PORT:-18000}
-image=out/tiny-agent/disk.raw
+workload_port=${CVM_LOCAL_WORKLOAD_PORT:-18080}
+out=out/debian
+image=$out/disk.raw
 state=$("$bin/cvm-cli" deploy-local --image "$image" --name "$name" --dry-run | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
 trap '"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true' EXIT
 
-echo "==> build: the tiny-agent image with a seed workload"
-overlay=out/tiny-agent-overlay
+step image "the production debian image, the example workload as its seed"
+overlay=out/debian-overlay
 seed="$overlay/usr/share/cvm/workload"
 rm -rf "$overlay"
-mkdir -p "$overlay/usr/share/cvm" "$overlay/usr/lib/x86_64-linux-gnu"
+mkdir -p "$overlay/usr/share/cvm"
 cp -r workload "$seed"
-rm -rf "$seed/secrets"   # secrets are provisioned at run time, never built in
+rm -rf "$seed/secrets" && mkdir "$seed/secrets"  # secrets are provisioned at run time, never built in
 ./scripts/make-example-image.sh "$seed/hello.tar"
-# tpm2-tss loads its device TCTI at run time: the agent's ldd closure does not show it.
-cp -L /usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0 "$overlay/usr/lib/x86_64-linux-gnu/"
-"$bin/cvm-image" build --config image-builder/images/tiny-agent.toml --out out/tiny-agent
+"$bin/cvm-image" build --config image-builder/images/debian.toml --out "$out" --overlay "$overlay" \
+  --format raw
 
-echo "==> boot: deploy-local (QEMU + OVMF + swtpm)"
+step boot "deploy-local (QEMU + OVMF + swtpm), workload port 8080 on 127.0.0.1:$workload_port"
 "$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
-"$bin/cvm-cli" deploy-local --image "$image" --name "$name" --port "$port"
+"$bin/cvm-cli" deploy-local --image "$image" --name "$name" --port "$port" --memory-mib 2048 \
+  --forward "$workload_port:8080"
 
 # The salt under which the agent commits to the API token in PCR 23 (public, drawn once per boot):
 # read from the VM's workload log. A host that lies about it only makes verification fail.
-curl -sfk --max-time 30 "https://127.0.0.1:$port/eventlog" -o out/eventlog.json ||
-  curl -sf --max-time 30 "http://127.0.0.1:$port/eventlog" -o out/eventlog.json
+curl -sfk --max-time 30 "https://127.0.0.1:$port/eventlog" -o out/eventlog.json
 
 golden() { # WORKLOAD OUT [more golden flags]: computed offline from the build and the folder
-  local folder=$1 out=$2
+  local folder=$1 golden_out=$2
   shift 2
-  "$bin/cvm-cli" golden --measurements out/tiny-agent/measurements.json --workload "$folder" \
+  "$bin/cvm-cli" golden --measurements "$out/measurements.json" --workload "$folder" \
     --token-file "$state/api-token" --token-salt out/eventlog.json --cloud qemu --tee none \
-    --out "$out" "$@"
+    --out "$golden_out" "$@"
+}
+verify() { # GOLDEN
+  "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden "$1" --trusted-ak "$state/ak.pub"
+}
+answer() { # EXPECTED: waits until the workload's answer contains EXPECTED, then prints it
+  local body="" deadline=$((SECONDS + 300))
+  while [ $SECONDS -lt $deadline ]; do
+    body=$(curl -sf --max-time 15 "http://127.0.0.1:$workload_port/" || true)
+    if [[ $body == *"$1"* ]]; then
+      echo "workload answered: $body"
+      # It read the agent's local API through the socket mounted into the container.
+      if [[ $body != *'"cloud_type":"qemu"'* ]]; then
+        echo "ERROR: the answer does not carry the agent's /platform answer" >&2
+        return 1
+      fi
+      return 0
+    fi
+    sleep 3
+  done
+  echo "ERROR: no answer containing '$1' from 127.0.0.1:$workload_port within 300 s (last: '$body')" >&2
+  tail -n 40 "$state/serial.log" >&2 || true
+  return 1
 }
 
-echo "==> golden + verify: the seed workload, against values computed offline"
+step verify "the seed workload, against golden values computed offline"
 golden "$seed" out/golden-seed.json
-"$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden-seed.json --trusted-ak "$state/ak.pub"
+verify out/golden-seed.json
 
-echo "==> upload: the example workload (./workload), after verifying the VM"
+step answer "the example workload over HTTP"
+answer "message=$(cat "$seed/config/message.txt")"
+
+step update "the example workload with a changed config, after verifying the VM"
 upload=out/upload-workload
 rm -rf "$upload"
-cp -r workload "$upload"
-cp "$seed/hello.tar" "$upload/"   # measure-only agent: image IDs come from the archives
+cp -r "$seed" "$upload"
+new_message="updated at $(date -u +%FT%TZ) by run-local"
+echo "$new_message" > "$upload/config/message.txt"
 "$bin/cvm-cli" update-workload --host "127.0.0.1:$port" --token-file "$state/api-token" \
   --workload "$upload" --golden out/golden-seed.json --trusted-ak "$state/ak.pub"
+answer "message=$new_message"
 
-echo "==> golden + verify: the uploaded workload"
+step verify "the update against its golden values; the seed's golden must fail naming the file"
 golden "$upload" out/golden.json --allow-measurement out/golden-seed.json
-"$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden.json --trusted-ak "$state/ak.pub"
-
-echo "==> verify: a changed config file must fail, and say which file"
-changed=$(mktemp -d)
-cp -r "$upload/." "$changed/"
-echo "changed" > "$changed/config/message.txt"
-golden "$changed" out/golden-changed.json --allow-measurement out/golden-seed.json
-rm -rf "$changed"
-if "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden out/golden-changed.json \
-     --trusted-ak "$state/ak.pub" > out/verify-changed.txt; then
-  echo "ERROR: a changed workload verified" >&2
+verify out/golden.json
+if verify out/golden-seed.json > out/verify-old.txt; then
+  echo "ERROR: the old golden values verified the updated workload" >&2
   exit 1
 fi
-grep -E "FAIL +workload.measurement" out/verify-changed.txt
-echo "==> done: built, booted, measured, verified, uploaded and verified again; a changed workload is refused"
+grep -E 'FAIL +workload.measurement.*config/message.txt' out/verify-old.txt
+step ""
+echo "==> done: built, booted, verified, answered, updated, answered anew and verified again; the old golden values are refused"
+printf '    %s\n' "${timings[@]}"
+printf '    %-8s %4d s\n' total $((SECONDS - started))

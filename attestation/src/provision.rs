@@ -84,7 +84,10 @@ mod tests {
         let token = "ab".repeat(32);
         let doc = UserData::new(&token).unwrap();
         assert_eq!(UserData::parse(doc.to_json().as_bytes()).unwrap(), doc);
-        assert!(!format!("{doc:?}").contains(&token), "Debug leaks the token");
+        assert!(
+            !format!("{doc:?}").contains(&token),
+            "Debug leaks the token"
+        );
         assert_eq!(UserData::new("short"), Err(UserDataError::BadToken));
         assert_eq!(
             UserData::new(&format!("{} x", "a".repeat(40))),

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod config;
 pub mod engine;
 pub mod platform;
+pub mod provision;
 pub mod tls;
 pub mod tpm_actor;
 pub mod workload;

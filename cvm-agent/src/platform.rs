@@ -4,10 +4,12 @@ use cvm_attestation::evidence::{Cloud, Platform, Tee};
 use serde::Serialize;
 use std::path::Path;
 
+/// Where the kernel shows the firmware's DMI (SMBIOS) identification.
+pub const DMI_DIR: &str = "/sys/class/dmi/id";
+
 /// Detects the platform, honouring explicit configuration.
 pub fn detect(cloud: Option<Cloud>, tee: Option<Tee>) -> Platform {
-    let vendor = std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default();
-    let cloud = cloud.unwrap_or_else(|| cloud_from_vendor(vendor.trim()));
+    let cloud = cloud.unwrap_or_else(|| cloud_from_dmi(Path::new(DMI_DIR)));
     let tee = tee.unwrap_or_else(|| {
         if Path::new("/dev/sev-guest").exists()
             || cloud == Cloud::Azure && Path::new("/dev/tpmrm0").exists()
@@ -23,7 +25,15 @@ pub fn detect(cloud: Option<Cloud>, tee: Option<Tee>) -> Platform {
     Platform { cloud, tee }
 }
 
-fn cloud_from_vendor(vendor: &str) -> Cloud {
+/// The cloud the DMI directory `dmi_dir` (normally [`DMI_DIR`]) names by its `sys_vendor`; an
+/// unreadable or unknown vendor is QEMU.
+pub fn cloud_from_dmi(dmi_dir: &Path) -> Cloud {
+    let vendor = std::fs::read_to_string(dmi_dir.join("sys_vendor")).unwrap_or_default();
+    cloud_from_vendor(vendor.trim())
+}
+
+/// The cloud a DMI `sys_vendor` names; anything unknown is QEMU.
+pub fn cloud_from_vendor(vendor: &str) -> Cloud {
     match vendor {
         "Microsoft Corporation" => Cloud::Azure,
         "Google" => Cloud::Gcp,
@@ -71,5 +81,9 @@ mod tests {
         assert_eq!((p.cloud, p.tee), (Cloud::Gcp, Tee::Tdx));
         assert_eq!(cloud_from_vendor("Amazon EC2"), Cloud::Aws);
         assert_eq!(cloud_from_vendor("QEMU"), Cloud::Qemu);
+        let dmi = tempfile::tempdir().unwrap();
+        assert_eq!(cloud_from_dmi(dmi.path()), Cloud::Qemu, "no sys_vendor");
+        std::fs::write(dmi.path().join("sys_vendor"), "Microsoft Corporation\n").unwrap();
+        assert_eq!(cloud_from_dmi(dmi.path()), Cloud::Azure);
     }
 }

@@ -282,6 +282,13 @@ fn boot_until_agent_answers(bus: DiskBus) {
         "{bus:?}: no token from fw_cfg:\n{}",
         tail(s)
     );
+    // Containers are kept away from the metadata service (and the token in the user data).
+    assert!(
+        s.contains("Finished \u{1b}[0;1;39mcvm-metadata-guard")
+            || s.contains("Finished cvm-metadata-guard"),
+        "{bus:?}: the metadata guard was not loaded:\n{}",
+        tail(s)
+    );
     eprintln!(
         "{bus:?}: agent answered /health after {:.0} s: {}",
         outcome.elapsed.as_secs_f64(),
