@@ -228,6 +228,10 @@ pub struct GoldenTdx {
     /// Allowed TDX modules (MRSEAM); empty means not checked.
     #[serde(default)]
     pub mrseams: Vec<Sha384Digest>,
+    /// Allowed MRSERVICETDs (the service TDs bound to the TD; stated only by TD report 1.5
+    /// bodies, quote v5 body type 3); empty means not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mrservicetds: Vec<Sha384Digest>,
     /// TCB statuses accepted for the platform, the TDX module and the QE (default `UpToDate`).
     #[serde(default = "default_tcb_statuses")]
     pub tcb_statuses: Vec<crate::tdx::TcbStatus>,
@@ -248,6 +252,7 @@ impl Default for GoldenTdx {
             rtmr2: None,
             rtmr3: None,
             mrseams: Vec::new(),
+            mrservicetds: Vec::new(),
             tcb_statuses: default_tcb_statuses(),
             allow_debug: false,
         }

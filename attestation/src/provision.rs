@@ -19,12 +19,16 @@ pub const GCP_METADATA_KEY: &str = "cvm-agent";
 pub struct UserData {
     /// The agent's API token (update routes); printable ASCII, no whitespace.
     pub cvm_api_token: String,
+    /// Where the key of `/data` comes from (absent: the image's default, `ephemeral`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_unlock: Option<crate::workload::DataUnlock>,
 }
 
 impl std::fmt::Debug for UserData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserData")
             .field("cvm_api_token", &"<redacted>")
+            .field("data_unlock", &self.data_unlock)
             .finish()
     }
 }
@@ -45,6 +49,7 @@ impl UserData {
     pub fn new(token: &str) -> Result<Self, UserDataError> {
         let data = Self {
             cvm_api_token: token.to_owned(),
+            data_unlock: None,
         };
         data.check()?;
         Ok(data)

@@ -1,5 +1,5 @@
 //! Property tests for the TDX parsers and verifier (the pattern of parsers_never_panic.rs): TD
-//! quotes, TDREPORTs, PCK certificate extensions, collateral JSON (the document and the TCB info
+//! quotes (v4 and TEST-ONLY v5, both body types), TDREPORTs, PCK certificate extensions, collateral JSON (the document and the TCB info
 //! / QE identity bodies inside it) and evidence with a `tdx` section return a value or an error
 //! on any input, mutated real vectors included, and never panic. Plus real properties: strict
 //! prefixes of a quote never parse, and a flipped byte of a quote's signed part never verifies.
@@ -47,6 +47,12 @@ fn seeds() -> &'static Seeds {
         .unwrap();
         let signer = TdxTestSigner::new().unwrap();
         let test_quote = signer.quote(&signer.body(&[7; 64])).unwrap();
+        let svn = test_support::tdx_signer::TEE_TCB_SVN;
+        let v5_quotes = [
+            signer.body(&[8; 64]),
+            signer.body15(&[8; 64], &svn, &[0x5d; 48]),
+        ]
+        .map(|body| signer.quote_v5(&body).unwrap());
         let pck_certs = [&real, &test_quote]
             .iter()
             .map(|q| {
@@ -78,7 +84,7 @@ fn seeds() -> &'static Seeds {
             "tpm": {"quote": "", "pcrs": {"hash": "sha256", "pcrs": {}}, "ak_pub": ""}
         });
         Seeds {
-            quotes: vec![real, tappd, test_quote],
+            quotes: [vec![real, tappd, test_quote], v5_quotes.to_vec()].concat(),
             real_collateral: TdxCollateral::from_json(&real_collateral_json).unwrap(),
             collaterals: vec![real_collateral_json, signer.collateral_json().unwrap()],
             pck_certs,
@@ -128,10 +134,10 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_are_not_quotes_and_do_not_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), tee in any::<bool>()) {
+    fn random_bytes_are_not_quotes_and_do_not_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), tee in any::<bool>(), v5 in any::<bool>()) {
         let mut bytes = bytes;
         if tee && bytes.len() >= 8 {
-            bytes[..8].copy_from_slice(&[4, 0, 2, 0, 0x81, 0, 0, 0]);
+            bytes[..8].copy_from_slice(&[if v5 { 5 } else { 4 }, 0, 2, 0, 0x81, 0, 0, 0]);
         }
         exercise_quote(&bytes);
     }

@@ -9,8 +9,11 @@ use cvm_attestation::golden::{
     GoldenWorkload, GOLDEN_VERSION,
 };
 use cvm_attestation::snp::policy::{default_minimum_tcb, SnpProduct, Tcb};
+use cvm_attestation::workload::data::key_commitment;
 use cvm_attestation::workload::token::parse_salt;
-use cvm_attestation::workload::{archived_images, TokenCommitment, WorkloadEvent, WorkloadFolder};
+use cvm_attestation::workload::{
+    archived_images, DataState, TokenCommitment, WorkloadEvent, WorkloadFolder,
+};
 use cvm_attestation::{Sha256Digest, Sha384Digest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +38,14 @@ pub struct GoldenArgs {
     /// file holding the agent's workload log (GET /eventlog) or evidence to take it from.
     #[arg(long, value_name = "HEX|FILE", requires = "token_file")]
     token_salt: Option<String>,
+    /// How the image's agent protects /data (docs/data-at-rest.md), part of the workload
+    /// measurement: `ephemeral` (the production image's default), `pushed` (with
+    /// --data-key-file), or `none` (test images whose agent does not manage /data).
+    #[arg(long, value_name = "ephemeral|pushed|none", default_value = "none")]
+    data_unlock: String,
+    /// The pushed data key (32 or 64 bytes): the measurement carries its commitment.
+    #[arg(long)]
+    data_key_file: Option<PathBuf>,
     /// Accept a compose bind mount of this host path (outside the workload folder, so its
     /// content is not measured); repeatable.
     #[arg(long = "allow-host-mount", value_name = "PATH")]
@@ -211,7 +222,7 @@ fn workload(args: &GoldenArgs) -> Result<GoldenWorkload> {
     }
     check_host_mounts(&folder, &args.allow_host_mounts)?;
     let token = token_commitment(args)?;
-    let events = folder.events(&ids, token.as_ref())?;
+    let events = folder.events_with_data(&ids, token.as_ref(), data_state(args)?)?;
     let allowed = args
         .allow_measurements
         .iter()
@@ -242,6 +253,25 @@ fn check_host_mounts(folder: &WorkloadFolder, allowed: &[String]) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// The data-key event the agent will record (`--data-unlock`, `--data-key-file`).
+fn data_state(args: &GoldenArgs) -> Result<Option<DataState>> {
+    match (args.data_unlock.as_str(), &args.data_key_file) {
+        ("none", None) => Ok(None),
+        ("ephemeral", None) => Ok(Some(DataState::Ephemeral)),
+        ("pushed", Some(path)) => {
+            let key = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let commitment = key_commitment(&key)
+                .with_context(|| format!("--data-key-file {}", path.display()))?;
+            Ok(Some(DataState::Pushed(commitment)))
+        }
+        ("pushed", None) => {
+            bail!("--data-unlock pushed needs --data-key-file (the key you will push)")
+        }
+        (_, Some(_)) => bail!("--data-key-file goes with --data-unlock pushed"),
+        (other, None) => bail!("--data-unlock {other:?}: expected ephemeral, pushed or none"),
+    }
 }
 
 /// The api-token event's commitment: the token file's content (trimmed, as the agent reads it)

@@ -1,13 +1,17 @@
 //! `cvm-cli inspect FILE`: says what a file is and prints it readably (or as JSON): SEV-SNP
-//! report, Azure HCL report (SNP or TDX), TDX quote, TPM quote (TPMS_ATTEST), workload event log, evidence, golden
-//! measurement. Like `snpguest display`, for everything this toolkit handles.
+//! report, Azure HCL report (SNP or TDX), TDX quote (v4 or v5, binary or hex), TPM quote
+//! (TPMS_ATTEST), workload event log, evidence, golden measurement. Like `snpguest display`, for
+//! everything this toolkit handles.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::azure::{HclReport, HclReportType};
 use cvm_attestation::snp::policy::{chip_id_masked, signing_key, GuestPolicy, Tcb};
 use cvm_attestation::snp::SnpReport;
-use cvm_attestation::tdx::{looks_like_td_quote, sgx_extensions, TdQuote, TdReportBody};
+use cvm_attestation::tdx::quote::body_type_name;
+use cvm_attestation::tdx::{
+    decode_hex_quote, looks_like_td_quote, sgx_extensions, TdQuote, TdReportBody,
+};
 use cvm_attestation::tpm::Quote;
 use cvm_attestation::workload::WorkloadLog;
 use cvm_attestation::{Evidence, GoldenMeasurement};
@@ -66,7 +70,8 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
         ));
     }
     if looks_like_td_quote(bytes) {
-        return Ok(("TDX quote (v4)", td_quote(&TdQuote::parse(bytes)?)));
+        let quote = TdQuote::parse(bytes)?;
+        return Ok((td_quote_kind(&quote, false), td_quote(&quote)));
     }
     if bytes.starts_with(&[0xff, 0x54, 0x43, 0x47]) {
         let quote = Quote::parse(bytes)?;
@@ -108,12 +113,9 @@ pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
             ));
         }
     }
-    if trimmed.len() >= 16 && trimmed.len() <= 2 * cvm_attestation::tdx::quote::MAX_QUOTE_BYTES {
-        if let Ok(decoded) = hex::decode(trimmed) {
-            if looks_like_td_quote(&decoded) {
-                return Ok(("TDX quote (v4, hex)", td_quote(&TdQuote::parse(&decoded)?)));
-            }
-        }
+    if let Some(decoded) = decode_hex_quote(bytes) {
+        let quote = TdQuote::parse(&decoded)?;
+        return Ok((td_quote_kind(&quote, true), td_quote(&quote)));
     }
     if trimmed.starts_with('{') || trimmed.starts_with('"') {
         if let Ok(evidence) = Evidence::from_json(bytes) {
@@ -178,7 +180,18 @@ fn td_body(body: &TdReportBody) -> Value {
     })
 }
 
-/// A TD quote: header, TD report body, QE and the PCK certificate's platform (FMSPC, TCB SVNs).
+/// "TDX quote (v4)", "TDX quote (v5, hex)".
+fn td_quote_kind(quote: &TdQuote, hex: bool) -> &'static str {
+    match (quote.header.version, hex) {
+        (4, false) => "TDX quote (v4)",
+        (4, true) => "TDX quote (v4, hex)",
+        (_, false) => "TDX quote (v5)",
+        (_, true) => "TDX quote (v5, hex)",
+    }
+}
+
+/// A TD quote: header, (v5) body descriptor, TD report body (with TEE_TCB_SVN2 and MRSERVICETD
+/// for a 1.5 body), QE and the PCK certificate's platform (FMSPC, TCB SVNs).
 fn td_quote(quote: &TdQuote) -> Value {
     let pck = openssl::x509::X509::stack_from_pem(&quote.pck_chain_pem)
         .ok()
@@ -194,18 +207,30 @@ fn td_quote(quote: &TdQuote) -> Value {
         Some(Err(e)) => json!(e.to_string()),
         None => json!("no PCK certificate in the quote"),
     };
-    json!({
+    let mut td = td_body(&quote.body);
+    if let (Some(td15), Some(fields)) = (&quote.td15, td.as_object_mut()) {
+        fields.insert("tee_tcb_svn2".into(), json!(hex::encode(td15.tee_tcb_svn2)));
+        fields.insert("mrservicetd".into(), json!(hex::encode(td15.mrservicetd)));
+    }
+    let body = quote.body_descriptor.map(
+        |d| json!({ "type": d.body_type, "name": body_type_name(d.body_type), "size": d.size }),
+    );
+    let mut out = json!({
         "version": quote.header.version,
         "tee_type": format!("{:#x}", quote.header.tee_type),
         "qe_vendor_id": hex::encode(quote.header.qe_vendor_id),
-        "td": td_body(&quote.body),
+        "td": td,
         "qe": {
             "mrsigner": hex::encode(quote.qe_report.mrsigner),
             "isvprodid": quote.qe_report.isvprodid,
             "isvsvn": quote.qe_report.isvsvn,
         },
         "pck_platform": platform,
-    })
+    });
+    if let Some(body) = body {
+        out["body"] = body; // v5: the body descriptor
+    }
+    out
 }
 
 fn workload_log(log: &WorkloadLog) -> Value {

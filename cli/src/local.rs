@@ -35,6 +35,11 @@ pub struct DeployLocalArgs {
     /// workload's published port (repeatable).
     #[arg(long = "forward", value_name = "HOST:GUEST", value_parser = parse_forward)]
     forwards: Vec<(u16, u16)>,
+    /// Where the guest's /data key comes from (docs/data-at-rest.md): `pushed` makes it wait,
+    /// locked, for `cvm-cli unlock`; default: the image's own (`ephemeral` on the production
+    /// image). Handed over by fw_cfg; the agent records it in PCR 23.
+    #[arg(long, value_name = "ephemeral|pushed")]
+    data_unlock: Option<cvm_attestation::workload::DataUnlock>,
     #[arg(long, default_value_t = 1024)]
     memory_mib: u32,
     #[arg(long, default_value_t = 2)]
@@ -237,6 +242,9 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     for (host, guest) in &args.forwards {
         println!("  forward     127.0.0.1:{host} -> guest port {guest}");
     }
+    if let Some(mode) = args.data_unlock {
+        println!("  /data key   {} (to the guest by fw_cfg)", mode.as_str());
+    }
     println!(
         "  API token   new random, in {} (to the guest by fw_cfg)",
         dir.join("api-token").display()
@@ -327,6 +335,12 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         "-pidfile".into(),
         dir.join("qemu.pid").display().to_string(),
     ];
+    if let Some(mode) = args.data_unlock {
+        config.extra_args.extend([
+            "-fw_cfg".into(),
+            format!("name={DATA_UNLOCK_FW_CFG},string={}", mode.as_str()),
+        ]);
+    }
     let serial = dir.join("serial.log");
     let output = qemu_command(&config, &vars, &serial, &socket)
         .stderr(Stdio::piped())
@@ -394,6 +408,8 @@ const SNP_VCPU_TYPE: &str = "EPYC-v4";
 /// The fw_cfg entry the guest reads its API token from
 /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/cvm/api-token/raw`).
 const API_TOKEN_FW_CFG: &str = "opt/cvm/api-token";
+/// The fw_cfg entry the guest reads its data key mode from (`cvm-agent provision`).
+const DATA_UNLOCK_FW_CFG: &str = "opt/cvm/data-unlock";
 
 /// Stops a local VM started by deploy-local and deletes its state.
 pub fn cleanup(name: &str) -> Result<()> {

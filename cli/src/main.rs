@@ -8,6 +8,7 @@ mod inspect;
 mod local;
 mod snp_launch;
 mod time;
+mod unlock;
 mod update;
 mod verify;
 
@@ -38,6 +39,10 @@ enum Command {
     /// Replace a running VM's workload: pack the folder fresh, optionally verify the VM first,
     /// upload with the bearer token.
     UpdateWorkload(update::UpdateArgs),
+    /// Send a VM that waits with /data locked (data key mode `pushed`) its key, only after
+    /// verifying it as a locked VM against the golden measurement (exit 1, nothing sent, if any
+    /// check fails).
+    Unlock(unlock::UnlockArgs),
     /// Print the attestation key the agent will use on a TPM you created (to pin it).
     TpmAk(local::TpmAkArgs),
     /// Deploy an image to AWS: EBS snapshot by direct upload, AMI (UEFI, TPM 2.0), security
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
         Command::DeployGcp(args) => deploy::gcp::run(args).map(|()| true),
         Command::TpmAk(args) => local::tpm_ak(args).map(|()| true),
         Command::UpdateWorkload(args) => update::run(args),
+        Command::Unlock(args) => unlock::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use cvm_attestation::encoding::{decode_base64, Bytes};
 use cvm_attestation::golden::{GoldenSnp, GoldenTdx};
 use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
 use cvm_attestation::snp::TrustedRoot;
-use cvm_attestation::tdx::{looks_like_td_quote, TdxCollateral};
+use cvm_attestation::tdx::{decode_hex_quote, looks_like_td_quote, TdxCollateral};
 use cvm_attestation::verify::{verify_snp_report, verify_tdx_quote};
 use cvm_attestation::{verify, Evidence, GoldenMeasurement, VerificationReport, VerifyOptions};
 use std::path::{Path, PathBuf};
@@ -38,8 +38,9 @@ pub struct VerifyArgs {
     /// Golden measurement JSON (ours or the predecessor's) to compare the evidence with.
     #[arg(long, alias = "golden_measurement")]
     golden: Option<PathBuf>,
-    /// A bare SNP report (1184 bytes), an Azure HCL report, a TDX quote (v4, binary or hex), or
-    /// an evidence file to take the report and VCEK (or the TD quote) from.
+    /// A bare SNP report (1184 bytes), an Azure HCL report, a TDX quote (v4 or v5, binary or hex
+    /// with or without 0x), or an evidence file to take the report and VCEK (or the TD quote)
+    /// from.
     #[arg(long)]
     report: Option<PathBuf>,
     /// TDX collateral JSON (TCB info, QE identity, CRLs; the shape of dcap-qvl's collateral
@@ -186,6 +187,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             options,
             args.save_evidence.as_deref(),
             args.json,
+            None,
         )
         .map(|verdict| verdict.verified);
     }
@@ -232,14 +234,14 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
     Ok(report.verified)
 }
 
-/// A TD quote in `bytes` (binary or hex text, detected by version 4 and TEE type 0x81), or in an
-/// evidence file's `tdx` section (with its collateral, when it carries one).
+/// A TD quote in `bytes` (binary, or hex text with or without `0x` and surrounding whitespace;
+/// detected by version 4 or 5, key type 2 and TEE type 0x81), or in an evidence file's `tdx`
+/// section (with its collateral, when it carries one).
 fn td_quote_of(bytes: &[u8]) -> Result<Option<(Vec<u8>, Option<TdxCollateral>)>> {
     if looks_like_td_quote(bytes) {
         return Ok(Some((bytes.to_vec(), None)));
     }
-    let decoded = hex_text_or_binary(bytes.to_vec());
-    if looks_like_td_quote(&decoded) {
+    if let Some(decoded) = decode_hex_quote(bytes) {
         return Ok(Some((decoded, None)));
     }
     if bytes.first() == Some(&b'{') || bytes.first() == Some(&b'"') {
@@ -319,7 +321,22 @@ pub fn verify_host(
     json: bool,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, json)
+    verify_running(host, golden, options, None, json, None)
+}
+
+/// Changes the golden measurement once the evidence is known (e.g. `unlock`: the workload a
+/// locked VM must show is its empty generation, whose token salt the evidence carries).
+pub type AdjustGolden<'a> = &'a dyn Fn(&mut GoldenMeasurement, &Evidence) -> Result<()>;
+
+/// [`verify_host`] with the golden adjusted to the evidence before the checks run.
+pub fn verify_host_adjusted(
+    host: &str,
+    golden: &Path,
+    trusted_ak: Option<&Path>,
+    adjust: AdjustGolden<'_>,
+) -> Result<HostVerdict> {
+    let options = options(None, None, &[], trusted_ak)?;
+    verify_running(host, golden, options, None, false, Some(adjust))
 }
 
 fn verify_running(
@@ -328,8 +345,9 @@ fn verify_running(
     options: VerifyOptions,
     save_evidence: Option<&Path>,
     json: bool,
+    adjust: Option<AdjustGolden<'_>>,
 ) -> Result<HostVerdict> {
-    let golden = GoldenMeasurement::from_json(&read(golden_path)?)
+    let mut golden = GoldenMeasurement::from_json(&read(golden_path)?)
         .with_context(|| format!("{}", golden_path.display()))?;
     let mut nonce = [0u8; 32];
     openssl::rand::rand_bytes(&mut nonce)?;
@@ -346,6 +364,9 @@ fn verify_running(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
+    if let Some(adjust) = adjust {
+        adjust(&mut golden, &evidence)?;
+    }
     let report = verify(&evidence, &golden, &options);
     print_report(&report, json)?;
     Ok(HostVerdict {

@@ -1,6 +1,7 @@
 //! `cvm-cli verify --report TDQUOTE --collateral FILE` and `inspect` on the real TDX vectors in
 //! ../shared/vectors/tdx and the Azure TDX HCL report: exit status, named checks, tampering,
-//! expiry.
+//! expiry. And a TEST-ONLY v5 quote (hex with `0x`): the TDX checks run, inspect shows its body
+//! type, TEE_TCB_SVN2 and MRSERVICETD.
 
 mod common;
 use common::{cli, stdout, vector};
@@ -141,4 +142,87 @@ fn inspect_shows_td_quotes_and_tdx_hcl_reports() {
         96
     );
     assert_eq!(content["hardware_report"]["debug"], false);
+}
+
+/// A TEST-ONLY v5 quote (TD report 1.5 body) as hex text with `0x` and a trailing newline, its
+/// collateral and the test signer's root, in `dir`.
+fn v5_files(dir: &std::path::Path) -> (String, String, String) {
+    use test_support::tdx_signer::{TdxTestSigner, TEE_TCB_SVN};
+    let signer = TdxTestSigner::new().unwrap();
+    let body = signer.body15(&[6; 64], &TEE_TCB_SVN, &[0x5d; 48]);
+    let quote = signer.quote_v5(&body).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (
+        write(
+            "quote-v5.hex",
+            format!("0x{}\n", hex::encode(quote)).as_bytes(),
+        ),
+        write("collateral.json", &signer.collateral_json().unwrap()),
+        write("root.pem", &signer.root_pem()),
+    )
+}
+
+#[test]
+fn a_v5_quote_runs_the_tdx_checks_and_inspect_shows_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (quote, collateral, root) = v5_files(dir.path());
+    let args = [
+        "verify",
+        "--report",
+        &quote,
+        "--collateral",
+        &collateral,
+        "--test-root",
+        &root,
+        "--at",
+        "2030-01-01T00:00:00Z",
+        "--json",
+    ];
+    let output = cli(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{}{stderr}", stdout(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for name in ["tdx.quote", "tdx.quote_signature", "tdx.tcb_status"] {
+        assert!(names.contains(&name), "{name}: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with("snp.")), "{names:?}");
+    let parsed = checks.iter().find(|c| c["name"] == "tdx.quote").unwrap();
+    let reason = parsed["reason"].as_str().unwrap();
+    assert!(reason.contains("version 5 (body type 3"), "{reason}");
+
+    // Without the test root it is the same TDX path, failing at the PCK chain.
+    let output = cli(&args[..5]
+        .iter()
+        .chain(&args[7..])
+        .copied()
+        .collect::<Vec<_>>());
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(failed_checks(&output), ["tdx.pck_chain"]);
+
+    let output = cli(&["inspect", &quote, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["kind"], "TDX quote (v5, hex)");
+    let content = &json["content"];
+    assert_eq!(content["version"], 5);
+    assert_eq!(content["body"]["type"], 3);
+    assert_eq!(content["body"]["name"], "TD report 1.5");
+    assert_eq!(content["body"]["size"], 648);
+    assert_eq!(content["td"]["mrservicetd"], "5d".repeat(48));
+    assert_eq!(content["td"]["tee_tcb_svn2"], content["td"]["tee_tcb_svn"]);
+    let text = stdout(&cli(&["inspect", &quote]));
+    for line in [
+        "TDX quote (v5, hex)",
+        "mrservicetd: 5d5d",
+        "tee_tcb_svn2: ",
+        "name: TD report 1.5",
+    ] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
 }

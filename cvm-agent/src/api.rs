@@ -3,11 +3,13 @@
 //! and a timeout; every error is JSON `{"error": "..."}`.
 
 use crate::archive::{unpack, Limits};
+use crate::audit::{self, Throttle};
 use crate::platform::PlatformInfo;
-use crate::tpm_actor::TpmActor;
-use crate::workload::{Workloads, PROJECT};
+use crate::serve::Peer;
+use crate::tpm_actor::{TpmActor, TpmBusy};
+use crate::workload::{RollbackFailed, Workloads, PROJECT};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,11 +46,15 @@ pub const ROUTES: &[(&str, &str, Listener)] = &[
     ("get", "/health", Listener::Both),
     ("post", "/update-workload", Listener::External),
     ("get", "/container-logs", Listener::External),
+    ("post", "/unlock", Listener::External),
 ];
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
 const SMALL_BODY: usize = 64 * 1024;
+/// Audit lines for rejected bearer tokens: at most this many per window (then counted).
+const REJECTED_TOKEN_LINES: u32 = 10;
+const REJECTED_TOKEN_WINDOW: Duration = Duration::from_secs(60);
 const VERIFY_BODY: usize = 24 << 20;
 /// Longest nonce path segment accepted (base64 of 64 bytes is 88 characters).
 const MAX_NONCE_TEXT: usize = 256;
@@ -86,7 +92,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        // 503 here always means "busy now": a client should come back shortly.
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            let retry = HeaderValue::from_static("1");
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
     }
 }
 
@@ -113,6 +125,12 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
             ("get", "/eventlog") => routes.route(path, get(eventlog)),
             ("get", "/health") => routes.route(path, get(health)),
             ("get", "/container-logs") => routes.route(path, get(container_logs)),
+            ("post", "/unlock") => routes.route(
+                path,
+                post(unlock).layer(middleware::from_fn(|req: Request, next: Next| {
+                    timeout(req, next, UPDATE_TIMEOUT)
+                })),
+            ),
             ("post", "/update-workload") => routes.route(
                 path,
                 post(update_workload)
@@ -124,10 +142,14 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
             _ => unreachable!("every route in ROUTES has a handler: {method} {path}"),
         };
     }
+    let rejected = Arc::new(Throttle::new(REJECTED_TOKEN_LINES, REJECTED_TOKEN_WINDOW));
     routes
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .layer(middleware::from_fn(|req: Request, next: Next| {
             timeout(req, next, REQUEST_TIMEOUT)
+        }))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            audit_rejections(req, next, Arc::clone(&rejected))
         }))
         .fallback(|| async {
             ApiError(
@@ -147,6 +169,24 @@ async fn timeout(request: Request, next: Next, limit: Duration) -> Response {
         )
         .into_response(),
     }
+}
+
+/// An audit line per request refused for its bearer token (401 and 403 come from `authorize`
+/// alone), rate-limited.
+async fn audit_rejections(request: Request, next: Next, throttle: Arc<Throttle>) -> Response {
+    let peer = request.extensions().get::<Peer>().cloned();
+    let route = request.uri().path().to_owned();
+    let presented = request.headers().contains_key(header::AUTHORIZATION);
+    let response = next.run(request).await;
+    let reason = match response.status() {
+        StatusCode::UNAUTHORIZED if presented => "wrong or malformed token",
+        StatusCode::UNAUTHORIZED => "no Authorization header",
+        StatusCode::FORBIDDEN => "no API token is configured here",
+        _ => return response,
+    };
+    let peer = peer.unwrap_or_else(|| Peer("unknown".into()));
+    audit::rejected_token(&throttle, &peer, &route, reason);
+    response
 }
 
 /// A nonce in the path: hex, or base64 (standard or URL-safe).
@@ -171,7 +211,10 @@ async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Ev
         .tpm
         .evidence(state.platform, nonce, state.tls_key, log)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| match e.downcast_ref::<TpmBusy>() {
+            Some(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+            None => ApiError::internal(e),
+        })?;
     Ok(Json(evidence))
 }
 
@@ -308,6 +351,53 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `POST /unlock` body: the pushed data key, base64.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockRequest {
+    key: String,
+}
+
+/// Opens a locked `/data` with the pushed key (bearer token required: whoever holds the key of a
+/// first boot decides it). Sent by `cvm-cli unlock` only after verifying this VM over the TLS key
+/// bound into its evidence.
+async fn unlock(
+    state: Shared,
+    headers: HeaderMap,
+    Json(request): Json<UnlockRequest>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let key =
+        decode_base64(&request.key).ok_or_else(|| ApiError::bad_request("key: not base64"))?;
+    match state.workloads.unlock(&key).await {
+        Ok(outcome) => {
+            let already = outcome == crate::workload::Unlocked::Already;
+            tracing::info!(already, "/data unlocked");
+            Ok(Json(json!({
+                "success": true,
+                "already_unlocked": already,
+                "pcr23": state.workloads.measured().await.log.replay().to_hex(),
+            })))
+        }
+        Err(e) => {
+            tracing::warn!("unlock refused: {e:#}");
+            let status = if e.downcast_ref::<crate::workload::NoDataKey>().is_some()
+                || matches!(
+                    e.downcast_ref::<crate::data::DataError>(),
+                    Some(crate::data::DataError::NotPushed(_))
+                ) {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            Err(ApiError(
+                status,
+                format!("unlock refused, /data stays as it was: {e:#}"),
+            ))
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct LogsQuery {
     name: Option<String>,
@@ -341,13 +431,60 @@ async fn container_logs(
     Ok(Json(Value::Array(out)))
 }
 
-/// Accepts the predecessor's multipart upload (field `file`) or a raw zip/tar body.
+/// Accepts the predecessor's multipart upload (field `file`) or a raw zip/tar body. Every
+/// authorized attempt gets one audit line.
 async fn update_workload(
     state: Shared,
     headers: HeaderMap,
+    peer: Option<axum::Extension<Peer>>,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
+    let peer = peer.map_or_else(|| Peer("unknown".into()), |axum::Extension(peer)| peer);
+    let token = audit::token_prefix(&state.workloads.measured().await);
+    let staging = match receive_upload(&state, &headers, request).await {
+        Ok(staging) => staging,
+        Err(refused) => {
+            audit::update_refused(&peer, &token, &refused.1);
+            return Err(refused);
+        }
+    };
+    // In a task of its own, so neither a client that leaves nor the route's timeout can stop an
+    // update halfway (PCR 23 extended but the log not written, a rollback cut short).
+    let outcome = {
+        let (state, staging) = (Arc::clone(&state.0), staging.clone());
+        tokio::spawn(async move {
+            let outcome = state.workloads.update(&staging).await;
+            if outcome.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            outcome
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+    };
+    audit::update(&peer, &token, &outcome);
+    match outcome {
+        Ok(measured) => Ok(Json(json!({
+            "success": true,
+            "pcr23": measured.log.replay().to_hex(),
+            "workload": measured.current,
+        }))),
+        Err(e) if e.is::<RollbackFailed>() => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("update refused, the previous workload keeps running: {e:#}"),
+        )),
+    }
+}
+
+/// Reads the upload (multipart field `file`, or the raw body) and unpacks it into a fresh
+/// staging folder beside the workload folder; returns that folder.
+async fn receive_upload(
+    state: &Shared,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<std::path::PathBuf, ApiError> {
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -359,7 +496,7 @@ async fn update_workload(
         )
     };
     let bytes = if is_multipart {
-        let mut multipart = Multipart::from_request(request, &state)
+        let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut file = None;
@@ -406,18 +543,5 @@ async fn update_workload(
         let _ = std::fs::remove_dir_all(&staging);
         return Err(ApiError::bad_request(format!("rejected upload: {e}")));
     }
-    match state.workloads.update(&staging).await {
-        Ok(measured) => Ok(Json(json!({
-            "success": true,
-            "pcr23": measured.log.replay().to_hex(),
-            "workload": measured.current,
-        }))),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("update refused, the previous workload keeps running: {e:#}"),
-            ))
-        }
-    }
+    Ok(staging)
 }

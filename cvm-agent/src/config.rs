@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use cvm_attestation::evidence::{Cloud, Tee};
+use cvm_attestation::workload::DataUnlock;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,26 @@ pub struct Config {
     pub measure_only: bool,
     /// Largest /update-workload archive, in bytes.
     pub max_upload_bytes: usize,
+    /// Open connections per listener; one more is closed right after `accept`.
+    pub max_connections: usize,
+    /// A TLS client that has not finished its handshake after this many seconds is dropped.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection may take to send a complete request head, counted from its
+    /// accept (after the TLS handshake) or from the end of its previous response.
+    pub header_read_timeout_secs: u64,
+    /// A connection on which nothing moves (no byte read or written, no request being handled)
+    /// for this many seconds is closed: clients that stop reading their response.
+    pub idle_timeout_secs: u64,
+    /// Evidence requests queued for (or at) the TPM at once; more are answered 503.
+    pub tpm_queue_capacity: usize,
+    /// Where the key of `/data` comes from: `ephemeral` (made here at each boot) or `pushed`
+    /// (`/unlock` after the client verified the VM); absent: the agent does not manage `/data`
+    /// (test images). Recorded in PCR 23 (docs/data-at-rest.md).
+    pub data_unlock: Option<DataUnlock>,
+    /// Where the key is handed to `data_open_command` (tmpfs; removed right after).
+    pub data_key_file: PathBuf,
+    /// Opens and mounts `/data` with the key in `data_key_file`; `{mode}` becomes the unlock mode.
+    pub data_open_command: Vec<String>,
 }
 
 impl Default for Config {
@@ -90,6 +111,18 @@ impl Default for Config {
             start_workload: true,
             measure_only: false,
             max_upload_bytes: 256 << 20,
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            tpm_queue_capacity: crate::tpm_actor::DEFAULT_QUEUE_CAPACITY,
+            data_unlock: None,
+            data_key_file: PathBuf::from("/run/cvm-agent/data/key"),
+            data_open_command: vec![
+                "systemctl".into(),
+                "start".into(),
+                "cvm-data@{mode}.service".into(),
+            ],
         }
     }
 }
@@ -116,6 +149,12 @@ impl Config {
                 .parse()
                 .with_context(|| format!("{name}={value:?} is not an address"))
         };
+        if let Some(v) = get("CVM_AGENT_DATA_UNLOCK").filter(|v| !v.is_empty()) {
+            self.data_unlock = Some(
+                v.parse()
+                    .map_err(|e: String| anyhow::anyhow!("CVM_AGENT_DATA_UNLOCK: {e}"))?,
+            );
+        }
         if let Some(v) = get("CVM_AGENT_WORKLOAD_DIR") {
             self.workload_dir = v.into();
         }
@@ -159,6 +198,23 @@ impl Config {
         }
         if self.compose_command.is_empty() {
             bail!("compose_command must name a program");
+        }
+        self.check_limits()?;
+        Ok(())
+    }
+
+    /// Zero would close every connection at once or refuse every request.
+    fn check_limits(&self) -> Result<()> {
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("tpm_queue_capacity", self.tpm_queue_capacity as u64),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
         }
         Ok(())
     }

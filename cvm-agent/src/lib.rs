@@ -4,10 +4,13 @@
 
 pub mod api;
 pub mod archive;
+pub mod audit;
 pub mod config;
+pub mod data;
 pub mod engine;
 pub mod platform;
 pub mod provision;
+pub mod serve;
 pub mod tls;
 pub mod tpm_actor;
 pub mod workload;
@@ -35,6 +38,8 @@ pub struct Agent {
     pub start_kind: StartKind,
     pub state: Arc<AppState>,
     tasks: Vec<JoinHandle<()>>,
+    /// Why a listener stopped (they only stop on a fatal error).
+    stopped: tokio::sync::mpsc::UnboundedReceiver<anyhow::Error>,
 }
 
 impl Agent {
@@ -97,7 +102,8 @@ impl Agent {
             tee,
             config.firmware_event_log.clone(),
             &config.rtmr3_path,
-        )?;
+        )?
+        .with_queue_capacity(config.tpm_queue_capacity);
         let engine = if config.measure_only {
             tracing::warn!("measure-only: the workload is measured but not started (no engine)");
             None
@@ -119,6 +125,13 @@ impl Agent {
             tpm.clone(),
             token,
             config.start_workload,
+            config.data_unlock.map(|mode| {
+                data::DataVolume::new(
+                    mode,
+                    config.data_key_file.clone(),
+                    config.data_open_command.clone(),
+                )
+            }),
         )
         .await?;
         tracing::info!(?start_kind, "workload measured");
@@ -153,31 +166,9 @@ impl Agent {
             tls_key: tls.as_ref().map(|tls| tls.spki_sha256),
         });
 
-        let mut tasks = Vec::new();
-        let app = api::router(state.clone(), Listener::Local);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(local, app).await {
-                tracing::error!("local listener stopped: {e}");
-            }
-        }));
-        let app = api::router(state.clone(), Listener::External);
-        tasks.push(tokio::spawn(async move {
-            let result = match tls {
-                Some(tls) => tls.serve(external, app).await,
-                None => axum::serve(external, app).await.map_err(Into::into),
-            };
-            if let Err(e) = result {
-                tracing::error!("external listener stopped: {e:#}");
-            }
-        }));
-        if let Some(socket) = unix {
-            let app = api::router(state.clone(), Listener::Local);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(socket, app).await {
-                    tracing::error!("local socket stopped: {e}");
-                }
-            }));
-        }
+        let tls = tls.map(|tls| tls.acceptor());
+        let limits = serve::Limits::from(&config);
+        let (tasks, stopped) = spawn_listeners(&state, (local, external, unix), tls, limits);
         tracing::info!(
             %local_addr,
             %external_addr,
@@ -190,13 +181,16 @@ impl Agent {
             start_kind,
             state,
             tasks,
+            stopped,
         })
     }
 
-    /// Runs until the listeners stop.
-    pub async fn wait(mut self) {
-        for task in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
+    /// Runs until a listener stops, which only a fatal error makes it do: returns that error,
+    /// so the process exits non-zero and systemd restarts it.
+    pub async fn wait(mut self) -> Result<()> {
+        match self.stopped.recv().await {
+            Some(error) => Err(error),
+            None => bail!("every listener stopped"),
         }
     }
 }
@@ -207,6 +201,52 @@ impl Drop for Agent {
             task.abort();
         }
     }
+}
+
+/// The listeners: local TCP, external TCP, and the local Unix socket when configured.
+type Listeners = (
+    tokio::net::TcpListener,
+    tokio::net::TcpListener,
+    Option<tokio::net::UnixListener>,
+);
+
+/// Serves every listener through the one accept loop, with the same limits (serve.rs); the
+/// receiver gets why a listener stopped.
+fn spawn_listeners(
+    state: &Arc<AppState>,
+    (local, external, unix): Listeners,
+    tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    limits: serve::Limits,
+) -> (
+    Vec<JoinHandle<()>>,
+    tokio::sync::mpsc::UnboundedReceiver<anyhow::Error>,
+) {
+    let (stopped_tx, stopped) = tokio::sync::mpsc::unbounded_channel();
+    let local_app = api::router(state.clone(), Listener::Local);
+    let external_app = api::router(state.clone(), Listener::External);
+    let mut tasks = vec![
+        serve::spawn("local", local, None, local_app, limits, stopped_tx.clone()),
+        serve::spawn(
+            "external",
+            external,
+            tls,
+            external_app,
+            limits,
+            stopped_tx.clone(),
+        ),
+    ];
+    if let Some(socket) = unix {
+        let app = api::router(state.clone(), Listener::Local);
+        tasks.push(serve::spawn(
+            "local socket",
+            socket,
+            None,
+            app,
+            limits,
+            stopped_tx,
+        ));
+    }
+    (tasks, stopped)
 }
 
 fn read_der(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -71,7 +71,9 @@ async fn main() -> Result<ExitCode> {
     }
     let agent = Agent::start(config).await?;
     tokio::select! {
-        () = agent.wait() => {}
+        // A listener stopped for good: exit non-zero, so systemd (Restart=on-failure) restarts
+        // the agent instead of leaving it up without its API.
+        stopped = agent.wait() => stopped?,
         _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
     }
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ use cvm_attestation::evidence::Cloud;
 use cvm_attestation::provision::{
     UserData, UserDataError, GCP_METADATA_KEY, MAX_USER_DATA_BYTES, TOKEN_LEN,
 };
+use cvm_attestation::workload::DataUnlock;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
@@ -34,6 +35,8 @@ pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
 pub const DEFAULT_OUT_DIR: &str = "/run/cvm-provision";
 /// The fw_cfg entry `cvm-cli deploy-local` puts the token in, below the sysfs root.
 pub const FW_CFG_TOKEN: &str = "firmware/qemu_fw_cfg/by_name/opt/cvm/api-token/raw";
+/// The data key mode's fw_cfg entry, under the sysfs root.
+pub const FW_CFG_DATA_UNLOCK: &str = "firmware/qemu_fw_cfg/by_name/opt/cvm/data-unlock/raw";
 /// The DMI directory below the sysfs root.
 const DMI_SUBDIR: &str = "class/dmi/id";
 /// Azure's userData is base64: 4 characters per 3 bytes, and a little slack for a line end.
@@ -192,28 +195,72 @@ pub async fn provision(options: &Options) -> Result<Outcome, ProvisionError> {
     check_metadata_url(&options.metadata_url)?;
     let cloud = crate::platform::cloud_from_dmi(&options.sysfs_root.join(DMI_SUBDIR));
     let source = Source::of(cloud);
-    let token = fetch_token(source, options)
+    let (token, data_unlock) = fetch(source, options)
         .await
         .map_err(|e| ProvisionError::Source(source, e))?;
+    // The data key's mode (docs/data-at-rest.md), when the deployment chose one: the agent
+    // records it in PCR 23, so a host that changes it is seen.
+    let mode_line = data_unlock
+        .map(|mode| {
+            tracing::info!("/data key mode {} from {source}", mode.as_str());
+            format!("CVM_AGENT_DATA_UNLOCK={}\n", mode.as_str())
+        })
+        .unwrap_or_default();
     let Some(token) = token else {
+        write_file(&options.out, "agent.env", mode_line.as_bytes())?;
         return Ok(Outcome::Absent { source });
     };
     let token_file = options.out.join("api-token");
     write_file(&options.out, "api-token", token.as_bytes())?;
-    write_file(&options.out, "agent.env", env_line.as_bytes())?;
+    write_file(
+        &options.out,
+        "agent.env",
+        format!("{env_line}{mode_line}").as_bytes(),
+    )?;
     Ok(Outcome::Provisioned { source, token_file })
 }
 
-/// The token of `source`, `None` when the platform provides none.
-async fn fetch_token(source: Source, options: &Options) -> Result<Option<String>, SourceError> {
+/// The token of `source` and the data key mode, each `None` when the platform provides none.
+async fn fetch(
+    source: Source,
+    options: &Options,
+) -> Result<(Option<String>, Option<DataUnlock>), SourceError> {
     let imds = || Imds::new(&options.metadata_url, &options.retry);
     let document = match source {
-        Source::FwCfg => return read_fw_cfg(&options.sysfs_root.join(FW_CFG_TOKEN)),
+        Source::FwCfg => {
+            let token = read_fw_cfg(&options.sysfs_root.join(FW_CFG_TOKEN))?;
+            let mode = read_fw_cfg_mode(&options.sysfs_root.join(FW_CFG_DATA_UNLOCK))?;
+            return Ok((token, mode));
+        }
         Source::AzureImds => imds().azure().await?,
         Source::GcpMetadata => imds().gcp().await?,
         Source::AwsImds => imds().aws().await?,
     };
-    Ok(document.map(|d| d.cvm_api_token))
+    Ok(match document {
+        Some(d) => (Some(d.cvm_api_token), d.data_unlock),
+        None => (None, None),
+    })
+}
+
+/// The data key mode in fw_cfg (`cvm-cli deploy-local --data-unlock`); `None` without the entry.
+fn read_fw_cfg_mode(path: &Path) -> Result<Option<DataUnlock>, SourceError> {
+    let bytes = match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(SourceError::Read {
+                path: path.to_owned(),
+                err,
+            })
+        }
+        Ok(bytes) => bytes,
+    };
+    let text = std::str::from_utf8(&bytes).unwrap_or("").trim();
+    text.parse()
+        .map(Some)
+        .map_err(|e: String| SourceError::Read {
+            path: path.to_owned(),
+            err: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
 }
 
 /// Creates `out` (0700), empties `agent.env` and removes any old token; returns the line

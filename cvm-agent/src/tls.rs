@@ -14,7 +14,7 @@ use openssl::x509::{X509NameBuilder, X509};
 use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A fresh key pair, its certificate, and the acceptor that serves them.
 pub struct TlsIdentity {
@@ -22,9 +22,6 @@ pub struct TlsIdentity {
     /// SHA-256 of the SubjectPublicKeyInfo DER: what evidence binds.
     pub spki_sha256: [u8; 32],
 }
-
-/// A client that does not finish its handshake in this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl TlsIdentity {
     /// An ECDSA P-256 key made now, in memory only, with a self-signed certificate.
@@ -64,38 +61,19 @@ impl TlsIdentity {
         })
     }
 
-    /// Serves `app` over TLS on `listener` until the listener fails.
-    pub async fn serve(&self, listener: tokio::net::TcpListener, app: axum::Router) -> Result<()> {
-        loop {
-            let (tcp, peer) = listener.accept().await.context("accepting")?;
-            // Without it, Nagle's algorithm holds back the last TLS record until the peer's
-            // delayed ACK (~40 ms per request, measured).
-            let _ = tcp.set_nodelay(true);
-            let acceptor = Arc::clone(&self.acceptor);
-            let app = app.clone();
-            tokio::spawn(async move {
-                if let Err(error) = serve_connection(&acceptor, tcp, app).await {
-                    tracing::debug!(%peer, "TLS connection: {error:#}");
-                }
-            });
-        }
+    /// The acceptor the listener's connections use (`serve::serve`).
+    pub fn acceptor(&self) -> Arc<SslAcceptor> {
+        Arc::clone(&self.acceptor)
     }
 }
 
-async fn serve_connection(
+/// The server side of a TLS handshake on `stream` (the caller bounds its time).
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: &SslAcceptor,
-    tcp: tokio::net::TcpStream,
-    app: axum::Router,
-) -> Result<()> {
+    stream: S,
+) -> Result<tokio_openssl::SslStream<S>> {
     let ssl = Ssl::new(acceptor.context())?;
-    let mut stream = tokio_openssl::SslStream::new(ssl, tcp)?;
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept())
-        .await
-        .context("handshake timed out")?
-        .context("handshake")?;
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-        .await
-        .context("serving HTTP")
+    let mut stream = tokio_openssl::SslStream::new(ssl, stream)?;
+    Pin::new(&mut stream).accept().await.context("handshake")?;
+    Ok(stream)
 }

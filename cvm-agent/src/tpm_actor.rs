@@ -1,5 +1,10 @@
 //! The TPM is one device: a dedicated thread owns it and serves requests one at a time from a
 //! queue. No request holds a TPM session beyond its own command, and async handlers never block.
+//!
+//! Evidence requests are bounded: at most `tpm_queue_capacity` wait or run at once (one more gets
+//! [`TpmBusy`], which the API answers 503 with Retry-After), and one whose caller has left (client
+//! gone, request timed out) is skipped rather than quoted. Extends and PCR reads are never
+//! bounded or skipped: the log must explain PCR 23.
 
 use anyhow::{anyhow, Context, Result};
 use cvm_attestation::evidence::{Cloud, Evidence, Platform, Tee};
@@ -8,8 +13,9 @@ use cvm_attester::tpm::AZURE_AK_HANDLE;
 use cvm_attester::{collect, AttestationKey, CollectRequest, TeeBackend, Tpm};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Where Linux exposes the TDX CC event log (the ACPI CCEL table's log area).
 const CCEL_PATH: &str = "/sys/firmware/acpi/tables/data/CCEL";
@@ -90,11 +96,26 @@ fn attestation_key(tpm: &mut Tpm, platform: Platform) -> Result<(AttestationKey,
     Ok((ak, None))
 }
 
+/// More evidence requests wait for the TPM than the agent queues.
+#[derive(Debug, thiserror::Error)]
+#[error("the TPM is busy: {0} evidence requests are waiting already; retry shortly")]
+pub struct TpmBusy(pub usize);
+
+/// Evidence requests queued or running at once, unless configured (`tpm_queue_capacity`).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+
 /// A handle to the TPM thread; cheap to clone.
 #[derive(Clone)]
 pub struct TpmActor {
     jobs: mpsc::Sender<Job>,
     ak_public: Vec<u8>,
+    /// Evidence documents made (quotes run) since start.
+    quotes: Arc<AtomicU64>,
+    /// Evidence requests skipped because their caller had left.
+    skipped: Arc<AtomicU64>,
+    /// One permit per evidence request queued or running.
+    quote_slots: Arc<Semaphore>,
+    capacity: usize,
 }
 
 impl TpmActor {
@@ -145,7 +166,31 @@ impl TpmActor {
         let ak_public = ready_rx
             .recv()
             .map_err(|_| anyhow!("the TPM thread stopped during start-up"))??;
-        Ok(Self { jobs, ak_public })
+        Ok(Self {
+            jobs,
+            ak_public,
+            quotes: Arc::default(),
+            skipped: Arc::default(),
+            quote_slots: Arc::new(Semaphore::new(DEFAULT_QUEUE_CAPACITY)),
+            capacity: DEFAULT_QUEUE_CAPACITY,
+        })
+    }
+
+    /// At most `capacity` evidence requests queued or running at once.
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.quote_slots = Arc::new(Semaphore::new(capacity));
+        self.capacity = capacity;
+        self
+    }
+
+    /// How many evidence requests were skipped because their caller had left.
+    pub fn quotes_skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// How many evidence documents (quotes) the TPM thread has made since start.
+    pub fn quotes_made(&self) -> u64 {
+        self.quotes.load(Ordering::Relaxed)
     }
 
     /// The AK's TPMT_PUBLIC.
@@ -153,13 +198,28 @@ impl TpmActor {
         &self.ak_public
     }
 
+    /// Runs `job` on the TPM thread, even if the caller leaves meanwhile.
     async fn run<T: Send + 'static>(
         &self,
+        job: impl FnOnce(&mut Owned) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.submit(None, job).await
+    }
+
+    /// Queues `job`; with `skipped`, it is dropped unrun (and counted) when its caller has left
+    /// by the time its turn comes.
+    async fn submit<T: Send + 'static>(
+        &self,
+        skipped: Option<Arc<AtomicU64>>,
         job: impl FnOnce(&mut Owned) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Box::new(move |owned: &mut Owned| {
+                if let (Some(skipped), true) = (skipped, tx.is_closed()) {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let _ = tx.send(job(owned));
             }))
             .map_err(|_| anyhow!("the TPM thread has stopped"))?;
@@ -207,7 +267,8 @@ impl TpmActor {
         .await
     }
 
-    /// Evidence over `nonce` (bound with the agent's TLS key when it has one).
+    /// Evidence over `nonce` (bound with the agent's TLS key when it has one). [`TpmBusy`] when
+    /// the queue is full.
     pub async fn evidence(
         &self,
         platform: Platform,
@@ -215,7 +276,14 @@ impl TpmActor {
         tls_spki_sha256: Option<[u8; 32]>,
         workload_log: WorkloadLog,
     ) -> Result<Evidence> {
-        self.run(move |o| {
+        let slot = Arc::clone(&self.quote_slots)
+            .try_acquire_owned()
+            .map_err(|_| TpmBusy(self.capacity))?;
+        let quotes = Arc::clone(&self.quotes);
+        let skipped = Some(Arc::clone(&self.skipped));
+        self.submit(skipped, move |o| {
+            let _slot = slot;
+            quotes.fetch_add(1, Ordering::Relaxed);
             let Owned {
                 tpm,
                 ak,
@@ -305,6 +373,95 @@ mod tests {
         };
         let tee = Box::new(cvm_attester::NoTee);
         TpmActor::start(&swtpm.tcti(), platform, tee, None, rtmr3).unwrap()
+    }
+
+    /// An actor without a TEE, as on a plain QEMU VM.
+    fn plain_actor(swtpm: &test_support::Swtpm) -> TpmActor {
+        let platform = Platform {
+            cloud: Cloud::Qemu,
+            tee: Tee::None,
+        };
+        let tee = Box::new(cvm_attester::NoTee);
+        TpmActor::start(
+            &swtpm.tcti(),
+            platform,
+            tee,
+            None,
+            Path::new("/nonexistent"),
+        )
+        .unwrap()
+    }
+
+    /// Holds the TPM thread for `time`, so requests queue behind it.
+    fn hold(tpm: &TpmActor, time: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let tpm = tpm.clone();
+        tokio::spawn(async move {
+            tpm.run(move |_| {
+                std::thread::sleep(time);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        })
+    }
+
+    fn request_evidence(tpm: &TpmActor) -> tokio::task::JoinHandle<Result<Evidence>> {
+        let tpm = tpm.clone();
+        let platform = Platform {
+            cloud: Cloud::Qemu,
+            tee: Tee::None,
+        };
+        tokio::spawn(async move {
+            let log = WorkloadLog::from_events(events());
+            tpm.evidence(platform, vec![7; 16], None, log).await
+        })
+    }
+
+    /// Callers that left (a client gone, a request timed out) cost no quote; extends queued
+    /// behind them still run.
+    #[tokio::test]
+    async fn evidence_requests_whose_caller_left_are_skipped_but_extends_are_not() {
+        let swtpm = test_support::Swtpm::start().unwrap();
+        let tpm = plain_actor(&swtpm);
+        let held = hold(&tpm, std::time::Duration::from_millis(500));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let abandoned: Vec<_> = (0..20).map(|_| request_evidence(&tpm)).collect();
+        let extend = {
+            let tpm = tpm.clone();
+            tokio::spawn(async move { tpm.extend_workload(events()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for request in &abandoned {
+            request.abort();
+        }
+        extend.abort(); // an extend is never skipped, even when its caller left
+        held.await.unwrap();
+        let pcr = tpm.read_pcr23().await.unwrap();
+        assert_eq!(pcr, WorkloadLog::from_events(events()).replay().0);
+        assert_eq!(tpm.quotes_made(), 0, "abandoned requests made quotes");
+        assert_eq!(tpm.quotes_skipped(), 20);
+        // A caller who waits gets its evidence.
+        request_evidence(&tpm).await.unwrap().unwrap();
+        assert_eq!(tpm.quotes_made(), 1);
+    }
+
+    /// A full queue answers at once; its slots come back when requests are done.
+    #[tokio::test]
+    async fn a_full_evidence_queue_refuses_at_once() {
+        let swtpm = test_support::Swtpm::start().unwrap();
+        let tpm = plain_actor(&swtpm).with_queue_capacity(2);
+        let held = hold(&tpm, std::time::Duration::from_millis(300));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let queued = [request_evidence(&tpm), request_evidence(&tpm)];
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let refused = request_evidence(&tpm).await.unwrap().unwrap_err();
+        assert!(refused.is::<TpmBusy>(), "{refused:#}");
+        held.await.unwrap();
+        for request in queued {
+            request.await.unwrap().unwrap();
+        }
+        request_evidence(&tpm).await.unwrap().unwrap();
+        assert_eq!(tpm.quotes_made(), 3);
     }
 
     #[tokio::test]

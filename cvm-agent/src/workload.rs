@@ -10,14 +10,18 @@
 //! for its first `/update-workload`. A compose file that appears later without being uploaded is
 //! refused like any other unmeasured change.
 
+use crate::audit;
+use crate::data::DataVolume;
 use crate::engine::Engine;
 use crate::tpm_actor::TpmActor;
 use anyhow::{bail, Context, Result};
 use cvm_attestation::golden::{AllowedWorkload, GoldenWorkload};
 use cvm_attestation::workload::folder::COMPOSE_FILE;
 use cvm_attestation::workload::{
-    differences, replay, EventKind, TokenCommitment, WorkloadEvent, WorkloadFolder, WorkloadLog,
+    differences, replay, DataState, EventKind, TokenCommitment, WorkloadEvent, WorkloadFolder,
+    WorkloadLog,
 };
+use cvm_attestation::Sha256Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +79,36 @@ pub struct Unmeasured {
     pub reason: String,
 }
 
+/// An update whose new workload (`new`, its generation's digest) was measured but did not
+/// start: the previous one was brought back and runs again. The context of the start error.
+#[derive(Debug, thiserror::Error)]
+#[error("the new workload {new} did not start; the previous one runs again")]
+pub struct RolledBack {
+    pub new: Sha256Digest,
+}
+
+/// An update whose new workload did not start, and whose rollback failed too: both errors.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the new workload {new} did not start: {error}; bringing the previous workload back failed \
+     too: {rollback}; no workload may be running"
+)]
+pub struct RollbackFailed {
+    pub new: Sha256Digest,
+    pub error: String,
+    pub rollback: String,
+}
+
+/// An update while `/data` waits for its pushed key.
+#[derive(Debug, thiserror::Error)]
+#[error("/data is locked: unlock it first (cvm-cli unlock)")]
+pub struct Locked;
+
+/// `/unlock` on an image whose agent does not decide the data key.
+#[derive(Debug, thiserror::Error)]
+#[error("this VM's agent does not manage /data (no data_unlock in its configuration)")]
+pub struct NoDataKey;
+
 /// Owns the workload folder and the measurement state.
 pub struct Workloads {
     dir: PathBuf,
@@ -90,6 +124,24 @@ pub struct Workloads {
     busy: Mutex<()>,
     /// Why the workload folder was not started when the agent started, if it was refused.
     refused: RwLock<Option<String>>,
+    /// The data partition, when the agent decides its key (`data_unlock`).
+    data: Option<DataVolume>,
+}
+
+/// What `/unlock` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlocked {
+    /// `/data` opened with the key, the workload on it measured and started.
+    Now,
+    /// It was open already (the key is not checked again; nothing changed).
+    Already,
+}
+
+/// Everything a measurement commits to besides the folder.
+#[derive(Clone, Copy)]
+struct Commitments<'a> {
+    token: Option<&'a TokenCommitment>,
+    data: Option<DataState>,
 }
 
 /// How start-up found PCR 23.
@@ -111,6 +163,7 @@ impl Workloads {
         tpm: TpmActor,
         token: Option<String>,
         start_workload: bool,
+        data: Option<DataVolume>,
     ) -> Result<(Self, StartKind)> {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -126,10 +179,22 @@ impl Workloads {
             None if pcr == [0; 32] => {
                 let salt = token.as_ref().map(|_| fresh_salt()).transpose()?;
                 let commitment = commit(token.as_deref(), salt);
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let (events, image_ids) =
-                    prepare(engine.as_ref(), &dir, commitment.as_ref(), Empty::Allowed).await?;
+                let data_state = match &data {
+                    Some(volume) => Some(volume.at_start().await.context("opening /data")?),
+                    None => None,
+                };
+                let commitments = Commitments {
+                    token: commitment.as_ref(),
+                    data: data_state,
+                };
+                let (events, image_ids) = if data_state == Some(DataState::Locked) {
+                    // Nothing of /data is readable: an empty generation until /unlock.
+                    (empty_events(commitments), BTreeMap::new())
+                } else {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    prepare(engine.as_ref(), &dir, commitments, Empty::Allowed).await?
+                };
                 let mut log = WorkloadLog::from_events(events.clone());
                 log.rtmr3_failure = tpm.extend_workload(events.clone()).await?.rtmr3_failure;
                 let state = Measured {
@@ -156,6 +221,7 @@ impl Workloads {
             measured: RwLock::new(measured),
             busy: Mutex::new(()),
             refused: RwLock::new(None),
+            data,
         };
         if start_workload {
             if let Err(error) = workloads.run(&workloads.dir).await {
@@ -190,53 +256,83 @@ impl Workloads {
         let _guard = self.busy.lock().await;
         // 1. Validate and resolve everything before touching the running workload.
         let commitment = self.token_commitment().await?;
-        let (events, image_ids) = prepare(
-            self.engine.as_ref(),
-            staged,
-            commitment.as_ref(),
-            Empty::Refused,
-        )
-        .await?;
+        let data = self.data_state().await;
+        if data == Some(DataState::Locked) {
+            bail!(Locked);
+        }
+        let commitments = Commitments {
+            token: commitment.as_ref(),
+            data,
+        };
+        let (events, image_ids) =
+            prepare(self.engine.as_ref(), staged, commitments, Empty::Refused).await?;
         // 2. Measure before running.
+        let new = replay(&events);
         self.extend(events, image_ids).await?;
-        // 3. Stop the old one, swap folders atomically, start the new one.
+        // 3. Stop the old one, swap folders, start the new one. On any failure from here on the
+        //    previous one comes back, measured again: the log's last generation is what runs.
         let previous = self.dir.with_extension("previous");
         let _ = std::fs::remove_dir_all(&previous);
+        let Err(error) = self.swap_in(staged, &previous).await else {
+            *self.refused.write().await = None;
+            return Ok(self.measured().await);
+        };
+        match self.roll_back(&previous, commitments).await {
+            Ok(()) => {
+                audit::rollback(&new, "restored", &error, None);
+                Err(error.context(RolledBack { new }))
+            }
+            Err(rollback) => {
+                let rollback = format!("{rollback:#}");
+                audit::rollback(&new, "failed", &error, Some(&rollback));
+                let error = format!("{error:#}");
+                Err(RollbackFailed {
+                    new,
+                    error,
+                    rollback,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Stops the running workload, moves its folder to `previous` and the staged one in its
+    /// place, and starts it.
+    async fn swap_in(&self, staged: &Path, previous: &Path) -> Result<()> {
         if self.start_workload {
             self.compose_down().await?;
         }
-        std::fs::rename(&self.dir, &previous)
-            .with_context(|| format!("moving {} aside", self.dir.display()))?;
-        std::fs::rename(staged, &self.dir)
-            .with_context(|| format!("moving the new workload into {}", self.dir.display()))?;
-        if !self.start_workload {
-            return Ok(self.measured().await);
+        rename(&self.dir, previous)?;
+        rename(staged, &self.dir)?;
+        if self.start_workload {
+            self.run(&self.dir).await?;
         }
-        match self.run(&self.dir).await {
-            Ok(()) => {
-                *self.refused.write().await = None;
-                Ok(self.measured().await)
-            }
-            Err(error) => {
-                // Roll back: the old folder returns, is measured again, and runs.
-                let _ = self.compose_down().await;
+        Ok(())
+    }
+
+    /// Brings the previous workload back after a failed [`Self::swap_in`], from wherever that
+    /// stopped: the new folder goes to `.failed`, the previous one returns, is measured again (a
+    /// new generation) and started.
+    async fn roll_back(&self, previous: &Path, commitments: Commitments<'_>) -> Result<()> {
+        if self.start_workload {
+            let _ = self.compose_down().await;
+        }
+        if previous.exists() {
+            if self.dir.exists() {
                 let failed = self.dir.with_extension("failed");
                 let _ = std::fs::remove_dir_all(&failed);
-                std::fs::rename(&self.dir, &failed)?;
-                std::fs::rename(&previous, &self.dir)?;
-                let (old_events, old_ids) = prepare(
-                    self.engine.as_ref(),
-                    &self.dir,
-                    commitment.as_ref(),
-                    Empty::Allowed,
-                )
-                .await?;
-                self.extend(old_events, old_ids).await?;
-                self.run(&self.dir).await?;
-                *self.refused.write().await = None;
-                Err(error.context("the new workload did not start; the previous one runs again"))
+                rename(&self.dir, &failed)?;
             }
+            rename(previous, &self.dir)?;
         }
+        let (events, image_ids) =
+            prepare(self.engine.as_ref(), &self.dir, commitments, Empty::Allowed).await?;
+        self.extend(events, image_ids).await?;
+        if self.start_workload {
+            self.run(&self.dir).await?;
+        }
+        *self.refused.write().await = None;
+        Ok(())
     }
 
     async fn extend(
@@ -259,6 +355,44 @@ impl Workloads {
             );
         }
         write_state(&self.state_dir, &measured)
+    }
+
+    /// How the running measurement says `/data` is protected (`None`: not the agent's business).
+    pub async fn data_state(&self) -> Option<DataState> {
+        self.measured
+            .read()
+            .await
+            .current
+            .iter()
+            .find_map(DataState::of)
+    }
+
+    /// Opens a locked `/data` with a pushed key, then measures and starts the workload on it (a
+    /// new generation recording the key's commitment). A key that does not open the volume
+    /// leaves it locked; a second unlock changes nothing.
+    pub async fn unlock(&self, key: &[u8]) -> Result<Unlocked> {
+        let _guard = self.busy.lock().await;
+        let volume = self.data.as_ref().ok_or(NoDataKey)?;
+        match self.data_state().await {
+            Some(DataState::Locked) => {}
+            Some(DataState::Pushed(_)) => return Ok(Unlocked::Already),
+            _ => return Err(crate::data::DataError::NotPushed(volume.mode().as_str()).into()),
+        }
+        let state = volume.unlock(key).await?;
+        let commitment = self.token_commitment().await?;
+        let commitments = Commitments {
+            token: commitment.as_ref(),
+            data: Some(state),
+        };
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let (events, image_ids) =
+            prepare(self.engine.as_ref(), &self.dir, commitments, Empty::Allowed).await?;
+        self.extend(events, image_ids).await?;
+        if self.start_workload {
+            self.run(&self.dir).await?;
+        }
+        Ok(Unlocked::Now)
     }
 
     /// The token's commitment for a new measurement: the salt of this boot's first api-token
@@ -328,8 +462,9 @@ impl Workloads {
         let salt = TokenCommitment::first_salt(last.iter());
         let commitment = commit(self.token.as_deref(), Some(salt.unwrap_or([0; 32])));
         let folder = WorkloadFolder::read(dir).map_err(|e| e.to_string())?;
+        let data = last.iter().find_map(DataState::of);
         let events = folder
-            .events(&image_ids, commitment.as_ref())
+            .events_with_data(&image_ids, commitment.as_ref(), data)
             .map_err(|e| e.to_string())?;
         if replay(&events) != replay(last) {
             return Err(differences(last, &events).join("; "));
@@ -365,17 +500,12 @@ enum Empty {
 async fn prepare(
     engine: Option<&Engine>,
     dir: &Path,
-    token: Option<&TokenCommitment>,
+    commitments: Commitments<'_>,
     empty: Empty,
 ) -> Result<(Vec<WorkloadEvent>, BTreeMap<String, String>)> {
     if empty == Empty::Allowed && !dir.join(COMPOSE_FILE).exists() {
         tracing::warn!(dir = %dir.display(), "no {COMPOSE_FILE}: measuring an empty workload");
-        let events = token
-            .map(TokenCommitment::event)
-            .into_iter()
-            .chain([WorkloadEvent::separator()])
-            .collect();
-        return Ok((events, BTreeMap::new()));
+        return Ok((empty_events(commitments), BTreeMap::new()));
     }
     let folder =
         WorkloadFolder::read(dir).with_context(|| format!("workload {}", dir.display()))?;
@@ -400,8 +530,19 @@ async fn prepare(
                 .collect::<Result<_>>()?
         }
     };
-    let events = folder.events(&image_ids, token)?;
+    let events = folder.events_with_data(&image_ids, commitments.token, commitments.data)?;
     Ok((events, image_ids))
+}
+
+/// A generation in which nothing runs: the commitments, then the separator.
+fn empty_events(commitments: Commitments<'_>) -> Vec<WorkloadEvent> {
+    let token = commitments.token.map(TokenCommitment::event);
+    let data = commitments.data.map(DataState::event);
+    token
+        .into_iter()
+        .chain(data)
+        .chain([WorkloadEvent::separator()])
+        .collect()
 }
 
 /// The token's commitment under `salt`, when there is a token.
@@ -414,6 +555,12 @@ fn fresh_salt() -> Result<[u8; 32]> {
     let mut salt = [0u8; 32];
     openssl::rand::rand_bytes(&mut salt).context("drawing a random salt")?;
     Ok(salt)
+}
+
+/// `std::fs::rename`, naming both paths in its error.
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("moving {} to {}", from.display(), to.display()))
 }
 
 fn state_path(state_dir: &Path) -> PathBuf {
@@ -442,6 +589,7 @@ fn read_state(state_dir: &Path) -> Result<Option<Measured>> {
 fn write_state(state_dir: &Path, state: &Measured) -> Result<()> {
     let path = state_path(state_dir);
     let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec(state)?)?;
+    std::fs::write(&temporary, serde_json::to_vec(state)?)
+        .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
 }

@@ -740,9 +740,39 @@ fn parsers_survive_random_and_mutated_input() {
             parse_azure_user_data(&input),
             parse_azure_user_data(encode_base64(&input).as_bytes()),
         ] {
-            if let Ok(Some(UserData { cvm_api_token })) = parsed {
+            if let Ok(Some(UserData { cvm_api_token, .. })) = parsed {
                 check(&cvm_api_token);
             }
         }
     }
+}
+
+/// The data key mode travels with the token (fw_cfg entry on QEMU, the document's `data_unlock`
+/// on clouds) into agent.env; a bad mode is refused like a bad token.
+#[tokio::test]
+async fn the_data_key_mode_reaches_the_agent() {
+    let token = new_token();
+    let vm = Vm::new("QEMU");
+    vm.fw_cfg(token.as_bytes());
+    let mode = vm.sysfs().join(cvm_agent::provision::FW_CFG_DATA_UNLOCK);
+    std::fs::create_dir_all(mode.parent().unwrap()).unwrap();
+    std::fs::write(&mode, "pushed").unwrap();
+    assert_eq!(
+        vm.run("http://127.0.0.1:9").await.unwrap(),
+        provisioned(Source::FwCfg, &vm)
+    );
+    let env = std::fs::read_to_string(vm.out().join("agent.env")).unwrap();
+    assert!(env.ends_with("CVM_AGENT_DATA_UNLOCK=pushed\n"), "{env}");
+    std::fs::write(&mode, "sealed").unwrap();
+    let error = vm.run("http://127.0.0.1:9").await.unwrap_err();
+    assert!(error.contains("sealed: not available yet"), "{error}");
+    vm.assert_no_token();
+
+    let token = new_token();
+    let body = format!(r#"{{"cvm_api_token":"{token}","data_unlock":"pushed"}}"#);
+    let stand = serve(aws(reply(StatusCode::OK, body))).await;
+    let vm = Vm::new(AWS);
+    vm.run(&stand.url).await.unwrap();
+    let env = std::fs::read_to_string(vm.out().join("agent.env")).unwrap();
+    assert!(env.ends_with("CVM_AGENT_DATA_UNLOCK=pushed\n"), "{env}");
 }

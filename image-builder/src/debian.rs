@@ -106,7 +106,7 @@ pub fn customize(root: &Path) -> Result<()> {
             "/usr/lib/systemd/system/podman.socket",
         )?;
     }
-    // Mount point of the data partition (cvm-data.service formats and mounts it).
+    // Mount point of the data partition (cvm-data@.service opens and mounts it for the agent).
     std::fs::create_dir_all(root.join("data")).ctx("creating directory", root.join("data"))?;
     // Logs and caches that record the build host or time.
     for rel in [

@@ -1,7 +1,7 @@
 //! A TEST-ONLY stand-in for Intel's DCAP infrastructure and a TDX machine: a root CA -> PCK
 //! Platform CA -> PCK certificate (with the SGX extensions: FMSPC, PCE ID, TCB component SVNs),
 //! a Quoting Enclave whose report (signed by the PCK key) binds an attestation key, TD quotes v4
-//! signed by that key, TDREPORTs and Azure-style HCL reports, and TCB info / QE identity JSON
+//! and v5 (TD report 1.0 and 1.5 bodies) signed by that key, TDREPORTs and Azure-style HCL reports, and TCB info / QE identity JSON
 //! signed by a TCB Signing certificate under the same root, and the CRLs of the PCK Platform CA
 //! and of the root. Verifiers trust its root only when a test names it explicitly.
 
@@ -109,6 +109,10 @@ pub struct CollateralOptions {
     /// `tcbEvaluationDataNumber` of the TCB info and the QE identity (which evaluation of
     /// Intel's the collateral stands for).
     pub tcb_evaluation: u32,
+    /// A newer TDX module than the quotes' (TEE_TCB_SVN[0]): the module identity's newest level
+    /// (UpToDate) is at this ISVSVN and the quotes' module SVN is OutOfDate. A TD report 1.5
+    /// body whose TEE_TCB_SVN2 states this SVN then gets Intel's `TDRelaunchAdvised`.
+    pub module_newest_svn: Option<u8>,
 }
 
 impl Default for CollateralOptions {
@@ -119,6 +123,7 @@ impl Default for CollateralOptions {
             crl_validity: VALIDITY,
             platform_status: "UpToDate",
             tcb_evaluation: 17,
+            module_newest_svn: None,
         }
     }
 }
@@ -278,11 +283,24 @@ impl TdxTestSigner {
         body
     }
 
-    /// A TD quote v4 over `body`, signed as a Quoting Enclave signs.
-    pub fn quote(&self, body: &[u8]) -> Result<Vec<u8>> {
-        anyhow::ensure!(body.len() == 584, "a TD report body is 584 bytes");
+    /// A TD report 1.5 body (648 bytes, quote v5 body type 3): [`Self::body`] followed by
+    /// `tee_tcb_svn2` (the TDX module running now) and `mrservicetd`.
+    pub fn body15(
+        &self,
+        report_data: &[u8; 64],
+        tee_tcb_svn2: &[u8; 16],
+        mrservicetd: &[u8; 48],
+    ) -> Vec<u8> {
+        let mut body = self.body(report_data);
+        body.extend_from_slice(tee_tcb_svn2);
+        body.extend_from_slice(mrservicetd);
+        body
+    }
+
+    /// The 48-byte quote header of `version` (ECDSA P-256, TDX, Intel's QE vendor ID).
+    fn header(version: u16) -> Vec<u8> {
         let mut quote = Vec::new();
-        quote.extend_from_slice(&4u16.to_le_bytes());
+        quote.extend_from_slice(&version.to_le_bytes());
         quote.extend_from_slice(&2u16.to_le_bytes()); // ECDSA P-256
         quote.extend_from_slice(&0x81u32.to_le_bytes()); // TDX
         quote.extend_from_slice(&[0u8; 4]);
@@ -291,7 +309,46 @@ impl TdxTestSigner {
             0x06, 0x07,
         ]); // Intel's QE vendor ID
         quote.extend_from_slice(&[0u8; 20]);
+        quote
+    }
+
+    /// A TD quote v4 over `body`, signed as a Quoting Enclave signs.
+    pub fn quote(&self, body: &[u8]) -> Result<Vec<u8>> {
+        anyhow::ensure!(body.len() == 584, "a TD report body is 584 bytes");
+        let mut quote = Self::header(4);
         quote.extend_from_slice(body);
+        self.signed(quote)
+    }
+
+    /// A TD quote v5 over `body`: body type 2 (TD report 1.0) for 584 bytes, 3 (TD report 1.5)
+    /// for 648, its size in the body descriptor.
+    pub fn quote_v5(&self, body: &[u8]) -> Result<Vec<u8>> {
+        let body_type = match body.len() {
+            584 => 2,
+            648 => 3,
+            other => anyhow::bail!("a TD report body is 584 or 648 bytes, not {other}"),
+        };
+        self.quote_v5_declaring(body_type, body.len() as u32, body)
+    }
+
+    /// A TD quote v5 whose body descriptor says `body_type` and `declared_size` whatever `body`
+    /// is, genuinely signed over header || descriptor || body: for attacks on the parser.
+    pub fn quote_v5_declaring(
+        &self,
+        body_type: u16,
+        declared_size: u32,
+        body: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut quote = Self::header(5);
+        quote.extend_from_slice(&body_type.to_le_bytes());
+        quote.extend_from_slice(&declared_size.to_le_bytes());
+        quote.extend_from_slice(body);
+        self.signed(quote)
+    }
+
+    /// `quote` (header and body) followed by its signature data: the attestation key's signature
+    /// over all of `quote`, the key, and the QE report certification data with the PCK chain.
+    fn signed(&self, mut quote: Vec<u8>) -> Result<Vec<u8>> {
         let signature = sign_raw(&self.attestation_key, &quote)?;
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
         let mut ctx = openssl::bn::BigNumContext::new()?;
@@ -474,6 +531,14 @@ fn tcb_info_json(options: &CollateralOptions) -> String {
     };
     let mut tdx_components = [0u8; 16];
     tdx_components[2] = TEE_TCB_SVN[2];
+    let level = |svn: u8, status: &str| serde_json::json!({"tcb": {"isvsvn": svn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": status});
+    let module_levels = match options.module_newest_svn {
+        Some(newest) => vec![
+            level(newest, "UpToDate"),
+            level(TEE_TCB_SVN[0], "OutOfDate"),
+        ],
+        None => vec![level(TEE_TCB_SVN[0], "UpToDate")],
+    };
     serde_json::json!({
         "id": "TDX", "version": 3, "issueDate": ISSUE_DATE, "nextUpdate": NEXT_UPDATE,
         "fmspc": hex::encode_upper(FMSPC), "pceId": hex::encode_upper(PCE_ID),
@@ -482,7 +547,7 @@ fn tcb_info_json(options: &CollateralOptions) -> String {
         "tdxModuleIdentities": [{
             "id": "TDX_01", "mrsigner": "00".repeat(48), "attributes": "0000000000000000",
             "attributesMask": "FFFFFFFFFFFFFFFF",
-            "tcbLevels": [{"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
+            "tcbLevels": module_levels
         }],
         "tcbLevels": [
             {"tcb": {"sgxtcbcomponents": components(&SGX_TCB), "pcesvn": PCESVN, "tdxtcbcomponents": components(&tdx_components)},

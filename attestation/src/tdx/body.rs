@@ -1,12 +1,16 @@
-//! The TD report body: what a TD quote (v4, 584 bytes after the header) and a TDREPORT (the
-//! 1024-byte structure TDG.MR.REPORT returns, as inside Azure's HCL report) both state about a
-//! trust domain: MRTD, RTMR0-3, the TDX module (MRSEAM), TD attributes and `report_data`.
+//! The TD report body: what a TD quote (v4, 584 bytes after the header; v5, after the header and
+//! a body descriptor) and a TDREPORT (the 1024-byte structure TDG.MR.REPORT returns, as inside
+//! Azure's HCL report) both state about a trust domain: MRTD, RTMR0-3, the TDX module (MRSEAM),
+//! TD attributes and `report_data`. A TD report 1.5 body (quote v5, body type 3) appends
+//! TEE_TCB_SVN2 and MRSERVICETD ([`Td15Fields`]).
 
 use super::reader::LeReader;
 use crate::tpm::wire::WireError;
 
-/// Bytes of the body in a v4 quote.
+/// Bytes of the body in a v4 quote (a TD report 1.0 body).
 pub const BODY_LEN: usize = 584;
+/// Bytes of a TD report 1.5 body: the 1.0 body, TEE_TCB_SVN2 (16) and MRSERVICETD (48).
+pub const BODY15_LEN: usize = BODY_LEN + 16 + 48;
 /// Bytes of a TDREPORT.
 pub const TD_REPORT_LEN: usize = 1024;
 /// TD attributes bit 0: the TD may be debugged (its memory and state are readable by the host).
@@ -32,8 +36,37 @@ pub struct TdReportBody {
     pub report_data: [u8; 64],
 }
 
+/// What a TD report 1.5 body (TDX module 1.5, quote v5 body type 3) adds to the 1.0 body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Td15Fields {
+    /// SVNs of the TDX module running now (TEE_TCB_SVN2). After a TD-preserving module update it
+    /// differs from TEE_TCB_SVN, the SVNs of the module the TD was launched under.
+    pub tee_tcb_svn2: [u8; 16],
+    /// SHA-384 of the service TDs bound to this TD (MRSERVICETD, e.g. a migration TD); zero when
+    /// none is bound.
+    pub mrservicetd: [u8; 48],
+}
+
+impl Td15Fields {
+    /// Reads the 64 bytes after the 1.0 body.
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = LeReader::new("TD report 1.5 body", bytes);
+        let fields = Self {
+            tee_tcb_svn2: r.array("tee_tcb_svn2")?,
+            mrservicetd: r.array("mrservicetd")?,
+        };
+        r.finish()?;
+        Ok(fields)
+    }
+
+    /// The 64 bytes as they follow the 1.0 body in a quote.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [&self.tee_tcb_svn2[..], &self.mrservicetd].concat()
+    }
+}
+
 impl TdReportBody {
-    /// Reads the 584-byte body of a v4 quote.
+    /// Reads a 584-byte TD report 1.0 body (a v4 quote's body, the start of a 1.5 body).
     pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = LeReader::new("TD quote body", bytes);
         let body = Self {

@@ -230,9 +230,9 @@ pub fn verify_snp_report(
     checks.finish("sev-snp report".into())
 }
 
-/// Verifies a bare TD quote (v4) with the collateral in `options` (or the one given with the
-/// quote, when the verifier has none) against Intel's
-/// pinned root: the DCAP checks from `tdx.quote` to `tdx.rtmr[3]`, no binding.
+/// Verifies a bare TD quote (v4 or v5) with the collateral in `options` (or the one given with
+/// the quote, when the verifier has none) against Intel's pinned root: the DCAP checks from
+/// `tdx.quote` to `tdx.mrservicetd`, no binding.
 pub fn verify_tdx_quote(
     quote: &[u8],
     collateral: Option<&crate::tdx::TdxCollateral>,
@@ -242,7 +242,7 @@ pub fn verify_tdx_quote(
     let mut checks = Checks::default();
     match crate::tdx::TdQuote::parse(quote) {
         Ok(parsed) => {
-            checks.pass("tdx.quote", "TD quote version 4 parsed");
+            checks.pass("tdx.quote", format!("{} parsed", parsed.describe()));
             // The verifier's own collateral wins over one that came with the quote.
             let collateral = match (&options.tdx_collateral, collateral) {
                 (Some(c), _) => Some((c, "supplied by the verifier")),

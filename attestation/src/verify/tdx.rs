@@ -15,8 +15,11 @@ use crate::tdx::certs::{
 };
 use crate::tdx::collateral::{self, BodySignatureError, ParsedCollateral, TcbInfo, Window};
 use crate::tdx::crypto::{p256_key, verify_p256_raw};
-use crate::tdx::tcb::{module_level, platform_level, qe_level, TcbError, TcbMatch};
-use crate::tdx::{SgxExtensions, TcbStatus, TdQuote, TdReportBody, TdxCollateral};
+use crate::tdx::tcb::{
+    module_level, platform_level, qe_level, relaunch_status, sgx_level, LaunchStatuses, TcbError,
+    TcbMatch,
+};
+use crate::tdx::{SgxExtensions, TcbStatus, Td15Fields, TdQuote, TdReportBody, TdxCollateral};
 use std::sync::Arc;
 
 /// Returns the quoted RTMR3 when the quote's PCK chain and signatures verified (for
@@ -42,7 +45,7 @@ pub(crate) fn verify(
             return None;
         }
     };
-    checks.pass("tdx.quote", "TD quote version 4 parsed");
+    checks.pass("tdx.quote", format!("{} parsed", quote.describe()));
     if let Some(hcl) = &tdx.hcl_report {
         check_hcl_td_report(hcl.as_slice(), &quote.body, checks);
     }
@@ -361,7 +364,11 @@ fn verify_quote_signature(quote: &TdQuote, checks: &mut Checks) -> bool {
         Ok(true) => {
             checks.pass(
                 "tdx.quote_signature",
-                "the quote's ECDSA P-256 signature over header || TD report body verifies with the attestation key",
+                if quote.body_descriptor.is_some() {
+                    "the quote's ECDSA P-256 signature over header || body descriptor || TD report body verifies with the attestation key"
+                } else {
+                    "the quote's ECDSA P-256 signature over header || TD report body verifies with the attestation key"
+                },
             );
             true
         }
@@ -379,7 +386,8 @@ fn verify_quote_signature(quote: &TdQuote, checks: &mut Checks) -> bool {
     }
 }
 
-/// Last step: debug, MRSEAM, MRTD and the RTMRs of the verified quote against the golden values.
+/// Last step: debug, MRSEAM, MRTD, the RTMRs and MRSERVICETD of the verified quote against the
+/// golden values.
 fn check_measurements(verified: &VerifiedQuote, expectations: &GoldenTdx, checks: &mut Checks) {
     let body = &verified.quote.body;
     checks.compare(
@@ -431,6 +439,36 @@ fn check_measurements(verified: &VerifiedQuote, expectations: &GoldenTdx, checks
                 format!("no RTMR{index} in the golden measurement (reported {actual})"),
             ),
         }
+    }
+    check_mrservicetd(verified.quote, &expectations.mrservicetds, checks);
+}
+
+/// `tdx.mrservicetd`: MRSERVICETD (TD report 1.5 bodies only) against the golden allow-list. A
+/// golden that pins it refuses a quote whose body cannot state it (a TD report 1.0 body).
+fn check_mrservicetd(quote: &TdQuote, allowed: &[crate::Sha384Digest], checks: &mut Checks) {
+    match &quote.td15 {
+        Some(td15) => allow_list(
+            "tdx.mrservicetd",
+            "the service TDs bound to the TD (MRSERVICETD) are ones the golden measurement allows",
+            allowed,
+            &td15.mrservicetd,
+            checks,
+        ),
+        None if allowed.is_empty() => checks.skip(
+            "tdx.mrservicetd",
+            "not in the golden measurement (the quote's TD report 1.0 body has no MRSERVICETD)",
+        ),
+        None => checks.compare(
+            "tdx.mrservicetd",
+            false,
+            "the golden measurement pins MRSERVICETD, but the quote's TD report 1.0 body does not state it",
+            allowed
+                .iter()
+                .map(|a| a.to_hex())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            format!("{} (no MRSERVICETD)", quote.describe()),
+        ),
     }
 }
 
@@ -684,33 +722,81 @@ struct TcbLevels {
 }
 
 impl TcbLevels {
-    fn add(&mut self, part: String, level: &TcbMatch) {
+    /// Records a level; its status counts unless the TD relaunch rule replaced it.
+    fn add(&mut self, part: String, level: &TcbMatch, counts: bool) {
         self.parts.push(part);
-        self.statuses.push(level.status.clone());
+        if counts {
+            self.statuses.push(level.status.clone());
+        }
         self.advisories.extend(level.advisory_ids.clone());
     }
 }
 
-/// Step 6: the TCB levels of the platform, the TDX module and the QE, from the verified TCB info.
+/// A TD report 1.5 body: Intel's TD relaunch rule with TEE_TCB_SVN2, given the launch-time
+/// levels (`tdx::tcb::relaunch_status`). Ok(None) when a level is missing (that fails anyway).
+fn relaunch_verdict(
+    tcb_info: &VerifiedTcbInfo,
+    platform: &Result<TcbMatch, TcbError>,
+    module: &Result<Option<TcbMatch>, TcbError>,
+    qe: &Result<TcbMatch, TcbError>,
+    td15: &Td15Fields,
+) -> Result<Option<TcbStatus>, TcbError> {
+    let (Ok(platform), Ok(module)) = (platform, module) else {
+        return Ok(None);
+    };
+    let Some(sgx) = sgx_level(tcb_info.info, tcb_info.extensions) else {
+        return Ok(None);
+    };
+    let launch = LaunchStatuses {
+        sgx: &sgx.status,
+        platform: &platform.status,
+        module: module.as_ref().map(|m| &m.status),
+        qe: qe.as_ref().ok().map(|m| &m.status),
+    };
+    relaunch_status(tcb_info.info, launch, &td15.tee_tcb_svn2)
+}
+
+/// Step 6: the TCB levels of the platform, the TDX module and the QE, from the verified TCB info
+/// and TEE_TCB_SVN; for a TD report 1.5 body the relaunch rule may replace the platform's and
+/// the module's statuses with Intel's `TDRelaunchAdvised` verdict.
 fn tcb_levels(
     tcb_info: &VerifiedTcbInfo,
     quote: &TdQuote,
     qe: &Result<TcbMatch, TcbError>,
 ) -> TcbLevels {
     let mut levels = TcbLevels::default();
-    match platform_level(tcb_info.info, tcb_info.extensions, &quote.body) {
-        Ok(m) => levels.add(format!("platform {} ({})", m.status, m.tcb_date), &m),
+    let platform = platform_level(tcb_info.info, tcb_info.extensions, &quote.body);
+    let module = module_level(tcb_info.info, &quote.body);
+    let relaunch =
+        (quote.td15.as_ref()).map(|td15| relaunch_verdict(tcb_info, &platform, &module, qe, td15));
+    let counts = !matches!(relaunch, Some(Ok(Some(_))));
+    match &platform {
+        Ok(m) => levels.add(format!("platform {} ({})", m.status, m.tcb_date), m, counts),
         Err(e) => levels.errors.push(e.to_string()),
     }
-    match module_level(tcb_info.info, &quote.body) {
-        Ok(Some(m)) => levels.add(format!("TDX module {}", m.status), &m),
+    match &module {
+        Ok(Some(m)) => levels.add(format!("TDX module {}", m.status), m, counts),
         Ok(None) => levels
             .parts
             .push("TDX module (version 0: no separate level)".into()),
         Err(e) => levels.errors.push(e.to_string()),
     }
+    let svn2 = quote.td15.as_ref().map(|t| hex::encode(t.tee_tcb_svn2));
+    match (relaunch, svn2) {
+        (Some(Ok(Some(status))), Some(svn2)) => {
+            levels.parts.push(format!(
+                "{status}: launched under an out-of-date TDX module, TEE_TCB_SVN2 {svn2} (the module running now) is at the newest level"
+            ));
+            levels.statuses.push(status);
+        }
+        (Some(Ok(None)), Some(svn2)) => levels
+            .parts
+            .push(format!("TEE_TCB_SVN2 {svn2}: no relaunch advised")),
+        (Some(Err(e)), _) => levels.errors.push(format!("TEE_TCB_SVN2: {e}")),
+        _ => {}
+    }
     match qe {
-        Ok(m) => levels.add(format!("QE {}", m.status), m),
+        Ok(m) => levels.add(format!("QE {}", m.status), m, true),
         Err(e) => levels.errors.push(format!("QE: {e}")),
     }
     levels.advisories.sort();

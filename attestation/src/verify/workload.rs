@@ -7,7 +7,7 @@ use super::Facts;
 use crate::evidence::{Cloud, Evidence, Tee};
 use crate::golden::{GoldenMeasurement, GoldenWorkload};
 use crate::workload::{
-    differences as diff, replay, EventKind, WorkloadEvent, WorkloadLog, WORKLOAD_PCR,
+    differences as diff, replay, DataState, EventKind, WorkloadEvent, WorkloadLog, WORKLOAD_PCR,
 };
 
 /// The first Linux release whose TDX guest driver lets user space extend an RTMR
@@ -82,6 +82,21 @@ pub(crate) fn verify(
     };
     check_running(expected, current, checks);
     check_earlier(expected, earlier, checks);
+    check_data(current, checks);
+}
+
+/// `data.encryption`: how the running measurement says `/data` is protected. The golden's events
+/// pin the same `data-key` event (`workload.measurement`); this line says what it means.
+fn check_data(current: &[WorkloadEvent], checks: &mut Checks) {
+    const NAME: &str = "data.encryption";
+    match current.iter().find_map(DataState::of) {
+        Some(state) => checks.pass(NAME, state.describe()),
+        None => checks.skip(
+            NAME,
+            "the workload log records no data key: the agent does not encrypt /data on this \
+             image (test images); the host can read and change it",
+        ),
+    }
 }
 
 /// `workload.rtmr3` (TDX): the TD's own register confirms the workload log. The agent extends
@@ -245,11 +260,15 @@ fn check_earlier(expected: &GoldenWorkload, earlier: &[&[WorkloadEvent]], checks
     }
 }
 
-/// A generation in which nothing ran: the API token's commitment at most, then the separator.
+/// A generation in which nothing ran: the API token's commitment and how `/data` is protected
+/// (e.g. still locked) at most, then the separator.
 fn is_empty_generation(generation: &[WorkloadEvent]) -> bool {
-    generation
-        .iter()
-        .all(|e| matches!(e.kind, EventKind::ApiToken | EventKind::Separator))
+    generation.iter().all(|e| {
+        matches!(
+            e.kind,
+            EventKind::ApiToken | EventKind::Separator | EventKind::DataKey
+        )
+    })
 }
 
 /// Says that the other allowed measurements did not match either.

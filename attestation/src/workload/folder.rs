@@ -152,6 +152,17 @@ impl WorkloadFolder {
         image_ids: &BTreeMap<String, String>,
         api_token: Option<&TokenCommitment>,
     ) -> Result<Vec<WorkloadEvent>, WorkloadError> {
+        self.events_with_data(image_ids, api_token, None)
+    }
+
+    /// [`Self::events`] plus the `data-key` event saying how `/data` is protected (after the
+    /// token's, before the separator).
+    pub fn events_with_data(
+        &self,
+        image_ids: &BTreeMap<String, String>,
+        api_token: Option<&TokenCommitment>,
+        data: Option<super::data::DataState>,
+    ) -> Result<Vec<WorkloadEvent>, WorkloadError> {
         let mut events = vec![WorkloadEvent::over(
             EventKind::ComposeFile,
             COMPOSE_FILE,
@@ -190,6 +201,9 @@ impl WorkloadFolder {
         }
         if let Some(token) = api_token {
             events.push(token.event());
+        }
+        if let Some(data) = data {
+            events.push(data.event());
         }
         events.push(WorkloadEvent::separator());
         Ok(events)

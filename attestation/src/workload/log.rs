@@ -41,6 +41,9 @@ pub enum EventKind {
     /// A compose bind mount of a host path outside the workload folder, whose content is not
     /// measured: named by the host path; the payload says which services mount it where.
     HostMount,
+    /// How `/data` is protected (`data.rs`): the unlock mode as payload; for a pushed key, the
+    /// key's commitment as digest.
+    DataKey,
 }
 
 impl EventKind {
@@ -54,6 +57,7 @@ impl EventKind {
             EventKind::ApiToken => 5,
             EventKind::File => 6,
             EventKind::HostMount => 7,
+            EventKind::DataKey => 8,
             EventKind::Separator => 0xffff_ffff,
         }
     }
@@ -304,6 +308,13 @@ impl WorkloadLog {
 }
 
 fn check_event(index: usize, event: &WorkloadEvent) -> Result<(), LogError> {
+    if event.kind == EventKind::DataKey && super::data::DataState::of(event).is_none() {
+        return Err(LogError::PayloadMismatch {
+            index,
+            kind: event.kind,
+            name: event.name.clone(),
+        });
+    }
     if event.name.len() > MAX_NAME_LEN {
         return Err(LogError::NameTooLong {
             index,
@@ -328,6 +339,8 @@ fn check_event(index: usize, event: &WorkloadEvent) -> Result<(), LogError> {
                     name: event.name.clone(),
                 });
             }
+        } else if event.kind == EventKind::DataKey {
+            // Checked below as a whole: a pushed key's digest is its commitment.
         } else if Sha256Digest::of(payload.as_bytes()) != event.payload_digest {
             return Err(LogError::PayloadMismatch {
                 index,

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod compose;
+pub mod data;
 pub mod folder;
 pub mod log;
 pub mod mounts;
@@ -12,6 +13,7 @@ pub mod token;
 
 pub use archive::{archived_images, ArchiveError, ArchivedImage};
 pub use compose::{Compose, ComposeError, ComposeService};
+pub use data::{DataState, DataUnlock};
 pub use folder::{WorkloadError, WorkloadFolder};
 pub use log::{differences, replay, EventKind, LogError, WorkloadEvent, WorkloadLog, WORKLOAD_PCR};
 pub use mounts::HostMount;

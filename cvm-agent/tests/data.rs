@@ -1,0 +1,276 @@
+//! The data partition's key (docs/data-at-rest.md), on a measure-only agent with its own swtpm.
+//! The open command stands in for the image's `cvm-data@.service` (LUKS2 + integrity, mount): a
+//! shell script that accepts exactly one key and then "mounts" by seeding the workload folder, so
+//! what the agent measures, refuses and records is real; the dm-crypt part is tested in the
+//! production image's boot.
+
+use cvm_agent::config::Config;
+use cvm_agent::Agent;
+use cvm_attestation::encoding::encode_base64;
+use cvm_attestation::evidence::{Cloud, Platform, Tee};
+use cvm_attestation::workload::data::key_commitment;
+use cvm_attestation::workload::{replay, DataState, DataUnlock, TokenCommitment, WorkloadEvent};
+use cvm_attester::NoTee;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use test_support::http::{get_json, request};
+use test_support::{busybox_image_archive, Swtpm};
+
+const TOKEN: &str = "data-test-token-0123456789abcdef0123456789";
+
+struct Vm {
+    agent: Agent,
+    dir: tempfile::TempDir,
+    _swtpm: Swtpm,
+}
+
+/// A workload folder (compose file, config, image archive) at `dir`.
+fn write_workload(dir: &Path, message: &str) {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  hello:\n    image: localhost/cvm-example/hello:1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("config/message.txt"), message).unwrap();
+    let archive = busybox_image_archive("localhost/cvm-example/hello:1", &["sh"], &[]).unwrap();
+    std::fs::write(dir.join("hello.tar"), archive.bytes).unwrap();
+}
+
+fn random_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    openssl::rand::rand_bytes(&mut key).unwrap();
+    key
+}
+
+impl Vm {
+    /// `open` is the data open command's shell script; `$KEY` is the key file, `$DIR` the VM's
+    /// directory.
+    async fn start(mode: DataUnlock, open: &str, seed: bool) -> Self {
+        let swtpm = Swtpm::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        if seed {
+            write_workload(&dir.path().join("seed"), "on the data partition\n");
+        }
+        let key_file = dir.path().join("run/data/key");
+        let script = format!(
+            "KEY={} DIR={}; {open}",
+            key_file.display(),
+            dir.path().display()
+        );
+        let config = Config {
+            workload_dir: dir.path().join("workload"),
+            state_dir: dir.path().join("run"),
+            local_listen: "127.0.0.1:0".parse().unwrap(),
+            external_listen: "127.0.0.1:0".parse().unwrap(),
+            external_tls: false,
+            local_socket: None,
+            tcti: swtpm.tcti(),
+            api_token_file: Some(dir.path().join("token")),
+            firmware_event_log: None,
+            measure_only: true,
+            data_unlock: Some(mode),
+            data_key_file: key_file,
+            data_open_command: vec!["sh".into(), "-c".into(), script],
+            ..Config::default()
+        };
+        let platform = Platform {
+            cloud: Cloud::Qemu,
+            tee: Tee::None,
+        };
+        let agent = Agent::start_with(config, platform, Box::new(NoTee))
+            .await
+            .unwrap();
+        Self {
+            agent,
+            dir,
+            _swtpm: swtpm,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn events(&self) -> Vec<WorkloadEvent> {
+        self.agent.state.workloads.measured().await.log.events
+    }
+
+    async fn unlock(&self, token: &str, key: &[u8]) -> test_support::http::HttpResponse {
+        let body = json!({ "key": encode_base64(key) }).to_string();
+        request(
+            self.agent.external_addr,
+            "POST",
+            "/unlock",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Copies the key to `$DIR/seen-key` (to check what the agent handed over) and "mounts".
+const ACCEPT_ANY: &str = r#"cp "$KEY" "$DIR/seen-key" && mkdir -p "$DIR/workload""#;
+
+#[tokio::test]
+async fn ephemeral_keys_are_fresh_never_kept_and_recorded() {
+    let vm = Vm::start(DataUnlock::Ephemeral, ACCEPT_ANY, false).await;
+    let key = std::fs::read(vm.path("seen-key")).unwrap();
+    assert_eq!(key.len(), 64, "a 512-bit key");
+    assert!(key.iter().any(|&b| b != 0));
+    assert!(
+        !vm.path("run/data/key").exists(),
+        "the key file outlived the open command"
+    );
+    let events = vm.events().await;
+    assert_eq!(
+        events.iter().find_map(DataState::of),
+        Some(DataState::Ephemeral)
+    );
+    let pcr = vm.agent.state.tpm.read_pcr23().await.unwrap();
+    assert_eq!(hex::encode(pcr), replay(&events).to_hex());
+
+    // Another boot, another key.
+    let other = Vm::start(DataUnlock::Ephemeral, ACCEPT_ANY, false).await;
+    assert_ne!(std::fs::read(other.path("seen-key")).unwrap(), key);
+}
+
+#[tokio::test]
+async fn an_ephemeral_volume_that_does_not_open_stops_the_start() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        workload_dir: dir.path().join("workload"),
+        state_dir: dir.path().join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        external_tls: false,
+        local_socket: None,
+        tcti: swtpm.tcti(),
+        firmware_event_log: None,
+        measure_only: true,
+        data_unlock: Some(DataUnlock::Ephemeral),
+        data_key_file: dir.path().join("run/data/key"),
+        data_open_command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+        ..Config::default()
+    };
+    let platform = Platform {
+        cloud: Cloud::Qemu,
+        tee: Tee::None,
+    };
+    let error = match Agent::start_with(config, platform, Box::new(NoTee)).await {
+        Ok(_) => panic!("started with /data unopened"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("opening /data"), "{error}");
+    assert!(error.contains("exit status: 3"), "{error}");
+    // Nothing was measured: PCR 23 stays zero for the next attempt.
+    assert_eq!(swtpm_pcr23(&swtpm).await, [0u8; 32]);
+}
+
+async fn swtpm_pcr23(swtpm: &Swtpm) -> [u8; 32] {
+    let platform = Platform {
+        cloud: Cloud::Qemu,
+        tee: Tee::None,
+    };
+    let tpm = cvm_agent::tpm_actor::TpmActor::start(
+        &swtpm.tcti(),
+        platform,
+        Box::new(NoTee),
+        None,
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    tpm.read_pcr23().await.unwrap()
+}
+
+#[tokio::test]
+async fn pushed_keys_open_data_only_with_the_token_and_the_right_key() {
+    let key = random_key();
+    // The volume opens with exactly this key, then "mounts" (seeds the workload folder).
+    let open = r#"cmp -s "$KEY" "$DIR/volume-key" && cp -r "$DIR/seed" "$DIR/workload""#;
+    let vm = Vm::start(DataUnlock::Pushed, open, true).await;
+    std::fs::write(vm.path("volume-key"), &key).unwrap();
+
+    // Locked: an empty generation, nothing of /data read, updates refused.
+    let events = vm.events().await;
+    assert_eq!(
+        events.iter().find_map(DataState::of),
+        Some(DataState::Locked)
+    );
+    assert!(!vm.path("workload").exists());
+    let (status, health) = get_json(vm.agent.external_addr, "/health").await.unwrap();
+    assert_eq!(status, 200, "{health}");
+
+    // No token, a wrong token, a short key, a wrong key: /data stays locked.
+    let response = request(
+        vm.agent.external_addr,
+        "POST",
+        "/unlock",
+        &[("Content-Type", "application/json")],
+        json!({ "key": encode_base64(&key) }).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 401, "{}", response.text());
+    let wrong_token = vm.unlock("not-the-token-0123456789abcdef0123", &key).await;
+    assert_eq!(wrong_token.status, 401, "{}", wrong_token.text());
+    let short = vm.unlock(TOKEN, b"short").await;
+    assert_eq!(short.status, 422, "{}", short.text());
+    assert!(short.text().contains("32 or 64"), "{}", short.text());
+    let wrong = vm.unlock(TOKEN, &random_key()).await;
+    assert_eq!(wrong.status, 422, "{}", wrong.text());
+    assert!(
+        wrong.text().contains("did not open /data"),
+        "{}",
+        wrong.text()
+    );
+    assert!(!vm.path("run/data/key").exists(), "a refused key was kept");
+    assert_eq!(vm.events().await, events, "a refused key changed the log");
+
+    // The right key: the workload on /data is measured with the key's commitment.
+    let response = vm.unlock(TOKEN, &key).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json().unwrap()["already_unlocked"], false);
+    let log = vm.events().await;
+    let salt = TokenCommitment::first_salt(&log).unwrap();
+    let token = TokenCommitment::new(salt, TOKEN);
+    let pushed = DataState::Pushed(key_commitment(&key).unwrap());
+    let folder = cvm_attestation::workload::WorkloadFolder::read(&vm.path("workload")).unwrap();
+    let ids = [(
+        "localhost/cvm-example/hello:1".to_owned(),
+        cvm_attestation::workload::archived_images(
+            std::fs::File::open(vm.path("workload/hello.tar")).unwrap(),
+        )
+        .unwrap()[0]
+            .image_id
+            .clone(),
+    )]
+    .into();
+    let second = folder
+        .events_with_data(&ids, Some(&token), Some(pushed))
+        .unwrap();
+    let expected: Vec<WorkloadEvent> = events.iter().cloned().chain(second).collect();
+    assert_eq!(log, expected);
+    let pcr = vm.agent.state.tpm.read_pcr23().await.unwrap();
+    assert_eq!(hex::encode(pcr), replay(&expected).to_hex());
+
+    // Twice: a no-op, even with another key.
+    let again = vm.unlock(TOKEN, &random_key()).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json().unwrap()["already_unlocked"], true);
+    assert_eq!(vm.events().await, expected);
+}
+
+#[tokio::test]
+async fn unlock_is_refused_where_the_key_is_not_pushed() {
+    let vm = Vm::start(DataUnlock::Ephemeral, ACCEPT_ANY, false).await;
+    let response = vm.unlock(TOKEN, &random_key()).await;
+    assert_eq!(response.status, 409, "{}", response.text());
+    assert!(response.text().contains("ephemeral"), "{}", response.text());
+}
