@@ -4,12 +4,16 @@
 #           cvm-agent; UKI + dm-verity root; a data partition made on first boot) with the example
 #           workload (./workload) as its seed, predicting its PCRs offline
 #           (out/debian/measurements.json);
-#   boot    `cvm-cli deploy-local`: QEMU + OVMF with a new software TPM whose attestation key is
-#           recorded before the guest runs, a new API token handed over by fw_cfg, and the
-#           workload's port 8080 forwarded to 127.0.0.1:$CVM_LOCAL_WORKLOAD_PORT (18080); the
-#           agent measures the seed workload (and a salted commitment to the token) into PCR 23,
-#           then runs it with Podman;
-#   golden  the golden values computed offline: predicted PCR 4/9/11/12 + the workload's PCR 23;
+#   boot    `cvm-cli deploy-local --data-unlock pushed`: QEMU + OVMF with a new software TPM
+#           whose attestation key is recorded before the guest runs, a new API token handed over
+#           by fw_cfg, and the workload's port 8080 forwarded to 127.0.0.1:$CVM_LOCAL_WORKLOAD_PORT
+#           (18080); the agent commits to the token in PCR 23 and waits with /data (LUKS2 with
+#           integrity) locked;
+#   golden  the golden values computed offline: predicted PCR 4/9/11/12 + the workload's PCR 23
+#           (with the commitment to a new random data key);
+#   unlock  `cvm-cli unlock`: verifies the VM as locked against the golden values, then sends the
+#           data key over the TLS key its evidence binds; the agent opens /data (formatting it on
+#           this first boot), measures the seed workload on it into PCR 23 and runs it with Podman;
 #   verify  `cvm-cli verify --host` over a fresh nonce: every check printed, exit 0 only if all pass;
 #   answer  the example workload answers over HTTP with its measured config and what it read from
 #           the agent's local API socket;
@@ -59,7 +63,10 @@ rm -rf "$seed/secrets" && mkdir "$seed/secrets"  # secrets are provisioned at ru
 step boot "deploy-local (QEMU + OVMF + swtpm), workload port 8080 on 127.0.0.1:$workload_port"
 "$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
 "$bin/cvm-cli" deploy-local --image "$image" --name "$name" --port "$port" --memory-mib 2048 \
-  --forward "$workload_port:8080"
+  --forward "$workload_port:8080" --data-unlock pushed
+
+# The key of /data, new for this deployment (keep it: /data opens only with it).
+(umask 077 && openssl rand 32 > out/data.key)
 
 # The salt under which the agent commits to the API token in PCR 23 (public, drawn once per boot):
 # read from the VM's workload log. A host that lies about it only makes verification fail.
@@ -70,7 +77,7 @@ golden() { # WORKLOAD OUT [more golden flags]: computed offline from the build a
   shift 2
   "$bin/cvm-cli" golden --measurements "$out/measurements.json" --workload "$folder" \
     --token-file "$state/api-token" --token-salt out/eventlog.json --cloud qemu --tee none \
-    --out "$golden_out" "$@"
+    --data-unlock pushed --data-key-file out/data.key --out "$golden_out" "$@"
 }
 verify() { # GOLDEN
   "$bin/cvm-cli" verify --host "127.0.0.1:$port" --golden "$1" --trusted-ak "$state/ak.pub"
@@ -95,8 +102,12 @@ answer() { # EXPECTED: waits until the workload's answer contains EXPECTED, then
   return 1
 }
 
-step verify "the seed workload, against golden values computed offline"
+step unlock "verify the locked VM, then send its data key"
 golden "$seed" out/golden-seed.json
+"$bin/cvm-cli" unlock --host "127.0.0.1:$port" --golden out/golden-seed.json \
+  --key-file out/data.key --token-file "$state/api-token" --trusted-ak "$state/ak.pub"
+
+step verify "the seed workload on the unlocked /data, against golden values computed offline"
 verify out/golden-seed.json
 
 step answer "the example workload over HTTP"

@@ -15,6 +15,8 @@ use std::process::{Command, Output};
 use test_support::Moto;
 
 const BLOCK: u64 = 512 * 1024;
+/// Who may connect in these tests: a documentation range (RFC 5737).
+const ALLOW: &str = "198.51.100.0/24";
 
 /// A sparse image: data in blocks 0 and 3, a block of written zeros (6), and a short tail that
 /// ends in data (block 9). Blocks 0, 3 and 9 must travel; nothing else.
@@ -156,12 +158,16 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
         &state,
         &[
             "deploy-aws",
+            "--allow-from",
+            ALLOW,
             "--image",
             image.to_str().unwrap(),
             "--vm_name",
             "cvm-e2e",
             "--additional_ports",
             "443,80",
+            "--allow-from",
+            "2001:db8::/32",
             "--json",
             "--wait-seconds",
             "30",
@@ -242,6 +248,29 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
         .map(|n| ingress[&format!("IpPermissions.{n}.FromPort")].as_str())
         .collect();
     assert_eq!(ports, ["8000", "443", "80"]);
+    // Every port admits exactly the --allow-from ranges, and nothing else.
+    assert_eq!(
+        plan["plan"]["allow_from"],
+        serde_json::json!([ALLOW, "2001:db8::/32"])
+    );
+    assert_eq!(plan["plan"]["warnings"], serde_json::json!([]));
+    for n in 1..=3 {
+        let p = format!("IpPermissions.{n}");
+        let mut ranges: Vec<(&str, &str)> = ingress
+            .iter()
+            .filter(|(key, _)| key.starts_with(&format!("{p}.")) && key.contains("Ranges."))
+            .map(|(key, value)| (&key[p.len() + 1..], value.as_str()))
+            .collect();
+        ranges.sort();
+        assert_eq!(
+            ranges,
+            [
+                ("IpRanges.1.CidrIp", ALLOW),
+                ("Ipv6Ranges.1.CidrIpv6", "2001:db8::/32")
+            ],
+            "{ingress:?}"
+        );
+    }
 
     // A second deploy under the same name is refused while the token file exists: the file is
     // never overwritten, and nothing is created.
@@ -251,6 +280,8 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
         &state,
         &[
             "deploy-aws",
+            "--allow-from",
+            ALLOW,
             "--image",
             image.to_str().unwrap(),
             "--vm_name",
@@ -297,6 +328,8 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
         &state,
         &[
             "deploy-aws",
+            "--allow-from",
+            ALLOW,
             "--image",
             image.to_str().unwrap(),
             "--vm_name",
@@ -328,7 +361,15 @@ fn dry_runs_and_refusals_create_nothing() {
     let dry = cli(
         &moto,
         &state,
-        &["deploy-aws", "--image", image, "--dry_run", "--json"],
+        &[
+            "deploy-aws",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--dry_run",
+            "--json",
+        ],
     );
     assert!(dry.status.success(), "{}", text(&dry));
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
@@ -339,7 +380,14 @@ fn dry_runs_and_refusals_create_nothing() {
     let dry = cli(
         &moto,
         &state,
-        &["deploy-aws", "--image", image, "--dry-run"],
+        &[
+            "deploy-aws",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--dry-run",
+        ],
     );
     let said = text(&dry);
     assert!(
@@ -351,14 +399,29 @@ fn dry_runs_and_refusals_create_nothing() {
     let refused = cli(
         &moto,
         &state,
-        &["deploy-aws", "--image", image, "--secure-boot"],
+        &[
+            "deploy-aws",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--secure-boot",
+        ],
     );
     assert_eq!(refused.status.code(), Some(2));
 
     let wrong_type = cli(
         &moto,
         &state,
-        &["deploy-aws", "--image", image, "--vm_type", "t3.micro"],
+        &[
+            "deploy-aws",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--vm_type",
+            "t3.micro",
+        ],
     );
     assert_eq!(wrong_type.status.code(), Some(2));
     assert!(
@@ -370,7 +433,15 @@ fn dry_runs_and_refusals_create_nothing() {
     let wrong_region = cli(
         &moto,
         &state,
-        &["deploy-aws", "--image", image, "--region", "ap-south-1"],
+        &[
+            "deploy-aws",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--region",
+            "ap-south-1",
+        ],
     );
     assert_eq!(wrong_region.status.code(), Some(2));
     assert!(
@@ -382,7 +453,7 @@ fn dry_runs_and_refusals_create_nothing() {
     let no_credentials = aws_command(&moto, &state)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
-        .args(["deploy-aws", "--image", image])
+        .args(["deploy-aws", "--allow-from", ALLOW, "--image", image])
         .output()
         .unwrap();
     assert_eq!(no_credentials.status.code(), Some(2));
@@ -429,6 +500,8 @@ fn a_failing_step_deletes_what_the_deploy_created() {
         &state,
         &[
             "deploy-aws",
+            "--allow-from",
+            ALLOW,
             "--image",
             image.to_str().unwrap(),
             "--vm-name",
@@ -457,4 +530,117 @@ fn a_failing_step_deletes_what_the_deploy_created() {
     );
     // The other party's group is untouched.
     assert!(moto.ec2_calls("DeleteSecurityGroup").unwrap().is_empty());
+}
+
+/// Port 8000 serves /update-workload: a deploy must say who may reach it, and the ports and
+/// ranges are checked before anything is created (also with --dry-run).
+#[test]
+fn ingress_must_be_given_and_is_checked_before_anything() {
+    let moto = Moto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (image, _) = sample_image(dir.path());
+    let image = image.to_str().unwrap();
+
+    for dry in [true, false] {
+        let mut args = vec!["deploy-aws", "--image", image];
+        if dry {
+            args.push("--dry-run");
+        }
+        let refused = cli(&moto, &state, &args);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+        let said = text(&refused);
+        assert!(
+            said.contains("--allow-from <your public IP>/32")
+                && said.contains("--allow-from 0.0.0.0/0")
+                && !said.contains("Plan:"),
+            "{said}"
+        );
+    }
+    for (args, expected) in [
+        (&["--allow-from", "198.51.100.7"][..], "prefix length"),
+        (&["--allow-from", "198.51.100.0/33"], "prefix length"),
+        (&["--allow-from", "2001:db8::/129"], "prefix length"),
+        (&["--allow-from", "not-an-ip/8"], "not an IPv4 or IPv6"),
+        (&["--allow-from", "198.51.100.7/24"], "198.51.100.0/24"),
+        (&["--allow-from", ALLOW, "--allow-from", ALLOW], "twice"),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "0"],
+            "1-65535",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "443,443"],
+            "twice",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "8000"],
+            "agent's own",
+        ),
+    ] {
+        let refused = cli(
+            &moto,
+            &state,
+            &[&["deploy-aws", "--image", image][..], args].concat(),
+        );
+        assert_ne!(refused.status.code(), Some(0), "{args:?}");
+        assert!(
+            text(&refused).contains(expected),
+            "{args:?}: {}",
+            text(&refused)
+        );
+    }
+
+    // The whole internet only when asked for, and then the plan warns.
+    let open = cli(
+        &moto,
+        &state,
+        &[
+            "deploy-aws",
+            "--image",
+            image,
+            "--allow-from",
+            "0.0.0.0/0",
+            "--allow-from",
+            "::/0",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(open.status.success(), "{}", text(&open));
+    let plan: serde_json::Value = serde_json::from_slice(&open.stdout).unwrap();
+    assert_eq!(
+        plan["plan"]["allow_from"],
+        serde_json::json!(["0.0.0.0/0", "::/0"])
+    );
+    assert!(
+        plan["plan"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("open to the whole internet"),
+        "{plan}"
+    );
+    let open = cli(
+        &moto,
+        &state,
+        &[
+            "deploy-aws",
+            "--image",
+            image,
+            "--allow-from",
+            "0.0.0.0/0",
+            "--dry-run",
+        ],
+    );
+    let said = text(&open);
+    assert!(
+        said.contains("from 0.0.0.0/0") && said.contains("WARNING: port 8000"),
+        "{said}"
+    );
+
+    assert!(
+        moto.recording().unwrap().is_empty(),
+        "requests were sent: {:?}",
+        moto.recording().unwrap()
+    );
+    assert!(!state.exists(), "no token file was left");
 }

@@ -38,6 +38,9 @@ const SUB: &str = "00000000-1111-2222-3333-444444444444";
 const TAG: &str = "cvm-cli-deployment";
 const MIB: u64 = 1 << 20;
 const ADDRESS: &str = "20.1.2.3";
+/// Who may connect in these tests: documentation ranges (RFC 5737).
+const ALLOW: &str = "198.51.100.0/24";
+const ALLOW_TOO: &str = "203.0.113.0/24";
 
 // ---------------------------------------------------------------------------------------------
 // Azurite
@@ -240,6 +243,8 @@ struct Arm {
     fail_page_writes: bool,
     expected_upload_bytes: u64,
     expected_ports: Vec<u16>,
+    /// `sourceAddressPrefixes` every inbound rule must carry.
+    expected_sources: Vec<String>,
     expected_vm_size: String,
     /// `securityProfile.uefiSettings.secureBootEnabled` the VM must ask for.
     expected_secure_boot: bool,
@@ -563,6 +568,15 @@ fn resource_request(
                         .unwrap_or_default();
                     let expected = arm.expected_ports.clone();
                     require(arm, id, "inbound rules for the ports", ports == expected);
+                    // Each rule admits exactly the --allow-from ranges, never "*".
+                    let sources_ok = p["securityRules"].as_array().is_some_and(|rules| {
+                        rules.iter().all(|r| {
+                            r["properties"].get("sourceAddressPrefix").is_none()
+                                && r["properties"]["sourceAddressPrefixes"]
+                                    == json!(arm.expected_sources)
+                        })
+                    });
+                    require(arm, id, "sourceAddressPrefixes", sources_ok);
                 }
                 "Microsoft.Network/publicIPAddresses" => {
                     require(arm, id, "Standard SKU", body["sku"]["name"] == "Standard");
@@ -863,6 +877,7 @@ async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
         base: url.clone(),
         deployment: "cvm_test".into(),
         expected_ports: vec![8000],
+        expected_sources: vec![ALLOW.into()],
         expected_vm_size: "Standard_DC2es_v5".into(),
         ..Arm::default()
     }));
@@ -986,6 +1001,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         arm.azurite_blob = blob.clone();
         arm.expected_upload_bytes = vhd_bytes;
         arm.expected_ports = vec![8000, 80, 443];
+        arm.expected_sources = vec![ALLOW.into(), ALLOW_TOO.into()];
         arm.expected_vm_size = "Standard_DC2as_v5".into();
     })
     .await;
@@ -996,6 +1012,8 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         false,
         &[
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             raw.to_str().unwrap(),
             "--vm_name",
@@ -1008,6 +1026,8 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
             "Standard_DC2as_v5",
             "--additional_ports",
             "80,443",
+            "--allow-from",
+            ALLOW_TOO,
             "--parallel",
             "4",
             "--json",
@@ -1026,6 +1046,20 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
     assert_eq!(lines[0]["plan"]["tee"], "AMD SEV-SNP");
     assert_eq!(lines[0]["plan"]["region"], "eastus2");
     assert_eq!(lines[0]["plan"]["secure_boot"]["enabled"], false);
+    assert_eq!(lines[0]["plan"]["allow_from"], json!([ALLOW, ALLOW_TOO]));
+    // The NSG ARM received: one rule per port, each from exactly the given ranges.
+    let nsg = requests(&arm)
+        .into_iter()
+        .find(|r| r.method == "PUT" && r.path.contains("/networkSecurityGroups/"))
+        .expect("the NSG was created");
+    let rules = nsg.body["properties"]["securityRules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    for rule in rules {
+        assert_eq!(
+            rule["properties"]["sourceAddressPrefixes"],
+            json!([ALLOW, ALLOW_TOO])
+        );
+    }
     let token_file = arm.token_file("cvm_test");
     assert_eq!(
         lines[0]["plan"]["api_token"]["file"],
@@ -1256,6 +1290,8 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         true,
         &[
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             raw.to_str().unwrap(),
             "--secure-boot",
@@ -1338,7 +1374,13 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
             arm.fail_vm = true;
         })
         .await;
-        let mut args = vec!["deploy-azure", "--image", raw.to_str().unwrap()];
+        let mut args = vec![
+            "deploy-azure",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            raw.to_str().unwrap(),
+        ];
         if keep {
             args.push("--keep_on_failure");
         }
@@ -1396,7 +1438,13 @@ async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
     let run = cvm_cli(
         &arm,
         true,
-        &["deploy-azure", "--image", raw.to_str().unwrap()],
+        &[
+            "deploy-azure",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            raw.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(!run.ok);
@@ -1452,6 +1500,8 @@ async fn dry_runs_and_bad_flags_create_nothing() {
         true,
         &[
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             image,
             "--dry_run",
@@ -1489,6 +1539,8 @@ async fn dry_runs_and_bad_flags_create_nothing() {
         true,
         &[
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             image,
             "--dry-run",
@@ -1509,6 +1561,8 @@ async fn dry_runs_and_bad_flags_create_nothing() {
         true,
         &[
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             image,
             "--vm-type",
@@ -1527,7 +1581,15 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     let run = cvm_cli(
         &arm,
         true,
-        &["deploy-azure", "--image", image, "--region", "east-us"],
+        &[
+            "deploy-azure",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--region",
+            "east-us",
+        ],
     )
     .await;
     assert!(!run.ok);
@@ -1539,7 +1601,13 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     let run = cvm_cli(
         &arm,
         true,
-        &["deploy-azure", "--image", odd.to_str().unwrap()],
+        &[
+            "deploy-azure",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            odd.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(!run.ok);
@@ -1584,6 +1652,8 @@ async fn bench_upload_1gib_half_empty() {
         let image = raw.to_str().unwrap();
         let args = [
             "deploy-azure",
+            "--allow-from",
+            ALLOW,
             "--image",
             image,
             "--json",
@@ -1659,4 +1729,84 @@ async fn bench_upload_1gib_half_empty() {
     for (_, _, _, blob) in &ours {
         assert_eq!(hex::encode(Sha256::digest(download(blob).await)), naive);
     }
+}
+
+/// Port 8000 serves /update-workload: a deploy must say who may reach it, and the ports and
+/// ranges are checked before anything reaches ARM (also with --dry-run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_must_be_given_and_is_checked_before_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 4);
+    let arm = arm_server(|_| {}).await;
+    let image = raw.to_str().unwrap();
+
+    for dry in [true, false] {
+        let mut args = vec!["deploy-azure", "--image", image];
+        if dry {
+            args.push("--dry-run");
+        }
+        let run = cvm_cli(&arm, true, &args).await;
+        assert!(!run.ok);
+        assert!(
+            run.stderr.contains("--allow-from <your public IP>/32")
+                && run.stderr.contains("--allow-from 0.0.0.0/0")
+                && !run.stderr.contains("Plan:"),
+            "{}",
+            run.stderr
+        );
+    }
+    for (args, expected) in [
+        (&["--allow-from", "198.51.100.0/33"][..], "prefix length"),
+        (&["--allow-from", "2001:db8::1/32"], "2001:db8::/32"),
+        (&["--allow-from", "example.com/24"], "not an IPv4 or IPv6"),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "0"],
+            "1-65535",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "80,80"],
+            "twice",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "8000"],
+            "agent's own",
+        ),
+    ] {
+        let run = cvm_cli(
+            &arm,
+            true,
+            &[&["deploy-azure", "--image", image][..], args].concat(),
+        )
+        .await;
+        assert!(!run.ok, "{args:?}");
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+    }
+
+    // The whole internet only when asked for, and then the plan warns.
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "deploy-azure",
+            "--image",
+            image,
+            "--allow-from",
+            "0.0.0.0/0",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("from 0.0.0.0/0") && run.stderr.contains("WARNING: port 8000"),
+        "{}",
+        run.stderr
+    );
+
+    assert_eq!(requests(&arm).len(), 0, "nothing reached ARM");
+    assert_eq!(
+        std::fs::read_dir(arm.home.path()).unwrap().count(),
+        0,
+        "no token file was made"
+    );
 }

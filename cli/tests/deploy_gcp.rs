@@ -25,6 +25,8 @@ const PROJECT: &str = "test-project";
 const ZONE: &str = "asia-southeast1-b";
 const BUCKET: &str = "test-bucket";
 const NAT_IP: &str = "203.0.113.7";
+/// Who may connect in these tests: a documentation range (RFC 5737).
+const ALLOW: &str = "198.51.100.0/24";
 const GIB: u64 = 1 << 30;
 
 /// One request the Compute server received.
@@ -668,6 +670,8 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
         .env("CVM_GCP_UPLOAD_CHUNK_KIB", "1024")
         .args([
             "deploy-gcp",
+            "--allow-from",
+            ALLOW,
             "--vm_name",
             "gcp-tdx",
             "--project_id",
@@ -680,6 +684,8 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
             "c3-standard-4",
             "--additional_ports",
             "443,80",
+            "--allow-from",
+            "2001:db8::/32",
             "--image",
             disk.to_str().unwrap(),
             "--json",
@@ -744,6 +750,14 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
         json!(["8000", "443", "80"])
     );
     assert_eq!(firewall["targetTags"], json!(["gcp-tdx"]));
+    // Exactly the --allow-from ranges; a GCP rule takes one address family, so IPv6 gets its own.
+    assert_eq!(firewall["sourceRanges"], json!([ALLOW]));
+    assert_eq!(plan["allow_from"], json!([ALLOW, "2001:db8::/32"]));
+    let firewalls = clouds.gce.inserts("/global/firewalls");
+    assert_eq!(firewalls.len(), 2, "{firewalls:?}");
+    assert_eq!(firewalls[1]["name"], "gcp-tdx-cvm-cli-v6");
+    assert_eq!(firewalls[1]["sourceRanges"], json!(["2001:db8::/32"]));
+    assert_eq!(firewalls[1]["allowed"], firewall["allowed"]);
     let instance = &clouds.gce.inserts(&format!("/zones/{ZONE}/instances"))[0];
     assert_eq!(
         instance["confidentialInstanceConfig"]["confidentialInstanceType"],
@@ -782,7 +796,8 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
     let said = text(&output);
     for line in [
         "deleted instance gcp-tdx",
-        "deleted firewall gcp-tdx-cvm-cli",
+        "deleted firewall gcp-tdx-cvm-cli\n",
+        "deleted firewall gcp-tdx-cvm-cli-v6",
         "deleted image gcp-tdx-",
         "deleted object gs://test-bucket/gcp-tdx-",
         &format!("removed the API token {}", token_file.display()),
@@ -818,6 +833,8 @@ fn deploy_snp_uploads_the_builders_tarball_exactly() {
         dir.path(),
         &[
             "deploy-gcp",
+            "--allow-from",
+            ALLOW,
             "--vm-name",
             "gcp-snp",
             "--project-id",
@@ -895,6 +912,8 @@ fn failed_instance_deletes_what_was_created_unless_kept() {
     let args = |extra: &'static [&'static str]| {
         let mut args = vec![
             "deploy-gcp",
+            "--allow-from",
+            ALLOW,
             "--project-id",
             PROJECT,
             "--bucket",
@@ -956,7 +975,7 @@ fn failed_instance_deletes_what_was_created_unless_kept() {
     for line in [
         "already there (same disk): not uploading again",
         "exists already (this deployment's, same disk): reusing it",
-        "exists already (this deployment's, same ports): reusing it",
+        "exists already (this deployment's, same ports and ranges): reusing it",
         &format!("Deployed cvm-test on gcp {ZONE}: {NAT_IP}"),
     ] {
         assert!(said.contains(line), "{line:?} in {said}");
@@ -995,6 +1014,8 @@ fn dry_run_and_refusals_create_nothing() {
     let image = disk.to_str().unwrap();
     let base = [
         "deploy-gcp",
+        "--allow-from",
+        ALLOW,
         "--project_id",
         PROJECT,
         "--bucket",
@@ -1151,6 +1172,8 @@ fn interrupted_upload_resumes_from_the_persisted_offset() {
         .env("CVM_GCP_UPLOAD_CHUNK_KIB", "1024")
         .args([
             "deploy-gcp",
+            "--allow-from",
+            ALLOW,
             "--project-id",
             PROJECT,
             "--bucket",
@@ -1185,6 +1208,8 @@ fn the_attestation_gate_fails_a_deploy_whose_agent_never_answers() {
         dir.path(),
         &[
             "deploy-gcp",
+            "--allow-from",
+            ALLOW,
             "--vm-name",
             "gated",
             "--project-id",
@@ -1216,4 +1241,89 @@ fn the_attestation_gate_fails_a_deploy_whose_agent_never_answers() {
     // The VM is kept, and so is its token.
     let token = private_token(&token_file(dir.path(), "gated"));
     assert_eq!(clouds.gce.state().metadata_tokens, vec![token]);
+}
+
+/// Port 8000 serves /update-workload: a deploy must say who may reach it, and the ports and
+/// ranges are checked before anything is created (also with --dry-run).
+#[test]
+fn ingress_must_be_given_and_is_checked_before_anything() {
+    let clouds = Clouds::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    sparse_disk(&disk, GIB, b"data");
+    let image = disk.to_str().unwrap();
+    let base = [
+        "deploy-gcp",
+        "--project_id",
+        PROJECT,
+        "--bucket",
+        BUCKET,
+        "--image",
+        image,
+    ];
+
+    for extra in [&[][..], &["--dry-run"]] {
+        let output = clouds.run(dir.path(), &[&base[..], extra].concat());
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let said = text(&output);
+        assert!(
+            said.contains("--allow-from <your public IP>/32")
+                && said.contains("--allow-from 0.0.0.0/0")
+                && !said.contains("Plan:"),
+            "{said}"
+        );
+    }
+    for (args, expected) in [
+        (&["--allow-from", "198.51.100.0/-1"][..], "prefix length"),
+        (&["--allow-from", "::/"], "prefix length"),
+        (&["--allow-from", "198.51.100/24"], "not an IPv4 or IPv6"),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "0"],
+            "1-65535",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "22,23,22"],
+            "twice",
+        ),
+        (
+            &["--allow-from", ALLOW, "--additional-ports", "8000"],
+            "agent's own",
+        ),
+    ] {
+        let output = clouds.run(dir.path(), &[&base[..], args].concat());
+        assert_ne!(output.status.code(), Some(0), "{args:?}");
+        assert!(
+            text(&output).contains(expected),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+
+    // The whole internet only when asked for, and then the plan warns.
+    let output = clouds.run(
+        dir.path(),
+        &[
+            &base[..],
+            &["--allow-from", "0.0.0.0/0", "--dry-run", "--json"],
+        ]
+        .concat(),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["plan"]["allow_from"], json!(["0.0.0.0/0"]));
+    assert!(
+        plan["plan"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("open to the whole internet"),
+        "{plan}"
+    );
+
+    assert!(clouds.gce.state().requests.is_empty());
+    assert!(clouds.objects().is_empty());
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(leftovers, vec![disk.clone()], "no tarball was made");
 }

@@ -125,19 +125,11 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
             ("get", "/eventlog") => routes.route(path, get(eventlog)),
             ("get", "/health") => routes.route(path, get(health)),
             ("get", "/container-logs") => routes.route(path, get(container_logs)),
-            ("post", "/unlock") => routes.route(
-                path,
-                post(unlock).layer(middleware::from_fn(|req: Request, next: Next| {
-                    timeout(req, next, UPDATE_TIMEOUT)
-                })),
-            ),
+            ("post", "/unlock") => routes.route(path, post(unlock)),
             ("post", "/update-workload") => routes.route(
                 path,
                 post(update_workload)
-                    .layer(DefaultBodyLimit::max(state.max_upload_bytes + 64 * 1024))
-                    .layer(middleware::from_fn(|req: Request, next: Next| {
-                        timeout(req, next, UPDATE_TIMEOUT)
-                    })),
+                    .layer(DefaultBodyLimit::max(state.max_upload_bytes + 64 * 1024)),
             ),
             _ => unreachable!("every route in ROUTES has a handler: {method} {path}"),
         };
@@ -146,7 +138,13 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
     routes
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .layer(middleware::from_fn(|req: Request, next: Next| {
-            timeout(req, next, REQUEST_TIMEOUT)
+            // One timeout layer for every route (an inner, longer one would be cut by an outer
+            // one): updates and unlocks load images and start containers.
+            let limit = match req.uri().path() {
+                "/update-workload" | "/unlock" => UPDATE_TIMEOUT,
+                _ => REQUEST_TIMEOUT,
+            };
+            timeout(req, next, limit)
         }))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             audit_rejections(req, next, Arc::clone(&rejected))
@@ -308,7 +306,20 @@ fn engine(state: &AppState) -> Result<&crate::engine::Engine, ApiError> {
     })
 }
 
+/// While `/data` waits for its pushed key, the engine (whose storage is there) must not be asked:
+/// its socket-activated service cannot start, and asking again and again would exhaust
+/// systemd's start limit before the unlock.
+async fn locked(state: &AppState) -> bool {
+    state.workloads.data_state().await == Some(cvm_attestation::workload::DataState::Locked)
+}
+
 async fn health(state: Shared) -> Result<Json<Value>, ApiError> {
+    if locked(&state).await {
+        return Ok(Json(json!({
+            "status": "ok",
+            "workload": "locked: /data waits for its key (cvm-cli unlock)",
+        })));
+    }
     let Some(engine) = state.workloads.engine() else {
         return Ok(Json(
             json!({ "status": "ok", "workload": "measured, not started (measure-only)" }),
@@ -369,7 +380,14 @@ async fn unlock(
     authorize(&state, &headers)?;
     let key =
         decode_base64(&request.key).ok_or_else(|| ApiError::bad_request("key: not base64"))?;
-    match state.workloads.unlock(&key).await {
+    // In a task of its own, like an update: a client that leaves cannot stop it halfway.
+    let outcome = {
+        let state = Arc::clone(&state.0);
+        tokio::spawn(async move { state.workloads.unlock(&key).await })
+            .await
+            .map_err(|e| ApiError::internal(e.into()))?
+    };
+    match outcome {
         Ok(outcome) => {
             let already = outcome == crate::workload::Unlocked::Already;
             tracing::info!(already, "/data unlocked");
@@ -409,6 +427,12 @@ async fn container_logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
+    if locked(&state).await {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "/data is locked: unlock it first (cvm-cli unlock)".into(),
+        ));
+    }
     let engine = engine(&state)?;
     let mut out = Vec::new();
     for (service, id, _) in engine

@@ -206,6 +206,11 @@ async fn pushed_keys_open_data_only_with_the_token_and_the_right_key() {
     assert!(!vm.path("workload").exists());
     let (status, health) = get_json(vm.agent.external_addr, "/health").await.unwrap();
     assert_eq!(status, 200, "{health}");
+    // The engine (its storage is on /data) is not asked while locked.
+    assert!(
+        health["workload"].as_str().unwrap().starts_with("locked"),
+        "{health}"
+    );
 
     // No token, a wrong token, a short key, a wrong key: /data stays locked.
     let response = request(

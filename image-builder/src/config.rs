@@ -105,6 +105,9 @@ fn d_busybox() -> PathBuf {
 fn d_veritysetup() -> PathBuf {
     "/usr/sbin/veritysetup".into()
 }
+fn d_verity() -> bool {
+    true
+}
 
 /// Secure Boot signing of the UKI with the user's db key (`sbsign`).
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +190,17 @@ pub struct Config {
     pub busybox: PathBuf,
     #[serde(default = "d_veritysetup")]
     pub veritysetup: PathBuf,
+    /// dm-verity on the root (default `true`). `verity = false` is a benchmark and diagnosis
+    /// switch only (e.g. to measure what dm-verity costs at boot), never for a deployed image:
+    /// the build still writes the verity partition the same way (the disk layout is identical and
+    /// the partitions are still found by the root hash), but appends ` cvm.verity=off` to the
+    /// command line after `roothash=`, and the initrd then mounts the root partition directly,
+    /// without any integrity check. The command line is a section of the UKI and thus measured
+    /// (into PCR 11 with the UKI's sections, and into PCR 4 with the UKI's Authenticode hash), so
+    /// the predicted PCR 4 and 11 differ from those of the verity image: a verifier holding the
+    /// verity image's golden values can never mistake such an image for it.
+    #[serde(default = "d_verity")]
+    pub verity: bool,
 }
 
 impl Config {
@@ -241,6 +255,11 @@ impl Config {
         if self.cmdline.contains("roothash=") {
             return Err(invalid(
                 "cmdline must not set roothash= (the build appends it)",
+            ));
+        }
+        if self.cmdline.contains("cvm.verity=") {
+            return Err(invalid(
+                "cmdline must not set cvm.verity= (use `verity = false`, which appends it)",
             ));
         }
         if self.cmdline.contains(['\n', '\0']) {
@@ -301,5 +320,11 @@ mod tests {
         assert!(Config::load(&p).is_err());
         std::fs::write(&p, "initrd_dir = \"i\"\ncmdline = \"roothash=00\"\n").unwrap();
         assert!(Config::load(&p).is_err());
+        std::fs::write(&p, "initrd_dir = \"i\"\ncmdline = \"cvm.verity=off\"\n").unwrap();
+        assert!(Config::load(&p).is_err());
+        std::fs::write(&p, "initrd_dir = \"i\"\n").unwrap();
+        assert!(Config::load(&p).unwrap().verity, "verity is on by default");
+        std::fs::write(&p, "initrd_dir = \"i\"\nverity = false\n").unwrap();
+        assert!(!Config::load(&p).unwrap().verity);
     }
 }

@@ -273,8 +273,8 @@ fn boot_until_agent_answers(bus: DiskBus) {
         tail(s)
     );
     assert!(
-        s.contains("cvm-data: ") && s.contains("mounted on /data"),
-        "{bus:?}: the data partition was not mounted:\n{}",
+        s.contains("opened (ephemeral key) and mounted on /data"),
+        "{bus:?}: the data partition was not opened (LUKS2, ephemeral key) and mounted:\n{}",
         tail(s)
     );
     assert!(
@@ -307,4 +307,103 @@ fn boots_on_nvme_and_virtio_scsi_and_the_agent_answers() {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| l.len() < 400).collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The data partition's byte range in a disk image (`sfdisk --json`).
+fn data_partition(disk: &Path) -> std::ops::Range<u64> {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .expect("sfdisk (fdisk package)");
+    assert!(out.status.success(), "sfdisk --json {}", disk.display());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = &table["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let data = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "data")
+        .expect("a partition named data");
+    let start = data["start"].as_u64().unwrap() * sector;
+    start..start + data["size"].as_u64().unwrap() * sector
+}
+
+/// The host's view of `/data` after the workload ran: ciphertext only. The seed workload
+/// (its config text, and `hello.tar` with the busybox binary) was copied to `/data` and Podman
+/// unpacked the image there; none of it may appear in clear on the disk file.
+#[test]
+fn the_host_sees_no_plaintext_on_the_data_partition() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk.raw");
+    let copied = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(b.out.join("disk.raw"))
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let token = tmp.path().join("api-token");
+    std::fs::write(&token, "cvm-test-token-0123456789abcdef0123456789abcdef").unwrap();
+    let port = free_port();
+    let mut cfg = BootConfig::new(disk.clone());
+    cfg.snapshot = false;
+    cfg.memory_mib = 2048;
+    cfg.timeout = Duration::from_secs(600);
+    cfg.extra_args = vec![
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8000"),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+        "-fw_cfg".into(),
+        format!("name=opt/cvm/api-token,file={}", token.display()),
+    ];
+    // Once the workload runs, wait past the kernel's writeback delay (30 s) so what it wrote is
+    // on the disk file when QEMU stops.
+    let running_since = Cell::new(None::<std::time::Instant>);
+    let outcome = boot::boot(&cfg, |serial| {
+        if let Some(since) = running_since.get() {
+            return since.elapsed() > Duration::from_secs(40);
+        }
+        if serial.contains("cvm-agent") && health(port).is_some_and(|h| h.contains("running")) {
+            running_since.set(Some(std::time::Instant::now()));
+        }
+        false
+    })
+    .unwrap();
+    assert!(
+        running_since.get().is_some(),
+        "the workload never ran (timed out: {}):\n{}",
+        outcome.timed_out,
+        tail(&outcome.serial)
+    );
+    let range = data_partition(&disk);
+    let bytes = std::fs::read(&disk).unwrap();
+    let data = &bytes[range.start as usize..range.end as usize];
+    let written = data.iter().filter(|&&b| b != 0).count();
+    assert!(
+        written > 8 << 20,
+        "only {written} non-zero bytes on the data partition: did the workload write at all?"
+    );
+    for plaintext in [
+        &b"measured into PCR 23 before the workload starts"[..],
+        b"hello from a measured workload",
+        b"BusyBox v1.",
+        b"cvm-example/hello",
+    ] {
+        assert!(
+            !data.windows(plaintext.len()).any(|w| w == plaintext),
+            "{:?} is readable on the data partition",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+    // The same text is on the disk in clear where it is not secret: the busybox binary in the
+    // image archive of the seed, inside the (compressed, public) verity root, shows the search
+    // would find it.
+    assert!(
+        bytes.windows(11).any(|w| w == b"BusyBox v1."),
+        "positive control: no busybox text anywhere on the disk"
+    );
 }

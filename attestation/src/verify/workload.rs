@@ -216,7 +216,7 @@ fn check_earlier(expected: &GoldenWorkload, earlier: &[&[WorkloadEvent]], checks
                 0 => "the workload has not been replaced since boot".to_owned(),
                 n => format!(
                     "no other workload ran since boot (before it: {n} empty generation(s), \
-                     nothing but the API token's commitment measured)"
+                     nothing ran: only the API token's commitment and the state of /data were measured)"
                 ),
             },
         );

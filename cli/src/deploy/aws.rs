@@ -38,7 +38,7 @@ const SNP_REGIONS: [&str; 2] = ["us-east-2", "eu-west-1"];
     after_help = "Credentials, region and endpoint come from the standard AWS \
     configuration (environment, ~/.aws, SSO/instance roles); AWS_ENDPOINT_URL points it at an \
     emulator.\n\nExample:\n  cvm-cli deploy-aws --image out/tiny-agent/disk.raw --vm_name demo \
-    --additional_ports 443\n  cvm-cli cleanup --aws demo --region us-east-2"
+    --additional_ports 443 --allow-from 203.0.113.7/32\n  cvm-cli cleanup --aws demo --region us-east-2"
 )]
 pub struct DeployAwsArgs {
     /// Name of the deployment: the instance's Name tag and the prefix of every resource.
@@ -114,11 +114,11 @@ async fn check_credentials(config: &aws_config::SdkConfig) -> Result<()> {
 
 async fn deploy(args: DeployAwsArgs) -> Result<()> {
     check_deployment_name(&args.vm_name)?;
+    let ingress = args.options.ingress()?;
     check_snp_offer(&args.vm_type, &args.region)?;
     let image = args.options.image()?;
     let image_bytes = std::fs::metadata(&image)?.len();
     let name = &args.vm_name;
-    let ports = args.options.ports();
     let plan = Plan {
         cloud: "aws",
         deployment: name.clone(),
@@ -127,7 +127,9 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
         tee: "AMD SEV-SNP",
         image: image.clone(),
         image_bytes,
-        ports: ports.clone(),
+        ports: ingress.ports.clone(),
+        allow_from: ingress.all(),
+        warnings: ingress.warnings(false),
         api_token: TokenPlan {
             file: token::token_path("aws", name)?,
             passed_via: TOKEN_VIA.into(),
@@ -148,14 +150,7 @@ async fn deploy(args: DeployAwsArgs) -> Result<()> {
                 "AMI {name}-<time> from the snapshot (boot mode uefi, NitroTPM 2.0, ENA, no \
                  UefiData: Secure Boot off)"
             ),
-            format!(
-                "security group {name}-cvm: inbound TCP {}",
-                ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("security group {name}-cvm: {}", ingress.describe()),
             format!(
                 "instance {name} ({}, AmdSevSnp=enabled, the API token in UserData), wait for its \
                  public IP",
@@ -311,13 +306,20 @@ async fn create_everything(
         id: group.clone(),
     });
     let mut ingress = Params::default().set("GroupId", &group);
-    for (n, port) in args.options.ports().iter().enumerate() {
+    let allowed = args.options.ingress()?;
+    let [(_, ipv4), (_, ipv6)] = allowed.by_family();
+    for (n, port) in allowed.ports.iter().enumerate() {
         let p = format!("IpPermissions.{}", n + 1);
         ingress = ingress
             .set(format!("{p}.IpProtocol"), "tcp")
             .set(format!("{p}.FromPort"), port.to_string())
-            .set(format!("{p}.ToPort"), port.to_string())
-            .set(format!("{p}.IpRanges.1.CidrIp"), "0.0.0.0/0");
+            .set(format!("{p}.ToPort"), port.to_string());
+        for (m, cidr) in ipv4.iter().enumerate() {
+            ingress = ingress.set(format!("{p}.IpRanges.{}.CidrIp", m + 1), cidr);
+        }
+        for (m, cidr) in ipv6.iter().enumerate() {
+            ingress = ingress.set(format!("{p}.Ipv6Ranges.{}.CidrIpv6", m + 1), cidr);
+        }
     }
     ec2.call("AuthorizeSecurityGroupIngress", &ingress.0)
         .await?;

@@ -5,7 +5,7 @@
 //! 2. managed disk created for upload (`createOption: Upload`, confidential VM security profile),
 //!    `beginGetAccess` -> SAS URL -> parallel 512-aligned page writes of at most 4 MiB that skip
 //!    zero ranges -> `endGetAccess`,
-//! 3. network security group (8000 + extra ports), static Standard public IP, VNet + subnet, NIC,
+//! 3. network security group (8000 + extra ports, from the --allow-from ranges only), static Standard public IP, VNet + subnet, NIC,
 //! 4. VM with `securityType: ConfidentialVM`, vTPM on, Secure Boot off unless `--secure-boot`
 //!    (the default image is unsigned), attaching the disk with `securityEncryptionType:
 //!    VMGuestStateOnly` and carrying the agent's new API token in `userData` (base64 of the
@@ -44,7 +44,7 @@ const BLOB_API: &str = "2021-12-02";
     Resource Manager (tests; then only AZURE_ACCESS_TOKEN is used).\n\nAzure resource names take no '_': a VM name like cvm_test \
     names its resources cvm-test, cvm-test-nic, ... (the deployment and its tag keep the name \
     as typed).\n\nExample:\n  cvm-cli deploy-azure --image out/tiny-agent/disk.raw --vm_name \
-    demo --region \"East US 2\" --additional_ports 443\n  cvm-cli cleanup --azure demo \
+    demo --region \"East US 2\" --additional_ports 443 --allow-from 203.0.113.7/32\n  cvm-cli cleanup --azure demo \
     --resource-group demoRg"
 )]
 pub struct DeployAzureArgs {
@@ -294,6 +294,7 @@ fn kind_of(id: &str) -> (&'static str, &'static str, u8) {
 
 async fn deploy(args: DeployAzureArgs) -> Result<()> {
     check_deployment_name(&args.vm_name)?;
+    let ingress = args.options.ingress()?;
     let tee = tee_of(&args.vm_type)?;
     let region = normalise_region(&args.region)?;
     let group = args
@@ -303,7 +304,6 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
     check_group_name(&group)?;
     let image = args.options.image()?;
     let names = Names::new(&args.vm_name, &group);
-    let ports = args.options.ports();
     let image_bytes = std::fs::metadata(&image)?.len();
     let renamed = if names.vm != args.vm_name {
         format!(" (from {}: Azure names take no '_')", args.vm_name)
@@ -318,7 +318,9 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
         tee,
         image: image.clone(),
         image_bytes,
-        ports: ports.clone(),
+        ports: ingress.ports.clone(),
+        allow_from: ingress.all(),
+        warnings: ingress.warnings(true),
         api_token: TokenPlan {
             file: token::token_path("azure", &args.vm_name)?,
             passed_via: TOKEN_VIA.into(),
@@ -333,13 +335,9 @@ async fn deploy(args: DeployAzureArgs) -> Result<()> {
                 names.disk, args.options.parallel
             ),
             format!(
-                "network security group {}: inbound TCP {}",
+                "network security group {}: {} (one rule per port and address family)",
                 names.nsg,
-                ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ingress.describe()
             ),
             format!("public IP {} (Standard, static)", names.ip),
             format!("VNet {} with subnet default 10.0.0.0/24", names.vnet),
@@ -615,18 +613,26 @@ async fn create_everything(
         "Microsoft.Network/networkSecurityGroups",
         &names.nsg,
     );
-    let rules: Vec<_> = args
-        .options
-        .ports()
-        .iter()
+    // An NSG rule takes the ranges of one address family: IPv4 and IPv6 get a rule each.
+    let ingress = args.options.ingress()?;
+    let rules: Vec<_> = ingress
+        .by_family()
+        .into_iter()
+        .filter(|(_, ranges)| !ranges.is_empty())
+        .flat_map(|(ipv6, ranges)| {
+            ingress
+                .ports
+                .iter()
+                .map(move |port| (*port, ipv6, ranges.clone()))
+        })
         .enumerate()
-        .map(|(n, port)| body::Named {
-            name: format!("allow-tcp-{port}"),
+        .map(|(n, (port, ipv6, ranges))| body::Named {
+            name: format!("allow-tcp-{port}{}", if ipv6 { "-ipv6" } else { "" }),
             properties: body::Rule {
                 protocol: "Tcp",
                 source_port_range: "*",
                 destination_port_range: port.to_string(),
-                source_address_prefix: "*",
+                source_address_prefixes: ranges,
                 destination_address_prefix: "*",
                 access: "Allow",
                 priority: 1000 + n as u32,

@@ -242,6 +242,8 @@ pub struct Firewall {
     pub description: Option<String>,
     #[serde(default)]
     pub allowed: Vec<Allowed>,
+    #[serde(rename = "sourceRanges", default)]
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

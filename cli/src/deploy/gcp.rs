@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
     Credentials of `gcloud auth application-default login`, else `gcloud auth \
     print-access-token`. STORAGE_EMULATOR_HOST and CVM_GCP_COMPUTE_ENDPOINT point it at \
     emulators.\n\nExample:\n  cvm-cli deploy-gcp --project_id my-project --bucket my-bucket \
-    --vm_name demo --additional_ports 443\n  cvm-cli cleanup --gcp demo --project-id my-project \
+    --vm_name demo --additional_ports 443 --allow-from 203.0.113.7/32\n  cvm-cli cleanup --gcp demo --project-id my-project \
     --region asia-southeast1-b"
 )]
 pub struct DeployGcpArgs {
@@ -245,17 +245,35 @@ fn firewall_name(name: &str) -> String {
     format!("{name}-cvm-cli")
 }
 
+/// A GCP firewall rule takes one address family: the IPv6 ranges get a rule of their own.
+fn firewall_name_v6(name: &str) -> String {
+    format!("{name}-cvm-cli-v6")
+}
+
 async fn deploy(args: DeployGcpArgs) -> Result<()> {
     let tee = check_inputs(&args)?;
+    let ingress = args.options.ingress()?;
     let image = args.options.image()?;
     let image_bytes = std::fs::metadata(&image)?.len();
     let name = &args.vm_name;
-    let ports = args.options.ports();
-    let port_list = ports
-        .iter()
-        .map(u16::to_string)
+    let firewall_step = ingress
+        .by_family()
+        .into_iter()
+        .filter(|(_, ranges)| !ranges.is_empty())
+        .map(|(ipv6, ranges)| {
+            format!(
+                "firewall rule {}: inbound TCP {} from {} to the instance",
+                if ipv6 {
+                    firewall_name_v6(name)
+                } else {
+                    firewall_name(name)
+                },
+                ingress.port_list(),
+                ranges.join(", ")
+            )
+        })
         .collect::<Vec<_>>()
-        .join(", ");
+        .join("; ");
     let plan = Plan {
         cloud: "gcp",
         deployment: name.clone(),
@@ -264,7 +282,9 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
         tee: tee.name,
         image: image.clone(),
         image_bytes,
-        ports: ports.clone(),
+        ports: ingress.ports.clone(),
+        allow_from: ingress.all(),
+        warnings: ingress.warnings(true),
         api_token: TokenPlan {
             file: token::token_path("gcp", name)?,
             passed_via: format!(
@@ -283,10 +303,7 @@ async fn deploy(args: DeployGcpArgs) -> Result<()> {
                  TDX_CAPABLE)",
                 args.project_id
             ),
-            format!(
-                "firewall rule {}: inbound TCP {port_list} to the instance",
-                firewall_name(name)
-            ),
+            firewall_step,
             format!(
                 "instance {name} ({}, {}{}, maintenance TERMINATE, vTPM, Secure Boot {}, the API \
                  token in metadata {GCP_METADATA_KEY}), wait for its external IP",
@@ -458,69 +475,84 @@ async fn create_everything(
         }
     }
 
-    let firewall = firewall_name(name);
-    step(format!("creating firewall rule {firewall}"));
-    let ports: Vec<String> = args.options.ports().iter().map(u16::to_string).collect();
-    let body = json!({
-        "name": firewall,
-        "description": format!("{DEPLOYMENT_TAG}={name}: agent and workload ports"),
-        "network": "global/networks/default",
-        "direction": "INGRESS",
-        "priority": 1000,
-        "allowed": [{
-            "IPProtocol": "tcp",
-            "ports": ports,
-        }],
-        "sourceRanges": ["0.0.0.0/0"],
-        "targetTags": [name],
-    });
-    let what = format!("creating firewall rule {firewall}");
-    match compute
-        .start_insert("global/firewalls", &body, &what)
-        .await?
-    {
-        Some(operation) => {
-            created.push(Resource {
-                kind: "firewall",
-                id: firewall.clone(),
-            });
-            compute.wait(operation, &what, wait).await?;
+    let ingress = args.options.ingress()?;
+    let ports: Vec<String> = ingress.ports.iter().map(u16::to_string).collect();
+    for (ipv6, ranges) in ingress.by_family() {
+        if ranges.is_empty() {
+            continue;
         }
-        None => {
-            let existing: Firewall = compute
-                .get(
-                    &format!("global/firewalls/{firewall}"),
-                    "reading the firewall rule",
-                )
-                .await?
-                .with_context(|| format!("firewall rule {firewall} exists and vanished"))?;
-            let ours = existing
-                .description
-                .as_deref()
-                .is_some_and(|text| text.starts_with(&format!("{DEPLOYMENT_TAG}={name}:")));
-            let mut have: Vec<&String> = existing
-                .allowed
-                .iter()
-                .filter(|rule| rule.ip_protocol == "tcp")
-                .flat_map(|rule| &rule.ports)
-                .collect();
-            let mut want: Vec<&String> = ports.iter().collect();
-            have.sort();
-            want.sort();
-            if !ours || have != want {
-                bail!(
-                    "firewall rule {firewall} exists {}: remove it first ({})",
-                    if ours {
-                        "with other ports"
-                    } else {
-                        "and was not made by cvm-cli for this deployment"
-                    },
-                    cleanup_command(name, &args.project_id, zone, bucket)
-                );
+        let firewall = if ipv6 {
+            firewall_name_v6(name)
+        } else {
+            firewall_name(name)
+        };
+        step(format!("creating firewall rule {firewall}"));
+        let body = json!({
+            "name": firewall,
+            "description": format!("{DEPLOYMENT_TAG}={name}: agent and workload ports"),
+            "network": "global/networks/default",
+            "direction": "INGRESS",
+            "priority": 1000,
+            "allowed": [{
+                "IPProtocol": "tcp",
+                "ports": ports,
+            }],
+            "sourceRanges": ranges,
+            "targetTags": [name],
+        });
+        let what = format!("creating firewall rule {firewall}");
+        match compute
+            .start_insert("global/firewalls", &body, &what)
+            .await?
+        {
+            Some(operation) => {
+                created.push(Resource {
+                    kind: "firewall",
+                    id: firewall.clone(),
+                });
+                compute.wait(operation, &what, wait).await?;
             }
-            step(format!(
-                "firewall rule {firewall} exists already (this deployment's, same ports): reusing it"
-            ));
+            None => {
+                let existing: Firewall = compute
+                    .get(
+                        &format!("global/firewalls/{firewall}"),
+                        "reading the firewall rule",
+                    )
+                    .await?
+                    .with_context(|| format!("firewall rule {firewall} exists and vanished"))?;
+                let ours = existing
+                    .description
+                    .as_deref()
+                    .is_some_and(|text| text.starts_with(&format!("{DEPLOYMENT_TAG}={name}:")));
+                let mut have: Vec<&String> = existing
+                    .allowed
+                    .iter()
+                    .filter(|rule| rule.ip_protocol == "tcp")
+                    .flat_map(|rule| &rule.ports)
+                    .collect();
+                let mut want: Vec<&String> = ports.iter().collect();
+                have.sort();
+                want.sort();
+                let mut have_ranges = existing.source_ranges.clone();
+                let mut want_ranges = ranges.clone();
+                have_ranges.sort();
+                want_ranges.sort();
+                if !ours || have != want || have_ranges != want_ranges {
+                    bail!(
+                        "firewall rule {firewall} exists {}: remove it first ({})",
+                        if ours {
+                            "with other ports or source ranges"
+                        } else {
+                            "and was not made by cvm-cli for this deployment"
+                        },
+                        cleanup_command(name, &args.project_id, zone, bucket)
+                    );
+                }
+                step(format!(
+                    "firewall rule {firewall} exists already (this deployment's, same ports and \
+                     ranges): reusing it"
+                ));
+            }
         }
     }
 
@@ -773,27 +805,28 @@ async fn labelled_resources(
             id: image.name,
         });
     }
-    let firewall = firewall_name(name);
-    let rule: Option<Firewall> = compute
-        .get(
-            &format!("global/firewalls/{firewall}"),
-            "reading the firewall rule",
-        )
-        .await?;
-    if let Some(rule) = rule {
-        let tagged = rule
-            .description
-            .as_deref()
-            .is_some_and(|text| text.starts_with(&format!("{DEPLOYMENT_TAG}={name}:")));
-        if tagged && rule.name == firewall {
-            resources.push(Resource {
-                kind: "firewall",
-                id: rule.name,
-            });
-        } else {
-            step(format!(
-                "firewall rule {firewall} exists but was not made by cvm-cli for {name}: kept"
-            ));
+    for firewall in [firewall_name(name), firewall_name_v6(name)] {
+        let rule: Option<Firewall> = compute
+            .get(
+                &format!("global/firewalls/{firewall}"),
+                "reading the firewall rule",
+            )
+            .await?;
+        if let Some(rule) = rule {
+            let tagged = rule
+                .description
+                .as_deref()
+                .is_some_and(|text| text.starts_with(&format!("{DEPLOYMENT_TAG}={name}:")));
+            if tagged && rule.name == firewall {
+                resources.push(Resource {
+                    kind: "firewall",
+                    id: rule.name,
+                });
+            } else {
+                step(format!(
+                    "firewall rule {firewall} exists but was not made by cvm-cli for {name}: kept"
+                ));
+            }
         }
     }
     let instances: Vec<Instance> = compute

@@ -39,6 +39,11 @@ pub struct DeployOptions {
         value_name = "PORTS"
     )]
     pub additional_ports: Vec<u16>,
+    /// Who may connect to the agent's 8000 and the extra ports: an IPv4 or IPv6 range in CIDR
+    /// notation (e.g. 203.0.113.7/32), repeatable. Required: the world only as an explicit
+    /// `--allow-from 0.0.0.0/0` (and `::/0`).
+    #[arg(long, visible_alias = "allow_from", value_name = "CIDR")]
+    pub allow_from: Vec<String>,
     /// Print the plan and stop: nothing is created.
     #[arg(long, visible_alias = "dry_run")]
     pub dry_run: bool,
@@ -124,16 +129,168 @@ pub fn attestation_gate(
     Ok(())
 }
 
-impl DeployOptions {
-    /// The inbound ports: the agent's, then the extra ones, without duplicates.
-    pub fn ports(&self) -> Vec<u16> {
-        let mut ports = vec![AGENT_PORT];
-        for port in &self.additional_ports {
-            if !ports.contains(port) {
-                ports.push(*port);
-            }
+/// What a deploy lets in: TCP ports, from the `--allow-from` ranges only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    /// The agent's port first, then the extra ones as given.
+    pub ports: Vec<u16>,
+    /// The ranges, canonical, in the order given.
+    pub sources: Vec<Cidr>,
+}
+
+/// One checked `--allow-from` range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    pub text: String,
+    pub ipv6: bool,
+}
+
+impl Ingress {
+    /// Every range, as given.
+    pub fn all(&self) -> Vec<String> {
+        self.sources.iter().map(|cidr| cidr.text.clone()).collect()
+    }
+
+    /// The IPv4 ranges, then the IPv6 ones (for clouds whose rules take one family each).
+    pub fn by_family(&self) -> [(bool, Vec<String>); 2] {
+        [false, true].map(|ipv6| {
+            let ranges = self
+                .sources
+                .iter()
+                .filter(|cidr| cidr.ipv6 == ipv6)
+                .map(|cidr| cidr.text.clone())
+                .collect();
+            (ipv6, ranges)
+        })
+    }
+
+    /// "8000, 443".
+    pub fn port_list(&self) -> String {
+        self.ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// "inbound TCP 8000, 443 from 198.51.100.0/24".
+    pub fn describe(&self) -> String {
+        format!(
+            "inbound TCP {} from {}",
+            self.port_list(),
+            self.all().join(", ")
+        )
+    }
+
+    /// What the plan warns about: ranges open to everyone; with `ipv4_only_vm`, IPv6 ranges
+    /// that can match nothing.
+    pub fn warnings(&self, ipv4_only_vm: bool) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let open: Vec<&str> = self
+            .sources
+            .iter()
+            .filter(|cidr| cidr.text.ends_with("/0"))
+            .map(|cidr| cidr.text.as_str())
+            .collect();
+        if !open.is_empty() {
+            warnings.push(format!(
+                "port {AGENT_PORT} (the agent's /update-workload) and the other ports are open to \
+                 the whole internet ({}): only the API token protects the workload",
+                open.join(", ")
+            ));
         }
-        ports
+        if ipv4_only_vm && self.sources.iter().any(|cidr| cidr.ipv6) {
+            warnings.push(
+                "the VM gets only a public IPv4 address: the IPv6 ranges admit nothing".into(),
+            );
+        }
+        warnings
+    }
+}
+
+/// Checks one `--allow-from` value: an IPv4 or IPv6 address with a prefix length, no host bits.
+pub fn parse_cidr(value: &str) -> Result<Cidr> {
+    let value = value.trim();
+    let Some((address, prefix)) = value.split_once('/') else {
+        bail!(
+            "--allow-from {value}: give a range with a prefix length, e.g. {value}/32 for one \
+             IPv4 address or {value}/128 for one IPv6 address"
+        );
+    };
+    let address: std::net::IpAddr = address.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--allow-from {value}: {address:?} is not an IPv4 or IPv6 address (write e.g. \
+             203.0.113.0/24 or 2001:db8::/32)"
+        )
+    })?;
+    let bits: u8 = if address.is_ipv6() { 128 } else { 32 };
+    let prefix: u8 = Some(prefix)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse().ok())
+        .filter(|prefix| *prefix <= bits)
+        .ok_or_else(|| {
+            anyhow::anyhow!("--allow-from {value}: the prefix length must be 0 to {bits}")
+        })?;
+    let canonical = match address {
+        std::net::IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            std::net::IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            std::net::IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    };
+    if canonical != address {
+        bail!(
+            "--allow-from {value}: the address has host bits set; did you mean \
+             {canonical}/{prefix}?"
+        );
+    }
+    Ok(Cidr {
+        text: format!("{address}/{prefix}"),
+        ipv6: address.is_ipv6(),
+    })
+}
+
+impl DeployOptions {
+    /// The checked ingress: ports 1-65535, none twice, not the agent's own; at least one
+    /// `--allow-from` range, each valid and given once. Called before anything is created.
+    pub fn ingress(&self) -> Result<Ingress> {
+        let mut ports = vec![AGENT_PORT];
+        for &port in &self.additional_ports {
+            if port == 0 {
+                bail!("--additional-ports: port 0 is not a port; use 1-65535");
+            }
+            if port == AGENT_PORT {
+                bail!(
+                    "--additional-ports: {AGENT_PORT} is the agent's own port, always opened; \
+                     leave it out"
+                );
+            }
+            if ports.contains(&port) {
+                bail!("--additional-ports: port {port} is given twice");
+            }
+            ports.push(port);
+        }
+        if self.allow_from.is_empty() {
+            bail!(
+                "no --allow-from: say who may reach port {AGENT_PORT} (the agent's \
+                 /update-workload) and the other ports. Pass --allow-from <your public IP>/32 \
+                 (e.g. --allow-from $(curl -s https://checkip.amazonaws.com)/32), repeatable \
+                 for more ranges; to open it to the whole internet, say so: \
+                 --allow-from 0.0.0.0/0 (and --allow-from ::/0)"
+            );
+        }
+        let mut sources: Vec<Cidr> = Vec::new();
+        for value in &self.allow_from {
+            let cidr = parse_cidr(value)?;
+            if sources.contains(&cidr) {
+                bail!("--allow-from {}: given twice", cidr.text);
+            }
+            sources.push(cidr);
+        }
+        Ok(Ingress { ports, sources })
     }
 
     /// The image to upload: as given, or the newest build output.
@@ -194,11 +351,11 @@ pub fn step(what: impl std::fmt::Display) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ports_start_with_the_agent_and_have_no_duplicates() {
-        let options = DeployOptions {
+    fn options(ports: &[u16], allow_from: &[&str]) -> DeployOptions {
+        DeployOptions {
             image: None,
-            additional_ports: vec![443, 8000, 80, 443],
+            additional_ports: ports.to_vec(),
+            allow_from: allow_from.iter().map(|s| s.to_string()).collect(),
             dry_run: false,
             json: false,
             parallel: 1,
@@ -206,8 +363,61 @@ mod tests {
             wait_seconds: 1,
             golden: None,
             gate_seconds: 1,
-        };
-        assert_eq!(options.ports(), vec![8000, 443, 80]);
+        }
+    }
+
+    #[test]
+    fn ingress_starts_with_the_agent_and_refuses_bad_ports() {
+        let ingress = options(&[443, 80], &["198.51.100.0/24", "2001:db8::/32"])
+            .ingress()
+            .unwrap();
+        assert_eq!(ingress.ports, vec![8000, 443, 80]);
+        assert_eq!(ingress.all(), vec!["198.51.100.0/24", "2001:db8::/32"]);
+        assert!(ingress.warnings(false).is_empty());
+        for bad in [&[0][..], &[443, 443], &[8000]] {
+            assert!(
+                options(bad, &["198.51.100.0/24"]).ingress().is_err(),
+                "{bad:?}"
+            );
+        }
+        let missing = options(&[], &[]).ingress().unwrap_err().to_string();
+        assert!(
+            missing.contains("--allow-from <your public IP>/32"),
+            "{missing}"
+        );
+        let open = options(&[], &["0.0.0.0/0", "::/0"]).ingress().unwrap();
+        assert_eq!(open.warnings(true).len(), 2);
+    }
+
+    #[test]
+    fn cidrs_are_checked() {
+        for good in [
+            "198.51.100.7/32",
+            "0.0.0.0/0",
+            "::/0",
+            "2001:db8::/32",
+            "10.0.0.0/8",
+        ] {
+            assert_eq!(parse_cidr(good).unwrap().text, good);
+        }
+        assert!(parse_cidr("2001:db8::/32").unwrap().ipv6);
+        for bad in [
+            "198.51.100.7",
+            "198.51.100.0/33",
+            "198.51.100.0/",
+            "198.51.100.0/+8",
+            "2001:db8::/129",
+            "host/24",
+            "198.51.100/24",
+            "198.51.100.7/24",
+            "2001:db8::1/32",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_cidr("198.51.100.7/24")
+            .unwrap_err()
+            .to_string()
+            .contains("198.51.100.0/24"));
     }
 
     #[test]

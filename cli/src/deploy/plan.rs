@@ -17,6 +17,10 @@ pub struct Plan {
     pub image: PathBuf,
     pub image_bytes: u64,
     pub ports: Vec<u16>,
+    /// The only sources the ports admit (`--allow-from`).
+    pub allow_from: Vec<String>,
+    /// What the user should know before approving (e.g. ports open to the whole internet).
+    pub warnings: Vec<String>,
     /// The agent's API token: where it is kept and how it reaches the agent.
     pub api_token: TokenPlan,
     /// UEFI Secure Boot of the VM (vTPM and measured boot are always on).
@@ -59,7 +63,7 @@ impl Plan {
             return;
         }
         eprintln!(
-            "Plan: deploy {} to {} {} as {} ({}, {}), inbound TCP {}",
+            "Plan: deploy {} to {} {} as {} ({}, {}), inbound TCP {} from {}",
             self.image.display(),
             self.cloud,
             self.region,
@@ -70,8 +74,12 @@ impl Plan {
                 .iter()
                 .map(u16::to_string)
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            self.allow_from.join(", ")
         );
+        for warning in &self.warnings {
+            eprintln!("  WARNING: {warning}");
+        }
         eprintln!(
             "  API token: a new random one, kept in {} (mode 0600), passed to the agent via {}",
             self.api_token.file.display(),

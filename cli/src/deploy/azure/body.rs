@@ -75,7 +75,7 @@ pub struct Rule {
     pub protocol: &'static str,
     pub source_port_range: &'static str,
     pub destination_port_range: String,
-    pub source_address_prefix: &'static str,
+    pub source_address_prefixes: Vec<String>,
     pub destination_address_prefix: &'static str,
     pub access: &'static str,
     pub priority: u32,
