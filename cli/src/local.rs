@@ -10,7 +10,7 @@ use crate::deploy::token::write_api_token;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::encode_base64;
-use image_builder::boot::{qemu_command, BootConfig, SnpLaunch};
+use image_builder::boot::{qemu_command, qemu_escape, BootConfig, SnpLaunch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,7 +143,22 @@ pub fn state_dir(name: &str) -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
         .context("neither XDG_STATE_HOME nor HOME is set")?;
-    Ok(base.join("cvm-cli/local").join(name))
+    state_dir_under(&base, name)
+}
+
+/// `<base>/cvm-cli/local/<name>`, refused when it holds a comma: its paths become swtpm option
+/// values (`dir=...`, `path=...`), which swtpm splits at commas with no way to escape them, so a
+/// comma in XDG_STATE_HOME or HOME would inject swtpm options.
+fn state_dir_under(base: &Path, name: &str) -> Result<PathBuf> {
+    let dir = base.join("cvm-cli/local").join(name);
+    if dir.to_string_lossy().contains(',') {
+        bail!(
+            "state directory {} contains ',', which swtpm cannot take in an option value: set \
+             XDG_STATE_HOME to a directory without commas",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// KVM only where it can run a guest: /dev/kvm must open and the CPU must expose VMX or SVM
@@ -252,7 +267,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    if dir.join("qemu.pid").exists() && pid_alive(&dir.join("qemu.pid")) {
+    if owned_pid(&dir, "qemu.pid", "qemu-system").is_some() {
         bail!(
             "local VM {:?} is already running; stop it with `cvm-cli cleanup --local {}`",
             args.name,
@@ -262,6 +277,12 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("tpm-state"))
         .with_context(|| format!("creating {}", dir.display()))?;
+    // The TPM's sockets, state and the API token live here: this user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
 
     step("creating the software TPM and recording its attestation key");
     let ak = compute_ak(&dir.join("tpm-state"))?;
@@ -330,7 +351,10 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
         // The agent's API token, handed to the guest by the host like a cloud's metadata service
         // would; the agent measures its hash into PCR 23 with the workload.
         "-fw_cfg".into(),
-        format!("name={API_TOKEN_FW_CFG},file={}", token_path.display()),
+        format!(
+            "name={API_TOKEN_FW_CFG},file={}",
+            qemu_escape(&token_path.display().to_string())
+        ),
         "-daemonize".into(),
         "-pidfile".into(),
         dir.join("qemu.pid").display().to_string(),
@@ -358,7 +382,7 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
     let started = Instant::now();
     let answered =
         crate::http::wait_for_ok(&url, Duration::from_secs(args.wait_seconds), |seconds| {
-            if !pid_alive(&dir.join("qemu.pid")) {
+            if owned_pid(&dir, "qemu.pid", "qemu-system").is_none() {
                 bail!(
                     "the VM stopped before the agent answered. Last console lines:\n{}",
                     tail(&serial, 25)
@@ -413,15 +437,31 @@ const DATA_UNLOCK_FW_CFG: &str = "opt/cvm/data-unlock";
 
 /// Stops a local VM started by deploy-local and deletes its state.
 pub fn cleanup(name: &str) -> Result<()> {
-    let dir = state_dir(name)?;
+    cleanup_in(&state_dir(name)?, name)
+}
+
+fn cleanup_in(dir: &Path, name: &str) -> Result<()> {
+    let dir = dir.to_path_buf();
     if !dir.exists() {
         bail!("no local VM named {name:?} (looked in {})", dir.display());
     }
-    for pid_file in ["qemu.pid", "swtpm.pid"] {
-        if let Some(pid) = read_pid(&dir.join(pid_file)) {
-            // SAFETY: plain syscall; the PID came from the file this command wrote.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
+    for (pid_file, program) in [("qemu.pid", "qemu-system"), ("swtpm.pid", "swtpm")] {
+        match owned_pid(&dir, pid_file, program) {
+            Some(pid) => {
+                // SAFETY: plain syscall; the PID is, right now, this VM's QEMU or swtpm.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            None => {
+                if let Some(pid) = read_pid(&dir.join(pid_file)) {
+                    if pid_exists(pid) {
+                        eprintln!(
+                            "not stopping PID {pid} from {pid_file}: it is not this VM's \
+                             {program} any more (the PID was reused); left running"
+                        );
+                    }
+                }
             }
         }
     }
@@ -439,9 +479,25 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn pid_alive(path: &Path) -> bool {
+fn pid_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    read_pid(path).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// The PID in `<dir>/<pid_file>` when that process is still the one this command started: a
+/// `program` (e.g. `qemu-system`, `swtpm`) whose command line names `dir` (its pidfile, state
+/// and sockets are there). A PID is reused once its process is gone, and signalling whatever
+/// holds it now could stop an unrelated process.
+fn owned_pid(dir: &Path, pid_file: &str, program: &str) -> Option<i32> {
+    let pid = read_pid(&dir.join(pid_file)).filter(|&pid| pid > 0)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned());
+    let argv0 = args.next()?;
+    let name = argv0.rsplit('/').next().unwrap_or_default();
+    let dir = format!("{}/", dir.display());
+    (name.starts_with(program) && args.any(|arg| arg.contains(&dir))).then_some(pid)
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -472,20 +528,56 @@ fn derive_ak(tcti: &str) -> Result<Vec<u8>> {
 }
 
 /// Starts the new TPM once over TCP, derives the AK exactly as the agent will, and stops it.
+///
+/// Over TCP because the TPM library (tss-esapi 7.7) only expresses `swtpm:host=,port=`: tpm2-tss's
+/// swtpm TCTI could take a Unix socket (`path=`), but tss-esapi cannot pass it. The ports are
+/// chosen here and then bound by swtpm, so another local user could bind them in between and
+/// serve a TPM of their own, whose AK would then be pinned. Hence the AK is derived only once
+/// both listening sockets on 127.0.0.1 are proven to belong to the swtpm started here (its
+/// `/proc/<pid>/fd`); a listening port cannot be taken over afterwards. Other local users can
+/// still connect to that genuine TPM for the second this lasts, but not stand in for it. The
+/// swtpm QEMU uses afterwards is on Unix sockets in the 0700 state directory.
 fn compute_ak(state: &Path) -> Result<Vec<u8>> {
-    let port = {
-        let mut found = None;
-        for _ in 0..64 {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let port = listener.local_addr()?.port();
-            drop(listener);
-            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                found = Some(port);
-                break;
-            }
+    let mut last = None;
+    for _ in 0..8 {
+        let port = free_port_pair()?;
+        match compute_ak_on(state, port) {
+            Ok(ak) => return Ok(ak),
+            // Lost the ports to someone else between choosing and binding: choose again.
+            Err(e) if e.downcast_ref::<PortTaken>().is_some() => last = Some(e),
+            Err(e) => return Err(e),
         }
-        found.context("no two consecutive free loopback ports")?
-    };
+    }
+    Err(last.expect("loop ran"))
+}
+
+/// Two consecutive free loopback ports (tpm2-tss's swtpm TCTI wants control on port + 1).
+fn free_port_pair() -> Result<u16> {
+    for _ in 0..64 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        drop(listener);
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no two consecutive free loopback ports")
+}
+
+/// swtpm did not get the ports it was given (something else listens there).
+#[derive(Debug)]
+struct PortTaken(String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+/// [`compute_ak`] with swtpm told to listen on 127.0.0.1:`port` (commands) and `port + 1`.
+fn compute_ak_on(state: &Path, port: u16) -> Result<Vec<u8>> {
     let mut swtpm = Command::new("swtpm")
         .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
         .arg("--tpmstate")
@@ -500,10 +592,31 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
         .spawn()
         .context("starting swtpm (install the swtpm package)")?;
     let result = (|| -> Result<Vec<u8>> {
+        let pid = swtpm.id();
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+        loop {
+            if let Some(status) = swtpm.try_wait()? {
+                return Err(PortTaken(format!(
+                    "swtpm exited ({status}) before listening on 127.0.0.1:{port}-{}: is \
+                     another process holding the ports?",
+                    port + 1
+                ))
+                .into());
+            }
+            let owners = [port, port + 1].map(|p| listeners_owned_by(p, pid));
+            if owners.iter().all(|owned| *owned == Some(true)) {
+                break;
+            }
+            if owners.contains(&Some(false)) && started.elapsed() > Duration::from_secs(2) {
+                return Err(PortTaken(format!(
+                    "another process listens on 127.0.0.1:{port} or {}, not the swtpm started \
+                     here: its TPM's key will not be pinned",
+                    port + 1
+                ))
+                .into());
+            }
             if started.elapsed() > Duration::from_secs(10) {
-                bail!("swtpm did not start");
+                bail!("swtpm did not start listening on 127.0.0.1:{port}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -514,9 +627,138 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
     result
 }
 
+/// Whether every TCP listener on `port` (any address, IPv4 and IPv6) is a socket of process
+/// `pid`, with at least one on 127.0.0.1; `None` while nothing listens there.
+fn listeners_owned_by(port: u16, pid: u32) -> Option<bool> {
+    let mut listeners = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let Some((address, hex_port)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(hex_port, 16).ok() == Some(port) {
+                listeners.push((address.to_owned(), format!("socket:[{inode}]")));
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return None;
+    }
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .map(|target| target.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let all_ours = listeners.iter().all(|(_, socket)| sockets.contains(socket));
+    // 127.0.0.1 as /proc/net/tcp prints it (little-endian hex).
+    let on_loopback = listeners.iter().any(|(address, _)| address == "0100007F");
+    Some(all_ours && on_loopback)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// Kills and reaps a test's child process.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeper(arg0: &str, extra: &[&str]) -> Child {
+        Child(
+            Command::new("sh")
+                .arg0(arg0)
+                .args(["-c", "sleep 600; :"])
+                .args(extra)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn cleanup_leaves_a_reused_pid_alone() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("cvm-cli/local/vm");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The PID now belongs to an unrelated process.
+        let mut unrelated = sleeper("sleep", &[]);
+        std::fs::write(dir.join("qemu.pid"), unrelated.0.id().to_string()).unwrap();
+        std::fs::write(dir.join("swtpm.pid"), unrelated.0.id().to_string()).unwrap();
+        assert_eq!(owned_pid(&dir, "qemu.pid", "qemu-system"), None);
+        cleanup_in(&dir, "vm").unwrap();
+        assert!(
+            unrelated.0.try_wait().unwrap().is_none(),
+            "cleanup signalled a process it did not start"
+        );
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn cleanup_stops_the_vms_own_processes() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("cvm-cli/local/vm");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("qemu.pid").display().to_string();
+        let mut qemu = sleeper("qemu-system-x86_64", &[&pidfile]);
+        std::fs::write(dir.join("qemu.pid"), qemu.0.id().to_string()).unwrap();
+        // Another VM's QEMU (same program, another state directory) is not this one's.
+        let other = format!("{}2/qemu.pid", dir.display());
+        let mut neighbour = sleeper("qemu-system-x86_64", &[&other]);
+        std::fs::write(dir.join("swtpm.pid"), neighbour.0.id().to_string()).unwrap();
+        assert_eq!(
+            owned_pid(&dir, "qemu.pid", "qemu-system"),
+            Some(qemu.0.id() as i32)
+        );
+        assert_eq!(owned_pid(&dir, "swtpm.pid", "swtpm"), None);
+        cleanup_in(&dir, "vm").unwrap();
+        assert!(qemu.0.wait().is_ok_and(|status| !status.success()));
+        assert!(neighbour.0.try_wait().unwrap().is_none());
+    }
+
+    #[test]
+    fn state_dirs_with_commas_are_refused() {
+        let err = state_dir_under(Path::new("/tmp/x,file=/etc"), "vm").unwrap_err();
+        assert!(err.to_string().contains("','"), "{err}");
+        assert!(state_dir_under(Path::new("/tmp/x"), "vm").is_ok());
+    }
+
+    #[test]
+    fn ak_is_not_taken_from_ports_another_process_holds() {
+        // The attack: a local user binds the ports between their choice and swtpm's bind.
+        let port = free_port_pair().unwrap();
+        let _data = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let _ctrl = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+        assert_eq!(listeners_owned_by(port, std::process::id()), Some(true));
+        let state = tempfile::tempdir().unwrap();
+        let err = compute_ak_on(state.path(), port).unwrap_err();
+        assert!(err.downcast_ref::<PortTaken>().is_some(), "{err:#}");
+    }
+
+    #[test]
+    fn ak_is_derived_from_the_swtpm_started_here() {
+        let state = tempfile::tempdir().unwrap();
+        let ak = compute_ak(state.path()).unwrap();
+        assert!(ak.len() > 64);
+        // Same seed, same key.
+        assert_eq!(compute_ak(state.path()).unwrap(), ak);
+    }
 
     #[test]
     fn forwards_name_what_is_wrong() {

@@ -40,6 +40,16 @@ pub struct UpdateArgs {
 }
 
 pub fn run(args: UpdateArgs) -> Result<bool> {
+    let base = crate::http::base_url(&args.host, 8000)?;
+    // Verifying pins the agent's TLS key so the token goes only to the verified VM; plain HTTP
+    // has no key to pin, and the token would travel in the clear to whatever answers.
+    if args.golden.is_some() && base.starts_with("http://") {
+        bail!(
+            "--golden with plain http:// ({base}): the verification cannot be bound to the \
+             connection and the API token would travel in the clear. Use https:// (the agent's \
+             TLS port, `--host HOST:PORT` defaults to https)"
+        );
+    }
     let token = match (&args.token_file, &args.token) {
         (Some(path), None) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
@@ -82,7 +92,6 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         );
     }
 
-    let base = crate::http::base_url(&args.host, 8000)?;
     let url = format!("{base}/update-workload");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -141,4 +150,26 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_over_plain_http_is_refused_before_anything_is_sent() {
+        let workload = tempfile::tempdir().unwrap();
+        let args = UpdateArgs {
+            host: "http://127.0.0.1:1".into(),
+            token_file: None,
+            token: Some("secret".into()),
+            workload: workload.path().into(),
+            golden: Some("golden.json".into()),
+            trusted_ak: None,
+            json: false,
+        };
+        let err = run(args).unwrap_err().to_string();
+        assert!(err.contains("https://"), "{err}");
+        assert!(err.contains("plain http://"), "{err}");
+    }
 }

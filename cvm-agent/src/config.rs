@@ -4,12 +4,12 @@
 use anyhow::{bail, Context, Result};
 use cvm_attestation::evidence::{Cloud, Tee};
 use cvm_attestation::workload::DataUnlock;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Everything the agent needs to know, resolved.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The workload folder (compose file, config/, secrets/, image archives).
@@ -143,6 +143,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as a TOML file that [`Config::load`] reads back to the same values
+    /// (unset optional settings are left out). It holds no secret: the API token is a path.
+    pub fn to_toml(&self) -> Result<String> {
+        basic_toml::to_string(self).context("writing the configuration as TOML")
+    }
+
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let parse_addr = |name: &str, value: String| -> Result<SocketAddr> {
             value
@@ -246,5 +252,19 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("CVM_AGENT_TEE"), "{err}");
         assert!(toml::from_str::<Config>("workload = \"/typo\"").is_err());
+    }
+
+    #[test]
+    fn toml_output_reads_back() {
+        let mut config = Config {
+            cloud: Some(Cloud::Gcp),
+            api_token_file: Some("/run/token".into()),
+            ..Config::default()
+        };
+        config.data_unlock = Some(DataUnlock::Pushed);
+        let text = config.to_toml().unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.to_toml().unwrap(), text);
+        assert!(text.contains("cloud = \"gcp\""), "{text}");
     }
 }

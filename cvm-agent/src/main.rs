@@ -19,15 +19,19 @@ use std::process::ExitCode;
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, short, default_value = "/etc/cvm-agent/config.toml")]
-    config: PathBuf,
-    /// Print the resolved configuration and exit.
+    /// Configuration file (TOML); it must exist when given. Default: /etc/cvm-agent/config.toml
+    /// when it exists, else the built-in defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the resolved configuration (file, environment and defaults) as TOML and exit.
     #[arg(long)]
     check_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// Read when it exists and no `--config` is given.
+const DEFAULT_CONFIG: &str = "/etc/cvm-agent/config.toml";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -63,10 +67,16 @@ async fn main() -> Result<ExitCode> {
     if let Some(Command::Provision(args)) = cli.command {
         return Ok(run_provision(args).await);
     }
-    let path = cli.config.exists().then_some(cli.config.as_path());
+    // A file named on the command line must be read (a typo must not mean "defaults"); only the
+    // default location may be absent.
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = match &cli.config {
+        Some(path) => Some(path.as_path()),
+        None => default.exists().then_some(default.as_path()),
+    };
     let config = Config::load(path)?;
     if cli.check_config {
-        println!("{config:#?}");
+        print!("{}", config.to_toml()?);
         return Ok(ExitCode::SUCCESS);
     }
     let agent = Agent::start(config).await?;

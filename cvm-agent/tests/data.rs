@@ -43,9 +43,35 @@ fn random_key() -> Vec<u8> {
     key
 }
 
+/// A measure-only agent's configuration in `dir` on `swtpm`, whose data open command is the shell
+/// script `open` (`$KEY` is the key file, `$DIR` the VM's directory).
+fn config(dir: &Path, swtpm: &Swtpm, mode: DataUnlock, open: &str) -> Config {
+    let key_file = dir.join("run/data/key");
+    let script = format!("KEY={} DIR={}; {open}", key_file.display(), dir.display());
+    Config {
+        workload_dir: dir.join("workload"),
+        state_dir: dir.join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        external_tls: false,
+        local_socket: None,
+        tcti: swtpm.tcti(),
+        api_token_file: Some(dir.join("token")),
+        firmware_event_log: None,
+        measure_only: true,
+        data_unlock: Some(mode),
+        data_key_file: key_file,
+        data_open_command: vec!["sh".into(), "-c".into(), script],
+        ..Config::default()
+    }
+}
+
+const QEMU: Platform = Platform {
+    cloud: Cloud::Qemu,
+    tee: Tee::None,
+};
+
 impl Vm {
-    /// `open` is the data open command's shell script; `$KEY` is the key file, `$DIR` the VM's
-    /// directory.
     async fn start(mode: DataUnlock, open: &str, seed: bool) -> Self {
         let swtpm = Swtpm::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -53,33 +79,8 @@ impl Vm {
         if seed {
             write_workload(&dir.path().join("seed"), "on the data partition\n");
         }
-        let key_file = dir.path().join("run/data/key");
-        let script = format!(
-            "KEY={} DIR={}; {open}",
-            key_file.display(),
-            dir.path().display()
-        );
-        let config = Config {
-            workload_dir: dir.path().join("workload"),
-            state_dir: dir.path().join("run"),
-            local_listen: "127.0.0.1:0".parse().unwrap(),
-            external_listen: "127.0.0.1:0".parse().unwrap(),
-            external_tls: false,
-            local_socket: None,
-            tcti: swtpm.tcti(),
-            api_token_file: Some(dir.path().join("token")),
-            firmware_event_log: None,
-            measure_only: true,
-            data_unlock: Some(mode),
-            data_key_file: key_file,
-            data_open_command: vec!["sh".into(), "-c".into(), script],
-            ..Config::default()
-        };
-        let platform = Platform {
-            cloud: Cloud::Qemu,
-            tee: Tee::None,
-        };
-        let agent = Agent::start_with(config, platform, Box::new(NoTee))
+        let config = config(dir.path(), &swtpm, mode, open);
+        let agent = Agent::start_with(config, QEMU, Box::new(NoTee))
             .await
             .unwrap();
         Self {
@@ -144,26 +145,9 @@ async fn ephemeral_keys_are_fresh_never_kept_and_recorded() {
 async fn an_ephemeral_volume_that_does_not_open_stops_the_start() {
     let swtpm = Swtpm::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        workload_dir: dir.path().join("workload"),
-        state_dir: dir.path().join("run"),
-        local_listen: "127.0.0.1:0".parse().unwrap(),
-        external_listen: "127.0.0.1:0".parse().unwrap(),
-        external_tls: false,
-        local_socket: None,
-        tcti: swtpm.tcti(),
-        firmware_event_log: None,
-        measure_only: true,
-        data_unlock: Some(DataUnlock::Ephemeral),
-        data_key_file: dir.path().join("run/data/key"),
-        data_open_command: vec!["sh".into(), "-c".into(), "exit 3".into()],
-        ..Config::default()
-    };
-    let platform = Platform {
-        cloud: Cloud::Qemu,
-        tee: Tee::None,
-    };
-    let error = match Agent::start_with(config, platform, Box::new(NoTee)).await {
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let config = config(dir.path(), &swtpm, DataUnlock::Ephemeral, "exit 3");
+    let error = match Agent::start_with(config, QEMU, Box::new(NoTee)).await {
         Ok(_) => panic!("started with /data unopened"),
         Err(e) => format!("{e:#}"),
     };
@@ -174,13 +158,9 @@ async fn an_ephemeral_volume_that_does_not_open_stops_the_start() {
 }
 
 async fn swtpm_pcr23(swtpm: &Swtpm) -> [u8; 32] {
-    let platform = Platform {
-        cloud: Cloud::Qemu,
-        tee: Tee::None,
-    };
     let tpm = cvm_agent::tpm_actor::TpmActor::start(
         &swtpm.tcti(),
-        platform,
+        QEMU,
         Box::new(NoTee),
         None,
         Path::new("/nonexistent"),

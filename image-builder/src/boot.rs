@@ -172,6 +172,17 @@ impl Swtpm {
         let state = dir.join("tpm-state");
         std::fs::create_dir_all(&state).ctx("creating swtpm state dir", &state)?;
         let socket = dir.join("swtpm.sock");
+        // swtpm splits option values at commas and has no escape for them.
+        if dir.to_string_lossy().contains(',') {
+            return Err(Error::Tool {
+                tool: "swtpm".into(),
+                detail: format!(
+                    "directory {} contains ',', which swtpm cannot take in an option value \
+                     (set TMPDIR to a directory without commas)",
+                    dir.display()
+                ),
+            });
+        }
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--terminate"])
             .arg("--ctrl")
@@ -210,6 +221,12 @@ impl Swtpm {
     }
 }
 
+/// `value` for a QEMU option list (`key=value,key=value`): QEMU reads `,,` as a literal comma,
+/// so a comma in a path cannot end the value and start an option of its own.
+pub fn qemu_escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
 /// The QEMU command line for `cfg`, with serial output to `serial` and the TPM at `tpm_socket`.
 pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
@@ -223,12 +240,12 @@ pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &P
                 .arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                    cfg.ovmf_code.display()
+                    qemu_escape(&cfg.ovmf_code.display().to_string())
                 ))
                 .arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,unit=1,file={}",
-                    vars.display()
+                    qemu_escape(&vars.display().to_string())
                 ));
         }
     }
@@ -243,7 +260,10 @@ pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &P
         .arg("-smp")
         .arg(cfg.cpus.to_string())
         .arg("-chardev")
-        .arg(format!("socket,id=chrtpm,path={}", tpm_socket.display()))
+        .arg(format!(
+            "socket,id=chrtpm,path={}",
+            qemu_escape(&tpm_socket.display().to_string())
+        ))
         .args([
             "-tpmdev",
             "emulator,id=tpm0,chardev=chrtpm",
@@ -253,7 +273,7 @@ pub fn qemu_command(cfg: &BootConfig, vars: &Path, serial: &Path, tpm_socket: &P
         .arg("-drive")
         .arg(format!(
             "if=none,id=disk0,format=raw,file={}{}",
-            cfg.disk.display(),
+            qemu_escape(&cfg.disk.display().to_string()),
             if cfg.snapshot { ",snapshot=on" } else { "" }
         ))
         .args(cfg.disk_bus.qemu_args())
@@ -332,4 +352,45 @@ pub fn parse_pcr_lines(serial: &str) -> std::collections::BTreeMap<String, Strin
             Some((it.next()?.to_string(), it.next()?.to_ascii_lowercase()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    #[test]
+    fn commas_in_paths_cannot_add_qemu_options() {
+        let mut cfg = BootConfig::new("/img/a,file=/etc/shadow,b/disk.raw");
+        cfg.ovmf_code = "/fw/code,readonly=off".into();
+        let command = qemu_command(
+            &cfg,
+            Path::new("/s,x/vars"),
+            Path::new("/s/serial,1"),
+            Path::new("/s,server=on/tpm"),
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(
+            &"if=none,id=disk0,format=raw,file=/img/a,,file=/etc/shadow,,b/disk.raw,snapshot=on"
+                .to_string()
+        ));
+        assert!(args.contains(
+            &"if=pflash,format=raw,unit=0,readonly=on,file=/fw/code,,readonly=off".to_string()
+        ));
+        assert!(args.contains(&"if=pflash,format=raw,unit=1,file=/s,,x/vars".to_string()));
+        assert!(args.contains(&"socket,id=chrtpm,path=/s,,server=on/tpm".to_string()));
+        // `-serial file:PATH` takes the rest of the string as the path: no escaping there.
+        assert!(args.contains(&"file:/s/serial,1".to_string()));
+    }
+
+    #[test]
+    fn swtpm_refuses_a_directory_with_a_comma() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a,server=tcp");
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = Swtpm::start(&dir).err().expect("refused").to_string();
+        assert!(err.contains("','"), "{err}");
+    }
 }
