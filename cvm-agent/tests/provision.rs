@@ -636,8 +636,12 @@ async fn the_binary_provisions_and_reports_one_line() {
     vm.assert_no_token();
 
     // The agent's own command line is unchanged, and provision takes none of its options.
+    let config = vm.dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
     let out = std::process::Command::new(binary)
-        .args(["--check-config", "--config", "/nonexistent/config.toml"])
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&config)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
