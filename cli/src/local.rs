@@ -551,17 +551,21 @@ fn compute_ak(state: &Path) -> Result<Vec<u8>> {
     Err(last.expect("loop ran"))
 }
 
-/// Two consecutive free loopback ports (tpm2-tss's swtpm TCTI wants control on port + 1).
+/// Two consecutive free loopback ports (tpm2-tss's swtpm TCTI wants control on port + 1), from
+/// below Linux's ephemeral range (32768-60999): there the port after a free one is usually an even
+/// port the kernel hands to outgoing connections, so under load no pair is found.
 fn free_port_pair() -> Result<u16> {
-    for _ in 0..64 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        drop(listener);
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+    for _ in 0..256 {
+        let mut random = [0u8; 2];
+        openssl::rand::rand_bytes(&mut random)?;
+        let port = 20_000 + u16::from_le_bytes(random) % 12_000;
+        let first = std::net::TcpListener::bind(("127.0.0.1", port));
+        let second = std::net::TcpListener::bind(("127.0.0.1", port + 1));
+        if first.is_ok() && second.is_ok() {
             return Ok(port);
         }
     }
-    bail!("no two consecutive free loopback ports")
+    bail!("no two consecutive free loopback ports in 20000-32000")
 }
 
 /// swtpm did not get the ports it was given (something else listens there).
