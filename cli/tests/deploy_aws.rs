@@ -43,6 +43,14 @@ fn sample_image(dir: &Path) -> (PathBuf, Vec<u8>) {
 
 /// `cvm-cli` with moto as every AWS endpoint, nothing from the user's AWS configuration, and
 /// its state (the deployments' token files) under `state`.
+/// `cvm-cli deploy-aws --allow-from ALLOW --image IMAGE ARGS...`.
+fn deploy(moto: &Moto, state: &Path, image: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["deploy-aws", "--allow-from", ALLOW, "--image"];
+    all.push(image.to_str().unwrap());
+    all.extend_from_slice(args);
+    cli(moto, state, &all)
+}
+
 fn cli(moto: &Moto, state: &Path, args: &[&str]) -> Output {
     aws_command(moto, state)
         .args(args)
@@ -153,15 +161,11 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     let state = dir.path().join("state");
     let (image, content) = sample_image(dir.path());
 
-    let output = cli(
+    let output = deploy(
         &moto,
         &state,
+        &image,
         &[
-            "deploy-aws",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            image.to_str().unwrap(),
             "--vm_name",
             "cvm-e2e",
             "--additional_ports",
@@ -275,19 +279,7 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     // A second deploy under the same name is refused while the token file exists: the file is
     // never overwritten, and nothing is created.
     let calls = moto.recording().unwrap().len();
-    let refused = cli(
-        &moto,
-        &state,
-        &[
-            "deploy-aws",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            image.to_str().unwrap(),
-            "--vm_name",
-            "cvm-e2e",
-        ],
-    );
+    let refused = deploy(&moto, &state, &image, &["--vm_name", "cvm-e2e"]);
     assert_eq!(refused.status.code(), Some(2));
     let said = text(&refused);
     assert!(
@@ -323,20 +315,11 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     assert!(text(&again).contains("nothing tagged"), "{}", text(&again));
 
     // Deployed again: a fresh token.
-    let output = cli(
+    let output = deploy(
         &moto,
         &state,
-        &[
-            "deploy-aws",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            image.to_str().unwrap(),
-            "--vm_name",
-            "cvm-e2e",
-            "--wait-seconds",
-            "30",
-        ],
+        &image,
+        &["--vm_name", "cvm-e2e", "--wait-seconds", "30"],
     );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
@@ -495,19 +478,7 @@ fn a_failing_step_deletes_what_the_deploy_created() {
         .unwrap();
     assert!(taken.status.success(), "{}", text(&taken));
 
-    let output = cli(
-        &moto,
-        &state,
-        &[
-            "deploy-aws",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            image.to_str().unwrap(),
-            "--vm-name",
-            "clash",
-        ],
-    );
+    let output = deploy(&moto, &state, &image, &["--vm-name", "clash"]);
     assert_eq!(output.status.code(), Some(2));
     let report = text(&output);
     assert!(report.contains("CreateSecurityGroup"), "{report}");
