@@ -935,6 +935,14 @@ struct Run {
     stderr: String,
 }
 
+/// `cvm-cli deploy-azure --allow-from ALLOW --image IMAGE ARGS...`.
+async fn deploy(arm: &ArmServer, token: bool, image: &Path, args: &[&str]) -> Run {
+    let mut all = vec!["deploy-azure", "--allow-from", ALLOW, "--image"];
+    all.push(image.to_str().unwrap());
+    all.extend_from_slice(args);
+    cvm_cli(arm, token, &all).await
+}
+
 async fn cvm_cli(arm: &ArmServer, token: bool, args: &[&str]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cvm-cli"));
     command
@@ -1007,15 +1015,11 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
     .await;
 
     // The predecessor's snake_case flags, and its region spelling.
-    let run = cvm_cli(
+    let run = deploy(
         &arm,
         false,
+        &raw,
         &[
-            "deploy-azure",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            raw.to_str().unwrap(),
             "--vm_name",
             "cvm_test",
             "--resource_group",
@@ -1285,19 +1289,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         );
     })
     .await;
-    let run = cvm_cli(
-        &arm,
-        true,
-        &[
-            "deploy-azure",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            raw.to_str().unwrap(),
-            "--secure-boot",
-        ],
-    )
-    .await;
+    let run = deploy(&arm, true, &raw, &["--secure-boot"]).await;
     assert!(!run.ok);
     assert!(
         run.stderr
@@ -1435,18 +1427,7 @@ async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
         arm.fail_page_writes = true;
     })
     .await;
-    let run = cvm_cli(
-        &arm,
-        true,
-        &[
-            "deploy-azure",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            raw.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = deploy(&arm, true, &raw, &[]).await;
     assert!(!run.ok);
     assert!(
         run.stderr.contains("failed 5 times, giving up"),
@@ -1598,18 +1579,7 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     // Not a whole number of MiB: Azure could not take it.
     let odd = dir.path().join("odd.raw");
     std::fs::write(&odd, vec![1u8; 4096]).unwrap();
-    let run = cvm_cli(
-        &arm,
-        true,
-        &[
-            "deploy-azure",
-            "--allow-from",
-            ALLOW,
-            "--image",
-            odd.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let run = deploy(&arm, true, &odd, &[]).await;
     assert!(!run.ok);
     assert!(run.stderr.contains("whole number of MiB"), "{}", run.stderr);
 
