@@ -68,6 +68,8 @@ PYTHON_PACKAGES=(
   "gcp-storage-emulator==2026.7.19"
   # The reference SEV-SNP launch digest calculator (cvm-cli snp-launch-digest is checked against it)
   "sev-snp-measure==0.0.13"
+  # API contract fuzzing of the agent against its openapi.json (cvm-agent/tests/contract.rs)
+  "schemathesis==4.32.5"
 )
 pins="$(printf '%s\n' "${PYTHON_PACKAGES[@]}")"
 if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$pins" ]; then

@@ -2,12 +2,13 @@
 //! verifiers and operators, with the predecessor's paths and ours. Every route has a body limit
 //! and a timeout; every error is JSON `{"error": "..."}`.
 
-use crate::archive::{unpack, Limits};
+use crate::archive::{unpack, ArchiveError, Limits};
 use crate::audit::{self, Throttle};
 use crate::platform::PlatformInfo;
 use crate::serve::Peer;
 use crate::tpm_actor::{TpmActor, TpmBusy};
-use crate::workload::{RollbackFailed, Workloads, PROJECT};
+use crate::workload::{RollbackFailed, TpmFailed, Workloads, PROJECT};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -47,7 +48,13 @@ pub const ROUTES: &[(&str, &str, Listener)] = &[
     ("post", "/update-workload", Listener::External),
     ("get", "/container-logs", Listener::External),
     ("post", "/unlock", Listener::External),
+    ("get", "/openapi.json", Listener::Both),
 ];
+
+/// The API's own description, served at `/openapi.json` (the contract test runs against it).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+/// Longest non-JSON error body turned into a JSON error (axum's rejections are one line).
+const MAX_ERROR_TEXT: usize = 4096;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -90,6 +97,24 @@ impl ApiError {
     }
 }
 
+/// A JSON body that could not be read: 413 when too large, otherwise 400 naming the shape.
+fn body_error(rejection: JsonRejection, expected: &str) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, rejection.body_text())
+        }
+        _ => ApiError::bad_request(format!("body must be {expected}: {rejection}")),
+    }
+}
+
+/// The container engine did not answer (stopped, restarting): 503, come back shortly.
+fn engine_unavailable(error: anyhow::Error) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the container engine did not answer: {error:#}"),
+    )
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
@@ -126,6 +151,7 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
             ("get", "/health") => routes.route(path, get(health)),
             ("get", "/container-logs") => routes.route(path, get(container_logs)),
             ("post", "/unlock") => routes.route(path, post(unlock)),
+            ("get", "/openapi.json") => routes.route(path, get(openapi)),
             ("post", "/update-workload") => routes.route(
                 path,
                 post(update_workload)
@@ -149,6 +175,7 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             audit_rejections(req, next, Arc::clone(&rejected))
         }))
+        .layer(middleware::from_fn(json_errors))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -156,6 +183,43 @@ pub fn router(state: Arc<AppState>, listener: Listener) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Makes every error JSON, also those axum answers itself (405 with an empty body, extractor
+/// rejections in plain text): status and headers (`Allow`, `Retry-After`) stay.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            "method not allowed on this route; see openapi.json".into()
+        }
+        (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        (_, false) => text,
+    };
+    let mut json = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn timeout(request: Request, next: Next, limit: Duration) -> Response {
@@ -204,6 +268,13 @@ fn parse_nonce(text: &str) -> Result<Vec<u8>, ApiError> {
 
 async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Evidence>, ApiError> {
     let nonce = parse_nonce(&nonce)?;
+    if state.workloads.has_failed() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the TPM failed during an extend: the agent restarts to reconcile its log with PCR 23"
+                .into(),
+        ));
+    }
     let log = state.workloads.measured().await.log;
     let evidence = state
         .tpm
@@ -254,13 +325,9 @@ fn json_bytes(value: &Value) -> Vec<u8> {
 
 async fn offchain_verify(
     state: Shared,
-    body: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be {{collaterals, golden_measurement}}: {e}"
-        ))
-    })?;
+    let Json(request) = body.map_err(|e| body_error(e, "{collaterals, golden_measurement}"))?;
     let evidence = Evidence::from_json(&json_bytes(&request.collaterals))
         .map_err(|e| ApiError::bad_request(format!("collaterals: {e}")))?;
     let golden = GoldenMeasurement::from_json(&json_bytes(&request.golden_measurement))
@@ -328,7 +395,7 @@ async fn health(state: Shared) -> Result<Json<Value>, ApiError> {
     let containers = engine
         .project_containers(PROJECT)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(engine_unavailable)?;
     let services: Vec<Value> = containers
         .into_iter()
         .map(|(service, _, state)| json!({ "service": service, "state": state }))
@@ -375,9 +442,10 @@ struct UnlockRequest {
 async fn unlock(
     state: Shared,
     headers: HeaderMap,
-    Json(request): Json<UnlockRequest>,
+    body: Result<Json<UnlockRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
+    let Json(request) = body.map_err(|e| body_error(e, "{\"key\": base64}"))?;
     let key =
         decode_base64(&request.key).ok_or_else(|| ApiError::bad_request("key: not base64"))?;
     // In a task of its own, like an update: a client that leaves cannot stop it halfway.
@@ -438,12 +506,12 @@ async fn container_logs(
     for (service, id, _) in engine
         .project_containers(PROJECT)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(engine_unavailable)?
     {
         if query.name.as_deref().is_some_and(|name| name != service) {
             continue;
         }
-        let log = engine.logs(&id).await.map_err(ApiError::internal)?;
+        let log = engine.logs(&id).await.map_err(engine_unavailable)?;
         out.push(json!({ "name": service, "log": log }));
     }
     if out.is_empty() && query.name.is_some() {
@@ -495,6 +563,10 @@ async fn update_workload(
             "workload": measured.current,
         }))),
         Err(e) if e.is::<RollbackFailed>() => Err(ApiError::internal(e)),
+        Err(e) if e.is::<TpmFailed>() => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("update refused, the previous workload keeps running: {e:#}"),
+        )),
         Err(e) => Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("update refused, the previous workload keeps running: {e:#}"),
@@ -559,13 +631,24 @@ async fn receive_upload(
     };
     let unpacked = {
         let (bytes, staging) = (bytes.clone(), staging.clone());
-        tokio::task::spawn_blocking(move || unpack(&bytes, &staging, limits))
-            .await
-            .map_err(|e| ApiError::internal(e.into()))?
+        tokio::task::spawn_blocking(move || {
+            let unpacked = unpack(&bytes, &staging, limits);
+            crate::fault::point(crate::fault::Step::Unpack);
+            unpacked
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
     };
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(ApiError::bad_request(format!("rejected upload: {e}")));
+        // A full data partition is the VM's problem, not the upload's: 507, nothing changed.
+        let full = matches!(&e, ArchiveError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC));
+        let status = match full {
+            true => StatusCode::INSUFFICIENT_STORAGE,
+            false => StatusCode::BAD_REQUEST,
+        };
+        return Err(ApiError(status, format!("rejected upload: {e}")));
     }
     Ok(staging)
 }

@@ -31,6 +31,70 @@ use tokio::task::JoinHandle;
 
 pub use workload::StartKind;
 
+/// Fail-points for the fault-injection tests (`cvm-agent/tests/faults.rs`): with
+/// `CVM_AGENT_FAULT=<step>` a debug build kills itself with SIGKILL at that step of an update, a
+/// real `kill -9` at a known place. Release builds never read the variable.
+pub mod fault {
+    /// Where an update can be cut short.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Step {
+        /// The upload is unpacked into its staging folder.
+        Unpack,
+        /// The new workload is validated and its images loaded; nothing measured yet.
+        Validate,
+        /// The first of the new events reached PCR 23, the others not yet.
+        Extend,
+        /// Every new event reached PCR 23; the log does not have them yet.
+        Measure,
+        /// The old folder moved aside, the new one not yet in its place.
+        Swap,
+        /// The new workload started; the update not yet marked done.
+        Start,
+        /// A rollback moved the failed folder aside, the previous one not yet back.
+        Rollback,
+    }
+
+    impl Step {
+        pub const ALL: [Step; 7] = [
+            Step::Unpack,
+            Step::Validate,
+            Step::Extend,
+            Step::Measure,
+            Step::Swap,
+            Step::Start,
+            Step::Rollback,
+        ];
+
+        /// The value of `CVM_AGENT_FAULT` that selects this step.
+        pub fn name(self) -> &'static str {
+            match self {
+                Step::Unpack => "unpack",
+                Step::Validate => "validate",
+                Step::Extend => "extend",
+                Step::Measure => "measure",
+                Step::Swap => "swap",
+                Step::Start => "start",
+                Step::Rollback => "rollback",
+            }
+        }
+    }
+
+    /// Kills this process (SIGKILL: nothing runs after it) when `CVM_AGENT_FAULT` names `step`,
+    /// in debug builds only.
+    pub fn point(step: Step) {
+        #[cfg(debug_assertions)]
+        if std::env::var("CVM_AGENT_FAULT").is_ok_and(|value| value == step.name()) {
+            tracing::error!(step = step.name(), "fault injection: SIGKILL");
+            // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, so nothing returns here.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = step;
+    }
+}
+
 /// A running agent.
 pub struct Agent {
     pub local_addr: SocketAddr,
@@ -187,10 +251,19 @@ impl Agent {
 
     /// Runs until a listener stops, which only a fatal error makes it do: returns that error,
     /// so the process exits non-zero and systemd restarts it.
+    /// The same when the TPM failed during an extend: a restart reconciles the log with PCR 23.
     pub async fn wait(mut self) -> Result<()> {
-        match self.stopped.recv().await {
-            Some(error) => Err(error),
-            None => bail!("every listener stopped"),
+        let workloads = Arc::clone(&self.state.workloads);
+        tokio::select! {
+            stopped = self.stopped.recv() => match stopped {
+                Some(error) => Err(error),
+                None => bail!("every listener stopped"),
+            },
+            failed = workloads.failed() => {
+                // Time for the refusal to reach its client before the process ends.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                Err(failed.into())
+            }
         }
     }
 }

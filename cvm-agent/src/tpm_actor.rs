@@ -96,6 +96,38 @@ fn attestation_key(tpm: &mut Tpm, platform: Platform) -> Result<(AttestationKey,
     Ok((ak, None))
 }
 
+/// Flushes transient objects a previous agent left loaded. Behind the kernel's resource manager
+/// (`/dev/tpmrm0`) there are none to see; on a TPM without one (swtpm, a raw device) an agent
+/// killed with SIGKILL leaves its AK loaded, and three such restarts exhaust the object slots
+/// (TPM_RC_OBJECT_MEMORY) so no AK can be made. Best effort: a TPM that refuses is left as is.
+fn flush_leftover_objects(tpm: &mut Tpm) {
+    const TRANSIENT_FIRST: u32 = 0x8000_0000;
+    // TPM2_GetCapability(TPM_CAP_HANDLES, TRANSIENT_FIRST, 64), no sessions.
+    let mut command = vec![0x80, 0x01, 0, 0, 0, 22, 0, 0, 0x01, 0x7a, 0, 0, 0, 1];
+    command.extend_from_slice(&TRANSIENT_FIRST.to_be_bytes());
+    command.extend_from_slice(&64u32.to_be_bytes());
+    let handles = match tpm.raw_command(&command) {
+        // Header (10), moreData (1), capability (4), count (4), then the handles.
+        Ok(response) if response.len() >= 19 && response[6..10] == [0; 4] => response[19..]
+            .chunks_exact(4)
+            .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+            .filter(|handle| handle & 0xff00_0000 == TRANSIENT_FIRST)
+            .collect::<Vec<_>>(),
+        _ => return,
+    };
+    for handle in handles {
+        // TPM2_FlushContext(handle).
+        let mut flush = vec![0x80, 0x01, 0, 0, 0, 14, 0, 0, 0x01, 0x65];
+        flush.extend_from_slice(&handle.to_be_bytes());
+        match tpm.raw_command(&flush) {
+            Ok(response) if response[6..10] == [0; 4] => {
+                tracing::warn!("flushed a transient TPM object an earlier run left: {handle:#x}")
+            }
+            _ => tracing::warn!("could not flush the leftover transient TPM object {handle:#x}"),
+        }
+    }
+}
+
 /// More evidence requests wait for the TPM than the agent queues.
 #[derive(Debug, thiserror::Error)]
 #[error("the TPM is busy: {0} evidence requests are waiting already; retry shortly")]
@@ -137,6 +169,7 @@ impl TpmActor {
             .spawn(move || {
                 let opened = (|| -> Result<Owned> {
                     let mut tpm = Tpm::open(&tcti)?;
+                    flush_leftover_objects(&mut tpm);
                     let (ak, ak_cert) = attestation_key(&mut tpm, platform)?;
                     Ok(Owned {
                         tpm,
@@ -237,11 +270,24 @@ impl TpmActor {
     /// always extended in full (the log must explain it); an RTMR3 failure is logged, stops
     /// further RTMR3 extensions and is returned for the log to carry.
     pub async fn extend_workload(&self, events: Vec<WorkloadEvent>) -> Result<Extended> {
+        self.extend(events, false).await
+    }
+
+    /// [`Self::extend_workload`] for an update: the `extend` fail-point (debug builds) can kill
+    /// the agent after the first event.
+    pub async fn extend_update(&self, events: Vec<WorkloadEvent>) -> Result<Extended> {
+        self.extend(events, true).await
+    }
+
+    async fn extend(&self, events: Vec<WorkloadEvent>, faults: bool) -> Result<Extended> {
         self.run(move |o| {
             let mut rtmr3_failure = None;
-            for event in &events {
+            for (index, event) in events.iter().enumerate() {
                 o.tpm
                     .extend_sha256(WORKLOAD_PCR, &event.extend_digest().0)?;
+                if faults && index == 0 {
+                    crate::fault::point(crate::fault::Step::Extend);
+                }
                 let Some(path) = &o.rtmr3 else { continue };
                 if let Err(e) = extend_rtmr3(path, &event.extend_digest_sha384().0) {
                     let failure = format!(

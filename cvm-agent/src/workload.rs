@@ -5,6 +5,15 @@
 //! measured again and must equal the last generation in the log, so nothing changed behind the
 //! agent's back ever starts unmeasured.
 //!
+//! **Crash safety.** Every extend is written ahead: the events go to the persisted state as
+//! `pending` before the TPM sees them, and into the log once it has. A restart whose PCR 23 shows
+//! the log plus part of the pending events (a crash, or a TPM that failed, in between) extends the
+//! rest and logs them all; one that shows the log alone drops them; anything else is refused. An
+//! update also marks itself `in_flight` from its extend until its workload runs (or its rollback
+//! does): a restart that finds the mark puts the folder the log does not name back (`.previous`
+//! when the crash came between the renames), measures it again if it is not the last generation,
+//! and starts it. So after any crash the workload that runs is the log's last generation.
+//!
 //! An image may carry no workload (nothing seeded, nothing uploaded yet): the agent then measures
 //! an empty generation (the token's commitment and a separator), runs nothing, serves, and waits
 //! for its first `/update-workload`. A compose file that appears later without being uploaded is
@@ -13,8 +22,9 @@
 use crate::audit;
 use crate::data::DataVolume;
 use crate::engine::Engine;
+use crate::fault::{self, Step};
 use crate::tpm_actor::TpmActor;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cvm_attestation::golden::{AllowedWorkload, GoldenWorkload};
 use cvm_attestation::workload::folder::COMPOSE_FILE;
 use cvm_attestation::workload::{
@@ -25,7 +35,8 @@ use cvm_attestation::Sha256Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tokio::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{watch, Mutex, RwLock};
 
 /// Compose project name of the workload.
 pub const PROJECT: &str = "cvm-workload";
@@ -67,6 +78,35 @@ impl Measured {
         golden
     }
 }
+
+/// What is written to `state_dir`: the measurement, and what a restart needs to finish an extend
+/// or an update that a crash cut short (module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    #[serde(flatten)]
+    measured: Measured,
+    /// Events sent to the TPM but not yet in the log, with their image IDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+    /// An update (or its rollback) has extended PCR 23 and its workload does not run yet.
+    #[serde(default)]
+    in_flight: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    events: Vec<WorkloadEvent>,
+    image_ids: BTreeMap<String, String>,
+}
+
+/// The TPM failed during an extend: how much of it PCR 23 got is unknown, so the agent stops
+/// (and a restart reconciles the log with PCR 23 from the written-ahead events).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the TPM failed while extending PCR 23: {0}; the agent stops so that its restart \
+     reconciles the log with PCR 23"
+)]
+pub struct TpmFailed(pub String);
 
 /// The folder about to run is not the workload last measured into PCR 23.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +166,10 @@ pub struct Workloads {
     refused: RwLock<Option<String>>,
     /// The data partition, when the agent decides its key (`data_unlock`).
     data: Option<DataVolume>,
+    /// An update is between its extend and a running workload (persisted with every write).
+    in_flight: AtomicBool,
+    /// Set once the TPM failed during an extend: the agent must stop.
+    failed: watch::Sender<Option<TpmFailed>>,
 }
 
 /// What `/unlock` did.
@@ -167,43 +211,35 @@ impl Workloads {
     ) -> Result<(Self, StartKind)> {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        remove_staging(&dir);
         let pcr = tpm.read_pcr23().await?;
-        let persisted = read_state(&state_dir)?;
-        let (measured, kind) = match persisted {
-            Some(state) if state.log.replay().0 == pcr => (state, StartKind::Restored),
-            Some(state) => bail!(
-                "PCR 23 is {} but the persisted log replays to {}: refusing to run an unexplained workload",
-                hex::encode(pcr),
-                state.log.replay()
+        let (persisted, kind) = match read_state(&state_dir)? {
+            Some(state) => (
+                reconcile(&tpm, &state_dir, state, pcr).await?,
+                StartKind::Restored,
             ),
             None if pcr == [0; 32] => {
-                let salt = token.as_ref().map(|_| fresh_salt()).transpose()?;
-                let commitment = commit(token.as_deref(), salt);
-                let data_state = match &data {
-                    Some(volume) => Some(volume.at_start().await.context("opening /data")?),
-                    None => None,
+                let (events, image_ids) =
+                    first_measurement(&dir, engine.as_ref(), token.as_deref(), data.as_ref())
+                        .await?;
+                let mut measured = Measured {
+                    log: WorkloadLog::default(),
+                    current: Vec::new(),
+                    image_ids: BTreeMap::new(),
                 };
-                let commitments = Commitments {
-                    token: commitment.as_ref(),
-                    data: data_state,
+                let extend = Extend {
+                    tpm: &tpm,
+                    state_dir: &state_dir,
+                    in_flight: false,
+                    faults: false,
                 };
-                let (events, image_ids) = if data_state == Some(DataState::Locked) {
-                    // Nothing of /data is readable: an empty generation until /unlock.
-                    (empty_events(commitments), BTreeMap::new())
-                } else {
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    prepare(engine.as_ref(), &dir, commitments, Empty::Allowed).await?
+                extend.logged(&mut measured, events, image_ids).await?;
+                let persisted = Persisted {
+                    measured,
+                    pending: None,
+                    in_flight: false,
                 };
-                let mut log = WorkloadLog::from_events(events.clone());
-                log.rtmr3_failure = tpm.extend_workload(events.clone()).await?.rtmr3_failure;
-                let state = Measured {
-                    log,
-                    current: events,
-                    image_ids,
-                };
-                write_state(&state_dir, &state)?;
-                (state, StartKind::Measured)
+                (persisted, StartKind::Measured)
             }
             None => bail!(
                 "PCR 23 is {} but this agent has no log for it (was it extended by something else?)",
@@ -218,11 +254,16 @@ impl Workloads {
             tpm,
             token,
             start_workload,
-            measured: RwLock::new(measured),
+            measured: RwLock::new(persisted.measured),
             busy: Mutex::new(()),
             refused: RwLock::new(None),
             data,
+            in_flight: AtomicBool::new(persisted.in_flight),
+            failed: watch::channel(None).0,
         };
+        if persisted.in_flight {
+            workloads.finish_interrupted().await?;
+        }
         if start_workload {
             if let Err(error) = workloads.run(&workloads.dir).await {
                 let Some(unmeasured) = error.downcast_ref::<Unmeasured>() else {
@@ -266,19 +307,29 @@ impl Workloads {
         };
         let (events, image_ids) =
             prepare(self.engine.as_ref(), staged, commitments, Empty::Refused).await?;
-        // 2. Measure before running.
+        fault::point(Step::Validate);
+        // 2. Measure before running; from here until the workload runs, a restart finishes this.
         let new = replay(&events);
-        self.extend(events, image_ids).await?;
+        self.in_flight.store(true, Ordering::SeqCst);
+        if let Err(error) = self.extend(events, image_ids).await {
+            if !error.is::<TpmFailed>() {
+                // Nothing reached PCR 23 (the write-ahead or the TPM refused before any extend).
+                self.in_flight.store(false, Ordering::SeqCst);
+            }
+            return Err(error);
+        }
         // 3. Stop the old one, swap folders, start the new one. On any failure from here on the
         //    previous one comes back, measured again: the log's last generation is what runs.
         let previous = self.dir.with_extension("previous");
         let _ = std::fs::remove_dir_all(&previous);
         let Err(error) = self.swap_in(staged, &previous).await else {
             *self.refused.write().await = None;
+            self.settle().await?;
             return Ok(self.measured().await);
         };
         match self.roll_back(&previous, commitments).await {
             Ok(()) => {
+                self.settle().await?;
                 audit::rollback(&new, "restored", &error, None);
                 Err(error.context(RolledBack { new }))
             }
@@ -303,11 +354,78 @@ impl Workloads {
             self.compose_down().await?;
         }
         rename(&self.dir, previous)?;
+        fault::point(Step::Swap);
         rename(staged, &self.dir)?;
         if self.start_workload {
             self.run(&self.dir).await?;
         }
+        fault::point(Step::Start);
         Ok(())
+    }
+
+    /// The update (or its rollback) is over and its workload runs: a restart has nothing to
+    /// finish.
+    async fn settle(&self) -> Result<()> {
+        self.in_flight.store(false, Ordering::SeqCst);
+        write_state(&self.state_dir, &*self.measured.read().await, None, false)
+    }
+
+    /// After a crash in an update (module docs): the folder comes back from `.previous` if the
+    /// crash came between the renames; unless it is the log's last generation it is measured
+    /// again (the rollback the crash cut short), so what starts next is what PCR 23 shows last.
+    async fn finish_interrupted(&self) -> Result<()> {
+        let previous = self.dir.with_extension("previous");
+        if !self.dir.exists() && previous.exists() {
+            tracing::warn!(dir = %self.dir.display(), "an update was cut short between its renames: the previous workload folder comes back");
+            rename(&previous, &self.dir)?;
+        }
+        let commitment = self.token_commitment().await?;
+        let commitments = Commitments {
+            token: commitment.as_ref(),
+            data: self.data_state().await,
+        };
+        let cut_short = replay(self.measured.read().await.last_generation()?);
+        let reason = match self.remeasure(&self.dir).await {
+            // The new workload is in place: start it; if it does not start, roll back as the
+            // update would have.
+            Ok(_) if self.start_workload => match self.run(&self.dir).await {
+                Err(error) if previous.exists() => {
+                    tracing::warn!("the new workload of an interrupted update did not start ({error:#}): rolling back");
+                    self.roll_back(&previous, commitments).await?;
+                    let cause = error.context("the agent restarted in the middle of an update");
+                    audit::rollback(&cut_short, "restored", &cause, None);
+                    return self.settle().await;
+                }
+                other => return other.and(self.settle().await),
+            },
+            Ok(_) => return self.settle().await,
+            Err(reason) => reason,
+        };
+        // The folder is the previous workload (never moved, or just moved back).
+        tracing::warn!(dir = %self.dir.display(), "an update was cut short before its workload ran ({reason}): the previous workload is measured again and started");
+        let (events, image_ids) =
+            prepare(self.engine.as_ref(), &self.dir, commitments, Empty::Allowed).await?;
+        self.extend(events, image_ids).await?;
+        let cause = anyhow::anyhow!("the agent restarted in the middle of an update: {reason}");
+        audit::rollback(&cut_short, "restored", &cause, None);
+        self.settle().await
+    }
+
+    /// Resolves once the TPM failed during an extend ([`TpmFailed`]): the agent must stop.
+    pub async fn failed(&self) -> TpmFailed {
+        let mut failed = self.failed.subscribe();
+        if let Ok(failure) = failed.wait_for(Option::is_some).await {
+            if let Some(failure) = failure.as_ref() {
+                return failure.clone();
+            }
+        }
+        // The sender lives as long as `self`: never reached.
+        std::future::pending().await
+    }
+
+    /// Whether the TPM failed during an extend (evidence is then refused until the restart).
+    pub fn has_failed(&self) -> bool {
+        self.failed.borrow().is_some()
     }
 
     /// Brings the previous workload back after a failed [`Self::swap_in`], from wherever that
@@ -322,6 +440,7 @@ impl Workloads {
                 let failed = self.dir.with_extension("failed");
                 let _ = std::fs::remove_dir_all(&failed);
                 rename(&self.dir, &failed)?;
+                fault::point(Step::Rollback);
             }
             rename(previous, &self.dir)?;
         }
@@ -335,26 +454,30 @@ impl Workloads {
         Ok(())
     }
 
+    /// Extends and logs `events` (written ahead, module docs). A TPM failure is [`TpmFailed`]
+    /// and stops the agent.
     async fn extend(
         &self,
         events: Vec<WorkloadEvent>,
         image_ids: BTreeMap<String, String>,
     ) -> Result<()> {
         let mut measured = self.measured.write().await;
-        let extended = self.tpm.extend_workload(events.clone()).await?;
-        measured.log.events.extend(events.iter().cloned());
-        // The first RTMR3 failure stays: RTMR3 does not follow the log from then on.
-        if measured.log.rtmr3_failure.is_none() {
-            measured.log.rtmr3_failure = extended.rtmr3_failure;
+        let extend = Extend {
+            tpm: &self.tpm,
+            state_dir: &self.state_dir,
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            faults: true,
+        };
+        let result = extend.logged(&mut measured, events, image_ids).await;
+        if let Some(failure) = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<TpmFailed>())
+        {
+            tracing::error!("{failure}");
+            self.failed.send_replace(Some(failure.clone()));
         }
-        measured.current = events;
-        measured.image_ids = image_ids;
-        if measured.log.replay().0 != extended.pcr23 {
-            bail!(
-                "PCR 23 no longer matches the log after extending: another writer extends PCR 23"
-            );
-        }
-        write_state(&self.state_dir, &measured)
+        result
     }
 
     /// How the running measurement says `/data` is protected (`None`: not the agent's business).
@@ -567,29 +690,210 @@ fn state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("workload-state.json")
 }
 
-fn read_state(state_dir: &Path) -> Result<Option<Measured>> {
+/// Reads the persisted state. A file that does not parse, or whose log is not whole
+/// generations, is an error: the agent never serves a log it cannot stand behind.
+fn read_state(state_dir: &Path) -> Result<Option<Persisted>> {
     let path = state_path(state_dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let state: Measured = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
-            state
-                .log
-                .generations()
-                .with_context(|| format!("{}", path.display()))?;
-            debug_assert_eq!(replay(state.log.events.iter()), state.log.replay());
-            Ok(Some(state))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let state: Persisted = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the persisted workload log {} is corrupt", path.display()))?;
+    state
+        .measured
+        .log
+        .generations()
+        .with_context(|| format!("the persisted workload log {}", path.display()))?;
+    Ok(Some(state))
 }
 
 /// Written to a temporary file and renamed, so a crash never leaves half a log.
-fn write_state(state_dir: &Path, state: &Measured) -> Result<()> {
+fn write_state(
+    state_dir: &Path,
+    measured: &Measured,
+    pending: Option<&Pending>,
+    in_flight: bool,
+) -> Result<()> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        #[serde(flatten)]
+        measured: &'a Measured,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pending: Option<&'a Pending>,
+        in_flight: bool,
+    }
+    let view = View {
+        measured,
+        pending,
+        in_flight,
+    };
     let path = state_path(state_dir);
     let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec(state)?)
+    std::fs::write(&temporary, serde_json::to_vec(&view)?)
         .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// How [`Extend::logged`] extends.
+struct Extend<'a> {
+    tpm: &'a TpmActor,
+    state_dir: &'a Path,
+    /// Persisted with every write (an update in flight).
+    in_flight: bool,
+    /// Honour the fail-points (updates, rollbacks, unlocks; never the first measurement).
+    faults: bool,
+}
+
+impl Extend<'_> {
+    /// Extends `events` into PCR 23 and logs them in `measured`, written ahead: the persisted
+    /// state names them as pending before the TPM sees them.
+    async fn logged(
+        &self,
+        measured: &mut Measured,
+        events: Vec<WorkloadEvent>,
+        image_ids: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let pending = Pending { events, image_ids };
+        write_state(self.state_dir, measured, Some(&pending), self.in_flight)?;
+        let Pending { events, image_ids } = pending;
+        let extended = match self.faults {
+            true => self.tpm.extend_update(events.clone()).await,
+            false => self.tpm.extend_workload(events.clone()).await,
+        }
+        .map_err(|e| TpmFailed(format!("{e:#}")))?;
+        if self.faults {
+            fault::point(Step::Measure);
+        }
+        measured.log.events.extend(events.iter().cloned());
+        // The first RTMR3 failure stays: RTMR3 does not follow the log from then on.
+        if measured.log.rtmr3_failure.is_none() {
+            measured.log.rtmr3_failure = extended.rtmr3_failure;
+        }
+        measured.current = events;
+        measured.image_ids = image_ids;
+        ensure!(
+            measured.log.replay().0 == extended.pcr23,
+            "PCR 23 no longer matches the log after extending: another writer extends PCR 23"
+        );
+        write_state(self.state_dir, measured, None, self.in_flight)
+    }
+}
+
+/// Brings a persisted state in line with PCR 23 after a restart: a log that explains it is used
+/// as it is; one that explains it with the first pending events added (a crash or a TPM failure
+/// during an extend) gets the rest of them extended and all of them logged. Anything else is
+/// refused: the agent never serves a log that does not replay to PCR 23.
+async fn reconcile(
+    tpm: &TpmActor,
+    state_dir: &Path,
+    state: Persisted,
+    pcr: [u8; 32],
+) -> Result<Persisted> {
+    let Persisted {
+        mut measured,
+        pending,
+        in_flight,
+    } = state;
+    let logged = measured.log.replay();
+    let unexplained =
+        || {
+            anyhow::anyhow!(
+            "PCR 23 is {} but the persisted log replays to {logged}{}: refusing to serve evidence \
+             or run an unexplained workload",
+            hex::encode(pcr),
+            if pending.is_some() { " (also with any part of the interrupted extend)" } else { "" },
+        )
+        };
+    let Some(Pending { events, image_ids }) = pending.clone() else {
+        if logged.0 != pcr {
+            return Err(unexplained());
+        }
+        return Ok(Persisted {
+            measured,
+            pending: None,
+            in_flight,
+        });
+    };
+    let shown = (0..=events.len()).find(|&count| {
+        let mut log = measured.log.clone();
+        log.events.extend(events[..count].iter().cloned());
+        log.replay().0 == pcr
+    });
+    let Some(shown) = shown else {
+        return Err(unexplained());
+    };
+    let extend = Extend {
+        tpm,
+        state_dir,
+        in_flight,
+        faults: false,
+    };
+    if shown == 0 {
+        tracing::warn!("an extend was cut short before it reached PCR 23: dropping it");
+    } else {
+        tracing::warn!(
+            shown,
+            of = events.len(),
+            "an extend was cut short: PCR 23 shows part of it; extending the rest and logging it"
+        );
+        measured.log.events.extend(events[..shown].iter().cloned());
+        extend
+            .logged(&mut measured, events[shown..].to_vec(), image_ids)
+            .await?;
+        measured.current = events;
+    }
+    write_state(state_dir, &measured, None, in_flight)?;
+    Ok(Persisted {
+        measured,
+        pending: None,
+        in_flight,
+    })
+}
+
+/// The events of the first measurement of a boot (PCR 23 still zero), with a fresh salt for the
+/// token's commitment; an empty generation while `/data` waits for its key.
+async fn first_measurement(
+    dir: &Path,
+    engine: Option<&Engine>,
+    token: Option<&str>,
+    data: Option<&DataVolume>,
+) -> Result<(Vec<WorkloadEvent>, BTreeMap<String, String>)> {
+    let salt = token.map(|_| fresh_salt()).transpose()?;
+    let commitment = commit(token, salt);
+    let data_state = match data {
+        Some(volume) => Some(volume.at_start().await.context("opening /data")?),
+        None => None,
+    };
+    let commitments = Commitments {
+        token: commitment.as_ref(),
+        data: data_state,
+    };
+    if data_state == Some(DataState::Locked) {
+        // Nothing of /data is readable: an empty generation until /unlock.
+        return Ok((empty_events(commitments), BTreeMap::new()));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    prepare(engine, dir, commitments, Empty::Allowed).await
+}
+
+/// Removes staging folders an update left when the agent was stopped in the middle of it (none
+/// runs at start-up).
+fn remove_staging(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.staging-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::warn!(path = %entry.path().display(), "removing an interrupted update's staging folder");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), "could not remove it: {e}");
+            }
+        }
+    }
 }
