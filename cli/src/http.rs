@@ -46,6 +46,27 @@ pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
     pub tls_key: Option<[u8; 32]>,
+    /// Response headers, names lower-cased (e.g. `retry-after`, issuer chains of Intel's PCS).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the server of a request is authenticated over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Agents: any key, reported (and pinned when given), see the module doc.
+    AnyKey(Option<[u8; 32]>),
+    /// Public services (AMD KDS, Intel PCS): the system's CA store and the host name.
+    SystemCa,
 }
 
 /// One request with no pinned key.
@@ -72,6 +93,23 @@ pub async fn request(
     timeout: Duration,
     pin: Option<[u8; 32]>,
 ) -> Result<Response> {
+    request_with(method, url, headers, body, limit, timeout, Tls::AnyKey(pin)).await
+}
+
+/// One request whose server is authenticated as `trust` says.
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    limit: usize,
+    timeout: Duration,
+    trust: Tls,
+) -> Result<Response> {
+    let pin = match trust {
+        Tls::AnyKey(pin) => pin,
+        Tls::SystemCa => None,
+    };
     let uri: hyper::Uri = url.parse().with_context(|| format!("URL {url:?}"))?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
@@ -99,14 +137,15 @@ pub async fn request(
             .with_context(|| format!("connecting to {authority}"))?;
         let _ = tcp.set_nodelay(true);
         if !tls {
-            let (status, body) = exchange(tcp, request, limit).await?;
+            let (status, headers, body) = exchange(tcp, request, limit).await?;
             return Ok(Response {
                 status,
                 body,
                 tls_key: None,
+                headers,
             });
         }
-        let (stream, key) = tls_connect(tcp, &host).await?;
+        let (stream, key) = tls_connect(tcp, &host, trust == Tls::SystemCa).await?;
         if let Some(pinned) = pin {
             if key != pinned {
                 bail!(
@@ -116,11 +155,12 @@ pub async fn request(
                 );
             }
         }
-        let (status, body) = exchange(stream, request, limit).await?;
+        let (status, headers, body) = exchange(stream, request, limit).await?;
         Ok(Response {
             status,
             body,
             tls_key: Some(key),
+            headers,
         })
     };
     tokio::time::timeout(timeout, exchange)
@@ -161,19 +201,25 @@ pub fn wait_for_ok(
     }
 }
 
-/// TLS 1.3 without CA verification (see the module doc); the stream and the server key's hash.
+/// TLS 1.3 without CA verification (see the module doc), or TLS 1.2+ checked against the system's
+/// CAs and the host name (`system_ca`, for public services); the stream and the server key's hash.
 async fn tls_connect(
     tcp: tokio::net::TcpStream,
     host: &str,
+    system_ca: bool,
 ) -> Result<(tokio_openssl::SslStream<tokio::net::TcpStream>, [u8; 32])> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
     let mut connector = SslConnector::builder(SslMethod::tls_client())?;
-    connector.set_min_proto_version(Some(SslVersion::TLS1_3))?;
-    connector.set_verify(SslVerifyMode::NONE);
+    if system_ca {
+        connector.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    } else {
+        connector.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+        connector.set_verify(SslVerifyMode::NONE);
+    }
     let ssl = connector
         .build()
         .configure()?
-        .verify_hostname(false)
+        .verify_hostname(system_ca)
         .into_ssl(host)?;
     let mut stream = tokio_openssl::SslStream::new(ssl, tcp)?;
     Pin::new(&mut stream)
@@ -194,7 +240,7 @@ async fn exchange<I>(
     io: I,
     request: hyper::Request<Full<Bytes>>,
     limit: usize,
-) -> Result<(u16, Vec<u8>)>
+) -> Result<(u16, Vec<(String, String)>, Vec<u8>)>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -204,6 +250,13 @@ where
     let driver = tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
     let body = Limited::new(response.into_body(), limit)
         .collect()
         .await
@@ -211,7 +264,7 @@ where
         .to_bytes()
         .to_vec();
     driver.abort();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 #[cfg(test)]

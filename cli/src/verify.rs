@@ -1,6 +1,7 @@
 //! `cvm-cli verify`: evidence against a golden measurement, or a bare SEV-SNP / Azure HCL report
 //! against AMD's chain. Exit status 0 only when every check passes.
 
+use crate::collateral::resolve::{self, Resolver};
 use crate::golden::parse_min_tcb;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -96,6 +97,12 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Use only cached collateral (VCEK, TDX collateral, AMD CRL), never fetch: a check whose
+    /// collateral is missing fails and says what to fetch or import (docs/collateral.md).
+    #[arg(long)]
+    offline: bool,
+    #[command(flatten)]
+    sources: crate::collateral::SourceArgs,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -179,6 +186,13 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             .with_context(|| format!("{}", path.display()))?;
         options = options.with_tdx_collateral(collateral);
     }
+    let input = match (&args.host, &args.collaterals, &args.report) {
+        (Some(host), _, _) => format!("--host {host}"),
+        (_, Some(path), _) => format!("--evidence {}", path.display()),
+        (_, _, Some(path)) => format!("--report {}", path.display()),
+        _ => String::new(),
+    };
+    let resolver = Resolver::new(&args.sources, args.offline, args.at.is_some(), input)?;
     if let Some(host) = &args.host {
         let golden = args.golden.as_deref().context("--host needs --golden")?;
         return verify_running(
@@ -188,23 +202,27 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             args.save_evidence.as_deref(),
             args.json,
             None,
+            Some(&resolver),
         )
         .map(|verdict| verdict.verified);
     }
-    let report = match (&args.collaterals, &args.report) {
+    let mut notes = Vec::new();
+    let mut report = match (&args.collaterals, &args.report) {
         (Some(evidence), None) => {
             let golden_path = args
                 .golden
                 .as_ref()
                 .context("--collaterals needs --golden")?;
-            let evidence = Evidence::from_json(&read(evidence)?)
+            let mut evidence = Evidence::from_json(&read(evidence)?)
                 .with_context(|| format!("{}", evidence.display()))?;
             let golden = GoldenMeasurement::from_json(&read(golden_path)?)
                 .with_context(|| format!("{}", golden_path.display()))?;
+            notes = resolve::prepare_evidence(&resolver, &mut evidence, &mut options);
             verify(&evidence, &golden, &options)
         }
         (None, Some(report)) => {
             let bytes = read(report)?;
+            crate::inspect::check_report_input(report, &bytes)?;
             match td_quote_of(&bytes)? {
                 Some((quote, collateral)) => {
                     let mut expectations = GoldenTdx::default();
@@ -215,6 +233,11 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                             .map(|s| s.as_str().into())
                             .collect();
                     }
+                    if options.tdx_collateral.is_none() {
+                        let (found, note) = resolver.tdx(&quote, collateral.is_some());
+                        options.tdx_collateral = found;
+                        notes.push(note);
+                    }
                     verify_tdx_quote(&quote, collateral.as_ref(), &expectations, &options)
                 }
                 None => verify_bare_report(
@@ -223,6 +246,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
                     args.chain.as_deref(),
                     args.min_tcb.as_deref().map(parse_min_tcb).transpose()?,
                     &options,
+                    &resolver,
                 )?,
             }
         }
@@ -230,6 +254,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             "give --host HOST --golden FILE, --collaterals FILE --golden FILE, or --report FILE"
         ),
     };
+    resolve::annotate(&mut report, notes);
     print_report(&report, args.json)?;
     Ok(report.verified)
 }
@@ -237,7 +262,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
 /// A TD quote in `bytes` (binary, or hex text with or without `0x` and surrounding whitespace;
 /// detected by version 4 or 5, key type 2 and TEE type 0x81), or in an evidence file's `tdx`
 /// section (with its collateral, when it carries one).
-fn td_quote_of(bytes: &[u8]) -> Result<Option<(Vec<u8>, Option<TdxCollateral>)>> {
+pub(crate) fn td_quote_of(bytes: &[u8]) -> Result<Option<(Vec<u8>, Option<TdxCollateral>)>> {
     if looks_like_td_quote(bytes) {
         return Ok(Some((bytes.to_vec(), None)));
     }
@@ -259,6 +284,7 @@ fn verify_bare_report(
     chain: Option<&Path>,
     minimum_tcb: Option<cvm_attestation::snp::policy::Tcb>,
     options: &VerifyOptions,
+    resolver: &Resolver,
 ) -> Result<VerificationReport> {
     let mut intermediates: Vec<Bytes> = Vec::new();
     if let Some(chain) = chain {
@@ -275,6 +301,16 @@ fn verify_bare_report(
         intermediates.extend(snp.cert_chain);
         let report = snp.hcl_report.unwrap_or(snp.attestation_report).0;
         (report, snp.vek_cert.0)
+    } else if vcek.is_none() {
+        // No VCEK given: the cache's (or AMD KDS's) for the report's chip and TCB.
+        let report = hex_text_or_binary(bytes);
+        return Ok(crate::collateral::resolve::bare_report(
+            &report,
+            &intermediates,
+            minimum_tcb,
+            options,
+            resolver,
+        ));
     } else {
         let vcek = vcek.context("--report with a binary report needs --vcek FILE")?;
         let vcek_bytes = read(vcek)?;
@@ -321,7 +357,7 @@ pub fn verify_host(
     json: bool,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, json, None)
+    verify_running(host, golden, options, None, json, None, None)
 }
 
 /// Changes the golden measurement once the evidence is known (e.g. `unlock`: the workload a
@@ -336,7 +372,7 @@ pub fn verify_host_adjusted(
     adjust: AdjustGolden<'_>,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, false, Some(adjust))
+    verify_running(host, golden, options, None, false, Some(adjust), None)
 }
 
 fn verify_running(
@@ -346,6 +382,7 @@ fn verify_running(
     save_evidence: Option<&Path>,
     json: bool,
     adjust: Option<AdjustGolden<'_>>,
+    resolver: Option<&Resolver>,
 ) -> Result<HostVerdict> {
     let mut golden = GoldenMeasurement::from_json(&read(golden_path)?)
         .with_context(|| format!("{}", golden_path.display()))?;
@@ -363,11 +400,15 @@ fn verify_running(
         std::fs::write(path, &evidence_bytes)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
+    let mut evidence = Evidence::from_json(&evidence_bytes).context("the agent's evidence")?;
     if let Some(adjust) = adjust {
         adjust(&mut golden, &evidence)?;
     }
-    let report = verify(&evidence, &golden, &options);
+    let notes = resolver
+        .map(|r| resolve::prepare_evidence(r, &mut evidence, &mut options))
+        .unwrap_or_default();
+    let mut report = verify(&evidence, &golden, &options);
+    resolve::annotate(&mut report, notes);
     print_report(&report, json)?;
     Ok(HostVerdict {
         verified: report.verified,
@@ -376,7 +417,10 @@ fn verify_running(
 }
 
 /// GET /collaterals/{nonce} from an agent: the body and the connection's TLS key.
-async fn fetch_evidence(host: &str, nonce: &[u8]) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
+pub(crate) async fn fetch_evidence(
+    host: &str,
+    nonce: &[u8],
+) -> Result<(Vec<u8>, Option<[u8; 32]>)> {
     let url = format!(
         "{}/collaterals/{}",
         crate::http::base_url(host, 8000)?,

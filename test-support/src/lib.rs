@@ -7,6 +7,7 @@
 //! leave daemons behind.
 
 mod certs;
+pub mod collateral_server;
 mod engine;
 mod gce_ca;
 mod gcs;
