@@ -317,7 +317,13 @@ fn parse_uncached(c: &TdxCollateral) -> Result<ParsedCollateral, CollateralError
         &qe_identity.next_update,
     )?;
     let tcb_info_chain = chain("tcb_info_issuer_chain", &c.tcb_info_issuer_chain)?;
-    let qe_identity_chain = chain("qe_identity_issuer_chain", &c.qe_identity_issuer_chain)?;
+    // Intel signs both with the same certificate: decoding a certificate costs OpenSSL 3 about
+    // as much as checking a signature, so the same PEM text is decoded once.
+    let qe_identity_chain = if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain {
+        tcb_info_chain.clone()
+    } else {
+        chain("qe_identity_issuer_chain", &c.qe_identity_issuer_chain)?
+    };
     let pck_crl_chain = chain("pck_crl_issuer_chain", &c.pck_crl_issuer_chain)?;
     let tcb_info_signature = body_signature(
         tcb_info_chain.first(),
