@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
 VENV=/opt/cvm-test-venv
 cargo build -q -p cvm-cli
-CLI=${CARGO_TARGET_DIR:-target}/debug/cvm-cli
+TARGET=${CARGO_TARGET_DIR:-target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+CLI=$TARGET/debug/cvm-cli
 W=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
 (cd "$W" && MOTO_RECORDER_FILEPATH="$W/rec" exec "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$W/moto.log" 2>&1) &
@@ -22,12 +24,15 @@ truncate -s "${SIZE_MIB}M" "$W/disk.raw"
 for ((i = 0; i < SIZE_MIB; i += 2)); do
   dd if=/dev/urandom of="$W/disk.raw" bs=1M count=1 seek="$i" conv=notrunc status=none
 done
+# A GPT label: the deploy refuses anything that is not a raw GPT disk.
+printf 'label: gpt\n' | sfdisk -q "$W/disk.raw" >/dev/null
 cat "$W/disk.raw" >/dev/null
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-2
 ours() { # parallel, name -> upload seconds as reported by the CLI
-  "$CLI" deploy-aws --image "$W/disk.raw" --vm-name "bench-$2" --parallel "$1" --json --wait-seconds 60 \
+  "$CLI" deploy-aws --image "$W/disk.raw" --name "bench-$2" --allow-from 198.51.100.0/24 \
+    --parallel "$1" --json --wait-seconds 60 \
     | tail -1 | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["deployed"]["upload"]["seconds"])'
 }
 naive() {

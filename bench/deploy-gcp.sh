@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
 VENV=/opt/cvm-test-venv
 cargo build -q -p cvm-cli
-CLI=$PWD/${CARGO_TARGET_DIR:-target}/debug/cvm-cli
+TARGET=${CARGO_TARGET_DIR:-target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+CLI=$TARGET/debug/cvm-cli
 W=$(mktemp -d)
 HOST=""
 for n in $(seq 200 250); do
@@ -39,6 +41,8 @@ for ((i = 0; i < SIZE_MIB; i += 2)); do
   if [ "$DATA" = build ]; then skip=$(((i / 2) % SRC_MIB)); fi
   dd if="$SRC" of="$W/img/disk.raw" bs=1M count=1 skip="$skip" seek="$i" conv=notrunc status=none
 done
+# A GPT label: the deploy refuses anything that is not a raw GPT disk.
+printf 'label: gpt\n' | sfdisk -q "$W/img/disk.raw" >/dev/null
 cat "$W/img/disk.raw" >/dev/null
 
 now() { date +%s.%N; }
@@ -52,11 +56,34 @@ t2=$(now)
 naive_bytes=$(stat -c %s "$W/naive.tar.gz")
 rm -f "$W/naive.tar.gz"
 
-# Ours: the whole deploy up to the image step.
+# Ours: preflight against a Compute stub (it offers the machine type, has no instance or
+# firewall of the name), then the upload; the runner's test hook stops the deploy right after
+# the upload step (its rollback deletes the object).
+cat >"$W/compute.py" <<'PY'
+import http.server, sys
+class Stub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        found = "/machineTypes/" in self.path
+        body = b'{"name": "c3-standard-4"}' if found else b'{"error": {"message": "not found"}}'
+        self.send_response(200 if found else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Stub).serve_forever()
+PY
+CPORT=$((20000 + RANDOM % 20000))
+python3 "$W/compute.py" "$CPORT" &
+STUB=$!
+trap 'kill $STUB $GCS 2>/dev/null; rm -rf "$W"' EXIT
+sleep 0.5
 t3=$(now)
-STORAGE_EMULATOR_HOST="http://$HOST:80" CVM_GCP_COMPUTE_ENDPOINT="http://127.0.0.1:1/compute/v1" \
-  "$CLI" deploy-gcp --image "$W/img/disk.raw" --vm-name bench --project-id bench-project \
-  --bucket bench --json >"$W/out" 2>"$W/err" || true
+STORAGE_EMULATOR_HOST="http://$HOST:80" CVM_GCP_COMPUTE_ENDPOINT="http://127.0.0.1:$CPORT/compute/v1" \
+  CVM_CLI_TEST_FAIL_AFTER_STEP=1 \
+  "$CLI" deploy-gcp --image "$W/img/disk.raw" --name bench --project-id bench-project \
+  --bucket bench --allow-from 198.51.100.0/24 --json >"$W/out" 2>"$W/err" || true
 t4=$(now)
 grep -q "uploaded" "$W/err" || { cat "$W/err"; exit 1; }
 ours_upload=$(sed -n 's/.*uploaded [0-9]* MiB in \([0-9.]*\) s.*/\1/p' "$W/err")

@@ -10,8 +10,8 @@ use clap::{ArgGroup, Args};
 #[command(group(ArgGroup::new("target").required(true).args(["local", "aws", "gcp", "azure"])))]
 #[command(after_help = "Examples:\n  cvm-cli cleanup --local cvm-local\n  \
     cvm-cli cleanup --aws cvm-test --region us-east-2\n  \
-    cvm-cli cleanup --gcp cvm-test --project-id my-project --region asia-southeast1-b\n  \
-    cvm-cli cleanup --azure cvm_test --resource-group cvm_testRg")]
+    cvm-cli cleanup --gcp cvm-test --project-id my-project --zone asia-southeast1-b\n  \
+    cvm-cli cleanup --azure cvm-test --resource-group cvm-testRg")]
 pub struct CleanupArgs {
     /// A local VM started by deploy-local: stop it and delete its state.
     #[arg(long, value_name = "NAME")]
@@ -21,8 +21,8 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "NAME")]
     aws: Option<String>,
     /// A Google Cloud deployment: delete its instance, image, firewall rule and uploaded object
-    /// (only resources labelled or named for it; never the bucket). Needs --project-id and the
-    /// zone as --region.
+    /// (only resources labelled or named for it; never the bucket). Needs --project-id and
+    /// --zone.
     #[arg(long, value_name = "NAME", requires = "project_id")]
     gcp: Option<String>,
     /// An Azure deployment: delete its VM, NIC, public IP, VNet, network security group and disk
@@ -30,23 +30,26 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "NAME")]
     azure: Option<String>,
     /// The Azure resource group (with --azure; default `<NAME>Rg`).
-    #[arg(long, visible_alias = "resource_group")]
+    #[arg(long, alias = "resource_group")]
     resource_group: Option<String>,
     /// The Azure subscription (with --azure; default AZURE_SUBSCRIPTION_ID or the Azure CLI's).
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
     subscription: Option<String>,
     /// The Google Cloud project (with --gcp).
-    #[arg(long, visible_alias = "project_id")]
+    #[arg(long, alias = "project_id")]
     project_id: Option<String>,
     /// With --gcp: also look in this bucket for the deployment's uploaded objects.
     #[arg(long)]
     bucket: Option<String>,
-    /// The region (AWS; default us-east-2) or zone (GCP; default asia-southeast1-b) the
-    /// deployment is in.
+    /// The AWS region the deployment is in (default us-east-2).
     #[arg(long)]
     region: Option<String>,
+    /// The Google Cloud zone the deployment is in (default asia-southeast1-b; --region is
+    /// accepted for it too, as the predecessor named it).
+    #[arg(long)]
+    zone: Option<String>,
     /// Print what would be deleted, delete nothing.
-    #[arg(long, visible_alias = "dry_run")]
+    #[arg(long, alias = "dry_run")]
     dry_run: bool,
 }
 
@@ -59,7 +62,11 @@ pub fn run(args: CleanupArgs) -> Result<()> {
         return deploy::aws::cleanup(name, region, args.dry_run);
     }
     if let (Some(name), Some(project)) = (&args.gcp, &args.project_id) {
-        let zone = args.region.as_deref().unwrap_or("asia-southeast1-b");
+        let zone = args
+            .zone
+            .as_deref()
+            .or(args.region.as_deref())
+            .unwrap_or("asia-southeast1-b");
         return deploy::gcp::cleanup(name, project, zone, args.bucket.as_deref(), args.dry_run);
     }
     if let Some(name) = &args.azure {

@@ -26,6 +26,7 @@ fn sample_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     for (i, byte) in content[..4096].iter_mut().enumerate() {
         *byte = (i % 251) as u8 + 1;
     }
+    common::stamp_gpt(&mut content);
     content[(3 * BLOCK + 12345) as usize] = 0xaa;
     content[size as usize - 1] = 0x55;
     let path = dir.join("disk.raw");
@@ -72,6 +73,92 @@ fn aws_command(moto: &Moto, state: &Path) -> Command {
         .env_remove("AWS_REGION")
         .env_remove("AWS_DEFAULT_REGION");
     command
+}
+
+/// The requests that could have changed something: every EBS call, and every EC2 action but
+/// the read-only `Describe*` ones (which preflight and `--dry-run` make).
+fn mutating(moto: &Moto) -> Vec<String> {
+    moto.recording()
+        .unwrap()
+        .iter()
+        .map(|request| {
+            request
+                .form()
+                .get("Action")
+                .cloned()
+                .unwrap_or_else(|| format!("{} {}", request.method, request.url))
+        })
+        .filter(|action| !action.starts_with("Describe"))
+        .collect()
+}
+
+/// One EC2 Query API call straight to moto (not through the CLI), for checking its state.
+fn ec2_query(moto: &Moto, form: &str) -> String {
+    let answer = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            // moto takes the region from the credential scope.
+            "-H",
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-2/ec2/aws4_request, SignedHeaders=host, Signature=0",
+            &format!("{}/", moto.endpoint()),
+            "-d",
+            &format!("Version=2016-11-15&{form}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(answer.status.success(), "{}", text(&answer));
+    String::from_utf8(answer.stdout).unwrap()
+}
+
+/// What moto still holds tagged with the deployment `name`: (kind, id) of live resources.
+fn live_tagged(moto: &Moto, name: &str) -> Vec<(&'static str, String)> {
+    let filter = format!("Filter.1.Name=tag:cvm-cli-deployment&Filter.1.Value.1={name}");
+    let ids = |xml: &str, tag: &str| -> Vec<String> {
+        let open = format!("<{tag}>");
+        xml.split(&open)
+            .skip(1)
+            .filter_map(|rest| rest.split('<').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut live = Vec::new();
+    let snapshots = ec2_query(
+        moto,
+        &format!("Action=DescribeSnapshots&Owner.1=self&{filter}"),
+    );
+    live.extend(
+        ids(&snapshots, "snapshotId")
+            .into_iter()
+            .map(|id| ("snapshot", id)),
+    );
+    let images = ec2_query(
+        moto,
+        &format!("Action=DescribeImages&Owner.1=self&{filter}"),
+    );
+    live.extend(ids(&images, "imageId").into_iter().map(|id| ("image", id)));
+    let groups = ec2_query(moto, &format!("Action=DescribeSecurityGroups&{filter}"));
+    live.extend(
+        ids(&groups, "groupId")
+            .into_iter()
+            .map(|id| ("security-group", id)),
+    );
+    let instances = ec2_query(
+        moto,
+        &format!(
+            "Action=DescribeInstances&{filter}&Filter.2.Name=instance-state-name&\
+             Filter.2.Value.1=pending&Filter.2.Value.2=running"
+        ),
+    );
+    live.extend(
+        ids(&instances, "instanceId")
+            .into_iter()
+            .map(|id| ("instance", id)),
+    );
+    live.sort();
+    live.dedup();
+    live
 }
 
 fn text(output: &Output) -> String {
@@ -291,6 +378,23 @@ async fn deploy_uploads_only_data_blocks_and_launches_a_tagged_snp_vm() {
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
     assert_eq!(moto.recording().unwrap().len(), calls, "nothing was sent");
 
+    // `list` knows the deployment from its state directory, and asks AWS for it by tag.
+    let listed = cli(&moto, &state, &["list", "--aws", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let deployment = &listed["deployments"][0];
+    assert_eq!(deployment["cloud"], "aws");
+    assert_eq!(deployment["name"], "cvm-e2e");
+    assert_eq!(deployment["api_token_file"], token_file.to_str().unwrap());
+    let mut kinds: Vec<&str> = deployment["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["image", "instance", "security-group", "snapshot"]);
+
     // Cleanup deletes exactly this deployment's resources and its token file, and then finds
     // nothing.
     let other = cli(
@@ -356,7 +460,8 @@ fn dry_runs_and_refusals_create_nothing() {
     );
     assert!(dry.status.success(), "{}", text(&dry));
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
-    assert_eq!(plan["plan"]["tee"], "AMD SEV-SNP");
+    assert_eq!(plan["plan"]["tee"], "sev-snp");
+    assert_eq!(plan["plan"]["cloud"], "aws");
     assert_eq!(plan["plan"]["region"], "us-east-2");
     assert_eq!(plan["plan"]["secure_boot"]["enabled"], false);
     // The readable plan says how the token travels and that Secure Boot is off.
@@ -446,16 +551,16 @@ fn dry_runs_and_refusals_create_nothing() {
         text(&no_credentials)
     );
 
-    assert!(
-        moto.recording().unwrap().is_empty(),
-        "requests were sent: {:?}",
-        moto.recording().unwrap()
+    assert_eq!(
+        mutating(&moto),
+        Vec::<String>::new(),
+        "only reads were sent"
     );
     assert!(!state.exists(), "no token file was left");
 }
 
 #[test]
-fn a_failing_step_deletes_what_the_deploy_created() {
+fn an_existing_security_group_name_is_refused_before_the_upload() {
     let moto = Moto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -481,26 +586,61 @@ fn a_failing_step_deletes_what_the_deploy_created() {
     let output = deploy(&moto, &state, &image, &["--vm-name", "clash"]);
     assert_eq!(output.status.code(), Some(2));
     let report = text(&output);
-    assert!(report.contains("CreateSecurityGroup"), "{report}");
-    assert!(report.contains("deleting what it created"), "{report}");
-    assert!(report.contains("deleted image ami-"), "{report}");
-    assert!(report.contains("deleted snapshot snap-"), "{report}");
-    // The token made for it goes too, with the directories made for it.
-    let token_file = state.join("cvm-cli/aws/clash/api-token");
     assert!(
-        report.contains(&format!("removed the API token {}", token_file.display())),
+        report.contains("security group clash-cvm already exists"),
         "{report}"
     );
+    // Refused in preflight: nothing uploaded, nothing created, no token file.
+    assert_eq!(
+        mutating(&moto),
+        vec!["CreateSecurityGroup".to_owned()],
+        "only the test's own group was created"
+    );
     assert!(!state.exists(), "{}", state.display());
-
     let leftovers = cli(&moto, &state, &["cleanup", "--aws", "clash", "--dry-run"]);
     assert!(
         text(&leftovers).contains("nothing tagged"),
         "{}",
         text(&leftovers)
     );
-    // The other party's group is untouched.
-    assert!(moto.ec2_calls("DeleteSecurityGroup").unwrap().is_empty());
+}
+
+/// A failure right after each step (the runner's test hook) deletes exactly what exists by
+/// then, newest first: moto is asked directly afterwards, and nothing tagged is left.
+#[test]
+fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
+    let moto = Moto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (image, _) = sample_image(dir.path());
+    let kinds = ["snapshot", "image", "security-group", "instance"];
+    for step in 1..=kinds.len() {
+        let name = format!("fail-{step}");
+        let output = aws_command(&moto, &state)
+            .env("CVM_CLI_TEST_FAIL_AFTER_STEP", step.to_string())
+            .args(["deploy-aws", "--allow-from", ALLOW, "--image"])
+            .arg(&image)
+            .args(["--name", &name, "--wait-seconds", "30"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let report = text(&output);
+        assert!(
+            report.contains(&format!("failure injected after step {step}")),
+            "{report}"
+        );
+        // Each created resource deleted, newest first, and nothing else.
+        let deleted: Vec<&str> = report
+            .lines()
+            .filter_map(|line| line.strip_prefix("  deleted "))
+            .map(|rest| rest.split(' ').next().unwrap())
+            .collect();
+        let mut expected: Vec<&str> = kinds[..step].to_vec();
+        expected.reverse();
+        assert_eq!(deleted, expected, "{report}");
+        assert_eq!(live_tagged(&moto, &name), Vec::new(), "step {step}");
+        assert!(!state.join("cvm-cli/aws").join(&name).exists());
+    }
 }
 
 /// Port 8000 serves /update-workload: a deploy must say who may reach it, and the ports and
@@ -608,10 +748,10 @@ fn ingress_must_be_given_and_is_checked_before_anything() {
         "{said}"
     );
 
-    assert!(
-        moto.recording().unwrap().is_empty(),
-        "requests were sent: {:?}",
-        moto.recording().unwrap()
+    assert_eq!(
+        mutating(&moto),
+        Vec::<String>::new(),
+        "only reads were sent"
     );
     assert!(!state.exists(), "no token file was left");
 }

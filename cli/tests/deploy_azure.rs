@@ -838,6 +838,8 @@ struct ArmServer {
     url: String,
     /// The CLI's XDG_STATE_HOME (the deployments' token files).
     home: tempfile::TempDir,
+    /// The CLI's XDG_CACHE_HOME (the VHDs it makes).
+    cache: tempfile::TempDir,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -847,6 +849,22 @@ impl ArmServer {
         self.home
             .path()
             .join(format!("cvm-cli/azure/{name}/api-token"))
+    }
+
+    /// The VHDs the CLI made in its cache.
+    fn cached_vhds(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.cache.path().join("cvm-cli"))
+            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The requests that were not reads (preflight and --dry-run only read).
+    fn writes(&self) -> Vec<String> {
+        requests(self)
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
     }
 
     /// The tokens the VMs' userData carried.
@@ -875,7 +893,7 @@ async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state: Shared = Arc::new(Mutex::new(Arm {
         base: url.clone(),
-        deployment: "cvm_test".into(),
+        deployment: "cvm-test".into(),
         expected_ports: vec![8000],
         expected_sources: vec![ALLOW.into()],
         expected_vm_size: "Standard_DC2es_v5".into(),
@@ -897,6 +915,7 @@ async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
         state,
         url,
         home: tempfile::tempdir().unwrap(),
+        cache: tempfile::tempdir().unwrap(),
         _task: task,
     }
 }
@@ -922,7 +941,17 @@ fn sample_image(dir: &Path, mib: u64) -> PathBuf {
         .unwrap();
     file.write_all_at(&pattern(3, 4096), mib * MIB - 4096)
         .unwrap();
+    file.write_all_at(&common::gpt_head(mib * MIB), 0).unwrap();
     path
+}
+
+/// The build's record that its UKI is signed, beside `image` (`--secure-boot` needs it).
+fn signed_build(image: &Path) {
+    std::fs::write(
+        image.with_file_name("measurements.json"),
+        r#"{"secure_boot": true}"#,
+    )
+    .unwrap();
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -949,6 +978,7 @@ async fn cvm_cli(arm: &ArmServer, token: bool, args: &[&str]) -> Run {
         .args(args)
         .env("CVM_AZURE_ARM_ENDPOINT", &arm.url)
         .env("XDG_STATE_HOME", arm.home.path())
+        .env("XDG_CACHE_HOME", arm.cache.path())
         .env("AZURE_SUBSCRIPTION_ID", SUB)
         .env_remove("AZURE_ACCESS_TOKEN")
         // No Azure CLI and no managed identity here.
@@ -1021,9 +1051,9 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         &raw,
         &[
             "--vm_name",
-            "cvm_test",
+            "cvm-test",
             "--resource_group",
-            "cvm_testRg",
+            "cvm-testRg",
             "--region",
             "East US 2",
             "--vm_type",
@@ -1047,7 +1077,8 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines[0]["plan"]["tee"], "AMD SEV-SNP");
+    assert_eq!(lines[0]["plan"]["tee"], "sev-snp");
+    assert_eq!(lines[0]["plan"]["cloud"], "azure");
     assert_eq!(lines[0]["plan"]["region"], "eastus2");
     assert_eq!(lines[0]["plan"]["secure_boot"]["enabled"], false);
     assert_eq!(lines[0]["plan"]["allow_from"], json!([ALLOW, ALLOW_TOO]));
@@ -1064,7 +1095,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
             json!([ALLOW, ALLOW_TOO])
         );
     }
-    let token_file = arm.token_file("cvm_test");
+    let token_file = arm.token_file("cvm-test");
     assert_eq!(
         lines[0]["plan"]["api_token"]["file"],
         token_file.to_str().unwrap()
@@ -1082,14 +1113,18 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
     assert!(deployed["cleanup_command"]
         .as_str()
         .unwrap()
-        .contains("--azure cvm_test --resource-group cvm_testRg"));
+        .contains("--azure cvm-test --resource-group cvm-testRg"));
     // The VM's userData carried the token kept in the 0600 file; Secure Boot is off.
     assert_eq!(deployed["api_token_file"], token_file.to_str().unwrap());
     let token = private_token(&token_file);
     assert_eq!(arm.user_data_tokens(), vec![token.clone()]);
 
-    // The VHD next to the raw image, and the page blob holds exactly its bytes (holes included).
-    let vhd = dir.path().join("disk.vhd");
+    // The VHD in the cache (never in the build folder), and the page blob holds exactly its
+    // bytes (holes included).
+    assert!(!dir.path().join("disk.vhd").exists());
+    let vhds = arm.cached_vhds();
+    assert_eq!(vhds.len(), 1, "{vhds:?}");
+    let vhd = vhds[0].clone();
     assert_eq!(std::fs::metadata(&vhd).unwrap().len(), vhd_bytes);
     let content = download(&blob).await;
     assert_eq!(content.len() as u64, vhd_bytes);
@@ -1125,7 +1160,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
             format!(
                 "{} {}",
                 r.method,
-                r.path.trim_start_matches(&group_path("cvm_testRg"))
+                r.path.trim_start_matches(&group_path("cvm-testRg"))
             )
         })
         .collect();
@@ -1144,7 +1179,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         ]
     );
     for put in log.iter().filter(|r| r.method == "PUT") {
-        assert_eq!(put.body["tags"][TAG], "cvm_test", "{}", put.path);
+        assert_eq!(put.body["tags"][TAG], "cvm-test", "{}", put.path);
     }
     let disk = log
         .iter()
@@ -1179,7 +1214,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
     );
 
     // A resource of the user's in the same group: cleanup must leave it, and so the group.
-    let users = resource_path("cvm_testRg", "Microsoft.Storage/storageAccounts", "users");
+    let users = resource_path("cvm-testRg", "Microsoft.Storage/storageAccounts", "users");
     arm.state.lock().unwrap().resources.insert(
         users.to_ascii_lowercase(),
         json!({ "id": users, "type": "Microsoft.Storage/storageAccounts", "tags": { "owner": "me" } }),
@@ -1190,28 +1225,29 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         &[
             "cleanup",
             "--azure",
-            "cvm_test",
+            "cvm-test",
             "--resource_group",
-            "cvm_testRg",
+            "cvm-testRg",
             "--subscription",
             SUB,
         ],
     )
     .await;
     assert!(run.ok, "{}", run.stderr);
+    // Newest first, the reverse of the order the deploy created them in.
     assert_eq!(
         deletes(&arm),
         vec![
             "cvm-test",
             "cvm-test-nic",
-            "cvm-test-ip",
             "cvm-test-vnet",
+            "cvm-test-ip",
             "cvm-test-nsg",
             "cvm-test-osdisk"
         ]
     );
     assert!(
-        run.stdout.contains("kept resource group cvm_testRg"),
+        run.stdout.contains("kept resource group cvm-testRg"),
         "{}",
         run.stdout
     );
@@ -1234,7 +1270,7 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
     assert_eq!(
         left,
         vec![
-            group_path("cvm_testRg").to_ascii_lowercase(),
+            group_path("cvm-testRg").to_ascii_lowercase(),
             users.to_ascii_lowercase()
         ]
     );
@@ -1252,19 +1288,19 @@ async fn deploy_uploads_the_vhd_and_creates_a_confidential_vm_then_cleanup_remov
         &[
             "cleanup",
             "--azure",
-            "cvm_test",
+            "cvm-test",
             "--resource-group",
-            "cvm_testRg",
+            "cvm-testRg",
         ],
     )
     .await;
     assert!(run.ok, "{}", run.stderr);
     assert!(
-        run.stdout.contains("deleted resource group cvm_testRg"),
+        run.stdout.contains("deleted resource group cvm-testRg"),
         "{}",
         run.stdout
     );
-    assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm_testRg"));
+    assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm-testRg"));
     assert!(arm.state.lock().unwrap().resources.is_empty());
 }
 
@@ -1282,13 +1318,14 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         arm.expected_upload_bytes = vhd_bytes;
         arm.fail_vm = true;
         arm.expected_secure_boot = true;
-        let rg = group_path("cvm_testRg");
+        let rg = group_path("cvm-testRg");
         arm.resources.insert(
             rg.to_ascii_lowercase(),
-            json!({ "id": rg, "name": "cvm_testRg", "location": "eastus2", "tags": {} }),
+            json!({ "id": rg, "name": "cvm-testRg", "location": "eastus2", "tags": {} }),
         );
     })
     .await;
+    signed_build(&raw);
     let run = deploy(&arm, true, &raw, &["--secure-boot"]).await;
     assert!(!run.ok);
     assert!(
@@ -1305,7 +1342,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
     );
     // The VM was asked to carry a token; rolled back, the token file is gone too.
     assert_eq!(arm.user_data_tokens().len(), 1);
-    let token_file = arm.token_file("cvm_test");
+    let token_file = arm.token_file("cvm-test");
     assert!(
         run.stderr
             .contains(&format!("removed the API token {}", token_file.display())),
@@ -1315,7 +1352,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
     assert!(!token_file.exists());
     assert!(run
         .stderr
-        .contains("using the existing resource group cvm_testRg"));
+        .contains("using the existing resource group cvm-testRg"));
     // The failed VM is deleted too, then everything else newest first; never the group.
     assert_eq!(
         deletes(&arm),
@@ -1352,7 +1389,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(left, vec![group_path("cvm_testRg").to_ascii_lowercase()]);
+    assert_eq!(left, vec![group_path("cvm-testRg").to_ascii_lowercase()]);
     assert_eq!(problems(&arm), Vec::<String>::new());
     let tokens = arm.state.lock().unwrap().tokens.clone();
     assert!(tokens.iter().all(|t| t == "token-from-env"));
@@ -1379,7 +1416,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
         let run = cvm_cli(&arm, true, &args).await;
         assert!(!run.ok);
         let remaining = arm.state.lock().unwrap().resources.len();
-        let token_file = arm.token_file("cvm_test");
+        let token_file = arm.token_file("cvm-test");
         if keep {
             // The kept VM carries the token: the file stays.
             assert!(
@@ -1406,7 +1443,7 @@ async fn a_failure_in_the_middle_deletes_what_this_run_created_and_says_so() {
             );
             assert_eq!(remaining, 7);
         } else {
-            assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm_testRg"));
+            assert_eq!(deletes(&arm).last().map(String::as_str), Some("cvm-testRg"));
             assert!(
                 run.stderr.contains("  deleted resource group"),
                 "{}",
@@ -1444,12 +1481,12 @@ async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
     assert_eq!(
         calls,
         vec![
-            "PUT cvm_testRg",
+            "PUT cvm-testRg",
             "PUT cvm-test-osdisk",
             "POST beginGetAccess",
             "POST endGetAccess",
             "DELETE cvm-test-osdisk",
-            "DELETE cvm_testRg",
+            "DELETE cvm-testRg",
         ]
     );
     assert!(run.stderr.contains("  deleted disk "), "{}", run.stderr);
@@ -1466,7 +1503,7 @@ async fn an_interrupted_upload_revokes_access_and_deletes_the_disk() {
         "{}",
         run.stderr
     );
-    assert!(!arm.token_file("cvm_test").exists());
+    assert!(!arm.token_file("cvm-test").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1505,7 +1542,7 @@ async fn dry_runs_and_bad_flags_create_nothing() {
         run.stderr
     );
     assert!(
-        !dir.path().join("disk.vhd").exists(),
+        !dir.path().join("disk.vhd").exists() && arm.cached_vhds().is_empty(),
         "a dry run writes nothing"
     );
     for said in [
@@ -1515,6 +1552,7 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     ] {
         assert!(run.stderr.contains(said), "{said:?}: {}", run.stderr);
     }
+    signed_build(&raw);
     let run = cvm_cli(
         &arm,
         true,
@@ -1576,14 +1614,38 @@ async fn dry_runs_and_bad_flags_create_nothing() {
     assert!(!run.ok);
     assert!(run.stderr.contains("region"), "{}", run.stderr);
 
+    // A region that does not exist, or has no confidential sizes: refused before anything.
+    let run = cvm_cli(
+        &arm,
+        true,
+        &[
+            "deploy-azure",
+            "--allow-from",
+            ALLOW,
+            "--image",
+            image,
+            "--region",
+            "narnia",
+        ],
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("region \"narnia\" has no Intel TDX"),
+        "{}",
+        run.stderr
+    );
+
     // Not a whole number of MiB: Azure could not take it.
     let odd = dir.path().join("odd.raw");
-    std::fs::write(&odd, vec![1u8; 4096]).unwrap();
+    let mut content = vec![1u8; MIB as usize + 4096];
+    common::stamp_gpt(&mut content);
+    std::fs::write(&odd, content).unwrap();
     let run = deploy(&arm, true, &odd, &[]).await;
     assert!(!run.ok);
     assert!(run.stderr.contains("whole number of MiB"), "{}", run.stderr);
 
-    assert_eq!(requests(&arm).len(), 0, "nothing reached ARM");
+    assert_eq!(arm.writes(), Vec::<String>::new(), "only reads reached ARM");
     assert_eq!(
         std::fs::read_dir(arm.home.path()).unwrap().count(),
         0,
@@ -1773,10 +1835,81 @@ async fn ingress_must_be_given_and_is_checked_before_anything() {
         run.stderr
     );
 
-    assert_eq!(requests(&arm).len(), 0, "nothing reached ARM");
+    assert_eq!(arm.writes(), Vec::<String>::new(), "only reads reached ARM");
     assert_eq!(
         std::fs::read_dir(arm.home.path()).unwrap().count(),
         0,
         "no token file was made"
     );
+}
+
+/// A failure right after each step (the runner's test hook) deletes exactly what exists by
+/// then, newest first (the group too, which this run created); ARM holds nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 12);
+    let vhd_bytes = 12 * MIB + 512;
+    let azurite = Azurite::start(true);
+    let blob = page_blob(&azurite, "disk.vhd", vhd_bytes).await;
+    let arm = arm_server(|arm| {
+        arm.azurite_blob = blob.clone();
+        arm.expected_upload_bytes = vhd_bytes;
+    })
+    .await;
+    for step in 1..=7usize {
+        let name = format!("fail-{step}");
+        {
+            let mut state = arm.state.lock().unwrap();
+            state.deployment = name.clone();
+            state.log.clear();
+        }
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cvm-cli"));
+        command
+            .args([
+                "deploy-azure",
+                "--allow-from",
+                ALLOW,
+                "--name",
+                &name,
+                "--image",
+            ])
+            .arg(&raw)
+            .env("CVM_AZURE_ARM_ENDPOINT", &arm.url)
+            .env("XDG_STATE_HOME", arm.home.path())
+            .env("XDG_CACHE_HOME", arm.cache.path())
+            .env("AZURE_SUBSCRIPTION_ID", SUB)
+            .env("AZURE_ACCESS_TOKEN", "token-from-env")
+            .env("PATH", "/usr/bin:/bin")
+            .env("CVM_CLI_TEST_FAIL_AFTER_STEP", step.to_string())
+            .kill_on_drop(true);
+        let output = command.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("failure injected after step {step}")),
+            "{stderr}"
+        );
+        let made = [
+            format!("{name}Rg"),
+            format!("{name}-osdisk"),
+            format!("{name}-nsg"),
+            format!("{name}-ip"),
+            format!("{name}-vnet"),
+            format!("{name}-nic"),
+            name.clone(),
+        ];
+        let mut expected: Vec<String> = made[..step].to_vec();
+        expected.reverse();
+        assert_eq!(deletes(&arm), expected, "{stderr}");
+        let state = arm.state.lock().unwrap();
+        assert!(
+            state.resources.is_empty(),
+            "step {step}: {:?}",
+            state.resources.keys()
+        );
+        assert!(state.problems.is_empty(), "{:?}", state.problems);
+        drop(state);
+        assert!(!arm.token_file(&name).exists());
+    }
 }

@@ -442,6 +442,14 @@ fn handle(
                 error.as_ref(),
             ))
         }
+        // Compute Engine answers 404 for a machine type the zone does not offer.
+        ("GET", ["zones", zone, "machineTypes", name]) => {
+            if *zone == ZONE && (name.starts_with("c3-") || name.starts_with("n2d-")) {
+                ok(json!({ "kind": "compute#machineType", "name": name, "zone": zone }))
+            } else {
+                error(StatusCode::NOT_FOUND, "The resource was not found")
+            }
+        }
         ("GET", ["global", "images"]) => ok(filtered(&state.images)),
         ("GET", ["zones", _, "instances"]) => ok(filtered(&state.instances)),
         ("GET", ["global", kind @ ("images" | "firewalls"), name]) => {
@@ -597,8 +605,21 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn sparse_disk(path: &Path, size: u64, data: &[u8]) {
     let file = std::fs::File::create(path).unwrap();
     file.set_len(size).unwrap();
+    file.write_all_at(&common::gpt_head(size), 0).unwrap();
     file.write_all_at(data, 1 << 20).unwrap();
     file.write_all_at(&[0x55], size - 1).unwrap();
+}
+
+/// The requests to the Compute server that are not reads (preflight and --dry-run only read).
+fn writes(clouds: &Clouds) -> Vec<String> {
+    clouds
+        .gce
+        .state()
+        .requests
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
 }
 
 /// The `disk.raw` of a GCP tarball, checking it is the only member.
@@ -699,7 +720,8 @@ fn deploy_tdx_with_snake_case_flags_then_cleanup() {
         clouds.gcs.log_tail()
     );
     let (plan, deployed) = json_lines(&output);
-    assert_eq!(plan["tee"], "Intel TDX");
+    assert_eq!(plan["tee"], "tdx");
+    assert_eq!(plan["cloud"], "gcp");
     assert_eq!(plan["secure_boot"]["enabled"], false);
     let token_file = token_file(dir.path(), "gcp-tdx");
     assert_eq!(plan["api_token"]["file"], token_file.to_str().unwrap());
@@ -825,6 +847,12 @@ fn deploy_snp_uploads_the_builders_tarball_exactly() {
     sparse_disk(&disk, GIB, &noise(12 << 20, 11));
     let tarball = dir.path().join("disk.tar.gz");
     image_builder::formats::write_gcp_tar(&disk, &tarball, 0).unwrap();
+    // The build's record that its UKI is signed: --secure-boot needs it.
+    std::fs::write(
+        dir.path().join("measurements.json"),
+        r#"{"secure_boot": true}"#,
+    )
+    .unwrap();
     let expected = sha256(&std::fs::read(&tarball).unwrap());
     let disk_sha = sha256(&std::fs::read(&disk).unwrap());
 
@@ -1076,7 +1104,11 @@ fn dry_run_and_refusals_create_nothing() {
         text(&output)
     );
 
-    assert!(clouds.gce.state().requests.is_empty());
+    assert_eq!(
+        writes(&clouds),
+        Vec::<String>::new(),
+        "only reads were sent"
+    );
     assert!(clouds.objects().is_empty());
     let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -1319,11 +1351,75 @@ fn ingress_must_be_given_and_is_checked_before_anything() {
         "{plan}"
     );
 
-    assert!(clouds.gce.state().requests.is_empty());
+    assert_eq!(
+        writes(&clouds),
+        Vec::<String>::new(),
+        "only reads were sent"
+    );
     assert!(clouds.objects().is_empty());
     let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
     assert_eq!(leftovers, vec![disk.clone()], "no tarball was made");
+}
+
+/// A failure right after each step (the runner's test hook) deletes exactly what exists by
+/// then, newest first; the emulator and the Compute server hold nothing of it afterwards.
+#[test]
+fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
+    let clouds = Clouds::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    sparse_disk(&disk, GIB, &noise(1 << 20, 9));
+    let kinds = ["object", "image", "firewall", "instance"];
+    for step in 1..=kinds.len() {
+        let name = format!("fail-{step}");
+        let output = clouds
+            .command(dir.path())
+            .env("CVM_CLI_TEST_FAIL_AFTER_STEP", step.to_string())
+            .args([
+                "deploy-gcp",
+                "--allow-from",
+                ALLOW,
+                "--name",
+                &name,
+                "--project-id",
+                PROJECT,
+                "--bucket",
+                BUCKET,
+                "--zone",
+                ZONE,
+                "--image",
+                disk.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let said = text(&output);
+        assert!(
+            said.contains(&format!("failure injected after step {step}")),
+            "{said}"
+        );
+        let deleted: Vec<&str> = said
+            .lines()
+            .filter_map(|line| line.strip_prefix("  deleted "))
+            .map(|rest| rest.split(' ').next().unwrap())
+            .collect();
+        let mut expected: Vec<&str> = kinds[..step].to_vec();
+        expected.reverse();
+        assert_eq!(deleted, expected, "{said}");
+        let state = clouds.gce.state();
+        assert!(state.violations.is_empty(), "{:?}", state.violations);
+        assert!(
+            state.images.is_empty() && state.firewalls.is_empty() && state.instances.is_empty(),
+            "step {step}: {:?} {:?} {:?}",
+            state.images.keys(),
+            state.firewalls.keys(),
+            state.instances.keys()
+        );
+        drop(state);
+        assert_eq!(clouds.objects(), Vec::<String>::new(), "step {step}");
+        assert!(!token_file(dir.path(), &name).exists());
+    }
 }

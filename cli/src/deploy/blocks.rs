@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What an upload moved.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -102,8 +102,8 @@ where
     F: Fn(Block) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
+    let retry = super::net::Retry::uploads(attempts);
+    let mut failures = 0;
     loop {
         let copy = Block {
             index: block.index,
@@ -111,20 +111,19 @@ where
         };
         match put(copy).await {
             Ok(()) => return Ok(()),
-            Err(error) if attempt >= attempts.max(1) => {
-                return Err(error.context(format!(
-                    "block {} failed {attempt} times, giving up",
-                    block.index
-                )))
-            }
             Err(error) => {
+                failures += 1;
+                if retry.exhausted(failures) {
+                    return Err(error.context(format!(
+                        "block {} failed {failures} times, giving up",
+                        block.index
+                    )));
+                }
                 warn(&format!(
-                    "block {} attempt {attempt} failed, retrying: {error:#}",
+                    "block {} attempt {failures} failed, retrying: {error:#}",
                     block.index
                 ));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                attempt += 1;
+                tokio::time::sleep(retry.delay(failures)).await;
             }
         }
     }

@@ -3,15 +3,14 @@
 //! `cleanup` removes exactly that, undoes what it created when a later step fails, and ends with
 //! the VM's address and the command that verifies it.
 
-pub mod arm;
 pub mod aws;
 pub mod azure;
 pub mod blocks;
-pub mod ec2;
-pub mod gce;
 pub mod gcp;
-pub mod gcs;
+pub mod list;
+pub mod net;
 pub mod plan;
+pub mod runner;
 pub mod token;
 
 use anyhow::{bail, Context, Result};
@@ -34,7 +33,7 @@ pub struct DeployOptions {
     /// Extra inbound TCP ports besides the agent's 8000, e.g. "80,443".
     #[arg(
         long,
-        visible_alias = "additional_ports",
+        alias = "additional_ports",
         value_delimiter = ',',
         value_name = "PORTS"
     )]
@@ -42,22 +41,19 @@ pub struct DeployOptions {
     /// Who may connect to the agent's 8000 and the extra ports: an IPv4 or IPv6 range in CIDR
     /// notation (e.g. 203.0.113.7/32), repeatable. Required: the world only as an explicit
     /// `--allow-from 0.0.0.0/0` (and `::/0`).
-    #[arg(long, visible_alias = "allow_from", value_name = "CIDR")]
+    #[arg(long, alias = "allow_from", value_name = "CIDR")]
     pub allow_from: Vec<String>,
     /// Print the plan and stop: nothing is created.
-    #[arg(long, visible_alias = "dry_run")]
+    #[arg(long, alias = "dry_run")]
     pub dry_run: bool,
-    /// Machine-readable output (plan and result as JSON on stdout, no progress bars).
-    #[arg(long)]
-    pub json: bool,
     /// Parallel uploads.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
     /// Keep what was created when a step fails (default: delete it again, saying so).
-    #[arg(long, visible_alias = "keep_on_failure")]
+    #[arg(long, alias = "keep_on_failure")]
     pub keep_on_failure: bool,
-    /// How long to wait for the VM to get its address.
-    #[arg(long, default_value_t = 600)]
+    /// How long to wait for each long-running cloud operation (the VM's address included).
+    #[arg(long, alias = "timeout", alias = "wait_seconds", default_value_t = 600)]
     pub wait_seconds: u64,
     /// Attestation gate: once the VM has its address, wait for its agent and verify it against
     /// these golden values (`cvm-cli golden`); the deploy fails unless every check passes (the
@@ -65,8 +61,30 @@ pub struct DeployOptions {
     #[arg(long, value_name = "GOLDEN.json")]
     pub golden: Option<PathBuf>,
     /// How long the attestation gate waits for the agent to answer.
-    #[arg(long, default_value_t = 900, requires = "golden")]
+    #[arg(
+        long,
+        alias = "gate_seconds",
+        default_value_t = 900,
+        requires = "golden"
+    )]
     pub gate_seconds: u64,
+}
+
+impl Default for DeployOptions {
+    /// What `cleanup` and `list` use: the flags' defaults.
+    fn default() -> Self {
+        Self {
+            image: None,
+            additional_ports: Vec::new(),
+            allow_from: Vec::new(),
+            dry_run: false,
+            parallel: 16,
+            keep_on_failure: false,
+            wait_seconds: 600,
+            golden: None,
+            gate_seconds: 900,
+        }
+    }
 }
 
 /// `--secure-boot` of the clouds that can turn UEFI Secure Boot on for our image (Azure, GCP).
@@ -76,7 +94,7 @@ pub struct SecureBootOption {
     /// trusts (see docs/deploy.md): the default image is unsigned and would not boot. Off by
     /// default: PCR 7 records the Secure Boot state either way, and the golden's PCR set decides
     /// whether it matters. vTPM and measured boot are on in both cases.
-    #[arg(long, visible_alias = "secure_boot")]
+    #[arg(long, alias = "secure_boot")]
     pub secure_boot: bool,
 }
 
@@ -254,6 +272,11 @@ pub fn parse_cidr(value: &str) -> Result<Cidr> {
 }
 
 impl DeployOptions {
+    /// The global `--json`: plan and result as JSON lines on stdout, no progress bars.
+    pub fn json(&self) -> bool {
+        crate::output::json()
+    }
+
     /// The checked ingress: ports 1-65535, none twice, not the agent's own; at least one
     /// `--allow-from` range, each valid and given once. Called before anything is created.
     pub fn ingress(&self) -> Result<Ingress> {
@@ -342,9 +365,11 @@ pub fn check_deployment_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Prints a progress line on stderr (stdout stays for results and JSON).
+/// Prints a progress line on stderr (stdout stays for results and JSON); silent with `-q`.
 pub fn step(what: impl std::fmt::Display) {
-    eprintln!("==> {what}");
+    if crate::output::verbosity() >= crate::output::Verbosity::Normal {
+        eprintln!("==> {what}");
+    }
 }
 
 #[cfg(test)]
@@ -357,7 +382,6 @@ mod tests {
             additional_ports: ports.to_vec(),
             allow_from: allow_from.iter().map(|s| s.to_string()).collect(),
             dry_run: false,
-            json: false,
             parallel: 1,
             keep_on_failure: false,
             wait_seconds: 1,

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 /// The plan: everything a user needs to approve a deploy.
 #[derive(Debug, Serialize)]
 pub struct Plan {
-    pub cloud: &'static str,
+    pub cloud: cvm_attestation::evidence::Cloud,
     pub deployment: String,
     pub region: String,
     pub vm_type: String,
     /// The TEE the VM type provides.
-    pub tee: &'static str,
+    pub tee: cvm_attestation::evidence::Tee,
     pub image: PathBuf,
     pub image_bytes: u64,
     pub ports: Vec<u16>,
@@ -27,6 +27,15 @@ pub struct Plan {
     pub secure_boot: SecureBootPlan,
     /// The steps in order, each naming the resource it creates.
     pub steps: Vec<String>,
+}
+
+/// The TEE as people name it.
+pub fn tee_name(tee: cvm_attestation::evidence::Tee) -> &'static str {
+    match tee {
+        cvm_attestation::evidence::Tee::SevSnp => "AMD SEV-SNP",
+        cvm_attestation::evidence::Tee::Tdx => "Intel TDX",
+        cvm_attestation::evidence::Tee::None => "no TEE",
+    }
 }
 
 /// How a deploy provisions the agent's API token.
@@ -65,11 +74,11 @@ impl Plan {
         eprintln!(
             "Plan: deploy {} to {} {} as {} ({}, {}), inbound TCP {} from {}",
             self.image.display(),
-            self.cloud,
+            super::runner::cloud_dir(self.cloud),
             self.region,
             self.deployment,
             self.vm_type,
-            self.tee,
+            tee_name(self.tee),
             self.ports
                 .iter()
                 .map(u16::to_string)
@@ -123,14 +132,14 @@ impl Deployed {
     /// Prints the result, then, with `--golden`, runs the attestation gate: the deploy succeeds
     /// only when the new VM's agent answers and verifies against the golden values.
     pub fn finish(self, options: &super::DeployOptions) -> anyhow::Result<()> {
-        self.print(options.json);
+        self.print(options.json());
         let Some(golden) = options.golden.clone() else {
             return Ok(());
         };
         let (address, cleanup) = (self.address.clone(), self.cleanup_command.clone());
         let (limit, json) = (
             std::time::Duration::from_secs(options.gate_seconds),
-            options.json,
+            options.json(),
         );
         // Its own thread: the gate runs its own runtime, and this is called from async code.
         std::thread::spawn(move || {

@@ -5,7 +5,6 @@
 //! measures a salted commitment to the token into PCR 23 before using it.
 
 use anyhow::{bail, Context, Result};
-use base64::Engine;
 use cvm_attestation::provision::UserData;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +61,22 @@ pub fn token_path(cloud: &str, name: &str) -> Result<PathBuf> {
     Ok(state_dir(cloud, name)?.join(TOKEN_FILE))
 }
 
+/// Refuses, touching nothing, when the deployment already has a token file (an earlier deploy's
+/// VM may still need it). `cleanup` is the command that removes the earlier deployment.
+pub fn check_free(cloud: &str, name: &str, cleanup: &str) -> Result<()> {
+    let path = token_path(cloud, name)?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        bail!(
+            "{} already exists: it holds the API token of an earlier deploy of {cloud} \
+             deployment {name:?}, whose VM may still use it, and is never overwritten. Remove \
+             that deployment first ({cleanup}; it deletes the token file too), deploy under \
+             another --name, or delete the file yourself if no VM uses it any more",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The new token of a deploy in progress. Dropped without [`DeployToken::keep`], its file (and
 /// the directories made for it, when empty) are removed again: a deploy that fails before any
 /// VM could carry the token leaves nothing behind.
@@ -78,17 +93,9 @@ impl DeployToken {
     /// already has one (an earlier deploy's VM may still need it). `cleanup` is the command that
     /// removes the earlier deployment.
     pub fn create(cloud: &str, name: &str, cleanup: &str) -> Result<Self> {
+        check_free(cloud, name, cleanup)?;
         let dir = state_dir(cloud, name)?;
         let path = dir.join(TOKEN_FILE);
-        if std::fs::symlink_metadata(&path).is_ok() {
-            bail!(
-                "{} already exists: it holds the API token of an earlier deploy of {cloud} \
-                 deployment {name:?}, whose VM may still use it, and is never overwritten. Remove \
-                 that deployment first ({cleanup}; it deletes the token file too), deploy under \
-                 another --vm-name, or delete the file yourself if no VM uses it any more",
-                path.display()
-            );
-        }
         let mut made_dirs = Vec::new();
         let mut missing = Some(dir.as_path());
         while let Some(at) = missing.filter(|at| !at.exists()) {
@@ -134,11 +141,6 @@ impl DeployToken {
         Ok(UserData::new(&self.token)
             .context("the new API token is not one the agent accepts")?
             .to_json())
-    }
-
-    /// The document base64-encoded, as Azure's `userData` and EC2's `UserData` take it.
-    pub fn user_data_base64(&self) -> Result<String> {
-        Ok(base64::engine::general_purpose::STANDARD.encode(self.user_data()?))
     }
 
     /// Keeps the token file: a VM carries the token.
@@ -255,10 +257,6 @@ mod tests {
         assert_eq!(text.len(), 64);
         let doc = UserData::parse(token.user_data().unwrap().as_bytes()).unwrap();
         assert_eq!(doc.cvm_api_token, text);
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(token.user_data_base64().unwrap())
-            .unwrap();
-        assert_eq!(decoded, token.user_data().unwrap().as_bytes());
         assert!(!format!("{token:?}").contains(&text));
         assert!(write_new_token(&dir).is_err(), "an existing file is kept");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);

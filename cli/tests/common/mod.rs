@@ -21,3 +21,35 @@ pub fn vector(path: &str) -> String {
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// The first 1024 bytes of a raw GPT disk of `len` bytes: a protective MBR and a primary GPT
+/// header with a valid CRC, as the deploys check before anything is sent.
+pub fn gpt_head(len: u64) -> Vec<u8> {
+    let mut head = vec![0u8; 1024];
+    head[446 + 4] = 0xee;
+    head[510] = 0x55;
+    head[511] = 0xaa;
+    let header = &mut head[512..512 + 92];
+    header[0..8].copy_from_slice(b"EFI PART");
+    header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+    header[12..16].copy_from_slice(&92u32.to_le_bytes());
+    header[24..32].copy_from_slice(&1u64.to_le_bytes());
+    header[32..40].copy_from_slice(&((len / 512).max(2) - 1).to_le_bytes());
+    let crc = image_builder::gpt::crc32(header);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    head
+}
+
+/// Makes a whole disk's `content` start like a raw GPT disk (see [`gpt_head`]).
+pub fn stamp_gpt(content: &mut [u8]) {
+    let head = gpt_head(content.len() as u64);
+    content[..1024].copy_from_slice(&head);
+}
+
+/// Writes the GPT start of a disk (see [`gpt_head`]) into the image file at `path`.
+pub fn stamp_gpt_file(path: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.write_all_at(&gpt_head(len), 0).unwrap();
+}

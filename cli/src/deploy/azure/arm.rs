@@ -254,7 +254,7 @@ impl Arm {
                 }
             }
             let headers = response.headers().clone();
-            let body = read_bounded(response).await?;
+            let body = crate::deploy::net::read_bounded(response, MAX_BODY).await?;
             return Ok((status, headers, body));
         }
         bail!(
@@ -472,17 +472,6 @@ pub fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(body).with_context(|| format!("unexpected JSON in {what}"))
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_BODY {
-            bail!("response larger than {MAX_BODY} bytes");
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// The rest of the credential chain (after AZURE_ACCESS_TOKEN): the Azure CLI's login, a
 /// managed identity.
 async fn credentials(http: &reqwest::Client) -> Result<Credentials> {
@@ -543,7 +532,7 @@ async fn imds_token(http: &reqwest::Client) -> Result<Credentials> {
         .await
         .context("no managed identity endpoint")?;
     let status = response.status();
-    let body = read_bounded(response).await?;
+    let body = crate::deploy::net::read_bounded(response, MAX_BODY).await?;
     check(status, &body, "managed identity token")?;
     let token: ImdsToken = parse(&body, "managed identity token")?;
     Ok(Credentials {

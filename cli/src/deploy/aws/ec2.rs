@@ -5,7 +5,7 @@
 //! Credentials, region and endpoint come from the same `SdkConfig` as the EBS client, so
 //! `AWS_ENDPOINT_URL` and profiles work alike for both.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
@@ -97,19 +97,15 @@ impl Ec2 {
         for (name, value) in instructions.headers() {
             request = request.header(name, value);
         }
-        let mut response = request
+        let response = request
             .body(form)
             .send()
             .await
             .with_context(|| format!("EC2 {action} at {}", self.endpoint))?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                bail!("EC2 {action}: answer larger than {MAX_RESPONSE_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::deploy::net::read_bounded(response, MAX_RESPONSE_BYTES)
+            .await
+            .with_context(|| format!("EC2 {action}"))?;
         let text = String::from_utf8(body)
             .with_context(|| format!("EC2 {action}: answer is not UTF-8"))?;
         let answer = Response::parse(text)

@@ -95,16 +95,7 @@ struct ApiError {
 }
 
 /// Reads at most `limit` bytes of a body.
-pub async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            bail!("answer larger than {limit} bytes");
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
+pub use crate::deploy::net::read_bounded as read_limited;
 
 /// Fails with Google's message for a non-2xx status, else parses the body as `T`.
 pub async fn json<T: DeserializeOwned>(response: reqwest::Response, what: &str) -> Result<T> {

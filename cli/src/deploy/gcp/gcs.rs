@@ -2,9 +2,9 @@
 //! when current) and sent by a resumable upload that resumes from what the service says it has;
 //! the object operations cleanup needs.
 
-use super::blocks::UploadStats;
 use super::gce::{self, Gcp};
-use super::{step, DEPLOYMENT_TAG};
+use crate::deploy::blocks::UploadStats;
+use crate::deploy::{step, DEPLOYMENT_TAG};
 use anyhow::{bail, Context, Result};
 use hyper::body::Bytes;
 use serde::Deserialize;
@@ -18,7 +18,8 @@ const GIB: u64 = 1 << 30;
 /// Resumable upload chunks must be multiples of 256 KiB; larger ones are faster (fewer round
 /// trips, and the emulator copies the whole upload per chunk).
 const CHUNK_BYTES: u64 = 128 * 256 * 1024;
-const UPLOAD_ATTEMPTS: u32 = 5;
+/// Attempts per chunk: an interrupted chunk resumes from what the service says it got.
+const UPLOAD_RETRY: crate::deploy::net::Retry = crate::deploy::net::Retry::uploads(5);
 /// Object metadata: the SHA-256 of the disk.raw the tarball holds.
 pub(super) const DISK_SHA_KEY: &str = "cvm-cli-disk-sha256";
 
@@ -409,11 +410,11 @@ pub(super) async fn upload_object(
                 Err(error) => error.to_string(),
             };
             failures += 1;
-            if failures >= UPLOAD_ATTEMPTS {
+            if UPLOAD_RETRY.exhausted(failures) {
                 bail!("uploading to gs://{bucket}/{object} failed {failures} times: {failure}");
             }
             step(format!("upload interrupted ({failure}); resuming"));
-            tokio::time::sleep(Duration::from_millis(500 << failures)).await;
+            tokio::time::sleep(UPLOAD_RETRY.delay(failures)).await;
             // Ask how far it got; the next round sends the rest of the chunk.
             if let Ok(response) = put(format!("bytes */{total}"), Bytes::new()).await {
                 if response.status().is_success() && piece.last {
@@ -477,6 +478,24 @@ pub(super) async fn object_exists(
         return Ok(None);
     }
     gce::json(response, "looking up the object").await.map(Some)
+}
+
+/// Reads the bucket: fails with Google's message when it does not exist or the credentials may
+/// not see it (preflight, before any upload).
+pub(super) async fn bucket_exists(gcp: &Gcp, bucket: &str) -> Result<()> {
+    let url = format!("{}/storage/v1/b/{}", gcp.storage, percent_encode(bucket));
+    let response = gcp
+        .request(reqwest::Method::GET, &url)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .context("reading the bucket")?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        bail!("bucket {bucket} does not exist (create it first, in the zone's region)");
+    }
+    gce::json::<serde_json::Value>(response, &format!("reading bucket {bucket}"))
+        .await
+        .map(drop)
 }
 
 pub(super) async fn delete_object(gcp: &Gcp, bucket: &str, object: &str) -> Result<bool> {
