@@ -59,6 +59,18 @@ pub enum ChainError {
         subject: String,
         issuer: String,
     },
+    /// No ASVK is built in (the `sev` crate ships ASKs only), so a VLEK without its chain
+    /// cannot be verified: say so rather than that no intermediate has the issuer's name.
+    #[error(
+        "the VLEK ({subject}) is issued by {issuer}, AMD's ASVK for {product}, which is not \
+         built in: a VLEK verifies only with its chain (ASVK and ARK, from AMD KDS \
+         /vlek/v1/{product}/cert_chain)"
+    )]
+    VlekNeedsChain {
+        subject: String,
+        issuer: String,
+        product: String,
+    },
     #[error("{which} ({subject}) cannot sign SEV-SNP reports: {problem}")]
     NotAReportKey {
         which: &'static str,
@@ -341,6 +353,16 @@ pub fn verify_chain(
             root_certificate: root.certificate.clone(),
             intermediate_certificate: intermediate.clone(),
         });
+    }
+    if named_error.is_none() {
+        let issuer = name_text(leaf.issuer_name());
+        if let Some(product) = issuer.strip_prefix("SEV-VLEK-") {
+            return Err(ChainError::VlekNeedsChain {
+                subject: common_name(leaf),
+                product: product.to_owned(),
+                issuer,
+            });
+        }
     }
     Err(named_error
         .or(other_error)

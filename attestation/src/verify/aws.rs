@@ -8,7 +8,7 @@
 //! trusted; a golden without them cannot vouch for anything on AWS.
 
 use super::ak::{read, Refused, TrustedAk};
-use super::report::Checks;
+use super::report::{Checks, Claim};
 use super::{AkBinding, VerifyOptions};
 use crate::binding::nitro_user_data;
 use crate::evidence::Evidence;
@@ -148,11 +148,11 @@ fn boot_chain_values(
     checks.compare(
         "nitro.pcrs",
         ok,
-        if ok {
+        Claim::outcome(if ok {
             "the AWS-signed NitroTPM PCRs 4, 9, 11, 12 (SHA-384) equal the golden boot chain".into()
         } else {
             problems.join("; ")
-        },
+        }),
         expected.join(" "),
         actual.join(" "),
     );

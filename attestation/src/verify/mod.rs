@@ -23,7 +23,7 @@ pub use report::{Check, Status, VerificationReport};
 use crate::evidence::{Evidence, Tee};
 use crate::golden::GoldenMeasurement;
 use crate::snp::{amd_roots, TrustedRoot};
-use report::Checks;
+use report::{Checks, Claim};
 use std::collections::BTreeMap;
 
 /// Whether the evidence must answer a fresh nonce.
@@ -219,7 +219,11 @@ pub fn verify_snp_report(
                 checks.compare(
                     "snp.report_data",
                     crate::binding::azure_var_data_bound(report.report_data(), var_data),
-                    "report_data[0..32] is SHA-256(var_data)",
+                    Claim::new(
+                        "report_data[0..32] is SHA-256(var_data)",
+                        "report_data[0..32] is not SHA-256(var_data): the report does not vouch \
+                         for this var_data",
+                    ),
                     hex::encode(openssl::sha::sha256(var_data)),
                     hex::encode(&report.report_data()[..32]),
                 );
@@ -320,7 +324,10 @@ pub fn verify(
         Some(expected) => checks.compare(
             "platform",
             expected == platform,
-            "the evidence comes from the platform the golden measurement is for",
+            Claim::new(
+                "the evidence comes from the platform the golden measurement is for",
+                "the evidence comes from another platform than the golden measurement is for",
+            ),
             expected.to_string(),
             platform.to_string(),
         ),
@@ -357,7 +364,11 @@ fn tls_key(evidence: &Evidence, options: &VerifyOptions, checks: &mut Checks) {
         (Some(expected), actual) => checks.compare(
             "tls.key",
             Some(expected) == actual,
-            "the evidence binds the TLS key of the connection it came over",
+            Claim::new(
+                "the evidence binds the TLS key of the connection it came over",
+                "the evidence does not bind the TLS key of the connection it came over (a \
+                 relayed or substituted connection)",
+            ),
             hex::encode(expected),
             actual.map(hex::encode).unwrap_or_else(|| "none".into()),
         ),

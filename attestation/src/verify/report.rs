@@ -44,6 +44,53 @@ impl VerificationReport {
     }
 }
 
+/// What a comparison says under PASS and under FAIL: a FAIL line states what failed, never the
+/// requirement as if it held ("PCR 4 equals the golden value" printed under FAIL misleads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pass: String,
+    fail: String,
+}
+
+impl Claim {
+    /// Both wordings, e.g. "PCR 4 equals the golden value" / "PCR 4 differs from the golden
+    /// value".
+    pub fn new(pass: impl Into<String>, fail: impl Into<String>) -> Self {
+        Self {
+            pass: pass.into(),
+            fail: fail.into(),
+        }
+    }
+
+    /// A text already worded for the outcome it is given with (computed after the comparison).
+    pub fn outcome(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Self::new(text.clone(), text)
+    }
+
+    fn text(self, ok: bool) -> String {
+        if ok {
+            self.pass
+        } else {
+            self.fail
+        }
+    }
+}
+
+/// A bare requirement: under FAIL it is printed as not met.
+impl From<String> for Claim {
+    fn from(requirement: String) -> Self {
+        let fail = format!("not met: {requirement}");
+        Self::new(requirement, fail)
+    }
+}
+
+impl From<&str> for Claim {
+    fn from(requirement: &str) -> Self {
+        requirement.to_owned().into()
+    }
+}
+
 /// Collects checks while verification runs.
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
@@ -73,19 +120,19 @@ impl Checks {
         self.push(name, Status::Skip, reason);
     }
 
-    /// Pass when `ok`, with both values recorded either way.
+    /// Pass when `ok`, with both values recorded either way; the reason worded for the outcome.
     pub fn compare(
         &mut self,
         name: impl Into<String>,
         ok: bool,
-        reason: impl Into<String>,
+        claim: impl Into<Claim>,
         expected: impl Into<String>,
         actual: impl Into<String>,
     ) {
         self.checks.push(Check {
             name: name.into(),
             status: if ok { Status::Pass } else { Status::Fail },
-            reason: reason.into(),
+            reason: claim.into().text(ok),
             expected: Some(expected.into()),
             actual: Some(actual.into()),
         });
@@ -154,5 +201,41 @@ impl fmt::Display for VerificationReport {
                 self.platform
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_comparison_does_not_state_the_requirement_as_met() {
+        let mut checks = Checks::default();
+        checks.compare(
+            "pcr.4",
+            false,
+            Claim::new(
+                "PCR 4 equals the golden value",
+                "PCR 4 differs from the golden value",
+            ),
+            "aa",
+            "bb",
+        );
+        checks.compare("platform", false, "the platform is the golden's", "x", "y");
+        checks.compare("pcr.9", true, "PCR 9 equals the golden value", "cc", "cc");
+        let text = checks.finish("test".into()).to_string();
+        assert!(
+            text.contains("FAIL  pcr.4     PCR 4 differs from the golden value"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAIL  platform  not met: the platform is the golden's"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PASS  pcr.9     PCR 9 equals the golden value"),
+            "{text}"
+        );
+        assert!(!text.contains("FAIL  pcr.4     PCR 4 equals"), "{text}");
     }
 }

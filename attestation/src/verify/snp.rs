@@ -1,7 +1,7 @@
 //! SEV-SNP checks: the report, AMD's chain to a pinned root, the signing key's fit to the report,
 //! guest policy, TCB, launch measurement, and how `report_data` binds the AK and nonce.
 
-use super::report::Checks;
+use super::report::{Checks, Claim};
 use super::tpm::azure_var_data;
 use super::VerifyOptions;
 use crate::azure::HclReport;
@@ -85,7 +85,10 @@ pub(crate) fn verify(
             Some(var_data) => checks.compare(
                 "snp.report_data",
                 binding::azure_var_data_bound(report_data, &var_data),
-                "report_data[0..32] is SHA-256(var_data), so the report vouches for the AK inside it",
+                Claim::new(
+                    "report_data[0..32] is SHA-256(var_data), so the report vouches for the AK inside it",
+                    "report_data[0..32] is not SHA-256(var_data): the report does not vouch for the AK inside it",
+                ),
                 hex::encode(openssl::sha::sha256(&var_data)),
                 hex::encode(&report_data[..32]),
             ),
@@ -97,7 +100,10 @@ pub(crate) fn verify(
         checks.compare(
             "snp.report_data",
             expected == *report_data,
-            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TEE, now",
+            Claim::new(
+                "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TEE, now",
+                "report_data does not bind this AK and nonce (SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce))",
+            ),
             hex::encode(expected),
             hex::encode(report_data),
         );
@@ -173,11 +179,14 @@ pub(crate) fn check_report(
     checks.compare(
         "snp.policy.debug",
         !policy.debug || expectations.allow_debug,
-        if expectations.allow_debug {
-            "debug allowed by the golden measurement"
-        } else {
-            "debugging must be disabled"
-        },
+        Claim::new(
+            if expectations.allow_debug {
+                "debug allowed by the golden measurement"
+            } else {
+                "debugging is disabled, as required"
+            },
+            "debugging is enabled (policy DEBUG), which the golden measurement does not allow",
+        ),
         if expectations.allow_debug {
             "any"
         } else {
@@ -188,7 +197,10 @@ pub(crate) fn check_report(
     checks.compare(
         "snp.policy.migration_agent",
         !policy.migrate_ma || expectations.allow_migration_agent,
-        "a migration agent may only be associated when the golden measurement allows it",
+        Claim::new(
+            "a migration agent may only be associated when the golden measurement allows it",
+            "a migration agent is associated, which the golden measurement does not allow",
+        ),
         if expectations.allow_migration_agent {
             "any"
         } else {
@@ -199,7 +211,10 @@ pub(crate) fn check_report(
     checks.compare(
         "snp.vmpl",
         expectations.vmpls.contains(&report.fields.vmpl),
-        "the report was requested from an allowed VMPL",
+        Claim::new(
+            "the report was requested from an allowed VMPL",
+            "the report was requested from a VMPL that is not allowed",
+        ),
         format!("{:?}", expectations.vmpls),
         report.fields.vmpl.to_string(),
     );
@@ -220,7 +235,10 @@ pub(crate) fn check_report(
                 .measurements
                 .iter()
                 .any(|m| m.0 == report.fields.measurement),
-            "the launch measurement is one the golden measurement allows",
+            Claim::new(
+                "the launch measurement is one the golden measurement allows",
+                "the launch measurement is none of those the golden measurement allows",
+            ),
             expectations
                 .measurements
                 .iter()
@@ -257,11 +275,11 @@ fn check_tcb(report: &SnpReport, root: &str, expectations: &GoldenSnp, checks: &
     checks.compare(
         "snp.tcb",
         low.is_empty(),
-        if low.is_empty() {
+        Claim::outcome(if low.is_empty() {
             format!("reported TCB is at or above {source}")
         } else {
             format!("below {source}: {}", low.join(", "))
-        },
+        }),
         format!(">= {minimum}"),
         reported.to_string(),
     );

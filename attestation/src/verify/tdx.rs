@@ -3,7 +3,7 @@
 //! QE identity, CRLs) and TCB status, debug, MRTD/RTMR/MRSEAM against the golden values, and how
 //! `report_data` binds the AK (GCP: the agent's own encoding; Azure: SHA-256 of `var_data`).
 
-use super::report::Checks;
+use super::report::{Checks, Claim};
 use super::tpm::azure_var_data;
 use super::VerifyOptions;
 use crate::azure::{HclReport, HclReportType};
@@ -80,7 +80,10 @@ pub(crate) fn verify(
             Some(var_data) => checks.compare(
                 "tdx.report_data",
                 binding::azure_var_data_bound(report_data, &var_data),
-                "report_data[0..32] is SHA-256(var_data), so the quote vouches for the AK inside it",
+                Claim::new(
+                    "report_data[0..32] is SHA-256(var_data), so the quote vouches for the AK inside it",
+                    "report_data[0..32] is not SHA-256(var_data): the quote does not vouch for the AK inside it",
+                ),
                 hex::encode(openssl::sha::sha256(&var_data)),
                 hex::encode(&report_data[..32]),
             ),
@@ -92,7 +95,10 @@ pub(crate) fn verify(
         checks.compare(
             "tdx.report_data",
             expected == *report_data,
-            "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TD, now",
+            Claim::new(
+                "report_data is SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce): this AK, this TD, now",
+                "report_data does not bind this AK and nonce (SHA-512(\"cvm-report-data/v1\\0\" || len(AK) || AK || nonce))",
+            ),
             hex::encode(expected),
             hex::encode(report_data),
         );
@@ -190,7 +196,7 @@ pub(crate) fn check_hcl_td_report(hcl: &[u8], quoted: &TdReportBody, checks: &mu
         Ok(td_report) => checks.compare(
             "azure.hcl_report",
             false,
-            "the TD report inside the HCL report differs from the quoted TD report",
+            Claim::outcome("the TD report inside the HCL report differs from the quoted TD report"),
             format!("report_data {}", hex::encode(quoted.report_data)),
             format!("report_data {}", hex::encode(td_report.report_data)),
         ),
@@ -349,7 +355,10 @@ fn check_qe_report_data(quote: &TdQuote, checks: &mut Checks) -> bool {
     checks.compare(
         "tdx.qe_report_data",
         bound,
-        "QE report_data is SHA-256(attestation key || QE auth data) || 32 zero bytes: the QE vouches for this attestation key",
+        Claim::new(
+            "QE report_data is SHA-256(attestation key || QE auth data) || 32 zero bytes: the QE vouches for this attestation key",
+            "QE report_data is not SHA-256(attestation key || QE auth data) || 32 zero bytes: the QE does not vouch for this attestation key",
+        ),
         hex::encode(expected),
         hex::encode(quote.qe_report.report_data),
     );
@@ -393,11 +402,14 @@ fn check_measurements(verified: &VerifiedQuote, expectations: &GoldenTdx, checks
     checks.compare(
         "tdx.debug",
         !body.debug() || expectations.allow_debug,
-        if expectations.allow_debug {
-            "debug allowed by the golden measurement"
-        } else {
-            "the TD must not be debuggable (TD attributes bit 0)"
-        },
+        Claim::new(
+            if expectations.allow_debug {
+                "debug allowed by the golden measurement"
+            } else {
+                "the TD is not debuggable (TD attributes bit 0), as required"
+            },
+            "the TD is debuggable (TD attributes bit 0), which the golden measurement does not allow",
+        ),
         if expectations.allow_debug {
             "any"
         } else {
@@ -430,7 +442,10 @@ fn check_measurements(verified: &VerifiedQuote, expectations: &GoldenTdx, checks
             Some(expected) => checks.compare(
                 name,
                 expected.0 == body.rtmr[index],
-                format!("RTMR{index} equals the golden value"),
+                Claim::new(
+                    format!("RTMR{index} equals the golden value"),
+                    format!("RTMR{index} differs from the golden value"),
+                ),
                 expected.to_hex(),
                 actual,
             ),
@@ -461,7 +476,7 @@ fn check_mrservicetd(quote: &TdQuote, allowed: &[crate::Sha384Digest], checks: &
         None => checks.compare(
             "tdx.mrservicetd",
             false,
-            "the golden measurement pins MRSERVICETD, but the quote's TD report 1.0 body does not state it",
+            Claim::outcome("the golden measurement pins MRSERVICETD, but the quote's TD report 1.0 body does not state it"),
             allowed
                 .iter()
                 .map(|a| a.to_hex())
@@ -613,7 +628,7 @@ fn check_tcb_info<'a>(
     checks.compare(
         "tdx.tcb_info",
         tcb_info_ok && platform_ok,
-        reason,
+        Claim::outcome(reason),
         format!("fmspc {} pceId {}", info.fmspc, info.pce_id),
         actual_platform,
     );
@@ -688,14 +703,14 @@ fn check_qe_identity(
     checks.compare(
         "tdx.qe_identity",
         qe_identity_ok,
-        if qe_identity_ok {
+        Claim::outcome(if qe_identity_ok {
             format!(
                 "QE identity signed by the TCB Signing key, current (issueDate {}, nextUpdate {}); the QE's MRSIGNER, ISVPRODID, MISCSELECT and attributes match",
                 identity.issue_date, identity.next_update
             )
         } else {
             problems.join("; ")
-        },
+        }),
         format!(
             "mrsigner {} isvprodid {}",
             identity.mrsigner.to_lowercase(),
@@ -841,7 +856,7 @@ fn check_tcb_status(
     checks.compare(
         "tdx.tcb_status",
         levels.errors.is_empty() && not_allowed.is_empty(),
-        reason,
+        Claim::outcome(reason),
         format!(
             "one of {}",
             allowed

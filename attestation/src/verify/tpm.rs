@@ -1,7 +1,7 @@
 //! TPM checks: which AK, its signature over the quote, the quote's nonce binding and PCR digest,
 //! and the golden PCR values.
 
-use super::report::Checks;
+use super::report::{Checks, Claim};
 use super::Facts;
 use crate::azure::HclReport;
 use crate::evidence::Evidence;
@@ -64,7 +64,10 @@ pub(crate) fn verify_quote(
     checks.compare(
         "tpm.quote.nonce",
         quote.extra_data == expected,
-        reason,
+        Claim::new(
+            reason,
+            "the quote's qualifying data does not bind this nonce: a replayed or foreign quote",
+        ),
         hex::encode(expected),
         hex::encode(&quote.extra_data),
     );
@@ -87,7 +90,10 @@ pub(crate) fn verify_quote(
             checks.compare(
                 "tpm.quote.pcr_digest",
                 ok,
-                "the reported PCR values hash to the digest the TPM signed",
+                Claim::new(
+                    "the reported PCR values hash to the digest the TPM signed",
+                    "the reported PCR values do not hash to the digest the TPM signed",
+                ),
                 hex::encode(&quote.pcr_digest),
                 hex::encode(&digest),
             );
@@ -185,7 +191,10 @@ pub(crate) fn check_golden_pcrs(golden: &GoldenMeasurement, facts: &Facts, check
             Some(actual) => checks.compare(
                 name,
                 actual.as_slice() == expected.sha256.0,
-                format!("PCR {index} equals the golden value ({source})"),
+                Claim::new(
+                    format!("PCR {index} equals the golden value ({source})"),
+                    format!("PCR {index} differs from the golden value ({source})"),
+                ),
                 expected.sha256.to_hex(),
                 hex::encode(actual),
             ),

@@ -2,7 +2,7 @@
 //! the TD's own RTMR3), and every measurement in it (each generation since boot, the running one
 //! last) is one the golden measurement allows, with a readable difference when it is not.
 
-use super::report::Checks;
+use super::report::{Checks, Claim};
 use super::Facts;
 use crate::evidence::{Cloud, Evidence, Tee};
 use crate::golden::{GoldenMeasurement, GoldenWorkload};
@@ -63,7 +63,11 @@ pub(crate) fn verify(
         Some(quoted) => checks.compare(
             "workload.replay",
             quoted.as_slice() == replayed.0,
-            "replaying the log gives the PCR 23 value the TPM quoted",
+            Claim::new(
+                "replaying the log gives the PCR 23 value the TPM quoted",
+                "replaying the log does not give the PCR 23 value the TPM quoted: the log is not \
+                 what was measured",
+            ),
             hex::encode(quoted),
             replayed.to_hex(),
         ),
@@ -128,10 +132,10 @@ fn check_rtmr3(log: &WorkloadLog, cloud: Cloud, rtmr3: Option<[u8; 48]>, checks:
         return checks.compare(
             NAME,
             false,
-            format!(
+            Claim::outcome(format!(
                 "the agent could not extend RTMR3 after PCR 23 ({failure}): RTMR3 does not \
                  follow the workload log"
-            ),
+            )),
             expected,
             actual,
         );
@@ -160,8 +164,11 @@ fn check_rtmr3(log: &WorkloadLog, cloud: Cloud, rtmr3: Option<[u8; 48]>, checks:
         checks.compare(
             NAME,
             false,
-            "RTMR3 is not the SHA-384 replay of the workload log: the TD extended other events \
-             than this log holds (a log replayed into PCR 23 by the host, or events missing)",
+            Claim::outcome(
+                "RTMR3 is not the SHA-384 replay of the workload log: the TD extended other \
+                 events than this log holds (a log replayed into PCR 23 by the host, or events \
+                 missing)",
+            ),
             expected,
             actual,
         );
@@ -194,7 +201,7 @@ fn check_running(expected: &GoldenWorkload, current: &[WorkloadEvent], checks: &
     checks.compare(
         "workload.measurement",
         passed,
-        reason,
+        Claim::outcome(reason),
         format!("{} (PCR 23 from boot)", expected.pcr23().to_hex()),
         format!("{} (this measurement alone)", replay(current).to_hex()),
     );

@@ -1,10 +1,9 @@
-//! `cvm-cli inspect FILE`: says what a file is and prints it readably (or as JSON): SEV-SNP
-//! report, Azure HCL report (SNP or TDX), TDX quote (v4 or v5, binary or hex), TPM quote
-//! (TPMS_ATTEST), workload event log, evidence, golden measurement. Like `snpguest display`, for
-//! everything this toolkit handles.
+//! Reports, quotes and evidence: SEV-SNP report, Azure HCL report (SNP or TDX), TDX quote (v4
+//! or v5, binary or hex), TPM quote (TPMS_ATTEST), container image archive, workload event log,
+//! evidence.
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use super::Found;
+use anyhow::Result;
 use cvm_attestation::azure::{HclReport, HclReportType};
 use cvm_attestation::snp::policy::{chip_id_masked, signing_key, GuestPolicy, Tcb};
 use cvm_attestation::snp::SnpReport;
@@ -14,122 +13,114 @@ use cvm_attestation::tdx::{
 };
 use cvm_attestation::tpm::Quote;
 use cvm_attestation::workload::WorkloadLog;
-use cvm_attestation::{Evidence, GoldenMeasurement};
+use cvm_attestation::Evidence;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// The file to inspect (binary or JSON; hex text of a report is accepted too).
-    file: PathBuf,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run(args: InspectArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let (kind, value) = describe(&bytes)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "kind": kind, "content": value }))?
-        );
-    } else {
-        println!("{kind}");
-        print_value(&value, 1);
-    }
-    Ok(())
-}
-
-/// Detects what `bytes` are and renders them as a JSON value.
-pub fn describe(bytes: &[u8]) -> Result<(&'static str, Value)> {
+/// The binary formats, recognised by their magic or exact size; `None` when none matches.
+pub fn binary(bytes: &[u8]) -> Option<Result<Found>> {
     if bytes.starts_with(b"HCLA") {
-        let hcl = HclReport::parse(bytes)?;
-        let inner = match hcl.report_type {
-            HclReportType::Snp => snp_report(SnpReport::parse(hcl.hardware_report)?),
-            HclReportType::Tdx => match TdReportBody::from_td_report(hcl.hardware_report) {
-                Ok(body) => td_body(&body),
-                Err(e) => {
-                    json!({ "error": e.to_string(), "td_report_data": hex::encode(hcl.report_data()) })
-                }
-            },
-        };
-        let var_data: Value = serde_json::from_slice(hcl.var_data)
-            .unwrap_or_else(|_| json!(hex::encode(hcl.var_data)));
-        return Ok((
-            "Azure HCL report",
-            json!({
-                "report_type": format!("{:?}", hcl.report_type),
-                "var_data_sha256": hex::encode(openssl::sha::sha256(hcl.var_data)),
-                "report_data_binds_var_data": cvm_attestation::binding::azure_var_data_bound(&hcl.report_data(), hcl.var_data),
-                "var_data": var_data,
-                "hardware_report": inner,
-            }),
-        ));
+        return Some(hcl_report(bytes));
     }
     if looks_like_td_quote(bytes) {
-        let quote = TdQuote::parse(bytes)?;
-        return Ok((td_quote_kind(&quote, false), td_quote(&quote)));
+        return Some(
+            TdQuote::parse(bytes)
+                .map_err(Into::into)
+                .map(|quote| Found::new(td_quote_kind(&quote, false), td_quote(&quote))),
+        );
     }
     if bytes.starts_with(&[0xff, 0x54, 0x43, 0x47]) {
-        let quote = Quote::parse(bytes)?;
-        return Ok((
-            "TPM quote (TPMS_ATTEST)",
-            json!({
-                "qualified_signer": hex::encode(&quote.qualified_signer),
-                "extra_data": hex::encode(&quote.extra_data),
-                "clock": quote.clock, "reset_count": quote.reset_count, "restart_count": quote.restart_count,
-                "safe": quote.safe, "firmware_version": format!("{:#x}", quote.firmware_version),
-                "pcr_selection": quote.selections.iter().map(|s| json!({"hash": s.hash, "pcrs": s.pcrs})).collect::<Vec<_>>(),
-                "pcr_digest": hex::encode(&quote.pcr_digest),
-            }),
-        ));
+        return Some(
+            Quote::parse(bytes)
+                .map_err(Into::into)
+                .map(|quote| Found::new("TPM quote (TPMS_ATTEST)", tpm_quote(&quote))),
+        );
     }
     if bytes.len() >= 512 && &bytes[257..262] == b"ustar" {
-        let images = cvm_attestation::workload::archived_images(bytes)?;
-        return Ok((
-            "container image archive",
-            json!(images
-                .iter()
-                .map(|i| json!({ "tags": i.tags, "image_id": i.image_id }))
-                .collect::<Vec<_>>()),
-        ));
+        return Some(image_archive(bytes));
     }
     if bytes.len() == cvm_attestation::snp::report::REPORT_LEN {
-        return Ok((
-            "SEV-SNP attestation report",
-            snp_report(SnpReport::parse(bytes)?),
+        return Some(
+            SnpReport::parse(bytes)
+                .map_err(Into::into)
+                .map(|r| Found::new("SEV-SNP attestation report", snp_report(r))),
+        );
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() == 2 * cvm_attestation::snp::report::REPORT_LEN {
+        if let Ok(decoded) = hex::decode(text) {
+            return Some(
+                SnpReport::parse(&decoded)
+                    .map_err(Into::into)
+                    .map(|r| Found::new("SEV-SNP attestation report (hex)", snp_report(r))),
+            );
+        }
+    }
+    let decoded = decode_hex_quote(bytes)?;
+    Some(
+        TdQuote::parse(&decoded)
+            .map_err(Into::into)
+            .map(|quote| Found::new(td_quote_kind(&quote, true), td_quote(&quote))),
+    )
+}
+
+/// JSON this toolkit writes: evidence or a workload event log.
+pub fn json_document(bytes: &[u8]) -> Option<Found> {
+    if let Ok(evidence) = Evidence::from_json(bytes) {
+        return Some(Found::new(
+            "evidence (collaterals)",
+            evidence_summary(&evidence),
         ));
     }
-    let text = String::from_utf8_lossy(bytes);
-    let trimmed = text.trim();
-    if trimmed.len() == 2 * cvm_attestation::snp::report::REPORT_LEN {
-        if let Ok(decoded) = hex::decode(trimmed) {
-            return Ok((
-                "SEV-SNP attestation report (hex)",
-                snp_report(SnpReport::parse(&decoded)?),
-            ));
-        }
-    }
-    if let Some(decoded) = decode_hex_quote(bytes) {
-        let quote = TdQuote::parse(&decoded)?;
-        return Ok((td_quote_kind(&quote, true), td_quote(&quote)));
-    }
-    if trimmed.starts_with('{') || trimmed.starts_with('"') {
-        if let Ok(evidence) = Evidence::from_json(bytes) {
-            return Ok(("evidence (collaterals)", evidence_summary(&evidence)));
-        }
-        if let Ok(log) = serde_json::from_slice::<WorkloadLog>(bytes) {
-            return Ok(("workload event log (PCR 23)", workload_log(&log)));
-        }
-        if let Ok(golden) = GoldenMeasurement::from_json(bytes) {
-            return Ok(("golden measurement", serde_json::to_value(golden)?));
-        }
-        bail!("JSON that is neither evidence, a workload log nor a golden measurement");
-    }
-    bail!("unrecognized file: not an SNP report, HCL report, TPM quote, event log, evidence or golden document")
+    serde_json::from_slice::<WorkloadLog>(bytes)
+        .ok()
+        .map(|log| Found::new("workload event log (PCR 23)", workload_log(&log)))
+}
+
+fn hcl_report(bytes: &[u8]) -> Result<Found> {
+    let hcl = HclReport::parse(bytes)?;
+    let inner = match hcl.report_type {
+        HclReportType::Snp => snp_report(SnpReport::parse(hcl.hardware_report)?),
+        HclReportType::Tdx => match TdReportBody::from_td_report(hcl.hardware_report) {
+            Ok(body) => td_body(&body),
+            Err(e) => {
+                json!({ "error": e.to_string(), "td_report_data": hex::encode(hcl.report_data()) })
+            }
+        },
+    };
+    let var_data: Value =
+        serde_json::from_slice(hcl.var_data).unwrap_or_else(|_| json!(hex::encode(hcl.var_data)));
+    Ok(Found::new(
+        "Azure HCL report",
+        json!({
+            "report_type": format!("{:?}", hcl.report_type),
+            "var_data_sha256": hex::encode(openssl::sha::sha256(hcl.var_data)),
+            "report_data_binds_var_data": cvm_attestation::binding::azure_var_data_bound(&hcl.report_data(), hcl.var_data),
+            "var_data": var_data,
+            "hardware_report": inner,
+        }),
+    ))
+}
+
+fn tpm_quote(quote: &Quote) -> Value {
+    json!({
+        "qualified_signer": hex::encode(&quote.qualified_signer),
+        "extra_data": hex::encode(&quote.extra_data),
+        "clock": quote.clock, "reset_count": quote.reset_count, "restart_count": quote.restart_count,
+        "safe": quote.safe, "firmware_version": format!("{:#x}", quote.firmware_version),
+        "pcr_selection": quote.selections.iter().map(|s| json!({"hash": s.hash, "pcrs": s.pcrs})).collect::<Vec<_>>(),
+        "pcr_digest": hex::encode(&quote.pcr_digest),
+    })
+}
+
+fn image_archive(bytes: &[u8]) -> Result<Found> {
+    let images = cvm_attestation::workload::archived_images(bytes)?;
+    Ok(Found::new(
+        "container image archive",
+        json!(images
+            .iter()
+            .map(|i| json!({ "tags": i.tags, "image_id": i.image_id }))
+            .collect::<Vec<_>>()),
+    ))
 }
 
 fn snp_report(report: SnpReport) -> Value {
@@ -266,41 +257,4 @@ fn evidence_summary(evidence: &Evidence) -> Value {
         },
         "workload_log": evidence.event_logs.workload.as_ref().map(workload_log),
     })
-}
-
-fn print_value(value: &Value, depth: usize) {
-    let pad = "  ".repeat(depth);
-    match value {
-        Value::Object(map) => {
-            for (key, item) in map {
-                match item {
-                    Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}{key}:");
-                        print_value(item, depth + 1);
-                    }
-                    _ => println!("{pad}{key}: {}", scalar(item)),
-                }
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                match item {
-                    Value::Object(_) | Value::Array(_) => {
-                        println!("{pad}-");
-                        print_value(item, depth + 1);
-                    }
-                    _ => println!("{pad}- {}", scalar(item)),
-                }
-            }
-        }
-        other => println!("{pad}{}", scalar(other)),
-    }
-}
-
-fn scalar(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
