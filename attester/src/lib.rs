@@ -4,6 +4,7 @@
 pub mod collect;
 pub mod gce;
 pub mod nitro;
+pub mod seal;
 pub mod tee;
 pub mod tpm;
 pub mod tsm;

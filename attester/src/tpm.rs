@@ -59,7 +59,7 @@ pub enum TpmError {
     },
 }
 
-fn command(operation: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+pub(crate) fn command(operation: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::Command { operation, source }
 }
 
@@ -100,7 +100,7 @@ pub struct TpmQuote {
 
 /// A connection to one TPM.
 pub struct Tpm {
-    context: Context,
+    pub(crate) context: Context,
     /// The TCTI this connection was opened with, for [`Tpm::raw_command`]'s own connection.
     tcti: TctiNameConf,
 }
@@ -415,7 +415,7 @@ impl Tpm {
     }
 }
 
-fn sha256_selection(indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+pub(crate) fn sha256_selection(indices: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
     let slots: Vec<PcrSlot> = indices
         .iter()
         .filter_map(|&i| PcrSlot::try_from(1u32 << i).ok())

@@ -9,7 +9,7 @@ use cvm_attestation::golden::{
     GoldenWorkload, GOLDEN_VERSION,
 };
 use cvm_attestation::snp::policy::{default_minimum_tcb, SnpProduct, Tcb};
-use cvm_attestation::workload::data::key_commitment;
+use cvm_attestation::workload::data::{key_commitment, SealRoot};
 use cvm_attestation::workload::token::parse_salt;
 use cvm_attestation::workload::{
     archived_images, DataState, TokenCommitment, WorkloadEvent, WorkloadFolder,
@@ -40,12 +40,21 @@ pub struct GoldenArgs {
     token_salt: Option<String>,
     /// How the image's agent protects /data (docs/data-at-rest.md), part of the workload
     /// measurement: `ephemeral` (the production image's default), `pushed` (with
-    /// --data-key-file), or `none` (test images whose agent does not manage /data).
-    #[arg(long, value_name = "ephemeral|pushed|none", default_value = "none")]
+    /// --data-key-file), `sealed` (kept by the TEE: --sealed-to, or from --cloud/--tee), or
+    /// `none` (test images whose agent does not manage /data).
+    #[arg(
+        long,
+        value_name = "ephemeral|pushed|sealed|none",
+        default_value = "none"
+    )]
     data_unlock: String,
     /// The pushed data key (32 or 64 bytes): the measurement carries its commitment.
     #[arg(long)]
     data_key_file: Option<PathBuf>,
+    /// What keeps a sealed key: `snp-derived-key` (SEV-SNP outside Azure) or `azure-vtpm`
+    /// (Azure's paravisor vTPM). Default: from --cloud and --tee.
+    #[arg(long, value_name = "snp-derived-key|azure-vtpm")]
+    sealed_to: Option<String>,
     /// Accept a compose bind mount of this host path (outside the workload folder, so its
     /// content is not measured); repeatable.
     #[arg(long = "allow-host-mount", value_name = "PATH")]
@@ -270,7 +279,27 @@ fn data_state(args: &GoldenArgs) -> Result<Option<DataState>> {
             bail!("--data-unlock pushed needs --data-key-file (the key you will push)")
         }
         (_, Some(_)) => bail!("--data-key-file goes with --data-unlock pushed"),
-        (other, None) => bail!("--data-unlock {other:?}: expected ephemeral, pushed or none"),
+        ("sealed", None) => Ok(Some(DataState::Sealed(seal_root(args)?))),
+        (other, None) => {
+            bail!("--data-unlock {other:?}: expected ephemeral, pushed, sealed or none")
+        }
+    }
+}
+
+/// What keeps a sealed key: `--sealed-to`, else what the agent picks on `--cloud`/`--tee`.
+fn seal_root(args: &GoldenArgs) -> Result<SealRoot> {
+    if let Some(root) = &args.sealed_to {
+        return root
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--sealed-to {e}"));
+    }
+    match (args.cloud.as_deref(), args.tee.as_deref()) {
+        (Some("azure"), Some("sev-snp")) => Ok(SealRoot::AzureVtpm),
+        (Some(_), Some("sev-snp")) => Ok(SealRoot::SnpDerivedKey),
+        _ => bail!(
+            "--data-unlock sealed needs --sealed-to, or --cloud with --tee sev-snp: the agent \
+             refuses sealed without a TEE-resident root (where the only TPM is the host's)"
+        ),
     }
 }
 
@@ -376,5 +405,54 @@ fn parse_u8(text: &str) -> Option<u8> {
     match text.strip_prefix("0x") {
         Some(hex) => u8::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        golden: GoldenArgs,
+    }
+
+    fn state(args: &[&str]) -> Result<Option<DataState>> {
+        let cli = Cli::try_parse_from(["golden"].iter().chain(args))?;
+        data_state(&cli.golden)
+    }
+
+    #[test]
+    fn sealed_names_its_root_from_the_flag_or_the_platform() {
+        let sealed = |root| Some(DataState::Sealed(root));
+        let azure = [
+            "--data-unlock",
+            "sealed",
+            "--cloud",
+            "azure",
+            "--tee",
+            "sev-snp",
+        ];
+        assert_eq!(state(&azure).unwrap(), sealed(SealRoot::AzureVtpm));
+        let gcp = [
+            "--data-unlock",
+            "sealed",
+            "--cloud",
+            "gcp",
+            "--tee",
+            "sev-snp",
+        ];
+        assert_eq!(state(&gcp).unwrap(), sealed(SealRoot::SnpDerivedKey));
+        let named = ["--data-unlock", "sealed", "--sealed-to", "snp-derived-key"];
+        assert_eq!(state(&named).unwrap(), sealed(SealRoot::SnpDerivedKey));
+        for refused in [
+            &["--data-unlock", "sealed", "--cloud", "gcp", "--tee", "none"][..],
+            &["--data-unlock", "sealed"],
+            &["--data-unlock", "sealed", "--sealed-to", "host-tpm"],
+        ] {
+            assert!(state(refused).is_err(), "{refused:?}");
+        }
     }
 }

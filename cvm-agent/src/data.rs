@@ -7,12 +7,17 @@
 //! - `ephemeral`: a random key made here at start, used once, never stored.
 //! - `pushed`: `/data` stays locked until `/unlock` brings a key (after the client verified
 //!   this VM); a key that does not open the volume leaves it locked.
+//! - `sealed`: a root of trust inside the TEE keeps the key across reboots
+//!   (`cvm_attester::seal`); refused where the only TPM is the host's.
 
+use cvm_attestation::evidence::Platform;
 use cvm_attestation::workload::data::{key_commitment, KeySizeError};
 use cvm_attestation::workload::{DataState, DataUnlock};
+use cvm_attester::seal::{sealer_for, KeySealer, SealError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long opening (and on first use formatting) the volume may take.
@@ -46,14 +51,34 @@ pub enum DataError {
     Timeout { command: Vec<String> },
     #[error("no randomness for the ephemeral key: {0}")]
     Random(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the sealing task stopped: {0}")]
+    SealTask(String),
 }
 
+/// The TPM a sealer opens when the agent did not hand one over ([`DataVolume::with_sealer`]).
+const SEAL_TCTI: &str = "device:/dev/tpmrm0";
+
 /// The data partition as the agent sees it.
-#[derive(Debug)]
 pub struct DataVolume {
     mode: DataUnlock,
     key_file: PathBuf,
     open_command: Vec<String>,
+    /// `sealed` mode's root of trust; `None`: the one [`sealer_for`] picks for `platform`.
+    sealer: Option<Arc<Mutex<Box<dyn KeySealer>>>>,
+    /// The agent's platform and TPM; `None`: detected here, the TPM at [`SEAL_TCTI`].
+    platform: Option<(Platform, String)>,
+}
+
+impl std::fmt::Debug for DataVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataVolume")
+            .field("mode", &self.mode)
+            .field("key_file", &self.key_file)
+            .field("open_command", &self.open_command)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DataVolume {
@@ -66,7 +91,23 @@ impl DataVolume {
             mode,
             key_file,
             open_command,
+            sealer: None,
+            platform: None,
         }
+    }
+
+    /// The platform (and its TPM) whose root of trust keeps a `sealed` key, as the agent knows
+    /// them (configuration first); without it, `sealed` detects the platform itself.
+    pub fn on_platform(mut self, platform: Platform, tcti: &str) -> Self {
+        self.platform = Some((platform, tcti.to_owned()));
+        self
+    }
+
+    /// The root of trust that keeps a `sealed` key (the platform's, from
+    /// [`cvm_attester::seal::sealer_for`]; a test's stand-in or swtpm).
+    pub fn with_sealer(mut self, sealer: Box<dyn KeySealer>) -> Self {
+        self.sealer = Some(Arc::new(Mutex::new(sealer)));
+        self
     }
 
     pub fn mode(&self) -> DataUnlock {
@@ -74,10 +115,11 @@ impl DataVolume {
     }
 
     /// At start-up, before the workload is read: ephemeral opens `/data` with a fresh key;
-    /// pushed stays locked.
+    /// pushed stays locked; sealed opens it with the key its root of trust gives back.
     pub async fn at_start(&self) -> Result<DataState, DataError> {
         match self.mode {
             DataUnlock::Pushed => Ok(DataState::Locked),
+            DataUnlock::Sealed => self.open_sealed().await,
             DataUnlock::Ephemeral => {
                 let mut key = [0u8; 64];
                 openssl::rand::rand_bytes(&mut key)
@@ -86,6 +128,29 @@ impl DataVolume {
                 Ok(DataState::Ephemeral)
             }
         }
+    }
+
+    /// Opens `/data` with the key the sealing root gives back (made and sealed on first use).
+    async fn open_sealed(&self) -> Result<DataState, DataError> {
+        let sealer = match &self.sealer {
+            Some(sealer) => Arc::clone(sealer),
+            None => {
+                let (platform, tcti) = self
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| (crate::platform::detect(None, None), SEAL_TCTI.to_owned()));
+                Arc::new(Mutex::new(sealer_for(platform, &tcti)?))
+            }
+        };
+        // The TPM and /dev/sev-guest calls block.
+        let (root, key) = tokio::task::spawn_blocking(move || {
+            let mut sealer = sealer.lock().unwrap_or_else(|e| e.into_inner());
+            sealer.key().map(|key| (sealer.root(), key))
+        })
+        .await
+        .map_err(|e| DataError::SealTask(e.to_string()))??;
+        self.open(&key).await?;
+        Ok(DataState::Sealed(root))
     }
 
     /// Opens `/data` with a pushed key; the state to record when it did.

@@ -195,6 +195,7 @@ impl Agent {
                     config.data_key_file.clone(),
                     config.data_open_command.clone(),
                 )
+                .on_platform(platform, &config.tcti)
             }),
         )
         .await?;

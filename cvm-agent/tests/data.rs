@@ -5,11 +5,16 @@
 //! production image's boot.
 
 use cvm_agent::config::Config;
+use cvm_agent::data::DataVolume;
 use cvm_agent::Agent;
 use cvm_attestation::encoding::encode_base64;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
-use cvm_attestation::workload::data::key_commitment;
+use cvm_attestation::workload::data::{key_commitment, SealRoot};
 use cvm_attestation::workload::{replay, DataState, DataUnlock, TokenCommitment, WorkloadEvent};
+use cvm_attester::seal::{
+    field_select, sealer_for, DerivedKeyRequest, DerivedKeyRoot, DerivedKeySource, KeySealer,
+    SealError, SnpDerivedKey, VtpmSealer,
+};
 use cvm_attester::NoTee;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -258,4 +263,195 @@ async fn unlock_is_refused_where_the_key_is_not_pushed() {
     let response = vm.unlock(TOKEN, &random_key()).await;
     assert_eq!(response.status, 409, "{}", response.text());
     assert!(response.text().contains("ephemeral"), "{}", response.text());
+}
+
+/// A LUKS-like volume: the first key formats it (`$DIR/volume-key`), later ones must be that key;
+/// the key that opened it last is kept in `$DIR/seen-key` for the test to compare.
+const FIRST_KEY_FORMATS: &str = r#"if [ -e "$DIR/volume-key" ]; then cmp -s "$KEY" "$DIR/volume-key"; else cp "$KEY" "$DIR/volume-key"; fi && cp "$KEY" "$DIR/seen-key""#;
+
+/// A sealed-mode volume in `dir` with this root of trust: what the agent builds at each boot.
+fn sealed_volume(dir: &Path, sealer: Box<dyn KeySealer>) -> DataVolume {
+    let key_file = dir.join("run/data/key");
+    let script = format!(
+        "KEY={} DIR={}; {FIRST_KEY_FORMATS}",
+        key_file.display(),
+        dir.display()
+    );
+    DataVolume::new(
+        DataUnlock::Sealed,
+        key_file,
+        vec!["sh".into(), "-c".into(), script],
+    )
+    .with_sealer(sealer)
+}
+
+/// Azure's vTPM, played by swtpm: the key made at the first boot is unsealed at the next ones
+/// (a new TPM connection and volume each time, as after a reboot), and no longer once PCR 11 (the
+/// UKI) differs; nothing is opened then, and no new key replaces the sealed one.
+#[tokio::test]
+async fn a_vtpm_sealed_key_survives_restarts_and_not_a_changed_pcr() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = || {
+        let sealer = VtpmSealer::open(&swtpm.tcti()).unwrap();
+        sealed_volume(dir.path(), Box::new(sealer))
+    };
+    let state = boot().at_start().await.unwrap();
+    assert_eq!(state, DataState::Sealed(SealRoot::AzureVtpm));
+    let key = std::fs::read(dir.path().join("seen-key")).unwrap();
+    assert_eq!(key.len(), 64);
+    assert!(
+        !dir.path().join("run/data/key").exists(),
+        "the key file was kept"
+    );
+
+    for _ in 0..2 {
+        std::fs::remove_file(dir.path().join("seen-key")).unwrap();
+        assert_eq!(boot().at_start().await.unwrap(), state);
+        assert_eq!(std::fs::read(dir.path().join("seen-key")).unwrap(), key);
+    }
+
+    // Another UKI: PCR 11 differs, the policy fails, /data stays shut.
+    std::fs::remove_file(dir.path().join("seen-key")).unwrap();
+    let mut tpm = cvm_attester::Tpm::open(&swtpm.tcti()).unwrap();
+    tpm.extend_sha256(11, &[0x11; 32]).unwrap();
+    let error = boot().at_start().await.unwrap_err().to_string();
+    assert!(error.contains("did not unseal"), "{error}");
+    assert!(error.contains("PCR [4, 9, 11]"), "{error}");
+    assert!(
+        !dir.path().join("seen-key").exists(),
+        "opened with a changed PCR"
+    );
+    assert!(!dir.path().join("run/data/key").exists());
+    assert_eq!(
+        std::fs::read(dir.path().join("volume-key")).unwrap(),
+        key,
+        "the volume's key changed"
+    );
+}
+
+/// TEST-ONLY stand-in for the SEV-SNP firmware's MSG_KEY_REQ (no SNP hardware here): SHA-256 of
+/// a per-test "chip" secret and the launch fields the request selects. It has no security; it
+/// lets the agent's sealed path run and shows which fields the request mixes in.
+struct TestSnpFirmware {
+    chip: [u8; 32],
+    measurement: [u8; 48],
+    policy: u64,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<DerivedKeyRequest>>>,
+}
+
+impl DerivedKeySource for TestSnpFirmware {
+    fn derived_key(&mut self, request: &DerivedKeyRequest) -> Result<[u8; 32], SealError> {
+        use sha2::{Digest, Sha256};
+        self.asked.lock().unwrap().push(*request);
+        let mut kdf = Sha256::new();
+        kdf.update(b"TEST-ONLY snp derived key\0");
+        kdf.update(self.chip);
+        kdf.update(request.field_select.to_le_bytes());
+        kdf.update(request.vmpl.to_le_bytes());
+        if request.field_select & field_select::MEASUREMENT != 0 {
+            kdf.update(self.measurement);
+        }
+        if request.field_select & field_select::GUEST_POLICY != 0 {
+            kdf.update(self.policy.to_le_bytes());
+        }
+        Ok(kdf.finalize().into())
+    }
+}
+
+/// SEV-SNP: the firmware-derived key opens `/data` again at the next launch of the same image
+/// with the same policy, and another measurement or policy gets another key, which the volume
+/// refuses. The request asks for the VCEK root with the measurement and the policy mixed in.
+#[tokio::test]
+async fn an_snp_derived_key_opens_data_only_for_the_same_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut chip = [0u8; 32];
+    openssl::rand::rand_bytes(&mut chip).unwrap();
+    let launch = |measurement: [u8; 48], policy: u64| {
+        let firmware = TestSnpFirmware {
+            chip,
+            measurement,
+            policy,
+            asked: asked.clone(),
+        };
+        sealed_volume(dir.path(), Box::new(SnpDerivedKey::new(firmware)))
+    };
+    let (measurement, policy) = ([0x4d; 48], 0x30000);
+    let state = launch(measurement, policy).at_start().await.unwrap();
+    assert_eq!(state, DataState::Sealed(SealRoot::SnpDerivedKey));
+    let key = std::fs::read(dir.path().join("seen-key")).unwrap();
+    assert_eq!(launch(measurement, policy).at_start().await.unwrap(), state);
+    assert_eq!(std::fs::read(dir.path().join("seen-key")).unwrap(), key);
+
+    for (other_measurement, other_policy) in [([0x4e; 48], policy), (measurement, 0x30001)] {
+        let error = launch(other_measurement, other_policy)
+            .at_start()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, cvm_agent::data::DataError::Open { .. }),
+            "{error}"
+        );
+    }
+    let asked = asked.lock().unwrap();
+    assert!(asked.iter().all(|r| *r
+        == DerivedKeyRequest {
+            root: DerivedKeyRoot::Vcek,
+            field_select: field_select::MEASUREMENT | field_select::GUEST_POLICY,
+            vmpl: 0,
+        }));
+    assert_eq!(asked.len(), 4);
+}
+
+/// Where the only TPM is the host's (GCP's and AWS's vTPMs, a local swtpm), `sealed` is refused,
+/// saying why and what to use instead; TDX has no sealing root here yet.
+#[test]
+fn sealed_is_refused_where_the_only_tpm_is_the_hosts() {
+    for cloud in [Cloud::Gcp, Cloud::Aws, Cloud::Qemu] {
+        let platform = Platform {
+            cloud,
+            tee: Tee::None,
+        };
+        let error = match sealer_for(platform, "swtpm:port=1") {
+            Ok(_) => panic!("{cloud:?} without a TEE offered a sealer"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("is the host's"), "{error}");
+        assert!(error.contains("use \"pushed\""), "{error}");
+    }
+    let tdx = Platform {
+        cloud: Cloud::Gcp,
+        tee: Tee::Tdx,
+    };
+    assert!(matches!(
+        sealer_for(tdx, "swtpm:port=1"),
+        Err(SealError::Refused { .. })
+    ));
+    // SEV-SNP outside Azure: the firmware's derived key (no TPM involved).
+    let snp = Platform {
+        cloud: Cloud::Gcp,
+        tee: Tee::SevSnp,
+    };
+    let sealer = sealer_for(snp, "swtpm:port=1").unwrap();
+    assert_eq!(sealer.root(), SealRoot::SnpDerivedKey);
+}
+
+/// Through the whole agent: a `sealed` deployment where no TEE keeps the key (this QEMU test
+/// machine) does not start, says why, and measures nothing.
+#[tokio::test]
+async fn an_agent_without_a_tee_refuses_sealed_and_measures_nothing() {
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let config = config(dir.path(), &swtpm, DataUnlock::Sealed, ACCEPT_ANY);
+    let error = match Agent::start_with(config, QEMU, Box::new(NoTee)).await {
+        Ok(_) => panic!("started sealed without a TEE"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("opening /data"), "{error}");
+    assert!(error.contains("\"sealed\" is refused"), "{error}");
+    assert!(error.contains("is the host's"), "{error}");
+    assert!(!dir.path().join("seen-key").exists());
+    assert_eq!(swtpm_pcr23(&swtpm).await, [0u8; 32]);
 }

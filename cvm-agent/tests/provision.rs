@@ -767,9 +767,9 @@ async fn the_data_key_mode_reaches_the_agent() {
     );
     let env = std::fs::read_to_string(vm.out().join("agent.env")).unwrap();
     assert!(env.ends_with("CVM_AGENT_DATA_UNLOCK=pushed\n"), "{env}");
-    std::fs::write(&mode, "sealed").unwrap();
+    std::fs::write(&mode, "frozen").unwrap();
     let error = vm.run("http://127.0.0.1:9").await.unwrap_err();
-    assert!(error.contains("sealed: not available yet"), "{error}");
+    assert!(error.contains("expected ephemeral, pushed or sealed"), "{error}");
     vm.assert_no_token();
 
     let token = new_token();

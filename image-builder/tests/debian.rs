@@ -330,9 +330,106 @@ fn data_partition(disk: &Path) -> std::ops::Range<u64> {
     start..start + data["size"].as_u64().unwrap() * sector
 }
 
-/// The host's view of `/data` after the workload ran: ciphertext only. The seed workload
-/// (its config text, and `hello.tar` with the busybox binary) was copied to `/data` and Podman
-/// unpacked the image there; none of it may appear in clear on the disk file.
+/// What `/health` says while `/data` waits for its pushed key.
+const LOCKED: &str = "locked: /data waits";
+
+/// A data VM's boot: the test's copy of the disk (written, not snapshotted), its API token and
+/// `pushed` data mode in fw_cfg, the agent's port forwarded to `port`.
+fn data_boot_config(disk: &Path, fw_cfg: &Path, port: u16) -> BootConfig {
+    let mut cfg = BootConfig::new(disk.to_path_buf());
+    cfg.snapshot = false;
+    cfg.memory_mib = 2048;
+    cfg.timeout = Duration::from_secs(600);
+    cfg.extra_args = vec![
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8000"),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+        "-fw_cfg".into(),
+        format!(
+            "name=opt/cvm/api-token,file={}",
+            fw_cfg.join("token").display()
+        ),
+        "-fw_cfg".into(),
+        format!(
+            "name=opt/cvm/data-unlock,file={}",
+            fw_cfg.join("mode").display()
+        ),
+    ];
+    cfg
+}
+
+/// `POST /unlock` with the data key (what `cvm-cli unlock` sends after verifying the VM; the
+/// verification is tested elsewhere): the status and the body.
+fn unlock(port: u16, fw_cfg: &Path) -> (u16, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            r#"printf '{"key":"%s"}' "$(base64 -w0 "$1/key")" | curl -sk --max-time 500 \
+                -H "Authorization: Bearer $(cat "$1/token")" -H 'Content-Type: application/json' \
+                --data-binary @- -w '\n%{http_code}' "https://127.0.0.1:$2/unlock""#,
+        )
+        .arg("unlock")
+        .arg(fw_cfg)
+        .arg(port.to_string())
+        .output()
+        .expect("sh and curl run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The LUKS2 data segment's offset in the partition, from the header's JSON area (at 4 KiB).
+fn luks2_data_offset(partition: &[u8]) -> u64 {
+    assert_eq!(
+        &partition[..6],
+        b"LUKS\xba\xbe",
+        "the data partition holds no LUKS2 header"
+    );
+    let json = &partition[4096..4096 + 12288];
+    let end = json.iter().position(|&b| b == 0).unwrap_or(json.len());
+    let header: serde_json::Value = serde_json::from_slice(&json[..end]).unwrap();
+    let offset = header["segments"]["0"]["offset"].as_str().unwrap();
+    offset.parse().unwrap()
+}
+
+/// Flips one byte in every written 4 KiB block of the data segment past its first 32 MiB (the
+/// dm-integrity superblock and journal, and the start of the file system, stay as they were):
+/// what a host that edits the disk between boots does. Returns how many blocks it changed.
+fn flip_data_blocks(disk: &Path, partition: std::ops::Range<u64>) -> usize {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut head = vec![0u8; 16 << 10];
+    file.seek(SeekFrom::Start(partition.start)).unwrap();
+    file.read_exact(&mut head).unwrap();
+    let first = partition.start + luks2_data_offset(&head) + (32 << 20);
+    let mut block = [0u8; 4096];
+    let mut flipped = 0;
+    for at in (first..partition.end).step_by(4096) {
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.read_exact(&mut block).unwrap();
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        block[17] ^= 0x01;
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&block).unwrap();
+        flipped += 1;
+    }
+    file.sync_all().unwrap();
+    flipped
+}
+
+/// `pushed` mode over two boots of a copy of the production image, with a key made for this run.
+/// Boot 1: unlock (first boot: the partition is formatted), the seed workload (its config text,
+/// and `hello.tar` with the busybox binary) is copied to `/data` and Podman unpacks its image
+/// there; none of it may appear in clear on the disk file. Then the host flips bytes in the
+/// written blocks of the encrypted area. Boot 2: the same key must not yield changed data: the
+/// unlock fails with dm-crypt's integrity errors on the console, and the workload never runs.
 #[test]
 fn the_host_sees_no_plaintext_on_the_data_partition() {
     let b = built();
@@ -345,40 +442,60 @@ fn the_host_sees_no_plaintext_on_the_data_partition() {
         .status()
         .unwrap();
     assert!(copied.success());
-    let token = tmp.path().join("api-token");
-    std::fs::write(&token, "cvm-test-token-0123456789abcdef0123456789abcdef").unwrap();
+    let fw_cfg = tmp.path();
+    std::fs::write(
+        fw_cfg.join("token"),
+        "cvm-test-token-0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    std::fs::write(fw_cfg.join("mode"), "pushed").unwrap();
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut key))
+        .unwrap();
+    std::fs::write(fw_cfg.join("key"), key).unwrap();
+
+    // Boot 1. Once the workload runs, wait past the kernel's writeback delay (30 s) so what it
+    // wrote is on the disk file when QEMU stops.
     let port = free_port();
-    let mut cfg = BootConfig::new(disk.clone());
-    cfg.snapshot = false;
-    cfg.memory_mib = 2048;
-    cfg.timeout = Duration::from_secs(600);
-    cfg.extra_args = vec![
-        "-netdev".into(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8000"),
-        "-device".into(),
-        "virtio-net-pci,netdev=net0,romfile=".into(),
-        "-fw_cfg".into(),
-        format!("name=opt/cvm/api-token,file={}", token.display()),
-    ];
-    // Once the workload runs, wait past the kernel's writeback delay (30 s) so what it wrote is
-    // on the disk file when QEMU stops.
+    let unlocked = Cell::new(None::<(u16, String)>);
     let running_since = Cell::new(None::<std::time::Instant>);
-    let outcome = boot::boot(&cfg, |serial| {
+    let outcome = boot::boot(&data_boot_config(&disk, fw_cfg, port), |serial| {
         if let Some(since) = running_since.get() {
             return since.elapsed() > Duration::from_secs(40);
         }
-        if serial.contains("cvm-agent") && health(port).is_some_and(|h| h.contains("running")) {
+        if !serial.contains("cvm-agent") {
+            return false;
+        }
+        let Some(health) = health(port) else {
+            return false;
+        };
+        if health.contains(LOCKED) {
+            let answer = unlock(port, fw_cfg);
+            let refused = answer.0 != 200;
+            unlocked.set(Some(answer));
+            return refused;
+        }
+        if health.contains("running") {
             running_since.set(Some(std::time::Instant::now()));
         }
         false
     })
     .unwrap();
+    let answer = unlocked.take();
     assert!(
         running_since.get().is_some(),
-        "the workload never ran (timed out: {}):\n{}",
+        "boot 1: the workload never ran (unlock: {answer:?}, timed out: {}):\n{}",
         outcome.timed_out,
         tail(&outcome.serial)
     );
+    assert!(
+        outcome.serial.contains("first boot: ") && outcome.serial.contains("opened (pushed key)"),
+        "boot 1: /data was not formatted and opened with the pushed key:\n{}",
+        tail(&outcome.serial)
+    );
+    let boot1 = outcome.elapsed;
+
     let range = data_partition(&disk);
     let bytes = std::fs::read(&disk).unwrap();
     let data = &bytes[range.start as usize..range.end as usize];
@@ -405,5 +522,57 @@ fn the_host_sees_no_plaintext_on_the_data_partition() {
     assert!(
         bytes.windows(11).any(|w| w == b"BusyBox v1."),
         "positive control: no busybox text anywhere on the disk"
+    );
+    drop(bytes);
+
+    let flipped = flip_data_blocks(&disk, range);
+    assert!(flipped > 1000, "only {flipped} written blocks to flip");
+
+    // Boot 2: the same key, the changed disk.
+    let port = free_port();
+    let unlocked = Cell::new(None::<(u16, String)>);
+    let unlocked_at = Cell::new(None::<std::time::Instant>);
+    let outcome = boot::boot(&data_boot_config(&disk, fw_cfg, port), |serial| {
+        if let Some(at) = unlocked_at.get() {
+            // Let the console catch up with the kernel's and cvm-data's messages.
+            return at.elapsed() > Duration::from_secs(10);
+        }
+        if !serial.contains("cvm-agent") || !health(port).is_some_and(|h| h.contains(LOCKED)) {
+            return false;
+        }
+        unlocked.set(Some(unlock(port, fw_cfg)));
+        unlocked_at.set(Some(std::time::Instant::now()));
+        false
+    })
+    .unwrap();
+    let serial = &outcome.serial;
+    let (status, body) = unlocked.take().unwrap_or_else(|| {
+        panic!(
+            "boot 2: the agent never waited locked (timed out: {}):\n{}",
+            outcome.timed_out,
+            tail(serial)
+        )
+    });
+    assert!(
+        status != 200,
+        "boot 2: /data opened on the changed disk ({status}: {body})"
+    );
+    assert!(
+        serial.contains("INTEGRITY AEAD ERROR"),
+        "boot 2: no dm-crypt integrity error on the console:\n{}",
+        tail(serial)
+    );
+    let why: Vec<&str> = serial
+        .lines()
+        .filter(|l| l.contains("cvm-data: ") && !l.contains("Started"))
+        .collect();
+    eprintln!(
+        "boot 1 (format, unlock, workload) {:.0} s; {flipped} blocks flipped; boot 2 refused in \
+         {:.0} s: {status} {}\n{} integrity errors on the console; {}",
+        boot1.as_secs_f64(),
+        outcome.elapsed.as_secs_f64(),
+        body.trim(),
+        serial.matches("INTEGRITY AEAD ERROR").count(),
+        why.join(" | ")
     );
 }

@@ -23,6 +23,9 @@ pub enum DataUnlock {
     /// The VM boots with `/data` locked and waits for `cvm-cli unlock`, which sends the key only
     /// after verifying the VM.
     Pushed,
+    /// A key kept across reboots by a root of trust inside the TEE ([`SealRoot`]); refused where
+    /// the only TPM is the host's.
+    Sealed,
 }
 
 impl DataUnlock {
@@ -30,6 +33,52 @@ impl DataUnlock {
         match self {
             DataUnlock::Ephemeral => "ephemeral",
             DataUnlock::Pushed => "pushed",
+            DataUnlock::Sealed => "sealed",
+        }
+    }
+}
+
+/// What keeps a sealed key: both live inside the TEE, out of the host's reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SealRoot {
+    /// The SEV-SNP firmware's derived key (MSG_KEY_REQ from the chip's VCEK) with the launch
+    /// measurement and the guest policy mixed in: another image or policy gets another key.
+    SnpDerivedKey,
+    /// Azure's paravisor vTPM: a key sealed under its storage hierarchy to PCRs 4, 9 and 11
+    /// (the UKI: kernel, initrd, command line with the root hash).
+    AzureVtpm,
+}
+
+impl SealRoot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealRoot::SnpDerivedKey => "snp-derived-key",
+            SealRoot::AzureVtpm => "azure-vtpm",
+        }
+    }
+
+    /// What the key is bound to, for reports.
+    pub fn bound_to(self) -> &'static str {
+        match self {
+            SealRoot::SnpDerivedKey => {
+                "the SEV-SNP firmware's derived key (this chip's VCEK) mixed with the launch \
+                 measurement and the guest policy"
+            }
+            SealRoot::AzureVtpm => {
+                "the paravisor vTPM's storage hierarchy under a policy on PCRs 4, 9 and 11"
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for SealRoot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "snp-derived-key" => Ok(SealRoot::SnpDerivedKey),
+            "azure-vtpm" => Ok(SealRoot::AzureVtpm),
+            other => Err(format!("{other:?}: expected snp-derived-key or azure-vtpm")),
         }
     }
 }
@@ -40,8 +89,8 @@ impl std::str::FromStr for DataUnlock {
         match s {
             "ephemeral" => Ok(DataUnlock::Ephemeral),
             "pushed" => Ok(DataUnlock::Pushed),
-            "sealed" => Err("sealed: not available yet (docs/data-at-rest.md)".into()),
-            other => Err(format!("{other:?}: expected ephemeral or pushed")),
+            "sealed" => Ok(DataUnlock::Sealed),
+            other => Err(format!("{other:?}: expected ephemeral, pushed or sealed")),
         }
     }
 }
@@ -55,7 +104,13 @@ pub enum DataState {
     Locked,
     /// Opened with a pushed key, committed to by this digest.
     Pushed(Sha256Digest),
+    /// Opened with a key kept by this root of trust. No commitment: nobody outside the VM knows
+    /// the key, and the same one opens `/data` at every boot of the same image.
+    Sealed(SealRoot),
 }
+
+/// A sealed state's payload: `sealed:<root>`.
+const SEALED_PREFIX: &str = "sealed:";
 
 /// Why a data key was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +144,11 @@ impl DataState {
                 payload_digest: commitment,
                 payload: Some("pushed".into()),
             },
+            DataState::Sealed(root) => WorkloadEvent::with_payload(
+                EventKind::DataKey,
+                DATA_EVENT,
+                format!("{SEALED_PREFIX}{}", root.as_str()),
+            ),
         }
     }
 
@@ -104,6 +164,10 @@ impl DataState {
             }
             "locked" if event.payload_digest == digest_of("locked") => Some(DataState::Locked),
             "pushed" => Some(DataState::Pushed(event.payload_digest)),
+            sealed if event.payload_digest == digest_of(sealed) => {
+                let root = sealed.strip_prefix(SEALED_PREFIX)?.parse().ok()?;
+                Some(DataState::Sealed(root))
+            }
             _ => None,
         }
     }
@@ -123,6 +187,12 @@ impl DataState {
                 "pushed: /data is encrypted with integrity under a key sent after verification \
                  (cvm-cli unlock), committed to as {}",
                 &c.to_hex()[..16]
+            ),
+            DataState::Sealed(root) => format!(
+                "sealed ({}): /data is encrypted with integrity under a key kept across reboots \
+                 by {}",
+                root.as_str(),
+                root.bound_to()
             ),
         }
     }
@@ -148,7 +218,16 @@ mod tests {
             key_commitment(&[1u8; 64]).unwrap(),
             key_commitment(&[2u8; 64]).unwrap()
         );
-        assert!("sealed".parse::<DataUnlock>().is_err());
+        assert_eq!("sealed".parse::<DataUnlock>(), Ok(DataUnlock::Sealed));
+        assert!("sealed:x".parse::<DataUnlock>().is_err());
+        for root in [SealRoot::SnpDerivedKey, SealRoot::AzureVtpm] {
+            let state = DataState::Sealed(root);
+            assert_eq!(DataState::of(&state.event()), Some(state));
+            assert!(state.describe().contains(root.as_str()));
+        }
+        let unknown =
+            WorkloadEvent::with_payload(EventKind::DataKey, DATA_EVENT, "sealed:x".into());
+        assert_eq!(DataState::of(&unknown), None);
         assert_eq!("pushed".parse::<DataUnlock>(), Ok(DataUnlock::Pushed));
     }
 }
