@@ -2,8 +2,9 @@
 # Benchmark: our TDX quote verification against Phala's dcap-qvl, in one process (release build),
 # on the same real quote and Intel collateral (shared/vectors/tdx, the sample dcap-qvl ships):
 # cold (first verification in a fresh process, collateral JSON parsed, PCK chain and collateral
-# signatures checked), cached (the same quote again: ours remembers the verified chain, the
-# parsed and signature-checked collateral and the CRL checks per process; dcap-qvl has no cache)
+# signatures checked), cached (the same quote again: ours remembers the decoded certificates,
+# the verified chain, the parsed and signature-checked collateral, the CRL checks and the QE
+# report signature per process; dcap-qvl has no cache)
 # and the raw P-256 checks (QE report and quote signature) through OpenSSL and through ring.
 # Prints medians and the ratios against the goals: cold ours <= dcap-qvl, cached dcap-qvl /
 # ours >= 5, cached ours <= 1.2 x the raw signature checks.

@@ -9,10 +9,12 @@
 //!   a child process that first verifies a TEST-ONLY quote with both (so one-time library set-up
 //!   is not counted) and then times one verification of the real quote by each;
 //! - cached: the same quote again, the collateral already deserialized; ours remembers the
-//!   parsed PCK chain, the verified chain links, the parsed and signature-checked collateral and
-//!   the CRL signatures per process, by content digest; dcap-qvl has no such cache;
-//! - raw: two P-256 verifications (QE report and quote signature) through OpenSSL (ours) and
-//!   through ring as webpki calls it (dcap-qvl's), keys and DER signatures prepared beforehand.
+//!   decoded certificates, the parsed PCK chain, the verified chain links, the parsed and
+//!   signature-checked collateral, the CRL signatures and the QE report signature per process,
+//!   by content digest; dcap-qvl has no such cache;
+//! - raw: two P-256 verifications (QE report and quote signature; cached, ours now repeats only
+//!   the second) through OpenSSL (ours) and through ring as webpki calls it (dcap-qvl's), keys
+//!   and DER signatures prepared beforehand.
 
 use cvm_attestation::golden::GoldenTdx;
 use cvm_attestation::snp::TrustedRoot;

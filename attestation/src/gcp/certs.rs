@@ -99,14 +99,20 @@ GFhkvoJzTWFXdsVypk0frMsX1chdbHOM4jzDNhHAbQNumH82E8avyKjepIf+EPC6
 
 /// Google's pinned root as a trust anchor.
 pub fn google_ak_roots() -> Vec<TrustedRoot> {
-    X509::from_pem(GOOGLE_EK_AK_CA_ROOT_PEM.as_bytes())
-        .map(|certificate| TrustedRoot {
-            name: "Google EK/AK CA Root".into(),
-            certificate,
-            test_only: false,
+    // Parsed once per process: every VerifyOptions starts from it.
+    static ROOTS: OnceLock<Vec<TrustedRoot>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            X509::from_pem(GOOGLE_EK_AK_CA_ROOT_PEM.as_bytes())
+                .map(|certificate| TrustedRoot {
+                    name: "Google EK/AK CA Root".into(),
+                    certificate,
+                    test_only: false,
+                })
+                .into_iter()
+                .collect()
         })
-        .into_iter()
-        .collect()
+        .clone()
 }
 
 /// Google's pinned intermediate(s), used whether or not the evidence carries one.

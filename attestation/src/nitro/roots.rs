@@ -32,12 +32,18 @@ pub const AWS_NITRO_ROOT_G1_NAME: &str = "AWS Nitro root G1";
 
 /// AWS's pinned Nitro root as a trust anchor.
 pub fn aws_nitro_roots() -> Vec<TrustedRoot> {
-    X509::from_pem(AWS_NITRO_ROOT_G1_PEM.as_bytes())
-        .map(|certificate| TrustedRoot {
-            name: AWS_NITRO_ROOT_G1_NAME.into(),
-            certificate,
-            test_only: false,
+    // Parsed once per process: every VerifyOptions starts from it.
+    static ROOTS: std::sync::OnceLock<Vec<TrustedRoot>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            X509::from_pem(AWS_NITRO_ROOT_G1_PEM.as_bytes())
+                .map(|certificate| TrustedRoot {
+                    name: AWS_NITRO_ROOT_G1_NAME.into(),
+                    certificate,
+                    test_only: false,
+                })
+                .into_iter()
+                .collect()
         })
-        .into_iter()
-        .collect()
+        .clone()
 }

@@ -101,20 +101,26 @@ impl From<openssl::error::ErrorStack> for ChainError {
 
 /// AMD's ARKs for Milan, Genoa and Turin, as pinned in the `sev` crate.
 pub fn amd_roots() -> Vec<TrustedRoot> {
-    [
-        ("ARK-Milan", sev::certs::snp::builtin::milan::ARK),
-        ("ARK-Genoa", sev::certs::snp::builtin::genoa::ARK),
-        ("ARK-Turin", sev::certs::snp::builtin::turin::ARK),
-    ]
-    .into_iter()
-    .filter_map(|(name, pem)| {
-        Some(TrustedRoot {
-            name: name.to_owned(),
-            certificate: X509::from_pem(pem).ok()?,
-            test_only: false,
+    // Parsed once per process: every VerifyOptions starts from these.
+    static ROOTS: OnceLock<Vec<TrustedRoot>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            [
+                ("ARK-Milan", sev::certs::snp::builtin::milan::ARK),
+                ("ARK-Genoa", sev::certs::snp::builtin::genoa::ARK),
+                ("ARK-Turin", sev::certs::snp::builtin::turin::ARK),
+            ]
+            .into_iter()
+            .filter_map(|(name, pem)| {
+                Some(TrustedRoot {
+                    name: name.to_owned(),
+                    certificate: X509::from_pem(pem).ok()?,
+                    test_only: false,
+                })
+            })
+            .collect()
         })
-    })
-    .collect()
+        .clone()
 }
 
 /// AMD's ASKs built into the `sev` crate, used when the evidence carries no intermediate.

@@ -72,7 +72,7 @@ pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, CertError> {
     if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(hit);
     }
-    let certs = crate::snp::certs::parse_pem_chain(pem)?;
+    let certs = parse_pem_chain_memo(pem)?;
     let extensions = match certs.first() {
         Some(leaf) => leaf
             .to_der()
@@ -88,6 +88,49 @@ pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, CertError> {
         memo.insert(key, chain.clone());
     }
     Ok(chain)
+}
+
+/// Most certificates in one PEM chain (Intel's have two or three).
+const MAX_CHAIN_CERTS: usize = 8;
+/// Largest PEM chain accepted.
+const MAX_CHAIN_PEM: usize = 256 * 1024;
+
+/// Reads every `CERTIFICATE` block of a PEM chain (at most 8), each decoded once per process:
+/// the DER goes through [`crate::snp::certs::parse_certificate`], remembered by its SHA-256.
+/// OpenSSL 3 takes about 170 us to decode one of Intel's certificates (twice a P-256 check), and
+/// the root and the PCK CA recur in the quote's chain and in the collateral's chains.
+pub fn parse_pem_chain_memo(pem: &[u8]) -> Result<Vec<X509>, ChainError> {
+    use base64::Engine as _;
+    let decode = |problem: &str| ChainError::Decode(format!("PEM chain: {problem}"));
+    if pem.len() > MAX_CHAIN_PEM {
+        return Err(decode("larger than 256 KiB"));
+    }
+    let text = std::str::from_utf8(pem).map_err(|_| decode("not UTF-8"))?;
+    let mut certs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let block = &rest[start + "-----BEGIN ".len()..];
+        let (label, body) = block
+            .split_once("-----")
+            .ok_or_else(|| decode("unterminated BEGIN line"))?;
+        if label != "CERTIFICATE" {
+            return Err(decode(&format!("{label:?} block, expected CERTIFICATE")));
+        }
+        let end = format!("-----END {label}-----");
+        let (body, after) = body
+            .split_once(end.as_str())
+            .ok_or_else(|| decode("no END CERTIFICATE line"))?;
+        let base64: String = body.split_ascii_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(base64)
+            .map_err(|e| decode(&format!("not base64: {e}")))?;
+        if certs.len() == MAX_CHAIN_CERTS {
+            return Err(decode("more than 8 certificates"));
+        }
+        certs.push(crate::snp::certs::parse_certificate(&der)?);
+        rest = after;
+    }
+    Ok(certs)
 }
 
 /// Whether `crl` (identified by `crl_id`, the SHA-256 of its DER) carries a valid signature by
@@ -139,16 +182,23 @@ AiEA4J0lrHoMs+Xo5o/sX6O9QWxHRAvZUGOdRQ7cvqRXaqI=
 -----END CERTIFICATE-----
 ";
 
-/// Intel's pinned root as a trust anchor.
+/// Intel's pinned root as a trust anchor, decoded once per process (every `VerifyOptions` asks
+/// for it; cloning an `X509` only takes a reference).
 pub fn intel_roots() -> Vec<TrustedRoot> {
-    X509::from_pem(INTEL_SGX_ROOT_CA_PEM.as_bytes())
-        .map(|certificate| TrustedRoot {
-            name: "Intel SGX Root CA".into(),
-            certificate,
-            test_only: false,
+    static ROOTS: OnceLock<Vec<TrustedRoot>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            parse_pem_chain_memo(INTEL_SGX_ROOT_CA_PEM.as_bytes())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|certificate| TrustedRoot {
+                    name: "Intel SGX Root CA".into(),
+                    certificate,
+                    test_only: false,
+                })
+                .collect()
         })
-        .into_iter()
-        .collect()
+        .clone()
 }
 
 /// A chain that checked out: leaf <- (intermediate <-)? root.
@@ -310,4 +360,72 @@ pub fn check_crl(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real_quote_chain() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/vectors/tdx/tdx_quote"
+        );
+        let quote = std::fs::read(path).expect("real quote");
+        crate::tdx::TdQuote::parse(&quote)
+            .expect("parses")
+            .pck_chain_pem
+    }
+
+    fn ders(certs: &[X509]) -> Vec<Vec<u8>> {
+        certs.iter().map(|c| c.to_der().unwrap()).collect()
+    }
+
+    #[test]
+    fn pem_chain_reads_what_openssl_reads() {
+        let pem = real_quote_chain();
+        let ours = parse_pem_chain_memo(&pem).unwrap();
+        let openssl = X509::stack_from_pem(&pem).unwrap();
+        assert_eq!(ours.len(), 3);
+        assert_eq!(ders(&ours), ders(&openssl));
+        // CRLF line ends and text around the blocks are fine; nothing is not an error.
+        let text = String::from_utf8(pem.clone()).unwrap();
+        let crlf = format!("leading text\r\n{}", text.replace('\n', "\r\n"));
+        assert_eq!(
+            ders(&parse_pem_chain_memo(crlf.as_bytes()).unwrap()),
+            ders(&ours)
+        );
+        assert!(parse_pem_chain_memo(b"").unwrap().is_empty());
+        // The pinned root is the chain's last certificate.
+        assert_eq!(
+            ders(&[ours[2].clone()]),
+            ders(&[intel_roots()[0].certificate.clone()])
+        );
+    }
+
+    #[test]
+    fn pem_chain_refuses_bad_input() {
+        let pem = String::from_utf8(real_quote_chain()).unwrap();
+        let first_end = pem.find("-----END CERTIFICATE-----").unwrap() + 25;
+        let one = &pem[..first_end];
+        let cases = [
+            one.replace("BEGIN CERTIFICATE", "BEGIN PRIVATE KEY"),
+            one.replacen("MII", "M!I", 1),
+            one.replace("-----END CERTIFICATE-----", ""),
+            one.replacen("MII", "MIJ", 1),
+            format!("{one}\n").repeat(9),
+        ];
+        for case in &cases {
+            assert!(parse_pem_chain_memo(case.as_bytes()).is_err(), "{case}");
+        }
+        assert_eq!(
+            parse_pem_chain_memo(format!("{one}\n").repeat(8).as_bytes())
+                .unwrap()
+                .len(),
+            8
+        );
+        let huge = vec![b'A'; MAX_CHAIN_PEM + 1];
+        assert!(parse_pem_chain_memo(&huge).is_err());
+        assert!(parse_pem_chain_memo(&[0xff, 0xfe]).is_err());
+    }
 }

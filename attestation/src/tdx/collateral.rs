@@ -267,7 +267,7 @@ fn chain(what: &'static str, pem: &str) -> Result<Vec<openssl::x509::X509>, Coll
     if pem.trim().is_empty() {
         return Ok(Vec::new());
     }
-    crate::snp::certs::parse_pem_chain(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
+    super::certs::parse_pem_chain_memo(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
 }
 
 fn crl(hex_der: &Option<String>) -> Option<Result<Crl, CrlError>> {

@@ -8,7 +8,8 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Why a raw P-256 key or signature could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,4 +66,83 @@ pub fn verify_p256_raw(
     let der = EcdsaSig::from_private_components(r, s).and_then(|sig| sig.to_der())?;
     let mut verifier = Verifier::new(MessageDigest::sha256(), key)?;
     Ok(verifier.verify_oneshot(&der, message).unwrap_or(false))
+}
+
+/// [`verify_p256_raw`] for a signature that recurs, remembered per process by the SHA-256 of
+/// (`key_id`, `message`, `signature`), where `key_id` identifies `key` by content (the SHA-256 of
+/// the certificate that carries it). A platform's QE report and its signature repeat in every
+/// quote it makes, so a verifier checks them once. Errors are not remembered.
+pub fn verify_p256_raw_remembered(
+    key_id: &[u8; 32],
+    key: &PKey<Public>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool, CryptoError> {
+    type Memo = Mutex<HashMap<[u8; 32], bool>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 1024;
+    let mut hasher = openssl::sha::Sha256::new();
+    for part in [&key_id[..], message, signature] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finish();
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&digest).copied()) {
+        return Ok(known);
+    }
+    let verified = verify_p256_raw(key, message, signature)?;
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(digest, verified);
+    }
+    Ok(verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::ec::EcKey;
+    use openssl::pkey::Private;
+
+    /// A fresh P-256 key, its public half and a raw `r || s` signature over `message`.
+    fn signed(message: &[u8]) -> (PKey<Public>, Vec<u8>) {
+        let key = EcKey::generate(p256().unwrap()).unwrap();
+        let private: PKey<Private> = PKey::from_ec_key(key.clone()).unwrap();
+        let der = openssl::sign::Signer::new(MessageDigest::sha256(), &private)
+            .unwrap()
+            .sign_oneshot_to_vec(message)
+            .unwrap();
+        let sig = EcdsaSig::from_der(&der).unwrap();
+        let mut raw = sig.r().to_vec_padded(32).unwrap();
+        raw.extend(sig.s().to_vec_padded(32).unwrap());
+        let public = EcKey::from_public_key(key.group(), key.public_key()).unwrap();
+        (PKey::from_ec_key(public).unwrap(), raw)
+    }
+
+    #[test]
+    fn remembered_verification_never_turns_a_failure_into_a_success() {
+        let message = b"QE report".to_vec();
+        let (good_key, signature) = signed(&message);
+        let (other_key, _) = signed(&message);
+        let (good_id, other_id) = ([1u8; 32], [2u8; 32]);
+        let check = |id, key| verify_p256_raw_remembered(id, key, &message, &signature).unwrap();
+        for _ in 0..2 {
+            assert!(check(&good_id, &good_key));
+            assert!(!check(&other_id, &other_key));
+        }
+        let mut forged = signature.clone();
+        forged[63] ^= 1;
+        for _ in 0..2 {
+            assert!(!verify_p256_raw_remembered(&good_id, &good_key, &message, &forged).unwrap());
+            assert!(
+                !verify_p256_raw_remembered(&good_id, &good_key, b"other", &signature).unwrap()
+            );
+        }
+        assert!(
+            verify_p256_raw_remembered(&good_id, &good_key, &message, &signature[..63]).is_err()
+        );
+    }
 }

@@ -14,7 +14,7 @@ use crate::tdx::certs::{
     check_crl, parse_pck_chain, verify_intel_chain, CertError, ChainShape, IntelChain, PckChain,
 };
 use crate::tdx::collateral::{self, BodySignatureError, ParsedCollateral, TcbInfo, Window};
-use crate::tdx::crypto::{p256_key, verify_p256_raw};
+use crate::tdx::crypto::{p256_key, verify_p256_raw, verify_p256_raw_remembered, CryptoError};
 use crate::tdx::tcb::{
     module_level, platform_level, qe_level, relaunch_status, sgx_level, LaunchStatuses, TcbError,
     TcbMatch,
@@ -320,13 +320,20 @@ fn verify_quote_signatures<'a>(
     (qe_report_signed && key_bound && quote_signed).then_some(VerifiedQuote { quote, pck })
 }
 
-/// Step 2: `tdx.qe_report_signature`, by the verified PCK key.
+/// Step 2: `tdx.qe_report_signature`, by the verified PCK key. Remembered per process by the
+/// PCK certificate's digest, the QE report and the signature: they repeat in every quote of a
+/// platform.
 fn verify_qe_report_signature(quote: &TdQuote, pck: &VerifiedPck, checks: &mut Checks) -> bool {
-    match verify_p256_raw(
-        &pck.chain.leaf_key,
-        quote.qe_report_bytes(),
-        &quote.qe_report_signature,
-    ) {
+    let leaf = &pck.chain.leaf;
+    let verified = leaf.to_der().map_err(CryptoError::from).and_then(|der| {
+        verify_p256_raw_remembered(
+            &openssl::sha::sha256(&der),
+            &pck.chain.leaf_key,
+            quote.qe_report_bytes(),
+            &quote.qe_report_signature,
+        )
+    });
+    match verified {
         Ok(true) => {
             checks.pass(
                 "tdx.qe_report_signature",
