@@ -5,7 +5,7 @@
 use crate::archive::{unpack, ArchiveError, Limits};
 use crate::audit::{self, Throttle};
 use crate::platform::PlatformInfo;
-use crate::serve::Peer;
+use crate::serve::{ClientLimiter, Peer};
 use crate::tpm_actor::{TpmActor, TpmBusy};
 use crate::workload::{RollbackFailed, TpmFailed, Workloads, PROJECT};
 use axum::extract::rejection::JsonRejection;
@@ -266,14 +266,39 @@ fn parse_nonce(text: &str) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Evidence>, ApiError> {
-    let nonce = parse_nonce(&nonce)?;
+/// 429: the client asked for more evidence than its rate allows; `Retry-After` says when the
+/// next request is allowed (whole seconds, at least 1).
+fn rate_limited(retry: Duration) -> Response {
+    let seconds = retry.as_secs_f64().ceil().max(1.0) as u64;
+    let message = format!(
+        "too many evidence requests from this client: retry in {seconds} s (client_evidence_per_sec)"
+    );
+    let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// Evidence over the nonce. Each request costs a TPM quote: per client it is rate-limited (429),
+/// overall the TPM queue is bounded (503).
+async fn collaterals(
+    state: Shared,
+    peer: Option<axum::Extension<Peer>>,
+    limiter: Option<axum::Extension<Arc<ClientLimiter>>>,
+    Path(nonce): Path<String>,
+) -> Result<Json<Evidence>, Response> {
+    let nonce = parse_nonce(&nonce).map_err(IntoResponse::into_response)?;
     if state.workloads.has_failed() {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the TPM failed during an extend: the agent restarts to reconcile its log with PCR 23"
                 .into(),
-        ));
+        )
+        .into_response());
+    }
+    if let (Some(axum::Extension(peer)), Some(axum::Extension(limiter))) = (peer, limiter) {
+        limiter.check(&peer).map_err(rate_limited)?;
     }
     let log = state.workloads.measured().await.log;
     let evidence = state
@@ -283,7 +308,8 @@ async fn collaterals(state: Shared, Path(nonce): Path<String>) -> Result<Json<Ev
         .map_err(|e| match e.downcast_ref::<TpmBusy>() {
             Some(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
             None => ApiError::internal(e),
-        })?;
+        })
+        .map_err(IntoResponse::into_response)?;
     Ok(Json(evidence))
 }
 

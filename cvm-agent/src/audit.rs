@@ -6,7 +6,7 @@
 //! the running generation, public in the event log), never by the token or a bare hash of it.
 
 use crate::serve::Peer;
-use crate::workload::{Measured, RollbackFailed, RolledBack};
+use crate::workload::{MeasureFailed, Measured, Pcr23, RollbackFailed, RolledBack};
 use cvm_attestation::workload::{replay, EventKind};
 use cvm_attestation::Sha256Digest;
 use std::sync::{Mutex, PoisonError};
@@ -93,63 +93,140 @@ pub fn update_refused(peer: &Peer, token: &str, error: &str) {
     tracing::warn!(
         target: "audit",
         action = %"update",
-        result = %"refused",
+        result = %UpdateResult::Refused.as_str(),
         %peer,
         token = %token,
         workload = %"none",
+        pcr23 = %Pcr23::Untouched.as_str(),
         error,
         "workload update"
     );
 }
 
-/// The outcome of `Workloads::update`: `applied`, `rolled-back`, `rollback-failed`, or
-/// `refused` (nothing was measured or changed).
-pub fn update(peer: &Peer, token: &str, outcome: &anyhow::Result<Measured>) {
-    let (result, workload, error) = match outcome {
-        Ok(measured) => ("applied", Some(replay(&measured.current)), None),
-        Err(e) => match (
-            e.downcast_ref::<RollbackFailed>(),
-            e.downcast_ref::<RolledBack>(),
-        ) {
-            (Some(failed), _) => ("rollback-failed", Some(failed.new), Some(e)),
-            (None, Some(rolled_back)) => ("rolled-back", Some(rolled_back.new), Some(e)),
-            (None, None) => ("refused", None, Some(e)),
-        },
-    };
-    let workload = workload
-        .as_ref()
-        .map_or("none".into(), Sha256Digest::to_hex);
-    let error = error.map(|e| format!("{e:#}")).unwrap_or_default();
-    if outcome.is_ok() {
-        tracing::info!(
-            target: "audit",
-            action = %"update",
-            result = %result,
-            %peer,
-            token = %token,
-            workload = %workload,
-            "workload update"
-        );
-    } else {
-        tracing::warn!(
-            target: "audit",
-            action = %"update",
-            result = %result,
-            %peer,
-            token = %token,
-            workload = %workload,
-            error = ?error,
-            "workload update"
-        );
+/// What became of an update, as its audit line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateResult {
+    /// Measured and running.
+    Applied,
+    /// Refused before PCR 23 was touched: nothing measured or changed.
+    Refused,
+    /// Measuring it failed after PCR 23 may have been extended (the line's `pcr23` says how
+    /// far); the previous workload still runs.
+    Failed,
+    /// Measured, did not start; the previous workload runs again, measured again.
+    RolledBack,
+    /// Measured, did not start, and bringing the previous one back failed too.
+    RollbackFailed,
+}
+
+impl UpdateResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled-back",
+            Self::RollbackFailed => "rollback-failed",
+        }
     }
 }
 
-/// A rollback after the new workload `new` did not start: `restored` or `failed`.
-pub fn rollback(new: &Sha256Digest, result: &str, cause: &anyhow::Error, failure: Option<&str>) {
+/// The audit fields of an update's outcome: result, the new generation's digest when known, and
+/// what happened to PCR 23.
+fn classify(outcome: &anyhow::Result<Measured>) -> (UpdateResult, Option<Sha256Digest>, Pcr23) {
+    let e = match outcome {
+        Ok(measured) => {
+            let new = replay(&measured.current);
+            return (UpdateResult::Applied, Some(new), Pcr23::Extended);
+        }
+        Err(e) => e,
+    };
+    if let Some(failed) = e.downcast_ref::<RollbackFailed>() {
+        (
+            UpdateResult::RollbackFailed,
+            Some(failed.new),
+            Pcr23::Extended,
+        )
+    } else if let Some(rolled_back) = e.downcast_ref::<RolledBack>() {
+        (
+            UpdateResult::RolledBack,
+            Some(rolled_back.new),
+            Pcr23::Extended,
+        )
+    } else if let Some(measure) = e.downcast_ref::<MeasureFailed>() {
+        let result = match measure.pcr23 {
+            Pcr23::Untouched => UpdateResult::Refused,
+            Pcr23::PendingReconcile | Pcr23::Extended => UpdateResult::Failed,
+        };
+        (result, Some(measure.new), measure.pcr23)
+    } else {
+        (UpdateResult::Refused, None, Pcr23::Untouched)
+    }
+}
+
+/// The outcome of `Workloads::update`, with `pcr23` saying whether PCR 23 was extended
+/// (`extended`), was not (`untouched`), or may hold part of the update until the restart
+/// reconciles the log (`pending-reconcile`).
+pub fn update(peer: &Peer, token: &str, outcome: &anyhow::Result<Measured>) {
+    let (result, workload, pcr23) = classify(outcome);
+    let workload = workload
+        .as_ref()
+        .map_or("none".into(), Sha256Digest::to_hex);
+    let Err(error) = outcome else {
+        tracing::info!(
+            target: "audit",
+            action = %"update",
+            result = %result.as_str(),
+            %peer,
+            token = %token,
+            workload = %workload,
+            pcr23 = %pcr23.as_str(),
+            "workload update"
+        );
+        return;
+    };
+    tracing::warn!(
+        target: "audit",
+        action = %"update",
+        result = %result.as_str(),
+        %peer,
+        token = %token,
+        workload = %workload,
+        pcr23 = %pcr23.as_str(),
+        error = ?format!("{error:#}"),
+        "workload update"
+    );
+}
+
+/// What became of a rollback after a failed update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackResult {
+    /// The previous workload runs again, measured again into PCR 23.
+    Restored,
+    /// Bringing the previous workload back failed: no workload may be running.
+    Failed,
+}
+
+impl RollbackResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restored => "restored",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A rollback after the new workload `new` did not start (`cause`); `failure` is why the
+/// rollback itself failed.
+pub fn rollback(new: &Sha256Digest, cause: &anyhow::Error, failure: Option<&str>) {
+    let result = match failure {
+        None => RollbackResult::Restored,
+        Some(_) => RollbackResult::Failed,
+    };
     tracing::warn!(
         target: "audit",
         action = %"rollback",
-        result = %result,
+        result = %result.as_str(),
         workload = %new.to_hex(),
         cause = ?format!("{cause:#}"),
         error = ?failure.unwrap_or_default(),

@@ -46,6 +46,9 @@ pub struct Config {
     pub vcek_path: Option<PathBuf>,
     /// Extra certificates (DER) for the VCEK chain (ASK/ASVK), e.g. from Azure's host service.
     pub vcek_chain_paths: Vec<PathBuf>,
+    /// Azure SEV-SNP without `vcek_path`: Azure's host certificate service (THIM), where the agent
+    /// gets the VCEK chain it serves (docs/collateral.md). A local server in tests.
+    pub azure_certs_url: String,
     /// TEST-ONLY roots /offchain-verify accepts in addition to AMD's. Never set in production.
     pub test_roots: Vec<PathBuf>,
     /// The firmware's TCG2 event log, included in evidence when readable.
@@ -73,6 +76,11 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Evidence requests queued for (or at) the TPM at once; more are answered 503.
     pub tpm_queue_capacity: usize,
+    /// Evidence requests per second each client (source address; an IPv6 /64; the local socket
+    /// as one) may make on each listener, sustained; more are answered 429 with Retry-After.
+    pub client_evidence_per_sec: u32,
+    /// Evidence requests a client may make at once before `client_evidence_per_sec` applies.
+    pub client_evidence_burst: u32,
     /// Where the key of `/data` comes from: `ephemeral` (made here at each boot) or `pushed`
     /// (`/unlock` after the client verified the VM); absent: the agent does not manage `/data`
     /// (test images). Recorded in PCR 23 (docs/data-at-rest.md).
@@ -101,6 +109,7 @@ impl Default for Config {
             image_measurements: None,
             vcek_path: None,
             vcek_chain_paths: Vec::new(),
+            azure_certs_url: cvm_attester::tee::AZURE_THIM_URL.into(),
             test_roots: Vec::new(),
             firmware_event_log: Some(PathBuf::from(
                 "/sys/kernel/security/tpm0/binary_bios_measurements",
@@ -116,6 +125,8 @@ impl Default for Config {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 30,
             tpm_queue_capacity: crate::tpm_actor::DEFAULT_QUEUE_CAPACITY,
+            client_evidence_per_sec: 20,
+            client_evidence_burst: 60,
             data_unlock: None,
             data_key_file: PathBuf::from("/run/cvm-agent/data/key"),
             data_open_command: vec![
@@ -217,6 +228,11 @@ impl Config {
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("tpm_queue_capacity", self.tpm_queue_capacity as u64),
+            (
+                "client_evidence_per_sec",
+                self.client_evidence_per_sec.into(),
+            ),
+            ("client_evidence_burst", self.client_evidence_burst.into()),
         ] {
             if value == 0 {
                 bail!("{key} must be at least 1");

@@ -14,8 +14,10 @@
 
 use anyhow::{Context, Result};
 use openssl::ssl::SslAcceptor;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,13 +30,15 @@ use tokio::task::JoinHandle;
 use crate::audit::Throttle;
 use crate::config::Config;
 
-/// Per-connection limits, the same for every listener.
+/// Per-connection and per-client limits, the same for every listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Evidence requests per client on each listener.
+    pub evidence_rate: ClientRate,
 }
 
 impl From<&Config> for Limits {
@@ -44,6 +48,10 @@ impl From<&Config> for Limits {
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            evidence_rate: ClientRate {
+                per_sec: config.client_evidence_per_sec,
+                burst: config.client_evidence_burst,
+            },
         }
     }
 }
@@ -56,6 +64,118 @@ pub struct Peer(pub String);
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl Peer {
+    /// Whom a rate limit counts this peer as: its IP address (an IPv6 one by its /64, the block
+    /// one host usually gets), or the local socket as a whole.
+    fn client(&self) -> Client {
+        let Ok(address) = self.0.parse::<std::net::SocketAddr>() else {
+            return Client::Local;
+        };
+        match address.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client::Ip(IpAddr::V4(v4)),
+                None => Client::Ip(IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())),
+            },
+            v4 => Client::Ip(v4),
+        }
+    }
+}
+
+/// A client as [`ClientLimiter`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Client {
+    Ip(IpAddr),
+    /// The local Unix socket (no address).
+    Local,
+    /// Every new client while [`MAX_TRACKED_CLIENTS`] recent ones are tracked: they share one
+    /// bucket, so a flood from many addresses cannot grow the table.
+    Overflow,
+}
+
+/// A token bucket per client: `burst` requests at once, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// Clients with a partly used bucket remembered at once (a full bucket is forgotten when room is
+/// needed: it is no different from a new one).
+const MAX_TRACKED_CLIENTS: usize = 16_384;
+
+/// Evidence requests each client may make on one listener. Every evidence request costs a TPM
+/// quote (and a TEE report) from the one queue all clients share; this keeps one client from
+/// taking all of it, well above what a verifier needs (one request per verification).
+#[derive(Debug)]
+pub struct ClientLimiter {
+    rate: ClientRate,
+    buckets: std::sync::Mutex<HashMap<Client, Bucket>>,
+    refusals: Throttle,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refilled(&self, rate: ClientRate, now: Instant) -> f64 {
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(rate.per_sec);
+        (self.tokens + gained).min(f64::from(rate.burst))
+    }
+}
+
+impl ClientLimiter {
+    pub fn new(rate: ClientRate) -> Self {
+        Self {
+            rate,
+            buckets: std::sync::Mutex::default(),
+            refusals: Throttle::new(1, Duration::from_secs(10)),
+        }
+    }
+
+    /// Takes one request from `peer`'s bucket; `Err(time until one is back)` when it is empty.
+    pub fn check(&self, peer: &Peer) -> Result<(), Duration> {
+        let checked = self.check_at(peer.client(), Instant::now());
+        if let Err(retry) = checked {
+            if let Some(suppressed) = self.refusals.allow() {
+                tracing::warn!(%peer, ?retry, suppressed, "a client is over its evidence rate: 429");
+            }
+        }
+        checked
+    }
+
+    fn check_at(&self, mut client: Client, now: Instant) -> Result<(), Duration> {
+        let (rate, burst) = (self.rate, f64::from(self.rate.burst));
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !buckets.contains_key(&client) && buckets.len() >= MAX_TRACKED_CLIENTS {
+            buckets.retain(|_, bucket| bucket.refilled(rate, now) < burst);
+            if buckets.len() >= MAX_TRACKED_CLIENTS {
+                client = Client::Overflow;
+            }
+        }
+        let fresh = Bucket {
+            tokens: burst,
+            at: now,
+        };
+        let bucket = buckets.entry(client).or_insert(fresh);
+        *bucket = Bucket {
+            tokens: bucket.refilled(rate, now),
+            at: now,
+        };
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let missing = 1.0 - bucket.tokens;
+        Err(Duration::from_secs_f64(missing / f64::from(rate.per_sec)))
     }
 }
 
@@ -118,6 +238,9 @@ pub async fn serve<L: Accept>(
     limits: Limits,
 ) -> anyhow::Error {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Handlers that queue TPM work take it from their request's extensions.
+    let limiter = Arc::new(ClientLimiter::new(limits.evidence_rate));
+    let app = app.layer(axum::Extension(limiter));
     let accept_errors = Throttle::new(1, Duration::from_secs(10));
     let over_cap = Throttle::new(1, Duration::from_secs(10));
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -404,7 +527,53 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            evidence_rate: ClientRate {
+                per_sec: 10,
+                burst: 10,
+            },
         }
+    }
+
+    /// A burst, then one request per refill; clients count apart, an IPv6 host by its /64; a
+    /// table full of busy clients puts new ones in one shared bucket.
+    #[test]
+    fn each_client_gets_its_own_bucket() {
+        let limiter = ClientLimiter::new(ClientRate {
+            per_sec: 2,
+            burst: 3,
+        });
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let a = Peer("192.0.2.1:1000".into()).client();
+        let taken: Vec<_> = (0..4).map(|_| limiter.check_at(a, at(0)).is_ok()).collect();
+        assert_eq!(taken, [true, true, true, false]);
+        assert_eq!(limiter.check_at(a, at(0)), Err(Duration::from_millis(500)));
+        assert!(limiter.check_at(a, at(500)).is_ok(), "refilled");
+        assert!(limiter.check_at(a, at(500)).is_err());
+        let b = Peer("192.0.2.2:1000".into()).client();
+        assert!(limiter.check_at(b, at(500)).is_ok(), "another client");
+        let same_host = |port| Peer(format!("[2001:db8::{port}]:{port}")).client();
+        assert_eq!(same_host(1), same_host(2));
+        assert_eq!(Peer("unix".into()).client(), Client::Local);
+        let mapped = Peer("[::ffff:192.0.2.1]:9".into()).client();
+        assert_eq!(mapped, a);
+
+        let busy = ClientLimiter::new(ClientRate {
+            per_sec: 1,
+            burst: 1,
+        });
+        for n in 0..MAX_TRACKED_CLIENTS as u32 {
+            let client = Client::Ip(IpAddr::V4(n.into()));
+            busy.check_at(client, at(0)).unwrap();
+        }
+        let newcomer = |n: u32| Client::Ip(IpAddr::V4((u32::MAX - n).into()));
+        assert!(busy.check_at(newcomer(0), at(0)).is_ok());
+        assert!(busy.check_at(newcomer(1), at(0)).is_err(), "shared bucket");
+        let tracked = busy.buckets.lock().unwrap().len();
+        assert_eq!(tracked, MAX_TRACKED_CLIENTS + 1);
+        // A second later every bucket is full again: they are forgotten to make room.
+        assert!(busy.check_at(newcomer(2), at(1000)).is_ok());
+        assert_eq!(busy.buckets.lock().unwrap().len(), 1);
     }
 
     fn errno(code: i32) -> io::Error {

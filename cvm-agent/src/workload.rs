@@ -108,6 +108,36 @@ struct Pending {
 )]
 pub struct TpmFailed(pub String);
 
+/// What a failed update's extend did to PCR 23, for its audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pcr23 {
+    /// Nothing reached the TPM (the write-ahead failed first).
+    Untouched,
+    /// The TPM failed mid-extend: PCR 23 may hold part of it; the restart reconciles the log.
+    PendingReconcile,
+    /// PCR 23 and the in-memory log were extended, but persisting or checking the log failed.
+    Extended,
+}
+
+impl Pcr23 {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Untouched => "untouched",
+            Self::PendingReconcile => "pending-reconcile",
+            Self::Extended => "extended",
+        }
+    }
+}
+
+/// An update whose measurement of the new workload (`new`, its generation's digest) failed: the
+/// context of the extend error, so the audit line can say how far PCR 23 got.
+#[derive(Debug, thiserror::Error)]
+#[error("measuring the new workload {new}")]
+pub struct MeasureFailed {
+    pub new: Sha256Digest,
+    pub pcr23: Pcr23,
+}
+
 /// The folder about to run is not the workload last measured into PCR 23.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -311,12 +341,19 @@ impl Workloads {
         // 2. Measure before running; from here until the workload runs, a restart finishes this.
         let new = replay(&events);
         self.in_flight.store(true, Ordering::SeqCst);
+        let logged = self.measured.read().await.log.events.len();
         if let Err(error) = self.extend(events, image_ids).await {
-            if !error.is::<TpmFailed>() {
-                // Nothing reached PCR 23 (the write-ahead or the TPM refused before any extend).
+            let pcr23 = if error.is::<TpmFailed>() {
+                Pcr23::PendingReconcile
+            } else if self.measured.read().await.log.events.len() > logged {
+                Pcr23::Extended
+            } else {
+                Pcr23::Untouched
+            };
+            if pcr23 != Pcr23::PendingReconcile {
                 self.in_flight.store(false, Ordering::SeqCst);
             }
-            return Err(error);
+            return Err(error.context(MeasureFailed { new, pcr23 }));
         }
         // 3. Stop the old one, swap folders, start the new one. On any failure from here on the
         //    previous one comes back, measured again: the log's last generation is what runs.
@@ -330,12 +367,12 @@ impl Workloads {
         match self.roll_back(&previous, commitments).await {
             Ok(()) => {
                 self.settle().await?;
-                audit::rollback(&new, "restored", &error, None);
+                audit::rollback(&new, &error, None);
                 Err(error.context(RolledBack { new }))
             }
             Err(rollback) => {
                 let rollback = format!("{rollback:#}");
-                audit::rollback(&new, "failed", &error, Some(&rollback));
+                audit::rollback(&new, &error, Some(&rollback));
                 let error = format!("{error:#}");
                 Err(RollbackFailed {
                     new,
@@ -393,7 +430,7 @@ impl Workloads {
                     tracing::warn!("the new workload of an interrupted update did not start ({error:#}): rolling back");
                     self.roll_back(&previous, commitments).await?;
                     let cause = error.context("the agent restarted in the middle of an update");
-                    audit::rollback(&cut_short, "restored", &cause, None);
+                    audit::rollback(&cut_short, &cause, None);
                     return self.settle().await;
                 }
                 other => return other.and(self.settle().await),
@@ -407,7 +444,7 @@ impl Workloads {
             prepare(self.engine.as_ref(), &self.dir, commitments, Empty::Allowed).await?;
         self.extend(events, image_ids).await?;
         let cause = anyhow::anyhow!("the agent restarted in the middle of an update: {reason}");
-        audit::rollback(&cut_short, "restored", &cause, None);
+        audit::rollback(&cut_short, &cause, None);
         self.settle().await
     }
 

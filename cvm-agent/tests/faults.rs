@@ -586,6 +586,15 @@ async fn a_tpm_failing_mid_extend_stops_the_agent_and_the_restart_reconciles() {
     assert!(agent
         .log()
         .contains("the TPM failed while extending PCR 23"));
+    // The audit line does not claim that nothing was measured: PCR 23 may hold part of it.
+    let log = agent.log();
+    let audit = log
+        .lines()
+        .find(|line| line.contains(" audit:") && line.contains("action=update"))
+        .unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert_eq!(field(audit, "result"), "failed", "{audit}");
+    assert_eq!(field(audit, "pcr23"), "pending-reconcile", "{audit}");
+    assert_ne!(field(audit, "workload"), "none", "{audit}");
 
     let (status, output) = match vm.start(None) {
         Ok(running) => panic!("served without a TPM:\n{}", running.log()),

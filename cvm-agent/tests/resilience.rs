@@ -427,7 +427,11 @@ async fn the_connection_cap_closes_connections_over_it_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evidence_flood_gets_503_with_retry_after_and_nothing_else() {
     let agent = Spawned::start(
-        &format!("{MEASURE_ONLY}external_tls = false\ntpm_queue_capacity = 4\n"),
+        // One client floods: its own rate limit (a_client_over_its_evidence_rate...) set aside.
+        &format!(
+            "{MEASURE_ONLY}external_tls = false\ntpm_queue_capacity = 4\n\
+             client_evidence_burst = 1000\n"
+        ),
         None,
     );
     let addr = agent.external;
@@ -469,6 +473,63 @@ async fn an_evidence_flood_gets_503_with_retry_after_and_nothing_else() {
     let path = format!("/collaterals/{}", nonce());
     let response = request(addr, "GET", &path, &[], b"").await.unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// One client over its evidence rate gets 429 with Retry-After and a JSON error, without
+/// costing a quote; other clients (here the local socket) are served meanwhile, and the client
+/// is served again once Retry-After has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_evidence_rate_gets_429_others_are_served() {
+    let agent = Spawned::start(
+        &format!(
+            "{MEASURE_ONLY}external_tls = false
+             client_evidence_per_sec = 1
+client_evidence_burst = 3
+"
+        ),
+        None,
+    );
+    let addr = agent.external;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let path = format!("/collaterals/{}", nonce());
+        let response = request(addr, "GET", &path, &[], b"").await.unwrap();
+        statuses.push(response.status);
+        if response.status == 429 {
+            limited = Some(response);
+        }
+    }
+    // A bucket of 3, refilled once a second: the 4th request comes well within the second.
+    assert_eq!(statuses[..4], [200, 200, 200, 429], "{statuses:?}");
+    let limited = limited.unwrap();
+    let retry = limited
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .map(|(_, value)| value.parse::<u64>().unwrap())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+    let error = limited.json().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("too many evidence requests"), "{error}");
+
+    // The local socket is another client: served.
+    let path = format!("/offchain/collaterals/{}", nonce());
+    let answer = unix_get(&agent.socket, &path).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let path = format!("/collaterals/{}", nonce());
+    let response = request(addr, "GET", &path, &[], b"").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        agent.log().contains("over its evidence rate"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// A workload folder as a tar: a compose file with one service and its image archive.
@@ -533,11 +594,13 @@ async fn updates_and_rejected_tokens_are_audited_rejections_rate_limited() {
             .unwrap();
         assert_eq!(response.status, 401, "{}", response.text());
     }
+    let refused = upload(agent.external, TOKEN, b"not an archive").await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
     let response = upload(agent.external, TOKEN, &workload_tar("audited\n")).await;
     assert_eq!(response.status, 200, "{}", response.text());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let rejected = agent.audit_lines("rejected");
+    let rejected = agent.audit_lines("result=rejected");
     assert!(
         (1..=11).contains(&rejected.len()),
         "{} lines for 60 rejections:\n{}",
@@ -549,9 +612,13 @@ async fn updates_and_rejected_tokens_are_audited_rejections_rate_limited() {
         assert!(line.contains("route=/container-logs"), "{line}");
     }
     let updates = agent.audit_lines("action=update");
-    assert_eq!(updates.len(), 1, "{}", agent.log());
+    assert_eq!(updates.len(), 2, "{}", agent.log());
     let line = &updates[0];
-    assert!(line.contains("result=applied"), "{line}");
+    assert_eq!(field(line, "result"), "refused", "{line}");
+    assert_eq!(field(line, "pcr23"), "untouched", "{line}");
+    let line = &updates[1];
+    assert_eq!(field(line, "result"), "applied", "{line}");
+    assert_eq!(field(line, "pcr23"), "extended", "{line}");
     let token = token_prefix(agent.external).await;
     assert!(line.contains(&format!("token={token}")), "{line}");
     let digest = workload_digest(&response);
@@ -631,4 +698,10 @@ async fn rollbacks_are_audited_and_a_failed_one_keeps_both_errors() {
         ["applied", "rolled-back", "rollback-failed"],
         "{updates:#?}"
     );
+    // Every one of them reached PCR 23; each rollback line names the workload of its update.
+    for (update, rollback) in updates[1..].iter().zip(&rollbacks) {
+        assert_eq!(field(update, "pcr23"), "extended", "{update}");
+        assert_eq!(field(update, "workload"), field(rollback, "workload"));
+    }
+    assert!(rollbacks[1].contains("up #5 failed"), "{}", rollbacks[1]);
 }
