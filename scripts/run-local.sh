@@ -46,7 +46,7 @@ port=${CVM_LOCAL_PORT:-18000}
 workload_port=${CVM_LOCAL_WORKLOAD_PORT:-18080}
 out=out/debian
 image=$out/disk.raw
-state=$("$bin/cvm-cli" deploy-local --image "$image" --name "$name" --dry-run | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
+state=$("$bin/cvm-cli" deploy-local --image "$image" --name "$name" --dry-run 2>&1 | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
 trap '"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true' EXIT
 
 step image "the production debian image, the example workload as its seed"

@@ -3,8 +3,64 @@
 //! not a bucket, not a resource group it did not create.
 
 use crate::deploy;
+use crate::output;
 use anyhow::Result;
 use clap::{ArgGroup, Args};
+use serde::Serialize;
+
+/// What `cleanup` did: said line by line as it happens (stdout), and with `--json` printed as one
+/// document at the end instead.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    /// Deleted, or with `--dry-run` what would be, in the order it went.
+    pub deleted: Vec<Gone>,
+    /// What could not be deleted, and why.
+    pub failed: Vec<NotGone>,
+    /// What it kept or did not find, in its own words.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Gone {
+    pub kind: String,
+    pub id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NotGone {
+    pub kind: String,
+    pub id: String,
+    pub error: String,
+}
+
+impl Report {
+    /// A deletion (or, with `--dry-run`, one that would happen), said as `line`.
+    pub fn deleted(&mut self, kind: &str, id: &str, line: impl std::fmt::Display) {
+        output::result_line(line);
+        let (kind, id) = (kind.to_owned(), id.to_owned());
+        self.deleted.push(Gone { kind, id });
+    }
+
+    /// A deletion that failed, said as `line` on stderr.
+    pub fn failed(&mut self, kind: &str, id: &str, error: &anyhow::Error, line: &str) {
+        if !output::json() {
+            eprintln!("{line}");
+        }
+        let (kind, id, error) = (kind.to_owned(), id.to_owned(), format!("{error:#}"));
+        self.failed.push(NotGone { kind, id, error });
+    }
+
+    /// Anything else worth saying about the outcome.
+    pub fn note(&mut self, line: String) {
+        output::result_line(&line);
+        self.notes.push(line);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.deleted.is_empty() && self.failed.is_empty() && self.notes.is_empty()
+    }
+}
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["local", "aws", "gcp", "azure"])))]
@@ -54,12 +110,25 @@ pub struct CleanupArgs {
 }
 
 pub fn run(args: CleanupArgs) -> Result<()> {
+    let mut report = Report {
+        dry_run: args.dry_run,
+        ..Report::default()
+    };
+    let result = clean(&args, &mut report);
+    // A partial report (some deletions failed) is still the record of what went.
+    if output::json() && (result.is_ok() || !report.is_empty()) {
+        output::print_json(&serde_json::json!({ "cleanup": report }))?;
+    }
+    result
+}
+
+fn clean(args: &CleanupArgs, report: &mut Report) -> Result<()> {
     if let Some(name) = &args.local {
-        return crate::local::cleanup(name);
+        return crate::local::cleanup(name, report);
     }
     if let Some(name) = &args.aws {
         let region = args.region.as_deref().unwrap_or("us-east-2");
-        return deploy::aws::cleanup(name, region, args.dry_run);
+        return deploy::aws::cleanup(name, region, args.dry_run, report);
     }
     if let (Some(name), Some(project)) = (&args.gcp, &args.project_id) {
         let zone = args
@@ -67,7 +136,8 @@ pub fn run(args: CleanupArgs) -> Result<()> {
             .as_deref()
             .or(args.region.as_deref())
             .unwrap_or("asia-southeast1-b");
-        return deploy::gcp::cleanup(name, project, zone, args.bucket.as_deref(), args.dry_run);
+        let bucket = args.bucket.as_deref();
+        return deploy::gcp::cleanup(name, project, zone, bucket, args.dry_run, report);
     }
     if let Some(name) = &args.azure {
         return deploy::azure::cleanup(
@@ -75,6 +145,7 @@ pub fn run(args: CleanupArgs) -> Result<()> {
             args.resource_group.as_deref(),
             args.subscription.as_deref(),
             args.dry_run,
+            report,
         );
     }
     anyhow::bail!("name what to clean up: --local NAME, --aws NAME, --gcp NAME or --azure NAME")

@@ -108,19 +108,27 @@ pub fn run(args: GoldenArgs) -> Result<()> {
     match &args.out {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!(
-                "golden measurement written to {} ({} PCRs, workload PCR 23 = {})",
-                path.display(),
-                golden.pcrs.len(),
-                golden
-                    .workload
-                    .as_ref()
-                    .map(|w| w.pcr23().to_hex())
-                    .unwrap_or_default()
-            );
+            written(path, &golden)?;
         }
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+/// Says where the golden went: a progress line, or with `--json` the result on stdout.
+fn written(path: &std::path::Path, golden: &GoldenMeasurement) -> Result<()> {
+    let pcr23 = golden.workload.as_ref().map(|w| w.pcr23().to_hex());
+    if crate::output::json() {
+        let pcrs = golden.pcrs.len();
+        let result = serde_json::json!({ "written": path, "pcrs": pcrs, "workload_pcr23": pcr23 });
+        return crate::output::print_json(&result);
+    }
+    crate::output::progress(format_args!(
+        "golden measurement written to {} ({} PCRs, workload PCR 23 = {})",
+        path.display(),
+        golden.pcrs.len(),
+        pcr23.unwrap_or_default()
+    ));
     Ok(())
 }
 
@@ -154,9 +162,9 @@ fn compute(args: &GoldenArgs) -> Result<GoldenMeasurement> {
         && !boot_events.is_empty()
         && pcrs.remove(&4).is_some()
     {
-        eprintln!(
+        crate::output::progress(
             "golden: PCR 4's value is left out for a cloud (its firmware adds boot events); \
-             the build's boot events pin the UKI there (boot.events)"
+             the build's boot events pin the UKI there (boot.events)",
         );
     }
     let mut snp_measurements = args

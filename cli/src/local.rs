@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::encoding::encode_base64;
 use image_builder::boot::{qemu_command, qemu_escape, BootConfig, SnpLaunch};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -223,47 +224,16 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
             bail!("--tee sev-snp: this host cannot launch SEV-SNP guests: {reason}")
         }
     };
-    println!("Plan for local VM {:?}:", args.name);
-    println!(
-        "  disk        {} (booted with snapshot=on: the file is never written)",
-        image.display()
-    );
-    println!(
-        "  firmware    OVMF, {} MiB, {} vCPU, accel {accel}{}",
-        args.memory_mib,
-        args.cpus,
-        if accel == "tcg" {
-            " (software emulation: about a minute to boot)"
-        } else {
-            ""
-        }
-    );
-    match &snp {
-        Some(launch) => println!(
-            "  TEE         AMD SEV-SNP: firmware {}, UKI {} booted directly (kernel-hashes=on)",
-            launch.ovmf.display(),
-            launch.uki.display()
-        ),
-        None => println!("  TEE         none (the TPM is trusted through its recorded AK)"),
+    // The agent would refuse at start anyway: say so before a VM exists (SNP's derived key is a
+    // root inside the TEE; swtpm is this host's).
+    if args.data_unlock == Some(cvm_attestation::workload::DataUnlock::Sealed) && snp.is_none() {
+        bail!(
+            "--data-unlock sealed: a local QEMU VM without SEV-SNP has no root of trust inside a \
+             TEE to keep the key (its TPM is this host's swtpm); use `pushed` (cvm-cli unlock \
+             after verifying) or `ephemeral`"
+        );
     }
-    println!(
-        "  TPM         swtpm, state in {}",
-        dir.join("tpm-state").display()
-    );
-    println!(
-        "  agent       https://127.0.0.1:{} -> guest port 8000",
-        args.port
-    );
-    for (host, guest) in &args.forwards {
-        println!("  forward     127.0.0.1:{host} -> guest port {guest}");
-    }
-    if let Some(mode) = args.data_unlock {
-        println!("  /data key   {} (to the guest by fw_cfg)", mode.as_str());
-    }
-    println!(
-        "  API token   new random, in {} (to the guest by fw_cfg)",
-        dir.join("api-token").display()
-    );
+    LocalPlan::new(&args, &image, &dir, &accel, snp.as_ref()).print()?;
     if args.dry_run {
         return Ok(());
     }
@@ -331,10 +301,10 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
             guest_features: 1,
         })?;
         std::fs::write(dir.join("snp-launch-digest"), hex::encode(digest))?;
-        println!(
+        crate::output::progress(format_args!(
             "  expected SEV-SNP launch digest {} (golden: --snp-measurement)",
             hex::encode(digest)
-        );
+        ));
         config.cpu = Some(SNP_VCPU_TYPE.into());
         config.snp = Some(launch);
     }
@@ -388,7 +358,11 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
                     tail(&serial, 25)
                 );
             }
-            eprint!("\r  {seconds} s");
+            if crate::output::verbosity() >= crate::output::Verbosity::Normal
+                && !crate::output::json()
+            {
+                eprint!("\r  {seconds} s");
+            }
             Ok(())
         })?;
     if !answered {
@@ -398,32 +372,172 @@ pub fn deploy(args: DeployLocalArgs) -> Result<()> {
             tail(&serial, 25)
         );
     }
-    eprintln!();
-    println!(
-        "Local VM {:?} is up after {} s.",
-        args.name,
-        started.elapsed().as_secs()
-    );
-    println!("  agent        https://127.0.0.1:{}", args.port);
-    println!("  pinned AK    {}", ak_path.display());
-    for (host, guest) in &args.forwards {
-        println!("  forwarded    127.0.0.1:{host} -> guest port {guest}");
+    if crate::output::verbosity() >= crate::output::Verbosity::Normal && !crate::output::json() {
+        eprintln!();
     }
-    println!("  API token    {}", token_path.display());
-    println!("  console log  {}", serial.display());
-    println!("Verify it:");
-    println!(
-        "  cvm-cli verify --host 127.0.0.1:{} --golden golden.json --trusted-ak {}",
-        args.port,
-        ak_path.display()
-    );
-    println!("Replace its workload:");
-    println!(
-        "  cvm-cli update-workload --host 127.0.0.1:{} --token-file {} --workload workload",
-        args.port,
-        token_path.display()
-    );
-    Ok(())
+    LocalDeployed {
+        name: args.name.clone(),
+        up_after_seconds: started.elapsed().as_secs(),
+        agent: format!("https://127.0.0.1:{}", args.port),
+        pinned_ak: ak_path.clone(),
+        forwards: forwards(&args.forwards),
+        api_token_file: token_path.clone(),
+        console_log: serial,
+        verify_command: format!(
+            "cvm-cli verify --host 127.0.0.1:{} --golden golden.json --trusted-ak {}",
+            args.port,
+            ak_path.display()
+        ),
+        update_command: format!(
+            "cvm-cli update-workload --host 127.0.0.1:{} --token-file {} --workload workload",
+            args.port,
+            token_path.display()
+        ),
+    }
+    .print()
+}
+
+/// `127.0.0.1:HOST -> guest port GUEST`, for each `--forward`.
+fn forwards(pairs: &[(u16, u16)]) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|(host, guest)| format!("127.0.0.1:{host} -> guest port {guest}"))
+        .collect()
+}
+
+/// What `deploy-local` will do: progress text on stderr, or `{"plan"}` on stdout with `--json`
+/// (the result of a `--dry-run`).
+#[derive(Debug, Serialize)]
+struct LocalPlan {
+    name: String,
+    image: PathBuf,
+    accel: String,
+    memory_mib: u32,
+    cpus: u32,
+    /// SEV-SNP's firmware and directly booted UKI; none: the TPM is trusted by its recorded AK.
+    snp: Option<SnpPlan>,
+    tpm_state: PathBuf,
+    agent: String,
+    forwards: Vec<String>,
+    data_unlock: Option<&'static str>,
+    api_token_file: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct SnpPlan {
+    ovmf: PathBuf,
+    uki: PathBuf,
+}
+
+impl LocalPlan {
+    fn new(
+        args: &DeployLocalArgs,
+        image: &Path,
+        dir: &Path,
+        accel: &str,
+        snp: Option<&SnpLaunch>,
+    ) -> Self {
+        Self {
+            name: args.name.clone(),
+            image: image.to_path_buf(),
+            accel: accel.to_owned(),
+            memory_mib: args.memory_mib,
+            cpus: args.cpus,
+            snp: snp.map(|launch| SnpPlan {
+                ovmf: launch.ovmf.clone(),
+                uki: launch.uki.clone(),
+            }),
+            tpm_state: dir.join("tpm-state"),
+            agent: format!("https://127.0.0.1:{} -> guest port 8000", args.port),
+            forwards: forwards(&args.forwards),
+            data_unlock: args.data_unlock.map(|mode| mode.as_str()),
+            api_token_file: dir.join("api-token"),
+        }
+    }
+
+    fn print(&self) -> Result<()> {
+        use crate::output::progress;
+        if crate::output::json() {
+            return crate::output::print_json(&serde_json::json!({ "plan": self }));
+        }
+        progress(format_args!("Plan for local VM {:?}:", self.name));
+        progress(format_args!(
+            "  disk        {} (booted with snapshot=on: the file is never written)",
+            self.image.display()
+        ));
+        let slow = match self.accel.as_str() {
+            "tcg" => " (software emulation: about a minute to boot)",
+            _ => "",
+        };
+        progress(format_args!(
+            "  firmware    OVMF, {} MiB, {} vCPU, accel {}{slow}",
+            self.memory_mib, self.cpus, self.accel
+        ));
+        match &self.snp {
+            Some(launch) => progress(format_args!(
+                "  TEE         AMD SEV-SNP: firmware {}, UKI {} booted directly (kernel-hashes=on)",
+                launch.ovmf.display(),
+                launch.uki.display()
+            )),
+            None => progress("  TEE         none (the TPM is trusted through its recorded AK)"),
+        }
+        progress(format_args!(
+            "  TPM         swtpm, state in {}",
+            self.tpm_state.display()
+        ));
+        progress(format_args!("  agent       {}", self.agent));
+        for forward in &self.forwards {
+            progress(format_args!("  forward     {forward}"));
+        }
+        if let Some(mode) = self.data_unlock {
+            progress(format_args!(
+                "  /data key   {mode} (to the guest by fw_cfg)"
+            ));
+        }
+        progress(format_args!(
+            "  API token   new random, in {} (to the guest by fw_cfg)",
+            self.api_token_file.display()
+        ));
+        Ok(())
+    }
+}
+
+/// A local VM that answered: text on stdout, or `{"deployed"}` with `--json`.
+#[derive(Debug, Serialize)]
+struct LocalDeployed {
+    name: String,
+    up_after_seconds: u64,
+    agent: String,
+    pinned_ak: PathBuf,
+    forwards: Vec<String>,
+    api_token_file: PathBuf,
+    console_log: PathBuf,
+    verify_command: String,
+    update_command: String,
+}
+
+impl LocalDeployed {
+    fn print(&self) -> Result<()> {
+        if crate::output::json() {
+            return crate::output::print_json(&serde_json::json!({ "deployed": self }));
+        }
+        println!(
+            "Local VM {:?} is up after {} s.",
+            self.name, self.up_after_seconds
+        );
+        println!("  agent        {}", self.agent);
+        println!("  pinned AK    {}", self.pinned_ak.display());
+        for forward in &self.forwards {
+            println!("  forwarded    {forward}");
+        }
+        println!("  API token    {}", self.api_token_file.display());
+        println!("  console log  {}", self.console_log.display());
+        println!("Verify it:");
+        println!("  {}", self.verify_command);
+        println!("Replace its workload:");
+        println!("  {}", self.update_command);
+        Ok(())
+    }
 }
 
 /// The vCPU model of SNP guests: it is part of the launch digest.
@@ -436,11 +550,11 @@ const API_TOKEN_FW_CFG: &str = "opt/cvm/api-token";
 const DATA_UNLOCK_FW_CFG: &str = "opt/cvm/data-unlock";
 
 /// Stops a local VM started by deploy-local and deletes its state.
-pub fn cleanup(name: &str) -> Result<()> {
-    cleanup_in(&state_dir(name)?, name)
+pub fn cleanup(name: &str, report: &mut crate::cleanup::Report) -> Result<()> {
+    cleanup_in(&state_dir(name)?, name, report)
 }
 
-fn cleanup_in(dir: &Path, name: &str) -> Result<()> {
+fn cleanup_in(dir: &Path, name: &str, report: &mut crate::cleanup::Report) -> Result<()> {
     let dir = dir.to_path_buf();
     if !dir.exists() {
         bail!("no local VM named {name:?} (looked in {})", dir.display());
@@ -456,10 +570,10 @@ fn cleanup_in(dir: &Path, name: &str) -> Result<()> {
             None => {
                 if let Some(pid) = read_pid(&dir.join(pid_file)) {
                     if pid_exists(pid) {
-                        eprintln!(
+                        report.note(format!(
                             "not stopping PID {pid} from {pid_file}: it is not this VM's \
                              {program} any more (the PID was reused); left running"
-                        );
+                        ));
                     }
                 }
             }
@@ -467,12 +581,18 @@ fn cleanup_in(dir: &Path, name: &str) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(500));
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    println!("stopped and removed local VM {name:?}");
+    let id = dir.display().to_string();
+    report.deleted(
+        "local VM",
+        &id,
+        format_args!("stopped and removed local VM {name:?}"),
+    );
     Ok(())
 }
 
+/// A progress line on stderr (stdout is for the result); silent with `-q` and `--json`.
 fn step(what: &str) {
-    println!("==> {what}");
+    crate::output::progress(format_args!("==> {what}"));
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -517,7 +637,11 @@ pub struct TpmAkArgs {
 /// The attestation key the agent will create on this TPM (TPMT_PUBLIC, base64): run it on a TPM
 /// you created, before any guest uses it, and pin the result with `verify --trusted-ak`.
 pub fn tpm_ak(args: TpmAkArgs) -> Result<()> {
-    println!("{}", encode_base64(&derive_ak(&args.tcti)?));
+    let ak = encode_base64(&derive_ak(&args.tcti)?);
+    if crate::output::json() {
+        return crate::output::print_json(&serde_json::json!({ "ak": ak }));
+    }
+    println!("{ak}");
     Ok(())
 }
 
@@ -706,7 +830,7 @@ mod tests {
         std::fs::write(dir.join("qemu.pid"), unrelated.0.id().to_string()).unwrap();
         std::fs::write(dir.join("swtpm.pid"), unrelated.0.id().to_string()).unwrap();
         assert_eq!(owned_pid(&dir, "qemu.pid", "qemu-system"), None);
-        cleanup_in(&dir, "vm").unwrap();
+        cleanup_in(&dir, "vm", &mut Default::default()).unwrap();
         assert!(
             unrelated.0.try_wait().unwrap().is_none(),
             "cleanup signalled a process it did not start"
@@ -731,7 +855,7 @@ mod tests {
             Some(qemu.0.id() as i32)
         );
         assert_eq!(owned_pid(&dir, "swtpm.pid", "swtpm"), None);
-        cleanup_in(&dir, "vm").unwrap();
+        cleanup_in(&dir, "vm", &mut Default::default()).unwrap();
         assert!(qemu.0.wait().is_ok_and(|status| !status.success()));
         assert!(neighbour.0.try_wait().unwrap().is_none());
     }

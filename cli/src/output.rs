@@ -60,6 +60,30 @@ pub fn detail(message: impl Display) {
     }
 }
 
+/// A warning on stderr: printed even with `-q` (it bears on whether to trust the result), as
+/// one `{"warning"}` object with `--json` so stderr stays machine-readable.
+pub fn warn(message: impl Display) {
+    if json() {
+        eprintln!("{}", json!({ "warning": message.to_string() }));
+    } else {
+        eprintln!("warning: {message}");
+    }
+}
+
+/// A line of a command's text result on stdout, printed even with `-q`; with `--json` the
+/// command prints its result as one JSON document instead (see [`print_json`]).
+pub fn result_line(message: impl Display) {
+    if !json() {
+        println!("{message}");
+    }
+}
+
+/// Prints a command's result as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// The error's chain with each cause once: a cause whose text the previous message already
 /// ends with (an error that formats its source into its own message) is dropped.
 pub fn causes(error: &anyhow::Error) -> Vec<String> {

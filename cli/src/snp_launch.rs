@@ -64,7 +64,11 @@ fn check_firmware_size(path: &std::path::Path) -> Result<()> {
 
 /// `cvm-cli snp-launch-digest`: prints the digest (hex) for scripts and golden files.
 pub fn run(inputs: LaunchInputs) -> Result<()> {
-    println!("{}", hex::encode(launch_digest(&inputs)?));
+    let digest = hex::encode(launch_digest(&inputs)?);
+    if crate::output::json() {
+        return crate::output::print_json(&serde_json::json!({ "launch_digest": digest }));
+    }
+    println!("{digest}");
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! it: a fresh nonce, the golden's boot chain and every other check, and a workload log that shows
 //! the VM locked (its empty generation: the token's commitment and `locked`, nothing run). The key
 //! then goes over the TLS connection whose key the verified evidence binds, with the API token.
+//! A VM already unlocked must meet the whole golden instead, and is sent nothing.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -40,6 +41,13 @@ pub struct UnlockArgs {
 }
 
 pub fn run(args: UnlockArgs) -> Result<bool> {
+    let base = crate::http::base_url(&args.host, 8000)?;
+    if base.starts_with("http://") {
+        bail!(
+            "{base}: a data key goes only over TLS to the key the verified evidence binds: use \
+             the agent's https address"
+        );
+    }
     let key = std::fs::read(&args.key_file)
         .with_context(|| format!("reading {}", args.key_file.display()))?;
     let commitment =
@@ -49,8 +57,15 @@ pub fn run(args: UnlockArgs) -> Result<bool> {
         .trim()
         .to_owned();
     check_golden_key(&args.golden, commitment)?;
+    // Unlocked already: the VM must meet the whole golden (what runs after the unlock), and then
+    // nothing is sent (a second unlock is a no-op).
+    let already = std::cell::Cell::new(false);
     let adjust = |golden: &mut GoldenMeasurement, evidence: &Evidence| {
-        golden.workload = Some(GoldenWorkload::new(locked_generation(evidence, &token)?));
+        if unlocked(evidence) {
+            already.set(true);
+        } else {
+            golden.workload = Some(GoldenWorkload::new(locked_generation(evidence, &token)?));
+        }
         Ok(())
     };
     let verdict = crate::verify::verify_host_adjusted(
@@ -58,16 +73,61 @@ pub fn run(args: UnlockArgs) -> Result<bool> {
         &args.golden,
         args.trusted_ak.as_deref(),
         &adjust,
+        crate::verify::ReportOutput::for_caller(),
     )?;
+    let state = if already.get() {
+        "unlocked"
+    } else {
+        "a locked VM"
+    };
     if !verdict.verified {
         eprintln!(
-            "the VM did not verify against {} as a locked VM (failed checks above): the key was \
-             not sent",
+            "the VM did not verify against {} as {state} (failed checks above): the key was not \
+             sent",
             args.golden.display()
         );
+        Unlocked::new(&verdict, false, None).print_json()?;
         return Ok(false);
     }
-    send(&args.host, &token, &key, verdict.tls_key)
+    if already.get() {
+        crate::output::result_line(
+            "/data was unlocked already with this key: nothing sent, nothing changed",
+        );
+        Unlocked::new(&verdict, false, None).print_json()?;
+        return Ok(true);
+    }
+    let answer = send(&args.host, &token, &key, verdict.tls_key)?;
+    Unlocked::new(&verdict, true, Some(answer)).print_json()?;
+    Ok(true)
+}
+
+/// `unlock`'s result with `--json`: the checks, whether the key went, and the agent's answer.
+#[derive(serde::Serialize)]
+struct Unlocked<'a> {
+    verification: &'a cvm_attestation::VerificationReport,
+    key_sent: bool,
+    answer: Option<serde_json::Value>,
+}
+
+impl<'a> Unlocked<'a> {
+    fn new(
+        verdict: &'a crate::verify::HostVerdict,
+        key_sent: bool,
+        answer: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            verification: &verdict.report,
+            key_sent,
+            answer,
+        }
+    }
+
+    fn print_json(&self) -> Result<()> {
+        match crate::output::json() {
+            true => crate::output::print_json(self),
+            false => Ok(()),
+        }
+    }
 }
 
 /// A golden made for another key would never verify after the unlock: refuse before sending.
@@ -97,6 +157,15 @@ fn check_golden_key(
     }
 }
 
+/// Whether the VM's log shows `/data` opened with a pushed key (the golden then says with which).
+fn unlocked(evidence: &Evidence) -> bool {
+    evidence.event_logs.workload.as_ref().is_some_and(|log| {
+        log.events
+            .iter()
+            .any(|event| matches!(DataState::of(event), Some(DataState::Pushed(_))))
+    })
+}
+
 /// The generation a locked VM shows: its token's commitment (under the salt its log publishes;
 /// the quote vouches for the log), `locked`, the separator.
 fn locked_generation(evidence: &Evidence, token: &str) -> Result<Vec<WorkloadEvent>> {
@@ -114,7 +183,8 @@ fn locked_generation(evidence: &Evidence, token: &str) -> Result<Vec<WorkloadEve
     ])
 }
 
-fn send(host: &str, token: &str, key: &[u8], pin: Option<[u8; 32]>) -> Result<bool> {
+/// Sends the key; returns the agent's answer.
+fn send(host: &str, token: &str, key: &[u8], pin: Option<[u8; 32]>) -> Result<serde_json::Value> {
     let base = crate::http::base_url(host, 8000)?;
     if pin.is_none() {
         bail!("{base}: no TLS key bound into the verified evidence: a data key is never sent in the clear");
@@ -145,12 +215,12 @@ fn send(host: &str, token: &str, key: &[u8], pin: Option<[u8; 32]>) -> Result<bo
         );
     }
     if answer["already_unlocked"] == true {
-        println!("/data was unlocked already: nothing changed");
+        crate::output::result_line("/data was unlocked already: nothing changed");
     } else {
-        println!(
+        crate::output::result_line(format_args!(
             "/data unlocked; the workload on it is measured and started (PCR 23 {})",
             answer["pcr23"].as_str().unwrap_or("?")
-        );
+        ));
     }
-    Ok(true)
+    Ok(answer)
 }

@@ -63,21 +63,33 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
     let folder = WorkloadFolder::read(&args.workload)
         .with_context(|| format!("workload {}", args.workload.display()))?;
     let archive = pack_folder(&args.workload)?;
-    eprintln!(
+    crate::output::progress(format_args!(
         "packed {} ({} services, {} config files, {} KiB)",
         args.workload.display(),
         folder.services.len(),
         folder.config_files.len(),
         archive.len() / 1024
-    );
+    ));
+    let json = args.json || crate::output::json();
 
     // The TLS key the token may go to: the one the verified evidence binds, else (unverified)
     // the one the first connection presents.
     let mut pin = None;
+    let mut verification = None;
     if let Some(golden) = &args.golden {
+        let output = match json {
+            true => crate::verify::ReportOutput::Returned,
+            false => crate::verify::ReportOutput::Text,
+        };
         let verdict =
-            crate::verify::verify_host(&args.host, golden, args.trusted_ak.as_deref(), false)?;
+            crate::verify::verify_host(&args.host, golden, args.trusted_ak.as_deref(), output)?;
+        if json {
+            verification = Some(verdict.report.clone());
+        }
         if !verdict.verified {
+            if let Some(report) = &verification {
+                crate::output::print_json(&serde_json::json!({ "verification": report }))?;
+            }
             bail!(
                 "the VM did not verify against {}: nothing was uploaded",
                 golden.display()
@@ -85,19 +97,20 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         }
         pin = verdict.tls_key;
     } else {
-        eprintln!(
-            "warning: uploading without verifying the VM first (give --golden): the token goes \
-             to whatever answers at {}",
+        crate::output::warn(format_args!(
+            "uploading without verifying the VM first (give --golden): the token goes to \
+             whatever answers at {}",
             args.host
-        );
+        ));
     }
 
     let url = format!("{base}/update-workload");
+    crate::output::detail(format_args!("uploading to {url}"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     if pin.is_none() && base.starts_with("http://") {
-        eprintln!("warning: plain HTTP: the API token travels in the clear");
+        crate::output::warn("plain HTTP: the API token travels in the clear");
     }
     // The agent refuses a wrong token before reading a body: check it with a small request first.
     let check = runtime.block_on(crate::http::request(
@@ -130,8 +143,11 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
     let (status, body) = (response.status, response.body);
     let answer: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+    if json {
+        // One document: the checks the upload depended on, and the agent's answer.
+        crate::output::print_json(
+            &serde_json::json!({ "verification": verification, "status": status, "answer": answer }),
+        )?;
     }
     if status != 200 {
         bail!(
@@ -139,7 +155,7 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
             answer["error"].as_str().unwrap_or(&answer.to_string())
         );
     }
-    if !args.json {
+    if !json {
         println!(
             "workload updated; PCR 23 is now {}",
             answer["pcr23"].as_str().unwrap_or("?")

@@ -200,7 +200,10 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             golden,
             options,
             args.save_evidence.as_deref(),
-            args.json,
+            match args.json || crate::output::json() {
+                true => ReportOutput::Json,
+                false => ReportOutput::Text,
+            },
             None,
             Some(&resolver),
         )
@@ -255,7 +258,7 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
         ),
     };
     resolve::annotate(&mut report, notes);
-    print_report(&report, args.json)?;
+    print_report(&report, args.json || crate::output::json())?;
     Ok(report.verified)
 }
 
@@ -346,6 +349,27 @@ pub struct HostVerdict {
     pub verified: bool,
     /// The TLS key the verified evidence binds: pin it for anything sent afterwards.
     pub tls_key: Option<[u8; 32]>,
+    /// The checks, for a caller that prints them inside its own JSON result.
+    pub report: VerificationReport,
+}
+
+/// Where a running agent's report goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutput {
+    Text,
+    Json,
+    /// Not printed: the caller puts it into its own result (`--json`).
+    Returned,
+}
+
+impl ReportOutput {
+    /// Text, or with `--json` returned for the caller's one JSON document.
+    pub fn for_caller() -> Self {
+        match crate::output::json() {
+            true => Self::Returned,
+            false => Self::Text,
+        }
+    }
 }
 
 /// Verifies a running agent over a fresh nonce and prints the report (for `update-workload`,
@@ -354,10 +378,10 @@ pub fn verify_host(
     host: &str,
     golden: &Path,
     trusted_ak: Option<&Path>,
-    json: bool,
+    output: ReportOutput,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, json, None, None)
+    verify_running(host, golden, options, None, output, None, None)
 }
 
 /// Changes the golden measurement once the evidence is known (e.g. `unlock`: the workload a
@@ -370,9 +394,10 @@ pub fn verify_host_adjusted(
     golden: &Path,
     trusted_ak: Option<&Path>,
     adjust: AdjustGolden<'_>,
+    output: ReportOutput,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, false, Some(adjust), None)
+    verify_running(host, golden, options, None, output, Some(adjust), None)
 }
 
 fn verify_running(
@@ -380,7 +405,7 @@ fn verify_running(
     golden_path: &Path,
     options: VerifyOptions,
     save_evidence: Option<&Path>,
-    json: bool,
+    output: ReportOutput,
     adjust: Option<AdjustGolden<'_>>,
     resolver: Option<&Resolver>,
 ) -> Result<HostVerdict> {
@@ -409,10 +434,13 @@ fn verify_running(
         .unwrap_or_default();
     let mut report = verify(&evidence, &golden, &options);
     resolve::annotate(&mut report, notes);
-    print_report(&report, json)?;
+    if output != ReportOutput::Returned {
+        print_report(&report, output == ReportOutput::Json)?;
+    }
     Ok(HostVerdict {
         verified: report.verified,
         tls_key: tls_key.filter(|_| report.verified),
+        report,
     })
 }
 

@@ -132,6 +132,21 @@ fn mistakes() -> Vec<Mistake> {
             says: &["settings.json"],
             never: &[],
         },
+        Mistake {
+            what: "deploy-local --data-unlock sealed is refused before a VM exists",
+            args: strings(&[
+                "deploy-local",
+                "--image",
+                "README.md",
+                "--tee",
+                "none",
+                "--data-unlock",
+                "sealed",
+            ]),
+            exit: 2,
+            says: &["--data-unlock sealed", "use `pushed`", "`ephemeral`"],
+            never: &["starting swtpm", "software TPM", "starting QEMU"],
+        },
     ]
 }
 

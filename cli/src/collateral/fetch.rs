@@ -154,7 +154,7 @@ impl Fetcher {
             Ok(Some(got)) => return Ok(got),
             Ok(None) => {}
             Err(e) if self.network == Network::Online => {
-                eprintln!("warning: {e}; fetching it again");
+                crate::output::warn(format_args!("{e}; fetching it again"));
             }
             Err(e) => return Err(e.into()),
         }
@@ -275,12 +275,13 @@ impl Fetcher {
                     why,
                 });
             }
-            eprintln!(
+            // Said even with `-q`: the command is waiting, not stuck.
+            crate::output::warn(format_args!(
                 "{}: HTTP {}, retrying in {} s",
                 item.url,
                 response.status,
                 delay.as_secs()
-            );
+            ));
             tokio::time::sleep(delay).await;
             waited += delay;
         }

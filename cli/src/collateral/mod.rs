@@ -218,14 +218,14 @@ pub fn run(args: CollateralArgs) -> Result<bool> {
         CollateralCommand::Show(args) => {
             let cache = args.cache.cache()?;
             let listed = show::list(&cache, at_or_now(args.at.as_deref())?)?;
-            show::print(&listed, cache.root(), args.json)?;
+            show::print(&listed, cache.root(), args.json || crate::output::json())?;
             Ok(true)
         }
         CollateralCommand::Prune(args) => {
             let cache = args.cache.cache()?;
             let pruned = show::prune(&cache, at_or_now(args.at.as_deref())?)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&pruned)?);
+            if args.json || crate::output::json() {
+                crate::output::print_json(&pruned)?;
             } else {
                 println!(
                     "pruned {}: removed {} stale and {} corrupt, kept {}",
@@ -241,7 +241,12 @@ pub fn run(args: CollateralArgs) -> Result<bool> {
         CollateralCommand::Import(args) => {
             let cache = args.cache.cache()?;
             let count = bundle::import(&cache, &args.bundle)?;
-            println!("imported {count} entries into {}", cache.root().display());
+            if crate::output::json() {
+                let result = serde_json::json!({ "imported": count, "cache": cache.root() });
+                crate::output::print_json(&result)?;
+            } else {
+                println!("imported {count} entries into {}", cache.root().display());
+            }
             Ok(true)
         }
     }
@@ -342,7 +347,7 @@ fn run_fetch(args: FetchArgs) -> Result<bool> {
         rows.extend(runtime.block_on(fetch_subject(&fetcher, &sources, subject, hint))?);
     }
     let ok = rows.iter().all(|r| r.error.is_none() || r.optional);
-    if args.json {
+    if args.json || crate::output::json() {
         let answer = serde_json::json!({
             "cache": fetcher.cache.root(),
             "ok": ok,
@@ -481,6 +486,12 @@ fn run_export(args: ExportArgs) -> Result<bool> {
         None
     };
     let count = bundle::export(&fetcher.cache, keys, &args.out)?;
+    if crate::output::json() {
+        let (cache, out) = (fetcher.cache.root(), &args.out);
+        let result = serde_json::json!({ "exported": count, "cache": cache, "out": out });
+        crate::output::print_json(&result)?;
+        return Ok(true);
+    }
     println!(
         "exported {count} entries from {} to {}",
         fetcher.cache.root().display(),

@@ -130,7 +130,7 @@ where
 }
 
 fn warn(message: &str) {
-    eprintln!("warning: {message}");
+    crate::output::warn(message);
 }
 
 fn progress_bar(visible: bool, total: u64) -> indicatif::ProgressBar {

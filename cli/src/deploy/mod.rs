@@ -135,7 +135,11 @@ pub fn attestation_gate(
             limit.as_secs()
         );
     }
-    let verdict = crate::verify::verify_host(&host, golden, None, json)?;
+    let output = match json {
+        true => crate::verify::ReportOutput::Json,
+        false => crate::verify::ReportOutput::Text,
+    };
+    let verdict = crate::verify::verify_host(&host, golden, None, output)?;
     if !verdict.verified {
         bail!(
             "attestation gate: the VM does not verify against {}; it is kept for inspection \
@@ -365,11 +369,10 @@ pub fn check_deployment_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Prints a progress line on stderr (stdout stays for results and JSON); silent with `-q`.
+/// Prints a progress line on stderr (stdout stays for results and JSON); silent with `-q` and
+/// `--json`.
 pub fn step(what: impl std::fmt::Display) {
-    if crate::output::verbosity() >= crate::output::Verbosity::Normal {
-        eprintln!("==> {what}");
-    }
+    crate::output::progress(format_args!("==> {what}"));
 }
 
 #[cfg(test)]

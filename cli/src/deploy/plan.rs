@@ -2,6 +2,7 @@
 //! end, or on failure so nothing half-created goes unmentioned).
 
 use super::blocks::UploadStats;
+use crate::cleanup::Report;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -65,13 +66,14 @@ impl SecureBootPlan {
 }
 
 impl Plan {
-    /// Prints the plan: JSON on stdout with `--json`, else readable text on stderr.
+    /// Prints the plan: JSON on stdout with `--json`, else readable text on stderr; with `-q`
+    /// only its warnings.
     pub fn print(&self, json: bool) {
         if json {
             println!("{}", serde_json::json!({ "plan": self }));
             return;
         }
-        eprintln!(
+        crate::output::progress(format_args!(
             "Plan: deploy {} to {} {} as {} ({}, {}), inbound TCP {} from {}",
             self.image.display(),
             super::runner::cloud_dir(self.cloud),
@@ -85,21 +87,21 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.allow_from.join(", ")
-        );
+        ));
         for warning in &self.warnings {
             eprintln!("  WARNING: {warning}");
         }
-        eprintln!(
+        crate::output::progress(format_args!(
             "  API token: a new random one, kept in {} (mode 0600), passed to the agent via {}",
             self.api_token.file.display(),
             self.api_token.passed_via
-        );
-        eprintln!(
+        ));
+        crate::output::progress(format_args!(
             "  Secure Boot: {}; vTPM and measured boot on",
             self.secure_boot.note
-        );
+        ));
         for (n, step) in self.steps.iter().enumerate() {
-            eprintln!("  {}. {step}", n + 1);
+            crate::output::progress(format_args!("  {}. {step}", n + 1));
         }
     }
 }
@@ -191,12 +193,13 @@ pub fn report_kept(created: &[Resource], cleanup_command: &str) {
     eprintln!("remove it with: {cleanup_command}");
 }
 
-/// `cleanup`: prints what a deployment has (or would delete with `dry_run`), deletes it newest
-/// first with `delete`, reports each outcome, and fails when anything is left.
+/// `cleanup`: says what a deployment has (or would delete with `dry_run`), deletes it newest
+/// first with `delete`, records each outcome in `report`, and fails when anything is left.
 pub async fn delete_found<F, Fut>(
     resources: &[Resource],
     what: &str,
     dry_run: bool,
+    report: &mut Report,
     mut delete: F,
 ) -> anyhow::Result<()>
 where
@@ -204,32 +207,30 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     if resources.is_empty() {
-        println!("nothing {what}");
+        report.note(format!("nothing {what}"));
         return Ok(());
     }
     if dry_run {
-        println!("would delete ({what}):");
+        crate::output::result_line(format_args!("would delete ({what}):"));
         for resource in resources {
-            println!("  {} {}", resource.kind, resource.id);
+            let (kind, id) = (resource.kind, &resource.id);
+            report.deleted(kind, id, format_args!("  {kind} {id}"));
         }
         return Ok(());
     }
-    println!("deleting what is {what}:");
-    let mut failed = 0;
+    crate::output::result_line(format_args!("deleting what is {what}:"));
     for resource in resources.iter().rev() {
+        let (kind, id) = (resource.kind, &resource.id);
         match delete(resource.clone()).await {
-            Ok(()) => println!("  deleted {} {}", resource.kind, resource.id),
+            Ok(()) => report.deleted(kind, id, format_args!("  deleted {kind} {id}")),
             Err(error) => {
-                failed += 1;
-                println!(
-                    "  could not delete {} {}: {error:#}",
-                    resource.kind, resource.id
-                );
+                let line = format!("  could not delete {kind} {id}: {error:#}");
+                report.failed(kind, id, &error, &line);
             }
         }
     }
-    if failed > 0 {
-        anyhow::bail!("{failed} resource(s) could not be deleted");
+    if !report.failed.is_empty() {
+        anyhow::bail!("{} resource(s) could not be deleted", report.failed.len());
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::blocks::UploadStats;
 use super::plan::{report_kept, update_command, verify_command, Deployed, Plan, Resource};
 use super::token::{self, DeployToken};
 use super::{step, DeployOptions};
+use crate::cleanup::Report;
 use anyhow::{bail, Context, Result};
 use cvm_attestation::evidence::Cloud as CloudKind;
 use std::future::Future;
@@ -169,17 +170,25 @@ async fn deploy<C: Cloud>(mut cloud: C) -> Result<()> {
             steps.len(),
             cloud.describe(*current)
         ));
+        let before = created.iter().count();
         let result = match cloud.create(*current, &context, &mut created).await {
             Ok(()) => injected_failure(n + 1),
             Err(error) => Err(error),
         };
+        for resource in created.iter().skip(before) {
+            crate::output::detail(format_args!(
+                "    created {} {}",
+                resource.kind(),
+                resource.id()
+            ));
+        }
         if let Err(error) = result {
-            eprintln!(
+            crate::output::progress(format_args!(
                 "step {} of {} failed ({}); the error follows at the end",
                 n + 1,
                 steps.len(),
                 cloud.describe(*current)
-            );
+            ));
             after_failure(&cloud, &created, token).await;
             return Err(error.context(format!("deploy-{dir} failed at step {}", n + 1)));
         }
@@ -257,7 +266,7 @@ pub async fn roll_back<C: Cloud>(cloud: &C, created: &Created<C::Resource>) -> u
 
 /// `cleanup --<cloud> NAME`: finds the deployment by tag, deletes it newest first (or says what
 /// it would delete), then its token file.
-pub async fn cleanup<C: Cloud>(cloud: &C, dry_run: bool) -> Result<()> {
+pub async fn cleanup<C: Cloud>(cloud: &C, dry_run: bool, report: &mut Report) -> Result<()> {
     let name = cloud.deployment();
     let found = cloud.find_tagged().await?;
     let what = format!(
@@ -267,7 +276,7 @@ pub async fn cleanup<C: Cloud>(cloud: &C, dry_run: bool) -> Result<()> {
     );
     let records: Vec<Resource> = found.iter().map(CloudResource::record).collect();
     let by_id = |record: &Resource| found.iter().find(|r| r.id() == record.id).cloned();
-    super::plan::delete_found(&records, &what, dry_run, |record| {
+    super::plan::delete_found(&records, &what, dry_run, report, |record| {
         let resource = by_id(&record);
         async move {
             match resource {
@@ -277,7 +286,7 @@ pub async fn cleanup<C: Cloud>(cloud: &C, dry_run: bool) -> Result<()> {
         }
     })
     .await?;
-    token::forget(cloud_dir(C::KIND), name, !found.is_empty(), dry_run)
+    token::forget(cloud_dir(C::KIND), name, !found.is_empty(), dry_run, report)
 }
 
 /// Polls `check` every `every` until it yields a value, fails, or `limit` passes.

@@ -199,27 +199,33 @@ impl std::fmt::Debug for DeployToken {
 /// state directory, when empty) go too. When cleanup found nothing of the deployment (another
 /// region or group, or already deleted by hand) the file is kept and the user told: its VM may
 /// be elsewhere. `dry_run` only says what would happen.
-pub fn forget(cloud: &str, name: &str, found: bool, dry_run: bool) -> Result<()> {
+pub fn forget(
+    cloud: &str,
+    name: &str,
+    found: bool,
+    dry_run: bool,
+    report: &mut crate::cleanup::Report,
+) -> Result<()> {
     let dir = state_dir(cloud, name)?;
     let path = dir.join(TOKEN_FILE);
     if std::fs::symlink_metadata(&path).is_err() {
         return Ok(());
     }
     if !found {
-        println!(
+        report.note(format!(
             "kept the API token {}: nothing of the deployment was found here (if its VM is gone, \
              delete the file)",
             path.display()
-        );
+        ));
         return Ok(());
     }
     if dry_run {
-        println!("would remove the API token {}", path.display());
+        report.note(format!("would remove the API token {}", path.display()));
         return Ok(());
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     let _ = std::fs::remove_dir(&dir);
-    println!("removed the API token {}", path.display());
+    report.note(format!("removed the API token {}", path.display()));
     Ok(())
 }
 

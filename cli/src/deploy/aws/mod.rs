@@ -14,6 +14,7 @@ use super::blocks::{self, Block, UploadSettings, UploadStats};
 use super::plan::{Plan, SecureBootPlan, TokenPlan};
 use super::runner::{self, Cloud, CloudResource, Created, StepContext};
 use super::{check_deployment_name, step, token, DeployOptions, DEPLOYMENT_TAG};
+use crate::cleanup::Report;
 use anyhow::{bail, Context, Result};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag};
@@ -751,10 +752,10 @@ pub fn run(args: DeployAwsArgs) -> Result<()> {
 }
 
 /// `cvm-cli cleanup --aws NAME`: finds the deployment's resources by tag and deletes them.
-pub fn cleanup(name: &str, region: &str, dry_run: bool) -> Result<()> {
+pub fn cleanup(name: &str, region: &str, dry_run: bool, report: &mut Report) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async {
         let aws = Aws::existing(name, region).await?;
-        runner::cleanup(&aws, dry_run).await
+        runner::cleanup(&aws, dry_run, report).await
     })
 }
 

@@ -25,6 +25,7 @@ use super::blocks::{self, Block, UploadSettings, UploadStats};
 use super::plan::{Plan, TokenPlan};
 use super::runner::{self, Cloud, CloudResource, Created, StepContext};
 use super::{check_deployment_name, step, token, DeployOptions, SecureBootOption, DEPLOYMENT_TAG};
+use crate::cleanup::Report;
 use anyhow::{bail, Context, Result};
 use arm::{Arm, ArmResource, API_DISKS, API_NETWORK, API_RESOURCES, API_VMS};
 use clap::Args;
@@ -764,7 +765,10 @@ impl Cloud for AzureDeploy {
         for resource in tagged {
             match AzureResource::from_id(&resource.id) {
                 Some(ours) => found.push(ours),
-                None => eprintln!("  skipped {} (not a type cvm-cli creates)", resource.id),
+                None => crate::output::progress(format_args!(
+                    "  skipped {} (not a type cvm-cli creates)",
+                    resource.id
+                )),
             }
         }
         found.sort_by_key(AzureResource::order);
@@ -1131,55 +1135,55 @@ pub fn cleanup(
     group: Option<&str>,
     subscription: Option<&str>,
     dry_run: bool,
+    report: &mut Report,
 ) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async {
         let azure = AzureDeploy::existing(name, group, subscription).await?;
         let group = azure.names.group.clone();
         let tagged = azure.find_tagged().await?;
-        let mut failed = 0;
         for resource in tagged.iter().rev() {
+            let (kind, id) = (resource.kind(), resource.id());
             if dry_run {
-                println!("would delete {} {}", resource.kind(), resource.id());
+                report.deleted(kind, &id, format_args!("would delete {kind} {id}"));
                 continue;
             }
             match azure.delete(resource).await {
-                Ok(()) => println!("deleted {} {}", resource.kind(), resource.id()),
+                Ok(()) => report.deleted(kind, &id, format_args!("deleted {kind} {id}")),
                 Err(error) => {
-                    failed += 1;
-                    eprintln!(
-                        "could not delete {} {}: {error:#}",
-                        resource.kind(),
-                        resource.id()
-                    );
+                    let line = format!("could not delete {kind} {id}: {error:#}");
+                    report.failed(kind, &id, &error, &line);
                 }
             }
         }
-        failed += delete_group_if_ours(&azure, &group, name, dry_run).await?;
+        delete_group_if_ours(&azure, &group, name, dry_run, report).await?;
         if tagged.is_empty() {
-            println!("no resources tagged {DEPLOYMENT_TAG}={name} in {group}");
+            report.note(format!(
+                "no resources tagged {DEPLOYMENT_TAG}={name} in {group}"
+            ));
         }
-        if failed > 0 {
-            bail!("{failed} deletion(s) failed");
+        if !report.failed.is_empty() {
+            bail!("{} deletion(s) failed", report.failed.len());
         }
-        token::forget("azure", name, !tagged.is_empty(), dry_run)
+        token::forget("azure", name, !tagged.is_empty(), dry_run, report)
     })
 }
 
-/// The group goes only when cvm-cli made it for this deployment and nothing else is in it;
-/// returns how many deletions failed (0 or 1).
+/// The group goes only when cvm-cli made it for this deployment and nothing else is in it.
 async fn delete_group_if_ours(
     azure: &AzureDeploy,
     group: &str,
     name: &str,
     dry_run: bool,
-) -> Result<usize> {
+    report: &mut Report,
+) -> Result<()> {
+    const KIND: &str = "resource group";
     let arm = azure.arm()?;
     let group_path = arm.group_path(group);
     match arm.get::<ArmResource>(&group_path, API_RESOURCES).await? {
-        None => println!("resource group {group} does not exist"),
-        Some(rg) if rg.tag(DEPLOYMENT_TAG) != Some(name) => {
-            println!("kept resource group {group}: cvm-cli did not create it")
-        }
+        None => report.note(format!("resource group {group} does not exist")),
+        Some(rg) if rg.tag(DEPLOYMENT_TAG) != Some(name) => report.note(format!(
+            "kept resource group {group}: cvm-cli did not create it"
+        )),
         Some(_) => {
             let left = if dry_run {
                 Vec::new()
@@ -1187,25 +1191,25 @@ async fn delete_group_if_ours(
                 arm.list_group(group).await?
             };
             if !left.is_empty() {
-                println!(
+                report.note(format!(
                     "kept resource group {group}: it still holds {} resource(s) not made by \
                      this deployment",
                     left.len()
-                );
+                ));
             } else if dry_run {
-                println!("would delete resource group {group}");
+                report.deleted(KIND, group, format_args!("would delete {KIND} {group}"));
             } else {
                 match azure.delete(&AzureResource::Group(group.to_owned())).await {
-                    Ok(()) => println!("deleted resource group {group}"),
+                    Ok(()) => report.deleted(KIND, group, format_args!("deleted {KIND} {group}")),
                     Err(error) => {
-                        eprintln!("could not delete resource group {group}: {error:#}");
-                        return Ok(1);
+                        let line = format!("could not delete {KIND} {group}: {error:#}");
+                        report.failed(KIND, group, &error, &line);
                     }
                 }
             }
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 #[cfg(test)]

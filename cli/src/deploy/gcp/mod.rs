@@ -18,6 +18,7 @@ use super::blocks::UploadStats;
 use super::plan::{Plan, TokenPlan};
 use super::runner::{self, Cloud, CloudResource, Created, StepContext};
 use super::{check_deployment_name, step, token, DeployOptions, SecureBootOption, DEPLOYMENT_TAG};
+use crate::cleanup::Report;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::evidence::{Cloud as CloudKind, Tee};
@@ -922,10 +923,11 @@ pub fn cleanup(
     zone: &str,
     bucket: Option<&str>,
     dry_run: bool,
+    report: &mut Report,
 ) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(async {
         let gcp = GcpDeploy::existing(name, project, zone, bucket).await?;
-        runner::cleanup(&gcp, dry_run).await
+        runner::cleanup(&gcp, dry_run, report).await
     })
 }
 
