@@ -332,20 +332,21 @@ fn read_der(path: &std::path::Path) -> Result<Vec<u8>> {
 fn tee_backend(platform: Platform, config: &Config) -> Result<Box<dyn TeeBackend>> {
     Ok(match (platform.tee, platform.cloud) {
         (Tee::None, _) => Box::new(NoTee),
-        (Tee::SevSnp, Cloud::Azure) => {
-            let vcek = config
-                .vcek_path
-                .as_deref()
-                .context("Azure SEV-SNP needs vcek_path (from Azure's host certificate service)")?;
-            Box::new(AzureSnp {
+        // Configured files win (offline, air-gapped, pinned); else Azure's host certificate
+        // service, fetched on first evidence (a failure serves evidence without a VCEK).
+        (Tee::SevSnp, Cloud::Azure) => match config.vcek_path.as_deref() {
+            Some(vcek) => Box::new(AzureSnp {
                 vcek_der: read_der(vcek)?,
                 chain_der: config
                     .vcek_chain_paths
                     .iter()
                     .map(|p| read_der(p))
                     .collect::<Result<_>>()?,
-            })
-        }
+            }),
+            None => Box::new(cvm_attester::tee::AzureSnpHostCerts::new(
+                config.azure_certs_url.as_str(),
+            )),
+        },
         // GCP, AWS, self-hosted: the kernel's generic interface when it has one (6.7+), else
         // the SEV guest device.
         (Tee::SevSnp, _) if std::path::Path::new(cvm_attester::tsm::TSM_REPORT_ROOT).exists() => {

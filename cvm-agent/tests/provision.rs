@@ -769,7 +769,10 @@ async fn the_data_key_mode_reaches_the_agent() {
     assert!(env.ends_with("CVM_AGENT_DATA_UNLOCK=pushed\n"), "{env}");
     std::fs::write(&mode, "frozen").unwrap();
     let error = vm.run("http://127.0.0.1:9").await.unwrap_err();
-    assert!(error.contains("expected ephemeral, pushed or sealed"), "{error}");
+    assert!(
+        error.contains("expected ephemeral, pushed or sealed"),
+        "{error}"
+    );
     vm.assert_no_token();
 
     let token = new_token();
