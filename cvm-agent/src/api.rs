@@ -292,7 +292,8 @@ async fn collaterals(
     if state.workloads.has_failed() {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the TPM failed during an extend: the agent restarts to reconcile its log with PCR 23"
+            "an extend failed (the TPM, or saving the log after it): the agent restarts to \
+             reconcile its log with PCR 23"
                 .into(),
         )
         .into_response());
@@ -589,7 +590,8 @@ async fn update_workload(
             "workload": measured.current,
         }))),
         Err(e) if e.is::<RollbackFailed>() => Err(ApiError::internal(e)),
-        Err(e) if e.is::<TpmFailed>() => Err(ApiError(
+        // The TPM failed, or the log could not be saved after the extend: the agent stops.
+        Err(e) if e.is::<TpmFailed>() || state.workloads.has_failed() => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("update refused, the previous workload keeps running: {e:#}"),
         )),

@@ -52,6 +52,9 @@ pub mod fault {
         Start,
         /// A rollback moved the failed folder aside, the previous one not yet back.
         Rollback,
+        /// Not a kill: saving the log after PCR 23 was extended fails ([`io_error`]), as a disk
+        /// that refuses the write would. Not in [`Step::ALL`].
+        SaveLog,
     }
 
     impl Step {
@@ -75,6 +78,7 @@ pub mod fault {
                 Step::Swap => "swap",
                 Step::Start => "start",
                 Step::Rollback => "rollback",
+                Step::SaveLog => "save-log",
             }
         }
     }
@@ -92,6 +96,22 @@ pub mod fault {
         }
         #[cfg(not(debug_assertions))]
         let _ = step;
+    }
+
+    /// An I/O error (the process lives on) when `CVM_AGENT_FAULT` names `step`, in debug builds
+    /// only.
+    pub fn io_error(step: Step) -> std::io::Result<()> {
+        #[cfg(debug_assertions)]
+        if std::env::var("CVM_AGENT_FAULT").is_ok_and(|value| value == step.name()) {
+            tracing::error!(step = step.name(), "fault injection: I/O error");
+            return Err(std::io::Error::other(format!(
+                "fault injection at {}",
+                step.name()
+            )));
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = step;
+        Ok(())
     }
 }
 

@@ -350,8 +350,21 @@ impl Workloads {
             } else {
                 Pcr23::Untouched
             };
-            if pcr23 != Pcr23::PendingReconcile {
-                self.in_flight.store(false, Ordering::SeqCst);
+            match pcr23 {
+                // PCR 23 and the log in memory name the new workload while the previous one
+                // runs, and the log is not saved: evidence stops and the agent exits, and its
+                // restart finishes the update as after a crash (the running folder is measured
+                // again), so the log's last generation is what runs.
+                Pcr23::Extended => {
+                    let failure = TpmFailed(format!(
+                        "PCR 23 was extended for an update whose log was not saved ({error:#}): \
+                         the agent stops; its restart measures the running workload again"
+                    ));
+                    tracing::error!("{failure}");
+                    self.failed.send_replace(Some(failure));
+                }
+                Pcr23::Untouched => self.in_flight.store(false, Ordering::SeqCst),
+                Pcr23::PendingReconcile => {}
             }
             return Err(error.context(MeasureFailed { new, pcr23 }));
         }
@@ -803,6 +816,10 @@ impl Extend<'_> {
         if self.faults {
             fault::point(Step::Measure);
         }
+        let saved = match self.faults {
+            true => fault::io_error(Step::SaveLog),
+            false => Ok(()),
+        };
         measured.log.events.extend(events.iter().cloned());
         // The first RTMR3 failure stays: RTMR3 does not follow the log from then on.
         if measured.log.rtmr3_failure.is_none() {
@@ -814,6 +831,7 @@ impl Extend<'_> {
             measured.log.replay().0 == extended.pcr23,
             "PCR 23 no longer matches the log after extending: another writer extends PCR 23"
         );
+        saved.context("saving the workload log")?;
         write_state(self.state_dir, measured, None, self.in_flight)
     }
 }

@@ -120,6 +120,10 @@ impl TestVm {
             api_token_file: Some(self.dir.path().join("token")),
             firmware_event_log: None,
             max_upload_bytes: 4 << 20,
+            // Every client here shares one address (64 of them in the load test); the
+            // per-client limit has its own test in resilience.rs.
+            client_evidence_per_sec: 1_000_000,
+            client_evidence_burst: 1_000_000,
             ..Config::default()
         }
     }

@@ -415,6 +415,7 @@ async fn kill_9_at_every_step_of_an_update_and_restart() {
             Step::Unpack | Step::Validate => 0,
             Step::Start => 1,
             Step::Extend | Step::Measure | Step::Swap | Step::Rollback => 2,
+            Step::SaveLog => unreachable!("not in Step::ALL: an I/O error, not a kill"),
         };
         assert_eq!(added, expected, "{step:?}:\n{}", agent.log());
         generations += added;
@@ -616,6 +617,44 @@ async fn a_tpm_failing_mid_extend_stops_the_agent_and_the_restart_reconciles() {
         agent.log()
     );
     // The new generation, completed and logged; then the previous workload measured again.
+    assert_eq!(log.generations().unwrap().len(), before + 2);
+    assert_folder(&vm, "before\n");
+    assert_last_generation_is_folder(&vm, &log);
+}
+
+/// PCR 23 extended for an update whose log then cannot be saved (a disk that refuses the write):
+/// the agent stops serving evidence and exits non-zero rather than serve a log that names a
+/// workload that does not run; its restart logs the extend and measures the running (previous)
+/// folder again, so the log's last generation is what runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_not_saved_after_the_extend_stops_the_agent_and_the_restart_reconciles() {
+    let swtpm = Swtpm::start().unwrap();
+    let vm = Vm::new(swtpm.tcti(), "measure_only = true\n", "before\n");
+    let mut agent = vm
+        .start(Some(Step::SaveLog))
+        .unwrap_or_else(|(s, log)| panic!("{s}:\n{log}"));
+    let before = agent.consistent_log().await.generations().unwrap().len();
+
+    let upload = workload_tar("after\n", &vm.image, false, &[]);
+    let answer = agent.upload(&upload).await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    let error = answer.json().unwrap()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("saving the workload log"), "{error}");
+    let status = agent.exit();
+    assert_eq!(status.code(), Some(1), "{status}:\n{}", agent.log());
+    let log = agent.log();
+    let audit = log
+        .lines()
+        .find(|line| line.contains(" audit:") && line.contains("action=update"))
+        .unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert_eq!(field(audit, "result"), "failed", "{audit}");
+    assert_eq!(field(audit, "pcr23"), "extended", "{audit}");
+
+    let agent = vm
+        .start(None)
+        .unwrap_or_else(|(s, log)| panic!("{s}:\n{log}"));
+    let log = agent.consistent_log().await;
+    // The new generation, logged as PCR 23 holds it; then the running folder measured again.
     assert_eq!(log.generations().unwrap().len(), before + 2);
     assert_folder(&vm, "before\n");
     assert_last_generation_is_folder(&vm, &log);
