@@ -24,14 +24,20 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Print only results and errors (no progress).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     quiet: bool,
     /// Print each step in more detail (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     verbose: u8,
     /// Machine-readable output: results as JSON on stdout, errors as one JSON object
     /// `{"error", "causes"}` on stderr.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// The predecessor's `cvm-cli <VM IP> <API TOKEN>`: upload ./workload (see update-workload).
     #[arg(value_name = "VM_IP", requires = "api_token")]
