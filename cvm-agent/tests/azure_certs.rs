@@ -5,6 +5,8 @@
 //! holds an HCL report from the TEST-ONLY SNP signer (fresh keys each run; a real Azure HCL report
 //! does not fit swtpm's 2048-byte NV indices).
 
+mod common;
+use common::{collect_lines, wait_for_line};
 use cvm_attestation::azure::HCL_NV_INDEX;
 use cvm_attestation::evidence::SnpEvidence;
 use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
@@ -13,13 +15,12 @@ use cvm_attestation::tpm::AkPublic;
 use cvm_attester::tee::{fetch_vcek_chain, HostServiceError, VcekChain};
 use cvm_attester::tpm::AZURE_AK_HANDLE;
 use openssl::x509::X509;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use test_support::{SnpTestSigner, Swtpm};
 
 const THIM_PATH: &str = "/metadata/THIM/amd/certification";
@@ -336,38 +337,6 @@ fn rand_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes).unwrap();
     bytes
-}
-
-fn collect_lines(output: impl Read + Send + 'static, log: &Arc<Mutex<String>>) {
-    let sink = Arc::clone(log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { break };
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-}
-
-/// The first log line containing `text`; fails when the agent exits or takes over 60 s.
-fn wait_for_line(child: &mut Child, log: &Mutex<String>, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(line) = log.lock().unwrap().lines().find(|l| l.contains(text)) {
-            return line.to_owned();
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            std::thread::sleep(Duration::from_millis(200));
-            panic!("the agent exited ({status}):\n{}", log.lock().unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} line:\n{}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn url_setting(thim: &Thim) -> String {
