@@ -72,6 +72,7 @@ layout() { sfdisk --dump "$1" | grep -v -e '^label-id' -e '^device' | sed -e 's/
 cmp -s <(layout "$on/disk.raw") <(layout "$off/disk.raw") \
   || { echo "ERROR: the two disks have different partition tables" >&2; exit 1; }
 
+"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true  # else the dry run refuses
 state=$("$bin/cvm-cli" deploy-local --image "$on/disk.raw" --name "$name" --dry-run 2>&1 | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
 
 # Prints the seconds from the start of deploy-local until the workload answers (VARIANT RUN); keeps

@@ -46,6 +46,8 @@ port=${CVM_LOCAL_PORT:-18000}
 workload_port=${CVM_LOCAL_WORKLOAD_PORT:-18080}
 out=out/debian
 image=$out/disk.raw
+# A VM or state of an earlier run under this name would make the dry run refuse: gone first.
+"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true
 state=$("$bin/cvm-cli" deploy-local --image "$image" --name "$name" --dry-run 2>&1 | sed -n 's/.*state in \(.*\)\/tpm-state/\1/p')
 trap '"$bin/cvm-cli" cleanup --local "$name" >/dev/null 2>&1 || true' EXIT
 

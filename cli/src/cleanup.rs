@@ -124,7 +124,7 @@ pub fn run(args: CleanupArgs) -> Result<()> {
 
 fn clean(args: &CleanupArgs, report: &mut Report) -> Result<()> {
     if let Some(name) = &args.local {
-        return crate::local::cleanup(name, report);
+        return deploy::local::cleanup(name, args.dry_run, report);
     }
     if let Some(name) = &args.aws {
         let region = args.region.as_deref().unwrap_or("us-east-2");

@@ -63,7 +63,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Boot an image locally in QEMU + OVMF with a software TPM, forward the agent's port, and
     /// record the TPM's attestation key for `verify --trusted-ak`.
-    DeployLocal(local::DeployLocalArgs),
+    DeployLocal(deploy::local::DeployLocalArgs),
     /// Replace a running VM's workload: pack the folder fresh, optionally verify the VM first,
     /// upload with the bearer token.
     UpdateWorkload(update::UpdateArgs),
@@ -234,7 +234,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args).map(|()| true),
         Command::SnpLaunchDigest(args) => snp_launch::run(args).map(|()| true),
         Command::Golden(args) => golden::run(args).map(|()| true),
-        Command::DeployLocal(args) => local::deploy(args).map(|()| true),
+        Command::DeployLocal(args) => deploy::local::run(args).map(|()| true),
         Command::Cleanup(args) => cleanup::run(args).map(|()| true),
         Command::List(args) => deploy::list::run(args).map(|()| true),
         Command::DeployAws(args) => deploy::aws::run(args).map(|()| true),

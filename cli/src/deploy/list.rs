@@ -1,10 +1,12 @@
 //! `cvm-cli list`: the deployments this CLI made from this machine (its state directory: one
 //! folder per cloud and name, holding the API token), and with `--aws` / `--gcp` / `--azure`
-//! what the cloud still has of each, found by the deployment tag.
+//! what the cloud still has of each, found by the deployment tag. What a local VM has (its state
+//! and the processes still running) costs nothing to find and is always shown.
 
 use super::aws::Aws;
 use super::azure::AzureDeploy;
 use super::gcp::GcpDeploy;
+use super::local::Local;
 use super::plan::Resource;
 use super::runner::{Cloud, CloudResource};
 use anyhow::{Context, Result};
@@ -54,7 +56,8 @@ pub struct Listed {
     pub state_dir: PathBuf,
     /// The API token file, when the deployment has one.
     pub api_token_file: Option<PathBuf>,
-    /// What the cloud has of it, by tag (only when asked; `None`: not asked).
+    /// What the cloud has of it, by tag (only when asked; `None`: not asked), or what runs of a
+    /// local VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Vec<Resource>>,
 }
@@ -119,14 +122,14 @@ pub fn run(args: ListArgs) -> Result<()> {
         for resource in deployment.resources.iter().flatten() {
             println!("         {} {}", resource.kind, resource.id);
         }
-        if deployment.resources.as_ref().is_some_and(Vec::is_empty) {
+        if deployment.cloud != "local" && deployment.resources.as_ref().is_some_and(Vec::is_empty) {
             println!("         (nothing tagged with its name is left in the cloud)");
         }
     }
     Ok(())
 }
 
-/// Fills in `resources` for the clouds asked about.
+/// Fills in `resources` for the clouds asked about, and for local VMs.
 async fn ask_clouds(args: &ListArgs, listed: &mut [Listed]) -> Result<()> {
     for deployment in listed.iter_mut() {
         let name = deployment.name.as_str();
@@ -145,6 +148,10 @@ async fn ask_clouds(args: &ListArgs, listed: &mut [Listed]) -> Result<()> {
                 .await?;
                 records(&azure).await?
             }
+            "local" => match Local::existing(name) {
+                Ok(local) => records(&local).await?,
+                Err(_) => continue,
+            },
             _ => continue,
         };
         deployment.resources = Some(found);

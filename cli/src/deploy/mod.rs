@@ -8,6 +8,7 @@ pub mod azure;
 pub mod blocks;
 pub mod gcp;
 pub mod list;
+pub mod local;
 pub mod net;
 pub mod plan;
 pub mod runner;

@@ -73,6 +73,9 @@ pub struct StepContext {
     pub image: PathBuf,
     /// The agent's provisioning document (`{"cvm_api_token": ...}`), not yet encoded.
     pub user_data: String,
+    /// The file holding the bare token (mode 0600), for a platform that hands over a file
+    /// (QEMU's fw_cfg).
+    pub token_file: PathBuf,
 }
 
 /// A cloud as the runner drives it. Methods that talk to the cloud are only called after
@@ -84,6 +87,8 @@ pub trait Cloud {
     type Step: Copy + std::fmt::Debug;
 
     const KIND: CloudKind;
+    /// What [`Cloud::preflight`] checks, for its progress line.
+    const PREFLIGHT: &'static str = "credentials, region, names already taken";
 
     /// The deployment's name (tag value, state directory).
     fn deployment(&self) -> &str;
@@ -92,9 +97,20 @@ pub trait Cloud {
     fn secure_boot(&self) -> bool {
         false
     }
+    /// The disk image to deploy, checked to be a raw GPT disk (see [`check_disk_image`]).
+    fn disk_image(&self) -> Result<PathBuf> {
+        let image = self.options().image()?;
+        check_disk_image(&image)?;
+        Ok(image)
+    }
     /// Flags and local files only, no network: refused before the plan is printed.
     fn validate(&self, image: &Path) -> Result<()>;
     fn plan(&self, image: &Path) -> Result<Plan>;
+    /// Prints the plan (a cloud with a plan of its own shape prints that instead).
+    fn print_plan(&self, image: &Path) -> Result<()> {
+        self.plan(image)?.print(self.options().json());
+        Ok(())
+    }
     /// Connects and checks, cheaply, what would make a slow step fail later: credentials (an
     /// authenticated call), region or zone, name clashes. Creates nothing; runs under
     /// `--dry-run` too.
@@ -111,6 +127,11 @@ pub trait Cloud {
     ) -> Result<()>;
     /// After the last step: the VM's public address, and what the upload moved.
     fn outcome(&self) -> Result<(String, UploadStats)>;
+    /// Prints the result of a deploy that went through (and runs what follows it, such as the
+    /// attestation gate).
+    fn finish(&self, deployed: Deployed) -> Result<()> {
+        deployed.finish(self.options())
+    }
     /// Deletes one resource and waits until it is gone (already gone counts as deleted).
     async fn delete(&self, resource: &Self::Resource) -> Result<()>;
     /// The deployment's resources, found by tag, in creation order.
@@ -142,14 +163,13 @@ async fn deploy<C: Cloud>(mut cloud: C) -> Result<()> {
     let name = cloud.deployment().to_owned();
     let dir = cloud_dir(C::KIND);
     // Local checks first: nothing is sent, nothing written, for a mistake in the flags.
-    let image = options.image()?;
-    check_disk_image(&image)?;
+    let image = cloud.disk_image()?;
     cloud.validate(&image)?;
     check_secure_boot(&image, cloud.secure_boot())?;
     token::check_free(dir, &name, &cloud.cleanup_command())?;
-    cloud.plan(&image)?.print(options.json());
+    cloud.print_plan(&image)?;
 
-    step("preflight: credentials, region, names already taken");
+    step(format!("preflight: {}", C::PREFLIGHT));
     cloud.preflight().await?;
     if options.dry_run {
         step("preflight passed; --dry-run: nothing was created");
@@ -160,6 +180,7 @@ async fn deploy<C: Cloud>(mut cloud: C) -> Result<()> {
     let context = StepContext {
         image,
         user_data: token.user_data()?,
+        token_file: token.path.clone(),
     };
     let mut created = Created::default();
     let steps = cloud.steps();
@@ -195,7 +216,7 @@ async fn deploy<C: Cloud>(mut cloud: C) -> Result<()> {
     }
     let (address, upload) = cloud.outcome()?;
     token.keep();
-    Deployed {
+    let deployed = Deployed {
         cloud: dir,
         deployment: name,
         region: cloud.region(),
@@ -207,8 +228,8 @@ async fn deploy<C: Cloud>(mut cloud: C) -> Result<()> {
         address,
         resources: created.records(),
         upload,
-    }
-    .finish(&options)
+    };
+    cloud.finish(deployed)
 }
 
 /// The test hook (see [`FAIL_AFTER_STEP_ENV`]).

@@ -13,10 +13,6 @@ pub const TOKEN_FILE: &str = "api-token";
 
 /// A fresh random API token (64 hex digits, no newline) written to `dir/api-token`, readable by
 /// the owner only. An existing file is never replaced (the write fails).
-pub fn write_api_token(dir: &Path) -> Result<PathBuf> {
-    write_new_token(dir).map(|(path, _)| path)
-}
-
 fn write_new_token(dir: &Path) -> Result<(PathBuf, String)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
