@@ -223,6 +223,7 @@ fn main() -> ExitCode {
             golden: None,
             trusted_ak: None,
             json: cli.json,
+            collateral: Default::default(),
         }),
         _ => {
             let _ = <Cli as clap::CommandFactory>::command().print_help();

@@ -38,6 +38,9 @@ pub struct UnlockArgs {
     /// On a VM without a TEE: the AK recorded when its TPM was created.
     #[arg(long)]
     pub trusted_ak: Option<PathBuf>,
+    /// Collateral for the verification (as `verify`'s: the cache, else the services).
+    #[command(flatten)]
+    pub collateral: crate::collateral::ResolveArgs,
 }
 
 pub fn run(args: UnlockArgs) -> Result<bool> {
@@ -68,13 +71,16 @@ pub fn run(args: UnlockArgs) -> Result<bool> {
         }
         Ok(())
     };
-    let verdict = crate::verify::verify_host_adjusted(
-        &args.host,
-        &args.golden,
-        args.trusted_ak.as_deref(),
-        &adjust,
-        crate::verify::ReportOutput::for_caller(),
-    )?;
+    let resolver = args
+        .collateral
+        .resolver(false, format!("--host {}", args.host))?;
+    let target = crate::verify::Target {
+        host: &args.host,
+        golden: &args.golden,
+        output: crate::verify::ReportOutput::for_caller(),
+        resolver: &resolver,
+    };
+    let verdict = crate::verify::verify_host_adjusted(target, args.trusted_ak.as_deref(), &adjust)?;
     let state = if already.get() {
         "unlocked"
     } else {

@@ -5,7 +5,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::workload::{pack_folder, WorkloadFolder};
-use std::path::PathBuf;
+use cvm_attestation::VerificationReport;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -37,6 +38,9 @@ pub struct UpdateArgs {
     /// Print the agent's answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Collateral for --golden's verification (as `verify`'s: the cache, else the services).
+    #[command(flatten)]
+    pub collateral: crate::collateral::ResolveArgs,
 }
 
 pub fn run(args: UpdateArgs) -> Result<bool> {
@@ -50,6 +54,49 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
              TLS port, `--host HOST:PORT` defaults to https)"
         );
     }
+    let token = read_token(&args)?;
+    let archive = pack(&args.workload)?;
+    let json = args.json || crate::output::json();
+    // The TLS key the token may go to: the one the verified evidence binds, else (unverified)
+    // the one the first connection presents.
+    let (pin, verification) = match &args.golden {
+        Some(golden) => verify_first(&args, golden, json)?,
+        None => {
+            crate::output::warn(format_args!(
+                "uploading without verifying the VM first (give --golden): the token goes to \
+                 whatever answers at {}",
+                args.host
+            ));
+            (None, None)
+        }
+    };
+    let (status, answer) = upload(&base, &token, archive, pin)?;
+    if json {
+        // One document: the checks the upload depended on, and the agent's answer.
+        crate::output::print_json(
+            &serde_json::json!({ "verification": verification, "status": status, "answer": answer }),
+        )?;
+    }
+    if status != 200 {
+        bail!(
+            "{base}/update-workload: HTTP {status}: {}",
+            answer["error"].as_str().unwrap_or(&answer.to_string())
+        );
+    }
+    if !json {
+        println!(
+            "workload updated; PCR 23 is now {}",
+            answer["pcr23"].as_str().unwrap_or("?")
+        );
+        println!(
+            "verify it with: cvm-cli verify --host {} --golden <golden with --allow-updates>",
+            args.host
+        );
+    }
+    Ok(true)
+}
+
+fn read_token(args: &UpdateArgs) -> Result<String> {
     let token = match (&args.token_file, &args.token) {
         (Some(path), None) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
@@ -57,53 +104,65 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         (None, Some(token)) => token.clone(),
         _ => bail!("give --token-file FILE (or --token)"),
     };
-    let token = token.trim().to_owned();
+    Ok(token.trim().to_owned())
+}
 
-    // Refuse locally what the agent would refuse, before anything is sent.
-    let folder = WorkloadFolder::read(&args.workload)
-        .with_context(|| format!("workload {}", args.workload.display()))?;
-    let archive = pack_folder(&args.workload)?;
+/// The folder packed, after refusing locally what the agent would refuse.
+fn pack(workload: &Path) -> Result<Vec<u8>> {
+    let folder = WorkloadFolder::read(workload)
+        .with_context(|| format!("workload {}", workload.display()))?;
+    let archive = pack_folder(workload)?;
     crate::output::progress(format_args!(
         "packed {} ({} services, {} config files, {} KiB)",
-        args.workload.display(),
+        workload.display(),
         folder.services.len(),
         folder.config_files.len(),
         archive.len() / 1024
     ));
-    let json = args.json || crate::output::json();
+    Ok(archive)
+}
 
-    // The TLS key the token may go to: the one the verified evidence binds, else (unverified)
-    // the one the first connection presents.
-    let mut pin = None;
-    let mut verification = None;
-    if let Some(golden) = &args.golden {
-        let output = match json {
+/// Verifies the VM against `golden` (collateral as `verify` gets it); fails unless it passes.
+/// Returns the TLS key the evidence binds, and (with `--json`) the checks.
+fn verify_first(
+    args: &UpdateArgs,
+    golden: &Path,
+    json: bool,
+) -> Result<(Option<[u8; 32]>, Option<VerificationReport>)> {
+    let resolver = args
+        .collateral
+        .resolver(false, format!("--host {}", args.host))?;
+    let target = crate::verify::Target {
+        host: &args.host,
+        golden,
+        output: match json {
             true => crate::verify::ReportOutput::Returned,
             false => crate::verify::ReportOutput::Text,
-        };
-        let verdict =
-            crate::verify::verify_host(&args.host, golden, args.trusted_ak.as_deref(), output)?;
-        if json {
-            verification = Some(verdict.report.clone());
+        },
+        resolver: &resolver,
+    };
+    let verdict = crate::verify::verify_host_with(target, args.trusted_ak.as_deref())?;
+    let verification = json.then(|| verdict.report.clone());
+    if !verdict.verified {
+        if let Some(report) = &verification {
+            crate::output::print_json(&serde_json::json!({ "verification": report }))?;
         }
-        if !verdict.verified {
-            if let Some(report) = &verification {
-                crate::output::print_json(&serde_json::json!({ "verification": report }))?;
-            }
-            bail!(
-                "the VM did not verify against {}: nothing was uploaded",
-                golden.display()
-            );
-        }
-        pin = verdict.tls_key;
-    } else {
-        crate::output::warn(format_args!(
-            "uploading without verifying the VM first (give --golden): the token goes to \
-             whatever answers at {}",
-            args.host
-        ));
+        bail!(
+            "the VM did not verify against {}: nothing was uploaded",
+            golden.display()
+        );
     }
+    Ok((verdict.tls_key, verification))
+}
 
+/// Sends the archive with the token to `pin` (else to the key the first connection presents);
+/// the status and the agent's answer.
+fn upload(
+    base: &str,
+    token: &str,
+    archive: Vec<u8>,
+    pin: Option<[u8; 32]>,
+) -> Result<(u16, serde_json::Value)> {
     let url = format!("{base}/update-workload");
     crate::output::detail(format_args!("uploading to {url}"));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -140,32 +199,10 @@ pub fn run(args: UpdateArgs) -> Result<bool> {
         Duration::from_secs(900),
         pin.or(check.tls_key),
     ))?;
-    let (status, body) = (response.status, response.body);
+    let body = response.body;
     let answer: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
-    if json {
-        // One document: the checks the upload depended on, and the agent's answer.
-        crate::output::print_json(
-            &serde_json::json!({ "verification": verification, "status": status, "answer": answer }),
-        )?;
-    }
-    if status != 200 {
-        bail!(
-            "{url}: HTTP {status}: {}",
-            answer["error"].as_str().unwrap_or(&answer.to_string())
-        );
-    }
-    if !json {
-        println!(
-            "workload updated; PCR 23 is now {}",
-            answer["pcr23"].as_str().unwrap_or("?")
-        );
-        println!(
-            "verify it with: cvm-cli verify --host {} --golden <golden with --allow-updates>",
-            args.host
-        );
-    }
-    Ok(true)
+    Ok((response.status, answer))
 }
 
 #[cfg(test)]
@@ -183,6 +220,7 @@ mod tests {
             golden: Some("golden.json".into()),
             trusted_ak: None,
             json: false,
+            collateral: Default::default(),
         };
         let err = run(args).unwrap_err().to_string();
         assert!(err.contains("https://"), "{err}");

@@ -2,6 +2,7 @@
 //! against AMD's chain. Exit status 0 only when every check passes.
 
 use crate::collateral::resolve::{self, Resolver};
+use crate::collateral::ResolveArgs;
 use crate::golden::parse_min_tcb;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -97,12 +98,8 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Use only cached collateral (VCEK, TDX collateral, AMD CRL), never fetch: a check whose
-    /// collateral is missing fails and says what to fetch or import (docs/collateral.md).
-    #[arg(long)]
-    offline: bool,
     #[command(flatten)]
-    sources: crate::collateral::SourceArgs,
+    sources: ResolveArgs,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -163,6 +160,50 @@ pub fn parse_nonce(text: &str) -> Result<Vec<u8>> {
 }
 
 pub fn run(args: VerifyArgs) -> Result<bool> {
+    let mut options = verify_options(&args)?;
+    let input = match (&args.host, &args.collaterals, &args.report) {
+        (Some(host), _, _) => format!("--host {host}"),
+        (_, Some(path), _) => format!("--evidence {}", path.display()),
+        (_, _, Some(path)) => format!("--report {}", path.display()),
+        _ => String::new(),
+    };
+    let resolver = args.sources.resolver(args.at.is_some(), input)?;
+    let json = args.json || crate::output::json();
+    if let Some(host) = &args.host {
+        let golden = args.golden.as_deref().context("--host needs --golden")?;
+        let output = match json {
+            true => ReportOutput::Json,
+            false => ReportOutput::Text,
+        };
+        let target = Target {
+            host,
+            golden,
+            output,
+            resolver: &resolver,
+        };
+        return verify_running(target, options, args.save_evidence.as_deref(), None)
+            .map(|verdict| verdict.verified);
+    }
+    let report = match (&args.collaterals, &args.report) {
+        (Some(evidence), None) => {
+            let golden = args
+                .golden
+                .as_ref()
+                .context("--collaterals needs --golden")?;
+            verify_evidence_file(evidence, golden, &mut options, &resolver)?
+        }
+        (None, Some(report)) => verify_report_file(&args, report, &mut options, &resolver)?,
+        _ => bail!(
+            "give --host HOST --golden FILE, --collaterals FILE --golden FILE, or --report FILE"
+        ),
+    };
+    print_report(&report, json)?;
+    Ok(report.verified)
+}
+
+/// The options `verify`'s flags ask for: time, nonce, test roots, trusted AK, AMD CRLs,
+/// freshness, TDX collateral.
+fn verify_options(args: &VerifyArgs) -> Result<VerifyOptions> {
     let mut options = options(
         args.at.as_deref(),
         args.nonce.as_deref(),
@@ -186,80 +227,62 @@ pub fn run(args: VerifyArgs) -> Result<bool> {
             .with_context(|| format!("{}", path.display()))?;
         options = options.with_tdx_collateral(collateral);
     }
-    let input = match (&args.host, &args.collaterals, &args.report) {
-        (Some(host), _, _) => format!("--host {host}"),
-        (_, Some(path), _) => format!("--evidence {}", path.display()),
-        (_, _, Some(path)) => format!("--report {}", path.display()),
-        _ => String::new(),
-    };
-    let resolver = Resolver::new(&args.sources, args.offline, args.at.is_some(), input)?;
-    if let Some(host) = &args.host {
-        let golden = args.golden.as_deref().context("--host needs --golden")?;
-        return verify_running(
-            host,
-            golden,
+    Ok(options)
+}
+
+/// `--collaterals FILE --golden FILE`: the evidence, completed from the cache, against the golden.
+fn verify_evidence_file(
+    path: &Path,
+    golden_path: &Path,
+    options: &mut VerifyOptions,
+    resolver: &Resolver,
+) -> Result<VerificationReport> {
+    let mut evidence =
+        Evidence::from_json(&read(path)?).with_context(|| format!("{}", path.display()))?;
+    let golden = GoldenMeasurement::from_json(&read(golden_path)?)
+        .with_context(|| format!("{}", golden_path.display()))?;
+    let notes = resolve::prepare_evidence(resolver, &mut evidence, options);
+    let mut report = verify(&evidence, &golden, options);
+    resolve::annotate(&mut report, notes);
+    Ok(report)
+}
+
+/// `--report FILE`: a TD quote against its TCB statuses, or an SNP/HCL report against AMD's chain.
+fn verify_report_file(
+    args: &VerifyArgs,
+    path: &Path,
+    options: &mut VerifyOptions,
+    resolver: &Resolver,
+) -> Result<VerificationReport> {
+    let bytes = read(path)?;
+    crate::inspect::check_report_input(path, &bytes)?;
+    let Some((quote, collateral)) = td_quote_of(&bytes)? else {
+        return verify_bare_report(
+            bytes,
+            args.vcek.as_deref(),
+            args.chain.as_deref(),
+            args.min_tcb.as_deref().map(parse_min_tcb).transpose()?,
             options,
-            args.save_evidence.as_deref(),
-            match args.json || crate::output::json() {
-                true => ReportOutput::Json,
-                false => ReportOutput::Text,
-            },
-            None,
-            Some(&resolver),
-        )
-        .map(|verdict| verdict.verified);
+            resolver,
+        );
+    };
+    let mut expectations = GoldenTdx::default();
+    if !args.tcb_statuses.is_empty() {
+        expectations.tcb_statuses = args
+            .tcb_statuses
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect();
     }
     let mut notes = Vec::new();
-    let mut report = match (&args.collaterals, &args.report) {
-        (Some(evidence), None) => {
-            let golden_path = args
-                .golden
-                .as_ref()
-                .context("--collaterals needs --golden")?;
-            let mut evidence = Evidence::from_json(&read(evidence)?)
-                .with_context(|| format!("{}", evidence.display()))?;
-            let golden = GoldenMeasurement::from_json(&read(golden_path)?)
-                .with_context(|| format!("{}", golden_path.display()))?;
-            notes = resolve::prepare_evidence(&resolver, &mut evidence, &mut options);
-            verify(&evidence, &golden, &options)
-        }
-        (None, Some(report)) => {
-            let bytes = read(report)?;
-            crate::inspect::check_report_input(report, &bytes)?;
-            match td_quote_of(&bytes)? {
-                Some((quote, collateral)) => {
-                    let mut expectations = GoldenTdx::default();
-                    if !args.tcb_statuses.is_empty() {
-                        expectations.tcb_statuses = args
-                            .tcb_statuses
-                            .iter()
-                            .map(|s| s.as_str().into())
-                            .collect();
-                    }
-                    if options.tdx_collateral.is_none() {
-                        let (found, note) = resolver.tdx(&quote, collateral.is_some());
-                        options.tdx_collateral = found;
-                        notes.push(note);
-                    }
-                    verify_tdx_quote(&quote, collateral.as_ref(), &expectations, &options)
-                }
-                None => verify_bare_report(
-                    bytes,
-                    args.vcek.as_deref(),
-                    args.chain.as_deref(),
-                    args.min_tcb.as_deref().map(parse_min_tcb).transpose()?,
-                    &options,
-                    &resolver,
-                )?,
-            }
-        }
-        _ => bail!(
-            "give --host HOST --golden FILE, --collaterals FILE --golden FILE, or --report FILE"
-        ),
-    };
+    if options.tdx_collateral.is_none() {
+        let (found, note) = resolver.tdx(&quote, collateral.is_some());
+        options.tdx_collateral = found;
+        notes.push(note);
+    }
+    let mut report = verify_tdx_quote(&quote, collateral.as_ref(), &expectations, options);
     resolve::annotate(&mut report, notes);
-    print_report(&report, args.json || crate::output::json())?;
-    Ok(report.verified)
+    Ok(report)
 }
 
 /// A TD quote in `bytes` (binary, or hex text with or without `0x` and surrounding whitespace;
@@ -335,13 +358,11 @@ fn verify_bare_report(
         minimum_tcb,
         ..GoldenSnp::default()
     };
-    Ok(verify_snp_report(
-        &report,
-        &vek,
-        &intermediates,
-        &expectations,
-        options,
-    ))
+    // A VLEK given without its ASVK: the chain from the cache (or KDS).
+    let notes = resolve::complete_vlek_chain(resolver, &report, &vek, &mut intermediates);
+    let mut verified = verify_snp_report(&report, &vek, &intermediates, &expectations, options);
+    resolve::annotate(&mut verified, notes);
+    Ok(verified)
 }
 
 /// What verifying a running agent established.
@@ -372,53 +393,70 @@ impl ReportOutput {
     }
 }
 
+/// A running agent to verify, against what, where the report goes and where collateral the
+/// evidence lacks comes from.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub golden: &'a Path,
+    pub output: ReportOutput,
+    pub resolver: &'a Resolver,
+}
+
 /// Verifies a running agent over a fresh nonce and prints the report (for `update-workload`,
 /// which verifies before it uploads, then sends its token only to the verified TLS key).
+pub fn verify_host_with(target: Target<'_>, trusted_ak: Option<&Path>) -> Result<HostVerdict> {
+    let options = options(None, None, &[], trusted_ak)?;
+    verify_running(target, options, None, None)
+}
+
+/// [`verify_host_with`] with collateral from the default sources (the cache, else the services):
+/// the deploy commands' attestation gate, which takes no collateral flags.
 pub fn verify_host(
     host: &str,
     golden: &Path,
     trusted_ak: Option<&Path>,
     output: ReportOutput,
 ) -> Result<HostVerdict> {
-    let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, output, None, None)
+    let resolver = ResolveArgs::default().resolver(false, format!("--host {host}"))?;
+    let target = Target {
+        host,
+        golden,
+        output,
+        resolver: &resolver,
+    };
+    verify_host_with(target, trusted_ak)
 }
 
 /// Changes the golden measurement once the evidence is known (e.g. `unlock`: the workload a
 /// locked VM must show is its empty generation, whose token salt the evidence carries).
 pub type AdjustGolden<'a> = &'a dyn Fn(&mut GoldenMeasurement, &Evidence) -> Result<()>;
 
-/// [`verify_host`] with the golden adjusted to the evidence before the checks run.
+/// [`verify_host_with`] with the golden adjusted to the evidence before the checks run.
 pub fn verify_host_adjusted(
-    host: &str,
-    golden: &Path,
+    target: Target<'_>,
     trusted_ak: Option<&Path>,
     adjust: AdjustGolden<'_>,
-    output: ReportOutput,
 ) -> Result<HostVerdict> {
     let options = options(None, None, &[], trusted_ak)?;
-    verify_running(host, golden, options, None, output, Some(adjust), None)
+    verify_running(target, options, None, Some(adjust))
 }
 
 fn verify_running(
-    host: &str,
-    golden_path: &Path,
+    target: Target<'_>,
     options: VerifyOptions,
     save_evidence: Option<&Path>,
-    output: ReportOutput,
     adjust: Option<AdjustGolden<'_>>,
-    resolver: Option<&Resolver>,
 ) -> Result<HostVerdict> {
+    let golden_path = target.golden;
     let mut golden = GoldenMeasurement::from_json(&read(golden_path)?)
         .with_context(|| format!("{}", golden_path.display()))?;
     let mut nonce = [0u8; 32];
     openssl::rand::rand_bytes(&mut nonce)?;
-    let options = options.with_nonce(nonce.to_vec());
+    let mut options = options.with_nonce(nonce.to_vec());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (evidence_bytes, tls_key) = runtime.block_on(fetch_evidence(host, &nonce))?;
-    let mut options = options;
+    let (evidence_bytes, tls_key) = runtime.block_on(fetch_evidence(target.host, &nonce))?;
     // Over TLS the evidence must bind the key of this very connection.
     options.expected_tls_key = tls_key;
     if let Some(path) = save_evidence {
@@ -429,13 +467,11 @@ fn verify_running(
     if let Some(adjust) = adjust {
         adjust(&mut golden, &evidence)?;
     }
-    let notes = resolver
-        .map(|r| resolve::prepare_evidence(r, &mut evidence, &mut options))
-        .unwrap_or_default();
+    let notes = resolve::prepare_evidence(target.resolver, &mut evidence, &mut options);
     let mut report = verify(&evidence, &golden, &options);
     resolve::annotate(&mut report, notes);
-    if output != ReportOutput::Returned {
-        print_report(&report, output == ReportOutput::Json)?;
+    if target.output != ReportOutput::Returned {
+        print_report(&report, target.output == ReportOutput::Json)?;
     }
     Ok(HostVerdict {
         verified: report.verified,

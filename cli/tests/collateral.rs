@@ -439,3 +439,72 @@ fn concurrent_fetches_of_one_key_make_one_request() {
     }
     assert_eq!(server.requests().len(), 4, "{:?}", server.requests());
 }
+
+/// A real VLEK-signed report (AWS-style): `collateral fetch` gets the ASVK/ARK chain from KDS's
+/// `/vlek/v1/Milan/cert_chain` and says the VLEK itself is not on KDS; `verify --offline` with
+/// the VLEK then passes through the cached chain; without the VLEK it fails saying where a VLEK
+/// comes from; with an empty cache it fails naming the chain to fetch.
+#[test]
+fn a_vlek_report_gets_its_asvk_chain_from_kds_and_verifies_offline() {
+    let server = CollateralServer::start(Path::new(common::VECTORS)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let report = vector("trustee/snp-test-vlek-report.bin");
+    let vlek = vector("trustee/snp-test-vlek.der");
+
+    let output = fetch(&server, &cache, &["--report", &report]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert_eq!(origins(&output), ["-", "fetched", "-"]);
+    let items = json(&output)["items"].clone();
+    assert_eq!(items[0]["what"], "VLEK");
+    let note = items[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("not served by AMD KDS") && note.contains("extended report"),
+        "{note}"
+    );
+    assert_eq!(items[1]["key"], "amd/Milan/vlek_cert_chain");
+    assert!(items[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/vlek/v1/Milan/crl"));
+    assert_eq!(server.count("/vlek/v1/Milan/cert_chain"), 1);
+    assert_eq!(server.count("/vcek/"), 0, "{:?}", server.requests());
+    let again = fetch(&server, &cache, &["--report", &report]);
+    assert_eq!(origins(&again), ["-", "cache", "-"]);
+    assert_eq!(server.count("/vlek/v1/Milan/cert_chain"), 1);
+
+    let extra = ["--vcek", vlek.as_str(), "--min-tcb", VECTOR_ERA_TCB];
+    let output = verify_offline(&cache, &report, &extra);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let chain = check(&output, "snp.chain");
+    assert!(
+        chain["reason"]
+            .as_str()
+            .unwrap()
+            .contains("[ASVK/ARK chain: cache ("),
+        "{chain}"
+    );
+
+    // No VLEK: KDS cannot give it, and the failure says where it comes from.
+    let output = verify_offline(&cache, &report, &["--min-tcb", VECTOR_ERA_TCB]);
+    assert_eq!(output.status.code(), Some(1));
+    let chain = check(&output, "snp.chain");
+    let reason = chain["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("AMD KDS does not serve") && reason.contains("extended report"),
+        "{chain}"
+    );
+
+    // An empty cache offline: the chain is named, with the command that fetches it.
+    let empty = dir.path().join("empty");
+    let output = verify_offline(&empty, &report, &extra);
+    assert_eq!(output.status.code(), Some(1));
+    let chain = check(&output, "snp.chain");
+    assert_eq!(chain["status"], "fail");
+    let reason = chain["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Milan ASVK/ARK chain: not in the cache")
+            && reason.contains(&format!("cvm-cli collateral fetch --report {report}")),
+        "{chain}"
+    );
+}

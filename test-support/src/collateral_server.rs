@@ -7,8 +7,11 @@
 //!
 //! Served: TDX TCB info for the FMSPC of `tdx/tdx_quote` (404 for any other), the TDX QE
 //! identity, the platform PCK CRL and the root CA CRL (PCCS paths), VCEKs for the chips of
-//! `virtee-sev/report_milan.hex` and `trustee/snp-test-report.bin`, and the Milan, Genoa and
-//! Turin ASK/ARK chains. No AMD CRL: none is in the vectors (those paths answer 404).
+//! `virtee-sev/report_milan.hex` and `trustee/snp-test-report.bin`, the Milan, Genoa and
+//! Turin ASK/ARK chains, and the Milan and Genoa ASVK/ARK chains (`/vlek/v1/{product}/cert_chain`,
+//! ASVK first as KDS serves them). No AMD CRL: none is in the vectors (those paths answer 404).
+//! VLEKs themselves are not on KDS, nor here. [`CollateralServer::answer`] adds or replaces a
+//! route, e.g. to serve a TEST-ONLY signer's VCEK and chain where KDS serves AMD's.
 
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -46,6 +49,7 @@ pub struct SeenRequest {
 /// The running server; stops when dropped.
 pub struct CollateralServer {
     pub addr: SocketAddr,
+    routes: Arc<Mutex<HashMap<String, Answer>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
     task: tokio::task::JoinHandle<()>,
@@ -137,6 +141,13 @@ fn routes(vectors: &Path) -> Result<HashMap<String, Answer>> {
             body: hex::decode(field("root_ca_crl"))?,
         },
     );
+    amd_routes(vectors, &mut routes)?;
+    Ok(routes)
+}
+
+/// AMD KDS's routes: VCEKs, ASK/ARK and ASVK/ARK chains.
+fn amd_routes(vectors: &Path, routes: &mut HashMap<String, Answer>) -> Result<()> {
+    let read = |path: &str| read(vectors, path);
     let der = |body| Answer {
         content_type: "application/x-x509-ca-cert",
         headers: Vec::new(),
@@ -170,7 +181,42 @@ fn routes(vectors: &Path) -> Result<HashMap<String, Answer>> {
             },
         );
     }
-    Ok(routes)
+    for (product, bundle) in [
+        ("Milan", "trustee/milan_ask_ark_asvk.pem"),
+        ("Genoa", "trustee/genoa_ask_ark_asvk.pem"),
+    ] {
+        routes.insert(
+            format!("/vlek/v1/{product}/cert_chain"),
+            Answer {
+                content_type: "application/x-pem-file",
+                headers: Vec::new(),
+                body: asvk_ark(&read(bundle)?)?,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The ASVK then the ARK out of a PEM bundle that also holds the ASK (trustee's
+/// `*_ask_ark_asvk.pem`), as KDS's `/vlek/v1/{product}/cert_chain` serves them.
+fn asvk_ark(bundle: &[u8]) -> Result<Vec<u8>> {
+    let certs = openssl::x509::X509::stack_from_pem(bundle)?;
+    let common_name = |cert: &openssl::x509::X509| {
+        cert.subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for prefix in ["SEV-VLEK-", "ARK-"] {
+        let cert = certs
+            .iter()
+            .find(|c| common_name(c).starts_with(prefix))
+            .with_context(|| format!("no {prefix}* certificate in the bundle"))?;
+        out.extend_from_slice(&cert.to_pem()?);
+    }
+    Ok(out)
 }
 
 impl CollateralServer {
@@ -187,15 +233,15 @@ impl CollateralServer {
     }
 
     async fn start_on_current(vectors: &Path) -> Result<Self> {
-        let routes = Arc::new(routes(vectors)?);
+        let routes = Arc::new(Mutex::new(routes(vectors)?));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (b, s) = (behaviour.clone(), seen.clone());
+        let (r, b, s) = (routes.clone(), behaviour.clone(), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (routes, b, s) = (routes.clone(), b.clone(), s.clone());
+                let (routes, b, s) = (r.clone(), b.clone(), s.clone());
                 tokio::spawn(async move {
                     let _ = serve(stream, &routes, &b, &s).await;
                 });
@@ -203,6 +249,7 @@ impl CollateralServer {
         });
         Ok(Self {
             addr,
+            routes,
             behaviour,
             seen,
             task,
@@ -213,6 +260,17 @@ impl CollateralServer {
     /// `http://127.0.0.1:PORT`: the base URL for `--kds-url` and `--pccs-url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Serves `body` at `path` (as [`target_key`] keys it: no query for VCEKs), replacing what
+    /// was served there: for a TEST-ONLY signer's VCEK, chains and CRLs at KDS's paths.
+    pub fn answer(&self, path: &str, content_type: &'static str, body: Vec<u8>) {
+        let answer = Answer {
+            content_type,
+            headers: Vec::new(),
+            body,
+        };
+        self.routes.lock().unwrap().insert(path.into(), answer);
     }
 
     /// Answers the next `times` requests whose path starts with `prefix` with 429 and this
@@ -250,7 +308,7 @@ impl CollateralServer {
 
 async fn serve(
     mut stream: tokio::net::TcpStream,
-    routes: &HashMap<String, Answer>,
+    routes: &Mutex<HashMap<String, Answer>>,
     behaviour: &Mutex<Behaviour>,
     seen: &Mutex<Vec<SeenRequest>>,
 ) -> Result<()> {
@@ -284,7 +342,8 @@ async fn serve(
     };
     tokio::time::sleep(delay).await;
     let request_id = format!("{:032x}", seen.lock().unwrap().len());
-    let (status, answer) = match (throttled, routes.get(&target_key(&target))) {
+    let route = routes.lock().unwrap().get(&target_key(&target)).cloned();
+    let (status, answer) = match (throttled, route) {
         (Some(retry_after), _) => (
             "429 Too Many Requests",
             Answer {
@@ -293,7 +352,7 @@ async fn serve(
                 body: b"Too Many Requests".to_vec(),
             },
         ),
-        (None, Some(answer)) => ("200 OK", answer.clone()),
+        (None, Some(answer)) => ("200 OK", answer),
         (None, None) => (
             "404 Not Found",
             Answer {

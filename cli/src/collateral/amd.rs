@@ -17,7 +17,11 @@ pub enum AmdError {
          the VCEK with the evidence or --vcek"
     )]
     MaskedChipId,
-    #[error("the report is signed by a VLEK: VLEKs are not on AMD KDS (the cloud provides it)")]
+    #[error(
+        "the report is signed by a VLEK, which AMD KDS does not serve (it has only the ASVK/ARK \
+         chain, /vlek/v1/{{product}}/cert_chain): the VLEK comes from the host's extended report, \
+         which the agent's evidence carries; verify the evidence, or give the VLEK with --vcek"
+    )]
     VlekSigned,
     #[error("the report names no signing key (KEY_INFO)")]
     NoKey,

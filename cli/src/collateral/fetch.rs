@@ -30,6 +30,8 @@ pub struct Item {
 pub enum Origin {
     Cache,
     Fetched,
+    /// Carried by the evidence itself (a VCEK or VLEK from the host): nothing to get.
+    Evidence,
 }
 
 /// A document, parsed, with its origin.

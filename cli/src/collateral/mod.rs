@@ -66,6 +66,47 @@ pub struct SourceArgs {
     pub max_wait: u64,
 }
 
+impl Default for SourceArgs {
+    /// The flags' defaults and environment variables, for callers that take no source flags.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            sources: SourceArgs,
+        }
+        <Defaults as clap::Parser>::try_parse_from(["cvm-cli"])
+            .map(|d| d.sources)
+            .unwrap_or_else(|_| Self {
+                cache: CacheArgs { cache_dir: None },
+                kds_url: AMD_KDS.into(),
+                pcs_url: INTEL_PCS.into(),
+                pccs_url: None,
+                max_wait: 120,
+            })
+    }
+}
+
+/// How a command that verifies a VM (`verify`, `update-workload`, `unlock`) gets the collateral
+/// the evidence lacks: the cache, and the services unless `--offline`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ResolveArgs {
+    /// Use only cached collateral (VCEK, ASVK chain, TDX collateral, AMD CRL), never fetch: a
+    /// check whose collateral is missing fails and says what to fetch or import
+    /// (docs/collateral.md).
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+impl ResolveArgs {
+    /// The resolver for one verification; `input` is how `collateral fetch` would name it
+    /// (`--host H`), for the hint when something is missing.
+    pub fn resolver(&self, at_pinned: bool, input: String) -> Result<resolve::Resolver> {
+        resolve::Resolver::new(&self.sources, self.offline, at_pinned, input)
+    }
+}
+
 /// Resolved base URLs.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -258,7 +299,11 @@ fn at_or_now(at: Option<&str>) -> Result<i64> {
 
 /// A report or quote to get collateral for.
 enum Subject {
-    Snp(Box<SnpReport>),
+    /// With whether the evidence it came in carries its VCEK or VLEK (nothing to fetch then).
+    Snp {
+        report: Box<SnpReport>,
+        vek_carried: bool,
+    },
     Tdx(Vec<u8>),
 }
 
@@ -268,11 +313,23 @@ fn subject_of(bytes: &[u8], what: &str) -> Result<Subject> {
         return Ok(Subject::Tdx(quote));
     }
     match amd::report_of(bytes).with_context(|| what.to_owned())? {
-        Some(report) => Ok(Subject::Snp(Box::new(report))),
+        Some(report) => Ok(Subject::Snp {
+            report: Box::new(report),
+            vek_carried: vek_carried(bytes),
+        }),
         None => bail!(
             "{what}: neither an SNP report, an HCL report, a TD quote nor SEV-SNP/TDX evidence"
         ),
     }
+}
+
+/// Whether `bytes` are evidence whose `sev_snp` section carries the VCEK or VLEK.
+fn vek_carried(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'{')
+        && cvm_attestation::Evidence::from_json(bytes)
+            .ok()
+            .and_then(|e| e.sev_snp)
+            .is_some_and(|snp| !snp.vek_cert.0.is_empty())
 }
 
 fn subjects(input: &InputArgs) -> Result<Vec<Subject>> {
@@ -309,6 +366,9 @@ struct Row {
     error: Option<String>,
     /// Without it, verification still runs (AMD CRLs: `snp.crl` is then skipped).
     optional: bool,
+    /// Why nothing was fetched for it (a key the evidence carries, a VLEK KDS does not serve).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 fn row(item: &fetch::Item, result: Result<fetch::Got, fetch::FetchError>, optional: bool) -> Row {
@@ -327,6 +387,30 @@ fn row(item: &fetch::Item, result: Result<fetch::Got, fetch::FetchError>, option
         stale_at,
         error,
         optional,
+        note: None,
+    }
+}
+
+/// The report's signing key when nothing is fetched for it: carried by the evidence, or a VLEK,
+/// which AMD KDS does not serve.
+fn key_row(vlek: bool, carried: bool) -> Row {
+    let what = if vlek { "VLEK" } else { "VCEK" };
+    let note = if carried {
+        "carried by the evidence".into()
+    } else {
+        "not served by AMD KDS (only its ASVK/ARK chain is): a VLEK comes from the host's \
+         extended report, which the agent's evidence carries; verify the evidence, or give the \
+         VLEK to `verify --vcek`"
+            .into()
+    };
+    Row {
+        what: what.into(),
+        key: if carried { "evidence" } else { "-" }.into(),
+        origin: carried.then_some(Origin::Evidence),
+        stale_at: None,
+        error: None,
+        optional: false,
+        note: Some(note),
     }
 }
 
@@ -358,11 +442,17 @@ fn run_fetch(args: FetchArgs) -> Result<bool> {
         println!("cache: {}", fetcher.cache.root().display());
         for row in &rows {
             match (&row.origin, &row.error) {
+                (Some(Origin::Evidence), _) | (None, None) => println!(
+                    "{:7}  {}: {}",
+                    if row.origin.is_some() { "carried" } else { "-" },
+                    row.what,
+                    row.note.as_deref().unwrap_or_default()
+                ),
                 (Some(origin), _) => println!(
                     "{:7}  {}  ({}; current until {})",
                     match origin {
                         Origin::Cache => "cached",
-                        Origin::Fetched => "fetched",
+                        Origin::Fetched | Origin::Evidence => "fetched",
                     },
                     row.what,
                     row.key,
@@ -373,7 +463,6 @@ fn run_fetch(args: FetchArgs) -> Result<bool> {
                     if row.optional { "MISSING" } else { "FAILED" },
                     row.what
                 ),
-                (None, None) => {}
             }
         }
     }
@@ -398,38 +487,63 @@ async fn fetch_subject(
                 rows.push(row(item, result, false));
             }
         }
-        Subject::Snp(report) => {
-            let vlek = signing_key(report) == SigningKey::Vlek;
-            let product = if vlek {
-                hint.or_else(|| SnpProduct::from_report(report))
-                    .context("the VLEK-signed report does not state its product: give --product")?
-            } else {
-                match amd::vcek(fetcher, sources, report, hint).await {
-                    Ok((product, got)) => {
-                        let item = amd::vcek_item(sources, report, product)?;
-                        rows.push(row(&item, Ok(got), false));
-                        product
-                    }
-                    Err(e) => {
-                        rows.push(Row {
-                            what: "VCEK".into(),
-                            key: "amd/*/vcek".into(),
-                            origin: None,
-                            stale_at: None,
-                            error: Some(e.to_string()),
-                            optional: false,
-                        });
-                        return Ok(rows);
-                    }
-                }
-            };
-            let chain = amd::chain_item(sources, product, vlek);
-            let crl = amd::crl_item(sources, product, vlek);
-            let (a, b) = futures_util::future::join(fetcher.get(&chain), fetcher.get(&crl)).await;
-            rows.push(row(&chain, a, false));
-            rows.push(row(&crl, b, true));
-        }
+        Subject::Snp {
+            report,
+            vek_carried,
+        } => rows = fetch_snp(fetcher, sources, report, *vek_carried, hint).await?,
     }
+    Ok(rows)
+}
+
+/// The VCEK (unless the evidence carries it, or a VLEK signed the report), the ASK/ARK or
+/// ASVK/ARK chain and the CRL for one SNP report.
+async fn fetch_snp(
+    fetcher: &Fetcher,
+    sources: &Sources,
+    report: &SnpReport,
+    vek_carried: bool,
+    hint: Option<SnpProduct>,
+) -> Result<Vec<Row>> {
+    let vlek = signing_key(report) == SigningKey::Vlek;
+    let mut rows = Vec::new();
+    let product = match (
+        vlek,
+        vek_carried,
+        hint.or_else(|| SnpProduct::from_report(report)),
+    ) {
+        (true, _, Some(product)) | (false, true, Some(product)) => {
+            rows.push(key_row(vlek, vek_carried));
+            product
+        }
+        (true, _, None) => {
+            bail!("the VLEK-signed report does not state its product: give --product")
+        }
+        // A version 2 report names no product: its VCEK says which, even when the evidence has it.
+        (false, _, _) => match amd::vcek(fetcher, sources, report, hint).await {
+            Ok((product, got)) => {
+                let item = amd::vcek_item(sources, report, product)?;
+                rows.push(row(&item, Ok(got), false));
+                product
+            }
+            Err(e) => {
+                rows.push(Row {
+                    what: "VCEK".into(),
+                    key: "amd/*/vcek".into(),
+                    origin: None,
+                    stale_at: None,
+                    error: Some(e.to_string()),
+                    optional: false,
+                    note: None,
+                });
+                return Ok(rows);
+            }
+        },
+    };
+    let chain = amd::chain_item(sources, product, vlek);
+    let crl = amd::crl_item(sources, product, vlek);
+    let (a, b) = futures_util::future::join(fetcher.get(&chain), fetcher.get(&crl)).await;
+    rows.push(row(&chain, a, false));
+    rows.push(row(&crl, b, true));
     Ok(rows)
 }
 
@@ -444,7 +558,7 @@ fn needed_keys(args: &ExportArgs, fetcher: &Fetcher) -> Result<Vec<cache::Key>> 
                 let needs = intel::needs(&quote)?;
                 keys.extend(intel::items(&sources, &needs).map(|item| item.key));
             }
-            Subject::Snp(report) => {
+            Subject::Snp { report, .. } => {
                 let vlek = signing_key(&report) == SigningKey::Vlek;
                 let mut products = amd::candidates(&report, hint);
                 if !vlek {

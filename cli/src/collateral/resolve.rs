@@ -1,5 +1,6 @@
-//! What `verify` asks of the cache: the TDX collateral or the VCEK it was not given, and the AMD
-//! CRL when cached, each with a note on where it came from for the check that used it.
+//! What `verify` (and `update-workload` and `unlock`, which verify first) asks of the cache: the
+//! TDX collateral or the VCEK it was not given, the ASVK/ARK chain of a VLEK, and the AMD CRL when
+//! cached, each with a note on where it came from for the check that used it.
 
 use super::fetch::{FetchError, Fetcher, Freshness, Network};
 use super::{amd, intel, SourceArgs, Sources};
@@ -175,6 +176,42 @@ impl Resolver {
         ))
     }
 
+    /// The ASVK/ARK chain for a VLEK-signed report (none is built in): cached, else fetched
+    /// from KDS `/vlek/v1/{product}/cert_chain`. The product is the report's, else the one the
+    /// VLEK's issuer (`SEV-VLEK-{product}`) names.
+    pub fn vlek_chain(&self, report: &SnpReport, vlek: &[u8]) -> Result<(Vec<Bytes>, Note), Note> {
+        let product = SnpProduct::from_report(report)
+            .or_else(|| product_of_issuer(vlek))
+            .ok_or_else(|| Note {
+                check: "snp.chain",
+                text: "no ASVK/ARK chain: neither the report nor the VLEK's issuer names the \
+                       product"
+                    .into(),
+                missing: true,
+            })?;
+        let item = amd::chain_item(&self.sources, product, true);
+        let got = self
+            .runtime
+            .block_on(self.fetcher.get(&item))
+            .map_err(|e| self.missing("snp.chain", &e))?;
+        let certs = cvm_attestation::snp::certs::parse_pem_chain(got.entry.body.as_slice())
+            .unwrap_or_default();
+        let chain = certs
+            .iter()
+            .filter_map(|c| c.to_der().ok())
+            .map(Bytes::from)
+            .collect();
+        let text = format!("ASVK/ARK chain: {}", self.origin(&[&got]));
+        Ok((
+            chain,
+            Note {
+                check: "snp.chain",
+                text,
+                missing: false,
+            },
+        ))
+    }
+
     /// The cached AMD CRL for the report's key, never fetched (an ARK-signed CRL is optional:
     /// `collateral fetch` gets it).
     pub fn amd_crl(&self, report: &SnpReport) -> Option<(Vec<u8>, Note)> {
@@ -200,6 +237,64 @@ impl Resolver {
                 },
             ))
         })
+    }
+}
+
+/// The product a VLEK's issuer names (AMD's ASVKs are `SEV-VLEK-Milan`, `SEV-VLEK-Genoa`, ...).
+fn product_of_issuer(vlek: &[u8]) -> Option<SnpProduct> {
+    let cert = cvm_attestation::snp::certs::parse_certificate(vlek).ok()?;
+    let entry = cert
+        .issuer_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()?;
+    let issuer = String::from_utf8_lossy(entry.data().as_slice()).into_owned();
+    SnpProduct::ALL
+        .into_iter()
+        .find(|p| issuer.ends_with(&format!("-{}", p.name())))
+}
+
+/// Whether `chain` holds the certificate that issued `leaf` (by name; `verify` checks the
+/// signature).
+fn issuer_given(leaf: &[u8], chain: &[Bytes]) -> bool {
+    use cvm_attestation::snp::certs::parse_certificate;
+    let Ok(leaf) = parse_certificate(leaf) else {
+        return true; // `snp.chain` says why it does not parse
+    };
+    chain.iter().any(|der| {
+        parse_certificate(der.as_slice()).is_ok_and(|c| {
+            c.subject_name().try_cmp(leaf.issuer_name()).ok() == Some(std::cmp::Ordering::Equal)
+        })
+    })
+}
+
+/// For a VLEK-signed report whose chain lacks the VLEK's ASVK: adds the ASVK/ARK chain from the
+/// cache (or KDS) to `chain`; the note says where it came from, or fails `snp.chain` naming it.
+pub fn complete_vlek_chain(
+    resolver: &Resolver,
+    report: &[u8],
+    vlek: &[u8],
+    chain: &mut Vec<Bytes>,
+) -> Vec<Note> {
+    let Some(parsed) = parse_report(report) else {
+        return Vec::new();
+    };
+    if signing_key(&parsed) != SigningKey::Vlek || vlek.is_empty() || issuer_given(vlek, chain) {
+        return Vec::new();
+    }
+    match resolver.vlek_chain(&parsed, vlek) {
+        Ok((found, note)) => {
+            chain.extend(found);
+            vec![note]
+        }
+        Err(note) => vec![note],
+    }
+}
+
+/// The SNP report in `bytes`: a bare report, or the one inside an Azure HCL report.
+fn parse_report(bytes: &[u8]) -> Option<SnpReport> {
+    match cvm_attestation::azure::HclReport::parse(bytes) {
+        Ok(hcl) => SnpReport::parse(hcl.hardware_report).ok(),
+        Err(_) => SnpReport::parse(bytes).ok(),
     }
 }
 
@@ -253,12 +348,10 @@ pub fn prepare_evidence(
     }
     if let Some(snp) = &mut evidence.sev_snp {
         let report_bytes = match &snp.hcl_report {
-            Some(hcl) => cvm_attestation::azure::HclReport::parse(hcl.as_slice())
-                .map(|h| h.hardware_report.to_vec())
-                .unwrap_or_default(),
-            None => snp.attestation_report.0.clone(),
+            Some(hcl) => hcl.as_slice(),
+            None => snp.attestation_report.as_slice(),
         };
-        let Ok(report) = SnpReport::parse(&report_bytes) else {
+        let Some(report) = parse_report(report_bytes) else {
             return notes;
         };
         if snp.vek_cert.0.is_empty() {
@@ -271,11 +364,19 @@ pub fn prepare_evidence(
                 Err(note) => notes.push(note),
             }
         } else {
+            let vlek = signing_key(&report) == SigningKey::Vlek;
             notes.push(Note {
                 check: "snp.chain",
-                text: "VCEK: evidence".into(),
+                text: format!("{}: evidence", if vlek { "VLEK" } else { "VCEK" }),
                 missing: false,
             });
+            let report_bytes = report.raw().to_vec();
+            notes.extend(complete_vlek_chain(
+                resolver,
+                &report_bytes,
+                snp.vek_cert.as_slice(),
+                &mut snp.cert_chain,
+            ));
         }
         if options.amd_crls.is_empty() {
             if let Some((crl, note)) = resolver.amd_crl(&report) {
@@ -302,11 +403,7 @@ pub fn bare_report(
         minimum_tcb,
         ..Default::default()
     };
-    let parsed = match cvm_attestation::azure::HclReport::parse(report) {
-        Ok(hcl) => SnpReport::parse(hcl.hardware_report),
-        Err(_) => SnpReport::parse(report),
-    };
-    let Ok(parsed) = parsed else {
+    let Some(parsed) = parse_report(report) else {
         // The report's own check says why it does not parse.
         return verify_snp_report(report, &[], intermediates, &expectations, options);
     };
