@@ -14,11 +14,14 @@
 //!   by content digest; dcap-qvl has no such cache;
 //! - raw: two P-256 verifications (QE report and quote signature; cached, ours now repeats only
 //!   the second) through OpenSSL (ours) and through ring as webpki calls it (dcap-qvl's), keys
-//!   and DER signatures prepared beforehand.
+//!   and DER signatures prepared beforehand;
+//! - `--count-ours` / `--count-theirs`: one cold verification by one of them after the same
+//!   warm-up, for `valgrind --tool=callgrind --toggle-collect='*counted_*'` (instruction counts
+//!   do not move when other builds share the machine; `BENCH_CALLGRIND=1 bench/tdx-verify.sh`).
 
 use cvm_attestation::golden::GoldenTdx;
 use cvm_attestation::snp::TrustedRoot;
-use cvm_attestation::tdx::crypto::{p256_key, verify_p256_raw};
+use cvm_attestation::tdx::crypto::{p256_ec_key, verify_p256_raw_ec};
 use cvm_attestation::tdx::{TdQuote, TdxCollateral};
 use cvm_attestation::verify::verify_tdx_quote;
 use cvm_attestation::VerifyOptions;
@@ -82,22 +85,7 @@ fn theirs_from_json(
 /// Child mode: warm both libraries up on a TEST-ONLY quote, then time one cold verification of
 /// the real quote by each (in the order given) and print "ours_us theirs_us".
 fn cold_child(theirs_first: bool) {
-    let signer = test_support::tdx_signer::TdxTestSigner::new().expect("test signer");
-    let quote = signer.quote(&signer.body(&[5; 64])).expect("quote");
-    let json = signer.collateral_json().expect("collateral");
-    let at = support_time();
-    let options = VerifyOptions::new(at).with_tdx_test_roots([TrustedRoot {
-        name: "TEST-ONLY bench root".into(),
-        certificate: signer.root().clone(),
-        test_only: true,
-    }]);
-    ours_from_json(&quote, &json, &options);
-    let test_verifier = dcap_qvl::verify::QuoteVerifier::new(signer.root().to_der().unwrap());
-    let collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&json).unwrap();
-    test_verifier
-        .verify(&quote, &collateral, at as u64)
-        .expect("dcap-qvl on the test quote");
-
+    warm_up();
     let real = inputs();
     let options = VerifyOptions::new(AT);
     let verifier = dcap_qvl::verify::QuoteVerifier::new_prod();
@@ -116,6 +104,48 @@ fn cold_child(theirs_first: bool) {
         (o, time(&theirs))
     };
     println!("{o:.2} {t:.2}");
+}
+
+/// One-time library set-up for both, on a TEST-ONLY quote (nothing of it is Intel's).
+fn warm_up() {
+    let signer = test_support::tdx_signer::TdxTestSigner::new().expect("test signer");
+    let quote = signer.quote(&signer.body(&[5; 64])).expect("quote");
+    let json = signer.collateral_json().expect("collateral");
+    let at = support_time();
+    let options = VerifyOptions::new(at).with_tdx_test_roots([TrustedRoot {
+        name: "TEST-ONLY bench root".into(),
+        certificate: signer.root().clone(),
+        test_only: true,
+    }]);
+    ours_from_json(&quote, &json, &options);
+    let test_verifier = dcap_qvl::verify::QuoteVerifier::new(signer.root().to_der().unwrap());
+    let collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&json).unwrap();
+    test_verifier
+        .verify(&quote, &collateral, at as u64)
+        .expect("dcap-qvl on the test quote");
+}
+
+/// Child mode for instruction counts (`valgrind --tool=callgrind --toggle-collect='*counted_*'`):
+/// the same warm-up as [`cold_child`], then one cold verification by `ours` or `theirs` only.
+fn count_child(ours: bool) {
+    warm_up();
+    let real = inputs();
+    if ours {
+        counted_ours(&real.quote, &real.json, &VerifyOptions::new(AT));
+    } else {
+        let verifier = dcap_qvl::verify::QuoteVerifier::new_prod();
+        counted_theirs(&verifier, &real.quote, &real.json);
+    }
+}
+
+#[inline(never)]
+fn counted_ours(quote: &[u8], json: &[u8], options: &VerifyOptions) {
+    ours_from_json(black_box(quote), json, options);
+}
+
+#[inline(never)]
+fn counted_theirs(verifier: &dcap_qvl::verify::QuoteVerifier, quote: &[u8], json: &[u8]) {
+    theirs_from_json(verifier, black_box(quote), json, AT);
 }
 
 /// A time inside the test signer's collateral (2020-2049).
@@ -214,17 +244,19 @@ fn der_signature(raw: &[u8; 64]) -> Vec<u8> {
 fn raw(real: &Inputs) -> (f64, f64) {
     let quote = TdQuote::parse(&real.quote).unwrap();
     let chain = openssl::x509::X509::stack_from_pem(&quote.pck_chain_pem).unwrap();
-    let pck = chain[0].public_key().unwrap();
-    let attestation_key = p256_key(&quote.attestation_key).unwrap();
-    let ours = measure("raw: 2 x P-256 verify, OpenSSL (ours)", || {
+    let pck = chain[0].public_key().unwrap().ec_key().unwrap();
+    let attestation_key = p256_ec_key(&quote.attestation_key).unwrap();
+    // OpenSSL's ECDSA on an EC_KEY, as ours calls it (no EVP context per check).
+    let ours = measure("raw: 2 x P-256 verify, OpenSSL ECDSA (ours)", || {
+        let qe_report = quote.qe_report_bytes();
+        assert!(verify_p256_raw_ec(&pck, qe_report, &quote.qe_report_signature).unwrap());
         assert!(
-            verify_p256_raw(&pck, quote.qe_report_bytes(), &quote.qe_report_signature).unwrap()
+            verify_p256_raw_ec(&attestation_key, quote.signed_bytes(), &quote.signature).unwrap()
         );
-        assert!(verify_p256_raw(&attestation_key, quote.signed_bytes(), &quote.signature).unwrap());
     });
     // The signature algorithm dcap-qvl hands webpki with its ring backend.
     let algorithm = <dcap_qvl::crypto::RingCrypto as dcap_qvl::config::CryptoProvider>::sig_algo();
-    let pck_point = pck.ec_key().unwrap().public_key_to_der().unwrap();
+    let pck_point = pck.public_key_to_der().unwrap();
     // The SPKI's last 65 bytes are the uncompressed point.
     let pck_point = &pck_point[pck_point.len() - 65..];
     let mut ak_point = vec![4u8];
@@ -249,6 +281,8 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("--cold-child") => return cold_child(false),
         Some("--cold-child-theirs-first") => return cold_child(true),
+        Some("--count-ours") => return count_child(true),
+        Some("--count-theirs") => return count_child(false),
         _ => {}
     }
     let runs: usize = std::env::var("BENCH_COLD_RUNS")

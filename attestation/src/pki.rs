@@ -44,6 +44,33 @@ pub fn check_validity(which: &str, cert: &X509Ref, at: &Asn1TimeRef) -> Result<(
     Ok(())
 }
 
+/// [`check_validity`] for a certificate read without OpenSSL, its bounds and `at` in Unix
+/// seconds (both bounds inclusive).
+pub fn check_validity_unix(
+    which: &str,
+    subject: &str,
+    (not_before, not_after): (i64, i64),
+    at: i64,
+) -> Result<(), NotValid> {
+    if not_before <= at && at <= not_after {
+        return Ok(());
+    }
+    Err(NotValid {
+        which: which.to_owned(),
+        subject: subject.to_owned(),
+        at: time_text(at),
+        not_before: time_text(not_before),
+        not_after: time_text(not_after),
+    })
+}
+
+/// A Unix time as OpenSSL prints certificate times ("May 21 10:45:10 2018 GMT").
+pub fn time_text(unix: i64) -> String {
+    openssl::asn1::Asn1Time::from_unix(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
 /// The subject's common name, for reports.
 pub fn common_name(cert: &X509Ref) -> String {
     cert.subject_name()

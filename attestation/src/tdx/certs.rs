@@ -3,14 +3,12 @@
 //! and QE identity). Roots are a parameter: Intel's pinned root, plus test roots only when the
 //! caller names them. CRLs from the collateral revoke intermediates and leaves.
 
-use crate::pki::ValidityError;
-use crate::snp::certs::{common_name, signed_by, ChainError};
+use super::x509::{IntelCert, IntelCrl, X509Error};
+use crate::pki::NotValid;
+use crate::snp::certs::ChainError;
 use crate::snp::TrustedRoot;
-use openssl::asn1::Asn1Time;
 use openssl::error::ErrorStack;
-use openssl::pkey::{PKey, Public};
-use openssl::x509::{CrlStatus, X509Crl, X509};
-use std::cmp::Ordering;
+use openssl::x509::X509;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -24,7 +22,9 @@ pub enum CertError {
     #[error(transparent)]
     Extensions(#[from] super::pck::PckError),
     #[error(transparent)]
-    Validity(#[from] ValidityError),
+    Validity(#[from] NotValid),
+    #[error("{0}")]
+    Decode(#[from] X509Error),
     #[error("no {leaf_name}: the chain is empty")]
     NoLeaf { leaf_name: String },
     #[error("{leaf_name} ({subject}) is not {shape} a trusted root ({tried})")]
@@ -54,7 +54,8 @@ pub enum CertError {
     OpenSsl(#[from] ErrorStack),
 }
 
-/// A PCK certificate chain as the quote carries it, parsed, with the leaf's SGX extensions.
+/// A PCK certificate chain as the quote carries it, decoded by OpenSSL, with the leaf's SGX
+/// extensions (for tools that want OpenSSL certificates; the verifier uses [`parse_pck_certs`]).
 pub struct PckChain {
     pub certs: Vec<X509>,
     pub extensions: Result<super::SgxExtensions, CertError>,
@@ -90,23 +91,74 @@ pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, CertError> {
     Ok(chain)
 }
 
+/// The quote's PCK chain as the verifier reads it, with the leaf's SGX extensions.
+pub struct PckCerts {
+    pub certs: Vec<Arc<IntelCert>>,
+    pub extensions: Result<super::SgxExtensions, CertError>,
+}
+
+/// Reads the quote's PEM chain (at most 8 certificates) and the leaf's SGX extensions,
+/// remembered per process by the SHA-256 of the PEM: a verifier sees the same platform's chain
+/// with every quote.
+pub fn parse_pck_certs(pem: &[u8]) -> Result<Arc<PckCerts>, CertError> {
+    type Memo = Mutex<HashMap<[u8; 32], Arc<PckCerts>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 256;
+    let key = openssl::sha::sha256(pem);
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let certs = parse_pem_certs(pem)?;
+    let extensions = match certs.first() {
+        Some(leaf) => super::sgx_extensions(&leaf.der).map_err(CertError::from),
+        None => Err(CertError::EmptyChain),
+    };
+    let chain = Arc::new(PckCerts { certs, extensions });
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, chain.clone());
+    }
+    Ok(chain)
+}
+
+/// Every certificate of a PEM chain (at most 8), each decoded once per process
+/// ([`super::x509::certificate`]).
+pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Arc<IntelCert>>, ChainError> {
+    pem_blocks(pem)?
+        .iter()
+        .map(|der| {
+            super::x509::certificate(der).map_err(|e| ChainError::Decode(format!("PEM chain: {e}")))
+        })
+        .collect()
+}
+
 /// Most certificates in one PEM chain (Intel's have two or three).
 const MAX_CHAIN_CERTS: usize = 8;
 /// Largest PEM chain accepted.
 const MAX_CHAIN_PEM: usize = 256 * 1024;
 
-/// Reads every `CERTIFICATE` block of a PEM chain (at most 8), each decoded once per process:
-/// the DER goes through [`crate::snp::certs::parse_certificate`], remembered by its SHA-256.
-/// OpenSSL 3 takes about 170 us to decode one of Intel's certificates (twice a P-256 check), and
-/// the root and the PCK CA recur in the quote's chain and in the collateral's chains.
+/// Reads every `CERTIFICATE` block of a PEM chain (at most 8) with OpenSSL, each decoded once
+/// per process through [`crate::snp::certs::parse_certificate`] (the pinned root as a
+/// [`TrustedRoot`], and [`parse_pck_chain`]).
 pub fn parse_pem_chain_memo(pem: &[u8]) -> Result<Vec<X509>, ChainError> {
+    pem_blocks(pem)?
+        .iter()
+        .map(|der| crate::snp::certs::parse_certificate(der))
+        .collect()
+}
+
+/// The DER of every `CERTIFICATE` block of a PEM chain (at most 8; any other block is an error).
+fn pem_blocks(pem: &[u8]) -> Result<Vec<Vec<u8>>, ChainError> {
     use base64::Engine as _;
     let decode = |problem: &str| ChainError::Decode(format!("PEM chain: {problem}"));
     if pem.len() > MAX_CHAIN_PEM {
         return Err(decode("larger than 256 KiB"));
     }
     let text = std::str::from_utf8(pem).map_err(|_| decode("not UTF-8"))?;
-    let mut certs = Vec::new();
+    let mut blocks = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let block = &rest[start + "-----BEGIN ".len()..];
@@ -116,46 +168,20 @@ pub fn parse_pem_chain_memo(pem: &[u8]) -> Result<Vec<X509>, ChainError> {
         if label != "CERTIFICATE" {
             return Err(decode(&format!("{label:?} block, expected CERTIFICATE")));
         }
-        let end = format!("-----END {label}-----");
         let (body, after) = body
-            .split_once(end.as_str())
+            .split_once("-----END CERTIFICATE-----")
             .ok_or_else(|| decode("no END CERTIFICATE line"))?;
         let base64: String = body.split_ascii_whitespace().collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(base64)
             .map_err(|e| decode(&format!("not base64: {e}")))?;
-        if certs.len() == MAX_CHAIN_CERTS {
+        if blocks.len() == MAX_CHAIN_CERTS {
             return Err(decode("more than 8 certificates"));
         }
-        certs.push(crate::snp::certs::parse_certificate(&der)?);
+        blocks.push(der);
         rest = after;
     }
-    Ok(certs)
-}
-
-/// Whether `crl` (identified by `crl_id`, the SHA-256 of its DER) carries a valid signature by
-/// `issuer`, remembered per process.
-fn crl_signed_by(crl: &X509Crl, crl_id: &[u8; 32], issuer: &X509) -> Result<bool, ErrorStack> {
-    type Memo = Mutex<HashMap<([u8; 32], Vec<u8>), bool>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 256;
-    let issuer_id = issuer
-        .digest(openssl::hash::MessageDigest::sha256())?
-        .to_vec();
-    let key = (*crl_id, issuer_id);
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
-        return Ok(known);
-    }
-    let public = issuer.public_key()?;
-    let result = crl.verify(&public).unwrap_or(false);
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, result);
-    }
-    Ok(result)
+    Ok(blocks)
 }
 
 /// Intel SGX Root CA (CN=Intel SGX Root CA, O=Intel Corporation, L=Santa Clara, ST=CA, C=US),
@@ -201,15 +227,21 @@ pub fn intel_roots() -> Vec<TrustedRoot> {
         .clone()
 }
 
+/// A trusted root as the chain checks read it, decoded once per process (by the SHA-256 of its
+/// DER); None when it is not a certificate they can read.
+fn root_certificate(root: &TrustedRoot) -> Option<Arc<IntelCert>> {
+    let der = root.certificate.to_der().ok()?;
+    super::x509::certificate(&der).ok()
+}
+
 /// A chain that checked out: leaf <- (intermediate <-)? root.
 #[derive(Debug, Clone)]
 pub struct IntelChain {
     pub root: String,
     pub root_is_test_only: bool,
-    pub root_certificate: X509,
-    pub intermediate: Option<X509>,
-    pub leaf: X509,
-    pub leaf_key: PKey<Public>,
+    pub root_certificate: Arc<IntelCert>,
+    pub intermediate: Option<Arc<IntelCert>>,
+    pub leaf: Arc<IntelCert>,
 }
 
 impl IntelChain {
@@ -221,18 +253,20 @@ impl IntelChain {
             format!("{} (pinned)", self.root)
         };
         match &self.intermediate {
-            Some(i) => format!(
-                "{} <- {} <- {root}",
-                common_name(&self.leaf),
-                common_name(i)
-            ),
-            None => format!("{} <- {root}", common_name(&self.leaf)),
+            Some(i) => format!("{} <- {} <- {root}", self.leaf.subject, i.subject),
+            None => format!("{} <- {root}", self.leaf.subject),
         }
     }
 }
 
-fn validity(which: &str, cert: &X509, at: &Asn1Time) -> Result<(), CertError> {
-    Ok(crate::pki::check_validity(which, cert, at)?)
+fn validity(which: &str, cert: &IntelCert, at: i64) -> Result<(), CertError> {
+    let bounds = (cert.not_before, cert.not_after);
+    Ok(crate::pki::check_validity_unix(
+        which,
+        &cert.subject,
+        bounds,
+        at,
+    )?)
 }
 
 /// How a leaf must hang from the root.
@@ -245,119 +279,105 @@ pub enum ChainShape {
     DirectlyUnderRoot,
 }
 
+/// The trusted roots whose own self-signature holds (a corrupted pinned certificate must not
+/// anchor anything), with their names.
+fn anchors(roots: &[TrustedRoot]) -> Vec<(&TrustedRoot, Arc<IntelCert>)> {
+    roots
+        .iter()
+        .filter_map(|root| Some((root, root_certificate(root)?)))
+        .filter(|(_, cert)| super::x509::signed_by(cert, cert))
+        .collect()
+}
+
 /// Verifies `certs[0]` (the leaf) up to one of `roots` in the given shape, the intermediate taken
 /// from `certs[1..]` (a root in `certs` is ignored: roots are pinned), every certificate valid at
 /// `at_unix`. `leaf_name` names the leaf in errors ("PCK certificate", "TCB Signing certificate").
 pub fn verify_intel_chain(
     leaf_name: &str,
-    certs: &[X509],
+    certs: &[Arc<IntelCert>],
     shape: ChainShape,
     roots: &[TrustedRoot],
     at_unix: i64,
 ) -> Result<IntelChain, CertError> {
-    let at = Asn1Time::from_unix(at_unix)?;
+    use super::x509::signed_by;
     let leaf = certs.first().ok_or_else(|| CertError::NoLeaf {
         leaf_name: leaf_name.to_owned(),
     })?;
-    let tried = crate::snp::certs::root_names(roots);
-    let anchors = crate::snp::certs::anchors(roots);
-    let candidates: Vec<Option<&X509>> = match shape {
+    let anchors = anchors(roots);
+    let candidates: Vec<Option<&Arc<IntelCert>>> = match shape {
         ChainShape::DirectlyUnderRoot => vec![None],
         ChainShape::ThroughIntermediate => certs[1..].iter().map(Some).collect(),
     };
     for intermediate in candidates {
         let issuer_of_leaf = intermediate.unwrap_or(leaf);
-        let Some(root) = anchors
+        let Some((root, root_cert)) = anchors
             .iter()
-            .find(|root| signed_by(issuer_of_leaf, &root.certificate))
+            .find(|(_, root_cert)| signed_by(issuer_of_leaf, root_cert))
         else {
             continue;
         };
         if let Some(intermediate) = intermediate {
-            if !signed_by(leaf, intermediate) {
-                continue;
-            }
             // The root's own certificate as the "intermediate" is not one.
-            if intermediate
-                .public_key()
-                .ok()
-                .zip(root.certificate.public_key().ok())
-                .is_some_and(|(a, b)| a.public_eq(&b))
-            {
+            if !signed_by(leaf, intermediate) || intermediate.same_key(root_cert) {
                 continue;
             }
         }
-        validity("root", &root.certificate, &at)?;
+        validity("root", root_cert, at_unix)?;
         if let Some(intermediate) = intermediate {
-            validity("intermediate CA", intermediate, &at)?;
+            validity("intermediate CA", intermediate, at_unix)?;
         }
-        validity(leaf_name, leaf, &at)?;
+        validity(leaf_name, leaf, at_unix)?;
         return Ok(IntelChain {
             root: root.name.clone(),
             root_is_test_only: root.test_only,
-            root_certificate: root.certificate.clone(),
+            root_certificate: root_cert.clone(),
             intermediate: intermediate.cloned(),
             leaf: leaf.clone(),
-            leaf_key: leaf.public_key()?,
         });
     }
     Err(CertError::Untrusted {
         leaf_name: leaf_name.to_owned(),
-        subject: common_name(leaf),
+        subject: leaf.subject.clone(),
         shape: match shape {
             ChainShape::ThroughIntermediate => "signed by an intermediate CA signed by",
             ChainShape::DirectlyUnderRoot => "signed directly by",
         },
-        tried,
+        tried: crate::snp::certs::root_names(roots),
     })
 }
 
-/// Checks a CRL: signed by `issuer`, current at `at_unix`, and not listing `certs`.
+/// Checks a CRL: signed by `issuer`, current at `at_unix`, and not listing `certs` (each issued
+/// by `issuer`).
 pub fn check_crl(
     which: &str,
-    crl: &super::collateral::Crl,
-    issuer: &X509,
-    certs: &[&X509],
+    crl: &IntelCrl,
+    issuer: &IntelCert,
+    certs: &[&IntelCert],
     at_unix: i64,
 ) -> Result<(), CertError> {
-    let (crl, crl_id) = (&crl.crl, &crl.id);
-    if !crl_signed_by(crl, crl_id, issuer)? {
+    if !crl.signed_by(issuer) {
         return Err(CertError::CrlNotSigned {
             which: which.to_owned(),
-            issuer: common_name(issuer),
+            issuer: issuer.subject.clone(),
         });
     }
-    let at = Asn1Time::from_unix(at_unix)?;
-    let this_update = crl.last_update();
-    let late = this_update.compare(&at)? == Ordering::Greater;
-    let expired = match crl.next_update() {
-        Some(next) => next.compare(&at)? == Ordering::Less,
-        None => false,
-    };
+    let late = crl.this_update > at_unix;
+    let expired = crl.next_update.is_some_and(|next| next < at_unix);
     if late || expired {
+        use crate::pki::time_text;
         return Err(CertError::CrlNotCurrent {
             which: which.to_owned(),
-            at: at.to_string(),
-            issued: this_update.to_string(),
-            next_update: crl
-                .next_update()
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "-".into()),
+            at: time_text(at_unix),
+            issued: time_text(crl.this_update),
+            next_update: crl.next_update.map(time_text).unwrap_or_else(|| "-".into()),
         });
     }
-    for cert in certs {
-        if let CrlStatus::Revoked(_) = crl.get_by_cert(cert) {
-            let serial = cert
-                .serial_number()
-                .to_bn()
-                .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Err(CertError::Revoked {
-                subject: common_name(cert),
-                serial,
-                which: which.to_owned(),
-            });
-        }
+    if let Some(cert) = certs.iter().find(|cert| crl.revokes(cert)) {
+        return Err(CertError::Revoked {
+            subject: cert.subject.clone(),
+            serial: cert.serial_hex(),
+            which: which.to_owned(),
+        });
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! PCS responses it is assembled from): JSON bodies as strings (signatures cover those exact
 //! bytes), signatures as hex `r || s`, CRLs as hex DER, chains as PEM.
 
+use super::x509::{IntelCert, IntelCrl};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,7 +52,7 @@ pub enum CrlError {
     #[error("not hex")]
     NotHex,
     #[error("not a DER CRL: {0}")]
-    NotDer(openssl::error::ErrorStack),
+    NotDer(super::x509::X509Error),
 }
 
 /// Why the TCB Signing key's signature over a collateral body could not be checked.
@@ -61,8 +62,8 @@ pub enum BodySignatureError {
     NoSigner,
     #[error("signature is not hex")]
     NotHex,
-    #[error("{0}")]
-    OpenSsl(#[from] openssl::error::ErrorStack),
+    #[error("the TCB Signing certificate's key is not a P-256 key")]
+    NotP256,
     #[error(transparent)]
     Crypto(#[from] super::crypto::CryptoError),
 }
@@ -212,9 +213,9 @@ pub struct ParsedCollateral {
     pub qe_identity: QeIdentity,
     pub qe_identity_window: Window,
     /// TCB Signing certificate and anything after it in its chain.
-    pub tcb_info_chain: Vec<openssl::x509::X509>,
-    pub qe_identity_chain: Vec<openssl::x509::X509>,
-    pub pck_crl_chain: Vec<openssl::x509::X509>,
+    pub tcb_info_chain: Vec<Arc<IntelCert>>,
+    pub qe_identity_chain: Vec<Arc<IntelCert>>,
+    pub pck_crl_chain: Vec<Arc<IntelCert>>,
     /// Whether the TCB Signing key's signature over each body verifies (Err: cannot be checked).
     pub tcb_info_signature: Result<bool, BodySignatureError>,
     pub qe_identity_signature: Result<bool, BodySignatureError>,
@@ -222,11 +223,8 @@ pub struct ParsedCollateral {
     pub pck_crl: Option<Result<Crl, CrlError>>,
 }
 
-/// A CRL and the SHA-256 of its DER (to remember its signature check).
-pub struct Crl {
-    pub crl: openssl::x509::X509Crl,
-    pub id: [u8; 32],
-}
+/// A CRL of the collateral, read.
+pub type Crl = IntelCrl;
 
 /// Parses `collateral`, remembering the result per process by the SHA-256 of its fields.
 pub fn parse(collateral: &TdxCollateral) -> Result<Arc<ParsedCollateral>, CollateralError> {
@@ -263,11 +261,11 @@ pub fn parse(collateral: &TdxCollateral) -> Result<Arc<ParsedCollateral>, Collat
     Ok(parsed)
 }
 
-fn chain(what: &'static str, pem: &str) -> Result<Vec<openssl::x509::X509>, CollateralError> {
+fn chain(what: &'static str, pem: &str) -> Result<Vec<Arc<IntelCert>>, CollateralError> {
     if pem.trim().is_empty() {
         return Ok(Vec::new());
     }
-    super::certs::parse_pem_chain_memo(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
+    super::certs::parse_pem_certs(pem.as_bytes()).map_err(|e| field(what, e.to_string()))
 }
 
 fn crl(hex_der: &Option<String>) -> Option<Result<Crl, CrlError>> {
@@ -275,14 +273,7 @@ fn crl(hex_der: &Option<String>) -> Option<Result<Crl, CrlError>> {
     Some(
         hex::decode(text.trim())
             .map_err(|_| CrlError::NotHex)
-            .and_then(|der| {
-                openssl::x509::X509Crl::from_der(&der)
-                    .map(|crl| Crl {
-                        crl,
-                        id: openssl::sha::sha256(&der),
-                    })
-                    .map_err(CrlError::NotDer)
-            }),
+            .and_then(|der| IntelCrl::from_der(&der).map_err(CrlError::NotDer)),
     )
 }
 
@@ -351,14 +342,14 @@ fn parse_uncached(c: &TdxCollateral) -> Result<ParsedCollateral, CollateralError
 }
 
 fn body_signature(
-    signer: Option<&openssl::x509::X509>,
+    signer: Option<&Arc<IntelCert>>,
     body: &[u8],
     signature_hex: &str,
 ) -> Result<bool, BodySignatureError> {
     let signer = signer.ok_or(BodySignatureError::NoSigner)?;
     let signature = hex::decode(signature_hex.trim()).map_err(|_| BodySignatureError::NotHex)?;
-    let key = signer.public_key()?;
-    Ok(super::crypto::verify_p256_raw(&key, body, &signature)?)
+    let key = signer.key().ok_or(BodySignatureError::NotP256)?;
+    Ok(super::crypto::verify_p256_raw_ec(key, body, &signature)?)
 }
 
 /// Seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.fff]Z`.

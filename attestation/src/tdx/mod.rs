@@ -10,6 +10,7 @@ pub mod pck;
 pub mod quote;
 mod reader;
 pub mod tcb;
+pub mod x509;
 
 pub use body::{Td15Fields, TdReportBody};
 pub use certs::{intel_roots, INTEL_SGX_ROOT_CA_PEM};

@@ -11,14 +11,17 @@ use crate::binding;
 use crate::evidence::{Cloud, Evidence};
 use crate::golden::{GoldenMeasurement, GoldenTdx};
 use crate::tdx::certs::{
-    check_crl, parse_pck_chain, verify_intel_chain, CertError, ChainShape, IntelChain, PckChain,
+    check_crl, parse_pck_certs, verify_intel_chain, CertError, ChainShape, IntelChain, PckCerts,
 };
 use crate::tdx::collateral::{self, BodySignatureError, ParsedCollateral, TcbInfo, Window};
-use crate::tdx::crypto::{p256_key, verify_p256_raw, verify_p256_raw_remembered, CryptoError};
+use crate::tdx::crypto::{
+    p256_ec_key, verify_p256_raw_ec, verify_p256_raw_remembered, CryptoError,
+};
 use crate::tdx::tcb::{
     module_level, platform_level, qe_level, relaunch_status, sgx_level, LaunchStatuses, TcbError,
     TcbMatch,
 };
+use crate::tdx::x509::IntelCert;
 use crate::tdx::{SgxExtensions, TcbStatus, Td15Fields, TdQuote, TdReportBody, TdxCollateral};
 use std::sync::Arc;
 
@@ -73,8 +76,13 @@ pub(crate) fn verify(
         let workload_rtmr3 = workload.map(|log| log.replay_sha384().0);
         check_ccel(ccel.as_slice(), &quote.body, workload_rtmr3, checks);
     }
+    check_report_data(evidence, &quote.body.report_data, checks);
+    Some(quote.body.rtmr[3])
+}
 
-    let report_data = &quote.body.report_data;
+/// `tdx.report_data`: how the quote binds the AK (Azure: SHA-256 of `var_data`; elsewhere the
+/// agent's own encoding of the AK and the nonce).
+fn check_report_data(evidence: &Evidence, report_data: &[u8; 64], checks: &mut Checks) {
     if evidence.platform().cloud == Cloud::Azure {
         match azure_var_data(evidence) {
             Some(var_data) => checks.compare(
@@ -103,7 +111,6 @@ pub(crate) fn verify(
             hex::encode(report_data),
         );
     }
-    Some(quote.body.rtmr[3])
 }
 
 /// The CC event log must replay (SHA-384) to the quoted RTMRs. Its register index 0 is MRTD
@@ -233,7 +240,7 @@ struct VerifiedPck {
     chain: IntelChain,
     /// The parsed chain, with the PCK leaf's SGX extensions (FMSPC, PCE ID, SVNs) or why they
     /// could not be read.
-    parsed: Arc<PckChain>,
+    parsed: Arc<PckCerts>,
 }
 
 /// Steps 2-4: the QE report is signed by the PCK key, binds the attestation key, and that key
@@ -276,7 +283,7 @@ fn verify_pck_chain(
     options: &VerifyOptions,
     checks: &mut Checks,
 ) -> Option<VerifiedPck> {
-    let parsed_chain = match parse_pck_chain(&quote.pck_chain_pem) {
+    let parsed_chain = match parse_pck_certs(&quote.pck_chain_pem) {
         Ok(chain) => chain,
         Err(e) => {
             checks.fail("tdx.pck_chain", format!("PCK certificate chain: {e}"));
@@ -325,10 +332,10 @@ fn verify_quote_signatures<'a>(
 /// platform.
 fn verify_qe_report_signature(quote: &TdQuote, pck: &VerifiedPck, checks: &mut Checks) -> bool {
     let leaf = &pck.chain.leaf;
-    let verified = leaf.to_der().map_err(CryptoError::from).and_then(|der| {
+    let verified = leaf.key().ok_or(CryptoError::NotP256Key).and_then(|key| {
         verify_p256_raw_remembered(
-            &openssl::sha::sha256(&der),
-            &pck.chain.leaf_key,
+            &leaf.id,
+            key,
             quote.qe_report_bytes(),
             &quote.qe_report_signature,
         )
@@ -374,8 +381,8 @@ fn check_qe_report_data(quote: &TdQuote, checks: &mut Checks) -> bool {
 
 /// Step 4: `tdx.quote_signature`, by the attestation key.
 fn verify_quote_signature(quote: &TdQuote, checks: &mut Checks) -> bool {
-    match p256_key(&quote.attestation_key)
-        .and_then(|key| verify_p256_raw(&key, quote.signed_bytes(), &quote.signature))
+    match p256_ec_key(&quote.attestation_key)
+        .and_then(|key| verify_p256_raw_ec(&key, quote.signed_bytes(), &quote.signature))
     {
         Ok(true) => {
             checks.pass(
@@ -908,7 +915,7 @@ fn check_revocation(
     let mut done = Vec::new();
     match (&p.pck_crl, &pck.intermediate) {
         (Some(Ok(crl)), Some(issuer)) => {
-            match check_crl("PCK CRL", crl, issuer, &[&pck.leaf], at) {
+            match check_crl("PCK CRL", crl, issuer, &[pck.leaf.as_ref()], at) {
                 Ok(()) => done.push("PCK CRL"),
                 Err(e) => problems.push(e.to_string()),
             }
@@ -919,7 +926,7 @@ fn check_revocation(
     }
     match &p.root_ca_crl {
         Some(Ok(crl)) => {
-            let mut covered: Vec<&openssl::x509::X509> = pck.intermediate.iter().collect();
+            let mut covered: Vec<&IntelCert> = pck.intermediate.iter().map(Arc::as_ref).collect();
             if let Some(chain) = tcb_signing {
                 covered.push(&chain.leaf);
             }

@@ -1,0 +1,419 @@
+//! Intel's DCAP certificates and CRLs, read with the `x509-cert` DER decoder and checked with
+//! OpenSSL's ECDSA P-256: only what the DCAP checks use (the signed bytes and their signature,
+//! the P-256 key, validity, serials, names for reports). OpenSSL 3 decodes a certificate's key
+//! through its provider decoders and sets up an EVP context per check, which made a cold
+//! verification twice as slow as the signature checks it needs. Every certificate and CRL is
+//! decoded once per process, remembered by the SHA-256 of its DER.
+
+use openssl::bn::BigNumContext;
+use openssl::ec::{EcKey, EcPoint};
+use openssl::ecdsa::EcdsaSig;
+use openssl::pkey::Public;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+use x509_cert::der::asn1::ObjectIdentifier;
+use x509_cert::der::Decode;
+use x509_cert::name::Name;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+
+const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+/// Largest certificate or CRL accepted (Intel's PCK CRLs are a few KiB).
+const MAX_DER: usize = 512 * 1024;
+
+/// Why a certificate or CRL could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum X509Error {
+    #[error("larger than 512 KiB")]
+    TooLarge,
+    #[error("not DER: {0}")]
+    Der(String),
+}
+
+/// What a signature over DER-encoded data is checked with.
+struct Signed {
+    /// The signed part (TBSCertificate or TBSCertList), as a range of the DER.
+    tbs: Range<usize>,
+    /// Both algorithm fields say ecdsa-with-SHA256 (Intel's PKI uses nothing else).
+    ecdsa_sha256: bool,
+    /// DER `Ecdsa-Sig-Value`.
+    signature: Vec<u8>,
+}
+
+impl Signed {
+    fn new(
+        der: &[u8],
+        outer: &AlgorithmIdentifierOwned,
+        inner: &AlgorithmIdentifierOwned,
+        signature: Option<&[u8]>,
+    ) -> Result<Self, X509Error> {
+        Ok(Self {
+            tbs: first_element(der)?,
+            ecdsa_sha256: outer == inner && outer.oid == ECDSA_WITH_SHA256,
+            signature: signature.unwrap_or_default().to_vec(),
+        })
+    }
+
+    /// Whether `issuer`'s P-256 key signed this (ECDSA over SHA-256 of the signed part).
+    fn verifies_with(&self, der: &[u8], issuer: &IntelCert) -> bool {
+        let Some(key) = issuer.key() else {
+            return false;
+        };
+        self.ecdsa_sha256
+            && EcdsaSig::from_der(&self.signature)
+                .and_then(|sig| sig.verify(&openssl::sha::sha256(&der[self.tbs.clone()]), key))
+                .unwrap_or(false)
+    }
+}
+
+/// The range of the first element inside the outer SEQUENCE of `der` (the signed part).
+fn first_element(der: &[u8]) -> Result<Range<usize>, X509Error> {
+    let bad = || X509Error::Der("no signed part".into());
+    let header = |at: usize| -> Option<usize> {
+        let first = *der.get(at + 1)?;
+        if first < 0x80 {
+            return Some(at + 2 + usize::from(first));
+        }
+        let count = usize::from(first & 0x7f);
+        let bytes = der.get(at + 2..at + 2 + count).filter(|_| count <= 4)?;
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        Some(at + 2 + count + len)
+    };
+    // The outer header's length tells where the content starts.
+    let content_start = match der.get(1) {
+        Some(&first) if first < 0x80 => 2,
+        Some(&first) => 2 + usize::from(first & 0x7f),
+        None => return Err(bad()),
+    };
+    let end = header(content_start)
+        .filter(|end| *end <= der.len())
+        .ok_or_else(bad)?;
+    Ok(content_start..end)
+}
+
+/// The first common name in `name`, for reports.
+fn common_name(name: &Name) -> String {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == COMMON_NAME)
+        .map(|atv| String::from_utf8_lossy(atv.value.value()).into_owned())
+        .unwrap_or_else(|| "(no common name)".into())
+}
+
+fn unix(time: x509_cert::time::Time) -> i64 {
+    i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// One certificate of Intel's PKI (or of a test PKI named by the caller).
+pub struct IntelCert {
+    /// SHA-256 of the DER: names the certificate in the per-process memos.
+    pub id: [u8; 32],
+    pub der: Vec<u8>,
+    signed: Signed,
+    /// The subject key's uncompressed point, when it is a P-256 key.
+    point: Option<Vec<u8>>,
+    key: OnceLock<Option<EcKey<Public>>>,
+    pub subject: String,
+    pub issuer: String,
+    /// The serial number's DER content (big-endian, minimal).
+    pub serial: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for IntelCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntelCert")
+            .field("subject", &self.subject)
+            .field("issuer", &self.issuer)
+            .field("serial", &hex::encode(&self.serial))
+            .finish()
+    }
+}
+
+impl IntelCert {
+    /// Decodes one DER certificate (not remembered: see [`certificate`]).
+    pub fn from_der(der: &[u8]) -> Result<Self, X509Error> {
+        if der.len() > MAX_DER {
+            return Err(X509Error::TooLarge);
+        }
+        let cert =
+            x509_cert::Certificate::from_der(der).map_err(|e| X509Error::Der(e.to_string()))?;
+        let tbs = &cert.tbs_certificate;
+        let spki = &tbs.subject_public_key_info;
+        let p256 = spki.algorithm.oid == EC_PUBLIC_KEY
+            && spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                == Some(PRIME256V1);
+        let point = spki
+            .subject_public_key
+            .as_bytes()
+            .filter(|p| p256 && p.len() == 65 && p[0] == 4);
+        Ok(Self {
+            id: openssl::sha::sha256(der),
+            signed: Signed::new(
+                der,
+                &cert.signature_algorithm,
+                &tbs.signature,
+                cert.signature.as_bytes(),
+            )?,
+            point: point.map(<[u8]>::to_vec),
+            key: OnceLock::new(),
+            subject: common_name(&tbs.subject),
+            issuer: common_name(&tbs.issuer),
+            serial: tbs.serial_number.as_bytes().to_vec(),
+            not_before: unix(tbs.validity.not_before),
+            not_after: unix(tbs.validity.not_after),
+            der: der.to_vec(),
+        })
+    }
+
+    /// The subject's P-256 key (None when it is not one, or not a point on the curve).
+    pub fn key(&self) -> Option<&EcKey<Public>> {
+        self.key
+            .get_or_init(|| {
+                let point = self.point.as_deref()?;
+                let group = super::crypto::p256().ok()?;
+                let mut ctx = BigNumContext::new().ok()?;
+                let point = EcPoint::from_bytes(group, point, &mut ctx).ok()?;
+                EcKey::from_public_key(group, &point).ok()
+            })
+            .as_ref()
+    }
+
+    /// Whether both carry the same subject key (compared as encoded points).
+    pub fn same_key(&self, other: &IntelCert) -> bool {
+        self.point.is_some() && self.point == other.point
+    }
+
+    /// The serial number in upper-case hex without leading zeros, for reports.
+    pub fn serial_hex(&self) -> String {
+        serial_hex(&self.serial)
+    }
+}
+
+fn serial_hex(serial: &[u8]) -> String {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    // As OpenSSL prints serials: whole bytes, leading zero bytes dropped.
+    match &serial[start..] {
+        [] => "0".into(),
+        rest => hex::encode_upper(rest),
+    }
+}
+
+/// Decodes a DER certificate, remembered per process by the SHA-256 of its bytes: the root and
+/// the PCK CA recur in the quote's chain and the collateral's chains, and in every quote.
+pub fn certificate(der: &[u8]) -> Result<Arc<IntelCert>, X509Error> {
+    type Memo = Mutex<HashMap<[u8; 32], Arc<IntelCert>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 256;
+    if der.len() > MAX_DER {
+        return Err(X509Error::TooLarge);
+    }
+    let id = openssl::sha::sha256(der);
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return Ok(hit);
+    }
+    let cert = Arc::new(IntelCert::from_der(der)?);
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(id, cert.clone());
+    }
+    Ok(cert)
+}
+
+/// Whether `cert` carries a valid ECDSA P-256 / SHA-256 signature by `issuer`'s key, remembered
+/// per process by both certificates' digests (the answer depends only on their bytes).
+pub fn signed_by(cert: &IntelCert, issuer: &IntelCert) -> bool {
+    remembered((cert.id, issuer.id), || {
+        cert.signed.verifies_with(&cert.der, issuer)
+    })
+}
+
+/// A signature check's answer by (signed object, signer) digests, per process.
+fn remembered(key: ([u8; 32], [u8; 32]), check: impl FnOnce() -> bool) -> bool {
+    type Memo = Mutex<HashMap<([u8; 32], [u8; 32]), bool>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    const MAX_ENTRIES: usize = 1024;
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
+        return known;
+    }
+    let result = check();
+    if let Ok(mut memo) = memo.lock() {
+        if memo.len() >= MAX_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, result);
+    }
+    result
+}
+
+/// A CRL from the collateral.
+pub struct IntelCrl {
+    /// SHA-256 of the DER.
+    pub id: [u8; 32],
+    der: Vec<u8>,
+    signed: Signed,
+    pub issuer: String,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+    /// The revoked serial numbers' DER contents.
+    revoked: std::collections::HashSet<Vec<u8>>,
+}
+
+impl IntelCrl {
+    pub fn from_der(der: &[u8]) -> Result<Self, X509Error> {
+        if der.len() > MAX_DER {
+            return Err(X509Error::TooLarge);
+        }
+        let crl = x509_cert::crl::CertificateList::from_der(der)
+            .map_err(|e| X509Error::Der(e.to_string()))?;
+        let tbs = &crl.tbs_cert_list;
+        Ok(Self {
+            id: openssl::sha::sha256(der),
+            signed: Signed::new(
+                der,
+                &crl.signature_algorithm,
+                &tbs.signature,
+                crl.signature.as_bytes(),
+            )?,
+            issuer: common_name(&tbs.issuer),
+            this_update: unix(tbs.this_update),
+            next_update: tbs.next_update.map(unix),
+            revoked: tbs
+                .revoked_certificates
+                .iter()
+                .flatten()
+                .map(|entry| entry.serial_number.as_bytes().to_vec())
+                .collect(),
+            der: der.to_vec(),
+        })
+    }
+
+    /// Whether `issuer`'s key signed this CRL, remembered per process.
+    pub fn signed_by(&self, issuer: &IntelCert) -> bool {
+        remembered((self.id, issuer.id), || {
+            self.signed.verifies_with(&self.der, issuer)
+        })
+    }
+
+    /// Whether the CRL lists `cert`'s serial number. Only certificates issued by the CRL's
+    /// signer are asked about, so the serial alone identifies them.
+    pub fn revokes(&self, cert: &IntelCert) -> bool {
+        self.revoked.contains(&cert.serial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::x509::X509;
+
+    fn vector(path: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../shared/vectors/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn real_chain() -> Vec<X509> {
+        let quote = crate::tdx::TdQuote::parse(&vector("tdx/tdx_quote")).unwrap();
+        X509::stack_from_pem(&quote.pck_chain_pem).unwrap()
+    }
+
+    #[test]
+    fn reads_what_openssl_reads_from_intels_chain() {
+        let chain = real_chain();
+        let ours: Vec<IntelCert> = chain
+            .iter()
+            .map(|c| IntelCert::from_der(&c.to_der().unwrap()).unwrap())
+            .collect();
+        for (theirs, ours) in chain.iter().zip(&ours) {
+            assert_eq!(ours.subject, crate::pki::common_name(theirs));
+            let serial = theirs
+                .serial_number()
+                .to_bn()
+                .unwrap()
+                .to_hex_str()
+                .unwrap();
+            assert_eq!(ours.serial_hex(), serial.to_string());
+            let at = |unix: i64| openssl::asn1::Asn1Time::from_unix(unix).unwrap();
+            use std::cmp::Ordering::Equal;
+            assert_eq!(
+                theirs.not_before().compare(&at(ours.not_before)).unwrap(),
+                Equal
+            );
+            assert_eq!(
+                theirs.not_after().compare(&at(ours.not_after)).unwrap(),
+                Equal
+            );
+            let key = theirs.public_key().unwrap().ec_key().unwrap();
+            let mut ctx = BigNumContext::new().unwrap();
+            let group = crate::tdx::crypto::p256().unwrap();
+            assert!(key
+                .public_key()
+                .eq(group, ours.key().unwrap().public_key(), &mut ctx)
+                .unwrap());
+        }
+        // leaf <- PCK Platform CA <- root <- root.
+        assert!(signed_by(&ours[0], &ours[1]));
+        assert!(signed_by(&ours[1], &ours[2]));
+        assert!(signed_by(&ours[2], &ours[2]));
+        assert!(!signed_by(&ours[0], &ours[2]));
+        assert!(!signed_by(&ours[1], &ours[1]));
+        assert!(ours[2].same_key(&ours[2]) && !ours[1].same_key(&ours[2]));
+    }
+
+    #[test]
+    fn a_changed_byte_breaks_the_signature_or_the_decoding() {
+        let chain = real_chain();
+        let ca = IntelCert::from_der(&chain[1].to_der().unwrap()).unwrap();
+        let leaf = chain[0].to_der().unwrap();
+        let range = first_element(&leaf).unwrap();
+        // Every tenth byte of the signed part, flipped: never a valid signature.
+        for at in range.step_by(10) {
+            let mut bad = leaf.clone();
+            bad[at] ^= 0x01;
+            if let Ok(cert) = IntelCert::from_der(&bad) {
+                assert!(!cert.signed.verifies_with(&cert.der, &ca), "byte {at}");
+            }
+        }
+        assert!(IntelCert::from_der(&leaf[..leaf.len() - 1]).is_err());
+        assert!(IntelCert::from_der(&[]).is_err());
+        assert!(IntelCert::from_der(&[0x30]).is_err());
+    }
+
+    #[test]
+    fn crls_read_what_openssl_reads() {
+        let json = vector("tdx/tdx_quote_collateral.json");
+        let collateral = crate::tdx::TdxCollateral::from_json(&json).unwrap();
+        let der = hex::decode(collateral.pck_crl.as_deref().unwrap()).unwrap();
+        let ours = IntelCrl::from_der(&der).unwrap();
+        let theirs = openssl::x509::X509Crl::from_der(&der).unwrap();
+        let listed = theirs.get_revoked().map(|r| r.len()).unwrap_or(0);
+        assert_eq!(ours.revoked.len(), listed);
+        let chain = real_chain();
+        let ca = IntelCert::from_der(&chain[1].to_der().unwrap()).unwrap();
+        let root = IntelCert::from_der(&chain[2].to_der().unwrap()).unwrap();
+        assert!(ours.signed_by(&ca));
+        assert!(!ours.signed_by(&root));
+        let leaf = IntelCert::from_der(&chain[0].to_der().unwrap()).unwrap();
+        assert!(!ours.revokes(&leaf));
+        assert_eq!(serial_hex(&[0, 0x0a, 0x01]), "0A01");
+        assert_eq!(serial_hex(&[0]), "0");
+    }
+}
