@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo_cmd=${CARGO_CMD:-cargo}
-$cargo_cmd build --locked -q --release -p cvm-attestation --example tdx_verify_bench
+$cargo_cmd build --locked -q --release -p cvm-compare --example tdx_verify_bench
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 bench="${CARGO_TARGET_DIR:-target}/release/examples/tdx_verify_bench"
 "$bench"

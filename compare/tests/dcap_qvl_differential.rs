@@ -148,8 +148,11 @@ fn dcap_samples() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        // Offline and for this host only: a fresh machine's cache holds the crates this
+        // host's build needed, not the other platforms' ones `cargo metadata` would list.
         let output = std::process::Command::new(cargo)
             .args(["metadata", "--format-version", "1", "--offline"])
+            .args(["--filter-platform", &host_triple()])
             .args(["--manifest-path", manifest])
             .output()
             .expect("cargo metadata runs");
@@ -168,6 +171,20 @@ fn dcap_samples() -> &'static PathBuf {
         let manifest = PathBuf::from(package["manifest_path"].as_str().unwrap());
         manifest.parent().unwrap().join("sample")
     })
+}
+
+/// The host's target triple, as rustc names it.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = std::process::Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
 }
 
 fn sample(name: &str) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! collateral (../shared/vectors/tdx, the same files dcap-qvl ships as its sample), with the
 //! raw ECDSA P-256 checks both cannot avoid as the floor. Run by `bench/tdx-verify.sh`:
 //!
-//!     cargo run --release -p cvm-attestation --example tdx_verify_bench
+//!     cargo run --release -p cvm-compare --example tdx_verify_bench
 //!
 //! - cold: the first verification of this quote and collateral in a fresh process (collateral
 //!   JSON parsed, PCK chain parsed and verified, collateral signatures checked): each sample is
