@@ -6,7 +6,7 @@
 //! entries are refused and fetched again.
 
 mod common;
-use common::{stdout, vector};
+use common::{origins, stdout, stdout_json, vector};
 use std::path::Path;
 use std::process::{Command, Output};
 use test_support::collateral_server::CollateralServer;
@@ -49,25 +49,6 @@ fn fetch(server: &CollateralServer, cache: &Path, input: &[&str]) -> Output {
     run(cache, &args)
 }
 
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            stdout(output),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn origins(output: &Output) -> Vec<String> {
-    json(output)["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["origin"].as_str().unwrap_or("-").to_owned())
-        .collect()
-}
-
 fn tdx_quote() -> String {
     vector("tdx/tdx_quote")
 }
@@ -104,7 +85,7 @@ fn fetch_fills_the_cache_and_a_second_fetch_asks_nothing() {
     );
     assert_eq!(snp.status.code(), Some(0), "{}", stdout(&snp));
     assert_eq!(origins(&snp), ["fetched", "fetched", "-"]);
-    let crl = &json(&snp)["items"][2];
+    let crl = &stdout_json(&snp)["items"][2];
     assert_eq!(crl["optional"], true);
     assert!(crl["error"].as_str().unwrap().contains("HTTP 404"), "{crl}");
     let again = fetch(&server, &cache, &["--report", &milan_report()]);
@@ -181,7 +162,7 @@ fn unknown_chips_and_truncated_bodies_are_clear_errors() {
         ],
     );
     assert_eq!(output.status.code(), Some(1));
-    let error = json(&output)["items"][0]["error"]
+    let error = stdout_json(&output)["items"][0]["error"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -201,7 +182,7 @@ fn unknown_chips_and_truncated_bodies_are_clear_errors() {
         &["--quote", quote_path.to_str().unwrap()],
     );
     assert_eq!(output.status.code(), Some(1));
-    let error = json(&output)["items"][0]["error"]
+    let error = stdout_json(&output)["items"][0]["error"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -215,7 +196,7 @@ fn unknown_chips_and_truncated_bodies_are_clear_errors() {
     let cache = dir.path().join("cache");
     let output = fetch(&server, &cache, &["--quote", &tdx_quote()]);
     assert_eq!(output.status.code(), Some(1));
-    let error = json(&output)["items"][3]["error"]
+    let error = stdout_json(&output)["items"][3]["error"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -238,7 +219,7 @@ fn verify_offline(cache: &Path, report: &str, extra: &[&str]) -> Output {
 }
 
 fn check(output: &Output, name: &str) -> serde_json::Value {
-    json(output)["checks"]
+    stdout_json(output)["checks"]
         .as_array()
         .unwrap()
         .iter()
@@ -352,7 +333,7 @@ fn corrupt_entries_are_refused_and_fetched_again_when_online() {
     std::fs::write(&entry, envelope.to_string()).unwrap();
 
     let shown = run(&cache, &["collateral", "show", "--at", AT, "--json"]);
-    let listed = json(&shown);
+    let listed = stdout_json(&shown);
     let corrupt: Vec<_> = listed
         .as_array()
         .unwrap()
@@ -399,14 +380,14 @@ fn corrupt_entries_are_refused_and_fetched_again_when_online() {
             "--json",
         ],
     );
-    let pruned = json(&output);
+    let pruned = stdout_json(&output);
     // TCB info, QE identity and PCK CRL went stale in 2025; the root CA CRL is current longer.
     assert_eq!(
         (&pruned["stale"], &pruned["kept"]),
         (&3.into(), &1.into()),
         "{pruned}"
     );
-    let listed = json(&run(&cache, &["collateral", "show", "--json"]));
+    let listed = stdout_json(&run(&cache, &["collateral", "show", "--json"]));
     assert_eq!(listed[0]["key"], "intel/root_ca_crl", "{listed}");
 }
 
@@ -455,7 +436,7 @@ fn a_vlek_report_gets_its_asvk_chain_from_kds_and_verifies_offline() {
     let output = fetch(&server, &cache, &["--report", &report]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     assert_eq!(origins(&output), ["-", "fetched", "-"]);
-    let items = json(&output)["items"].clone();
+    let items = stdout_json(&output)["items"].clone();
     assert_eq!(items[0]["what"], "VLEK");
     let note = items[0]["note"].as_str().unwrap();
     assert!(

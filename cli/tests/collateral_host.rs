@@ -5,7 +5,6 @@
 //! the cache. The agent's evidence changes between the three shapes hosts give: no certificates
 //! (the verifier fetches the VCEK), the VCEK carried, the VLEK carried (its ASVK chain fetched).
 
-use cvm_agent::config::Config;
 use cvm_agent::Agent;
 use cvm_attestation::encoding::encode_base64;
 use cvm_attestation::evidence::{Cloud, Platform, SnpEvidence, Tee};
@@ -18,7 +17,7 @@ use test_support::collateral_server::CollateralServer;
 use test_support::{busybox_image_archive, SnpTestSigner, Swtpm};
 
 mod common;
-use common::stdout;
+use common::{agent_config, origins, stdout, stdout_json};
 
 const TOKEN: &str = "collateral-host-token-0123456789abcdef0123";
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
@@ -135,25 +134,6 @@ async fn cli(cache: &Path, args: Vec<String>) -> Output {
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            stdout(output),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn origins(output: &Output) -> Vec<String> {
-    json(output)["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["origin"].as_str().unwrap_or("-").to_owned())
-        .collect()
 }
 
 /// A check's reason in `verify --json`'s report.
@@ -291,18 +271,7 @@ async fn start_agent(
     std::fs::write(&token, TOKEN).unwrap();
     let ark = dir.join("test-ark.pem");
     std::fs::write(&ark, signer.ark_pem()).unwrap();
-    let config = Config {
-        workload_dir: workload.clone(),
-        state_dir: dir.join("run"),
-        local_listen: "127.0.0.1:0".parse().unwrap(),
-        external_listen: "127.0.0.1:0".parse().unwrap(),
-        local_socket: None,
-        tcti: swtpm.tcti(),
-        api_token_file: Some(token.clone()),
-        firmware_event_log: None,
-        measure_only: true,
-        ..Config::default()
-    };
+    let config = agent_config(dir, workload.clone(), swtpm.tcti());
     let platform = Platform {
         cloud: Cloud::Qemu,
         tee: Tee::SevSnp,
@@ -339,7 +308,7 @@ async fn against_an_agent(server: &CollateralServer) {
     // `verify` and by `update-workload`, which then uploads nothing.
     let output = setup.verify(true).await;
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
-    let chain = reason(&json(&output), "snp.chain");
+    let chain = reason(&stdout_json(&output), "snp.chain");
     let hint = format!("cvm-cli collateral fetch --host {}", setup.host);
     assert!(
         chain.contains("VCEK of Milan chip") && chain.contains(&hint),
@@ -369,7 +338,7 @@ async fn against_an_agent(server: &CollateralServer) {
 
     let output = setup.verify(true).await;
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    let report = json(&output);
+    let report = stdout_json(&output);
     assert!(
         reason(&report, "snp.chain").contains("[VCEK: cache ("),
         "{report:#}"
@@ -406,7 +375,7 @@ async fn against_an_agent(server: &CollateralServer) {
     assert_eq!(server.requests().len(), 5, "{:?}", server.requests());
     let output = setup.verify(true).await;
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    let chain = reason(&json(&output), "snp.chain");
+    let chain = reason(&stdout_json(&output), "snp.chain");
     assert!(
         chain.contains("[VLEK: evidence]") && chain.contains("[ASVK/ARK chain: cache ("),
         "{chain}"

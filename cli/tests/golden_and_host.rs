@@ -2,7 +2,6 @@
 //! --host` fetches evidence from a real agent (on a real swtpm) over a fresh nonce and passes
 //! every check; a changed config file fails with a readable difference.
 
-use cvm_agent::config::Config;
 use cvm_agent::Agent;
 use cvm_attestation::encoding::encode_base64;
 use cvm_attestation::evidence::{Cloud, Platform, Tee};
@@ -12,7 +11,7 @@ use std::process::Command;
 use test_support::{busybox_image_archive, Swtpm};
 
 mod common;
-use common::cli;
+use common::{agent_config, cli};
 
 const TOKEN: &str = "cli-test-token-0123456789abcdef0123456789";
 
@@ -108,18 +107,7 @@ async fn golden_offline_then_verify_a_running_agent() {
     write_workload(&workload, "hello\n");
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let config = Config {
-        workload_dir: workload.clone(),
-        state_dir: dir.path().join("run"),
-        local_listen: "127.0.0.1:0".parse().unwrap(),
-        external_listen: "127.0.0.1:0".parse().unwrap(),
-        local_socket: None,
-        tcti: swtpm.tcti(),
-        api_token_file: Some(token.clone()),
-        firmware_event_log: None,
-        measure_only: true,
-        ..Config::default()
-    };
+    let config = agent_config(dir.path(), workload.clone(), swtpm.tcti());
     let platform = Platform {
         cloud: Cloud::Qemu,
         tee: Tee::None,

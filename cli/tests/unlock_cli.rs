@@ -15,7 +15,7 @@ use test_support::http::get_json;
 use test_support::{busybox_image_archive, Swtpm};
 
 mod common;
-use common::cli;
+use common::{agent_config, cli};
 
 const TOKEN: &str = "unlock-test-token-0123456789abcdef0123456789";
 
@@ -64,19 +64,10 @@ impl LockedVm {
         let key_file = path.join("run/data/key");
         let script = format!("KEY={} DIR={}; {OPEN}", key_file.display(), path.display());
         let config = Config {
-            workload_dir: path.join("workload"),
-            state_dir: path.join("run"),
-            local_listen: "127.0.0.1:0".parse().unwrap(),
-            external_listen: "127.0.0.1:0".parse().unwrap(),
-            local_socket: None,
-            tcti: swtpm.tcti(),
-            api_token_file: Some(path.join("token")),
-            firmware_event_log: None,
-            measure_only: true,
             data_unlock: Some(DataUnlock::Pushed),
             data_key_file: key_file,
             data_open_command: vec!["sh".into(), "-c".into(), script],
-            ..Config::default()
+            ..agent_config(path, path.join("workload"), swtpm.tcti())
         };
         let agent = Agent::start_with(config, QEMU, Box::new(cvm_attester::NoTee))
             .await

@@ -1,6 +1,7 @@
 //! Helpers the CLI tests share: run the built `cvm-cli`, find the shared vectors.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors");
@@ -52,4 +53,42 @@ pub fn stamp_gpt_file(path: &std::path::Path) {
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     let len = file.metadata().unwrap().len();
     file.write_all_at(&gpt_head(len), 0).unwrap();
+}
+
+/// stdout as JSON (`--json`), or a panic that shows both streams.
+pub fn stdout_json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            stdout(output),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Where each item of `collateral fetch --json` came from.
+pub fn origins(output: &Output) -> Vec<String> {
+    stdout_json(output)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["origin"].as_str().unwrap_or("-").to_owned())
+        .collect()
+}
+
+/// A measure-only agent on loopback for a test: both listeners on free ports, state in
+/// `dir/run`, the API token from `dir/token`.
+pub fn agent_config(dir: &Path, workload_dir: PathBuf, tcti: String) -> cvm_agent::config::Config {
+    cvm_agent::config::Config {
+        workload_dir,
+        state_dir: dir.join("run"),
+        local_listen: "127.0.0.1:0".parse().unwrap(),
+        external_listen: "127.0.0.1:0".parse().unwrap(),
+        local_socket: None,
+        tcti,
+        api_token_file: Some(dir.join("token")),
+        firmware_event_log: None,
+        measure_only: true,
+        ..cvm_agent::config::Config::default()
+    }
 }
