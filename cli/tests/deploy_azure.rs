@@ -260,6 +260,10 @@ struct Arm {
     operations: BTreeMap<u64, Operation>,
     next_operation: u64,
     page_writes: Vec<(u64, String)>,
+    /// The Compute usages of eastus2 (`value` entries), served two to a page.
+    usages: Vec<Value>,
+    /// The usages read is refused (a role without `Microsoft.Compute/locations/usages/read`).
+    forbid_usages: bool,
 }
 
 type Shared = Arc<Mutex<Arm>>;
@@ -276,7 +280,10 @@ fn api_version_for(path: &str) -> &'static str {
     let lower = path.to_ascii_lowercase();
     if lower.contains("/providers/microsoft.compute/disks/") {
         "2024-03-02"
-    } else if lower.contains("/providers/microsoft.compute/virtualmachines/") {
+    } else if lower.contains("/providers/microsoft.compute/virtualmachines/")
+        // Usage - List belongs to the same resource provider version.
+        || lower.contains("/providers/microsoft.compute/locations/")
+    {
         "2024-07-01"
     } else if lower.contains("/providers/microsoft.network/") {
         "2024-05-01"
@@ -357,6 +364,10 @@ async fn handle(
             "InvalidApiVersionParameter",
             &problem,
         );
+    }
+    let locations = format!("/subscriptions/{SUB}/providers/Microsoft.Compute/locations/");
+    if let Some(rest) = path.strip_prefix(&locations) {
+        return usages(&mut arm, method.as_str(), rest, &query);
     }
     let prefix = format!("/subscriptions/{SUB}/resourceGroups/");
     let Some(rest) = path.strip_prefix(&prefix) else {
@@ -441,6 +452,67 @@ async fn handle(
             arm_error(StatusCode::BAD_REQUEST, "UnexpectedRequest", &path)
         }
     }
+}
+
+/// Usage - List of Microsoft.Compute: `{"value": [...], "nextLink"}`, two entries a page.
+fn usages(arm: &mut Arm, method: &str, rest: &str, query: &str) -> Response {
+    if method != "GET" || rest != "eastus2/usages" {
+        arm.problems
+            .push(format!("{method} locations/{rest}: unexpected request"));
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "LocationNotAvailableForResourceType",
+            rest,
+        );
+    }
+    if arm.forbid_usages {
+        let message = format!(
+            "The client 'cvm-cli-test' with object id '0000' does not have authorization to \
+             perform action 'Microsoft.Compute/locations/usages/read' over scope \
+             '/subscriptions/{SUB}' or the scope is invalid."
+        );
+        return arm_error(StatusCode::FORBIDDEN, "AuthorizationFailed", &message);
+    }
+    let skip: usize = query_param(query, "$skiptoken")
+        .and_then(|token| token.parse().ok())
+        .unwrap_or(0);
+    let page: Vec<Value> = arm.usages.iter().skip(skip).take(2).cloned().collect();
+    let mut body = json!({ "value": page });
+    if skip + 2 < arm.usages.len() {
+        body["nextLink"] = json!(format!(
+            "{}/subscriptions/{SUB}/providers/Microsoft.Compute/locations/{rest}\
+             ?api-version=2024-07-01&$skiptoken={}",
+            arm.base,
+            skip + 2
+        ));
+    }
+    axum::Json(body).into_response()
+}
+
+/// One entry of Usage - List.
+fn usage(name: &str, localized: &str, used: i64, limit: i64) -> Value {
+    json!({
+        "unit": "Count",
+        "currentValue": used,
+        "limit": limit,
+        "name": { "value": name, "localizedValue": localized },
+    })
+}
+
+/// A subscription with room for a few small confidential VMs in eastus2.
+fn roomy_usages() -> Vec<Value> {
+    vec![
+        usage("availabilitySets", "Availability Sets", 0, 2500),
+        usage("cores", "Total Regional vCPUs", 4, 100),
+        usage("virtualMachines", "Virtual Machines", 2, 25000),
+        usage(
+            "standardDCASv5Family",
+            "Standard DCASv5 Family vCPUs",
+            0,
+            16,
+        ),
+        usage("standardDCEV5Family", "Standard DCESv5 Family vCPUs", 2, 16),
+    ]
 }
 
 fn check_common(arm: &mut Arm, path: &str, body: &Value) {
@@ -897,6 +969,7 @@ async fn arm_server(configure: impl FnOnce(&mut Arm)) -> ArmServer {
         expected_ports: vec![8000],
         expected_sources: vec![ALLOW.into()],
         expected_vm_size: "Standard_DC2es_v5".into(),
+        usages: roomy_usages(),
         ..Arm::default()
     }));
     {
@@ -1912,4 +1985,104 @@ async fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
         drop(state);
         assert!(!arm.token_file(&name).exists());
     }
+}
+
+/// Preflight reads the Compute usages of the location: a VM that its family's or the region's
+/// vCPU quota has no room for is refused before anything is made (also with --dry-run); a size
+/// whose family cvm-cli cannot name, or a refused usages read, is a warning and the deploy goes
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_vcpu_quota_is_checked_in_preflight() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sample_image(dir.path(), 12);
+    let vhd_bytes = 12 * MIB + 512;
+    let azurite = Azurite::start(true);
+    let blob = page_blob(&azurite, "disk.vhd", vhd_bytes).await;
+    let arm = arm_server(|arm| {
+        arm.azurite_blob = blob.clone();
+        arm.expected_upload_bytes = vhd_bytes;
+    })
+    .await;
+
+    let run = deploy(&arm, true, &raw, &["--dry-run"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "vCPU quota in eastus2: Standard_DC2es_v5 needs 2; cores (Total Regional vCPUs): 96 \
+             free, standardDCEV5Family (Standard DCESv5 Family vCPUs): 14 free"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // The family is short: refused, with and without --dry-run.
+    for extra in [&[][..], &["--dry-run"]] {
+        let args = [&["--vm-type", "Standard_DC16es_v5"][..], extra].concat();
+        let run = deploy(&arm, true, &raw, &args).await;
+        assert!(!run.ok, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(
+                "not enough vCPU quota in eastus2: Standard_DC16es_v5 needs 16 vCPUs, but \
+                 standardDCEV5Family (Standard DCESv5 Family vCPUs) has 2 of 16 vCPUs in use"
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+    // The region's cores are short.
+    arm.state.lock().unwrap().usages[1] = usage("cores", "Total Regional vCPUs", 99, 100);
+    let run = deploy(&arm, true, &raw, &[]).await;
+    assert!(!run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "Standard_DC2es_v5 needs 2 vCPUs, but cores (Total Regional vCPUs) has 99 of 100 \
+             vCPUs in use"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(arm.writes(), Vec::<String>::new(), "nothing was created");
+    assert!(arm.cached_vhds().is_empty(), "no VHD was made");
+    assert!(!arm.token_file("cvm-test").exists());
+
+    // A family cvm-cli cannot name: a warning, not a refusal.
+    arm.state.lock().unwrap().usages = roomy_usages();
+    let run = deploy(
+        &arm,
+        true,
+        &raw,
+        &["--vm-type", "Standard_DC2eds_v6", "--dry-run"],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "warning: vCPU quota not fully checked: the quota family of Standard_DC2eds_v6 is \
+             not known to cvm-cli"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // The usages read refused: a warning, and the deploy goes on to the end.
+    arm.state.lock().unwrap().forbid_usages = true;
+    let run = deploy(&arm, true, &raw, &[]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "warning: vCPU quota not checked: reading the Compute usages of eastus2 failed (GET \
+             /subscriptions/00000000-1111-2222-3333-444444444444/providers/Microsoft.Compute/\
+             locations/eastus2/usages: HTTP 403 Forbidden: AuthorizationFailed"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        arm.writes()
+            .iter()
+            .any(|w| w.ends_with("/virtualMachines/cvm-test")),
+        "{:?}",
+        arm.writes()
+    );
+    assert_eq!(problems(&arm), Vec::<String>::new());
 }

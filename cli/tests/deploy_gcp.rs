@@ -23,6 +23,7 @@ use test_support::GcsEmulator;
 
 const PROJECT: &str = "test-project";
 const ZONE: &str = "asia-southeast1-b";
+const REGION: &str = "asia-southeast1";
 const BUCKET: &str = "test-bucket";
 const NAT_IP: &str = "203.0.113.7";
 /// Who may connect in these tests: a documentation range (RFC 5737).
@@ -61,6 +62,26 @@ struct GceState {
     expected_secure_boot: bool,
     /// The API tokens the instance inserts carried in their metadata, in order.
     metadata_tokens: Vec<String>,
+    /// `quotas` of the region (`{metric, limit, usage}`).
+    quotas: Vec<Value>,
+    /// regions.get is refused (a role without `compute.regions.get`).
+    forbid_regions: bool,
+}
+
+fn quota(metric: &str, usage: f64, limit: f64) -> Value {
+    json!({ "metric": metric, "limit": limit, "usage": usage })
+}
+
+/// A project with room for a few small confidential VMs in the region.
+fn roomy_quotas() -> Vec<Value> {
+    vec![
+        quota("CPUS", 4.0, 24.0),
+        quota("DISKS_TOTAL_GB", 100.0, 4096.0),
+        quota("IN_USE_ADDRESSES", 1.0, 8.0),
+        quota("N2D_CPUS", 0.0, 24.0),
+        quota("C3_CPUS", 4.0, 24.0),
+        quota("INSTANCES", 2.0, 960.0),
+    ]
 }
 
 /// The Compute Engine test server: a tokio runtime of its own, stopped on drop.
@@ -72,7 +93,10 @@ struct Gce {
 
 impl Gce {
     fn start() -> Self {
-        let state = Arc::new(Mutex::new(GceState::default()));
+        let state = Arc::new(Mutex::new(GceState {
+            quotas: roomy_quotas(),
+            ..GceState::default()
+        }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -444,11 +468,45 @@ fn handle(
         }
         // Compute Engine answers 404 for a machine type the zone does not offer.
         ("GET", ["zones", zone, "machineTypes", name]) => {
-            if *zone == ZONE && (name.starts_with("c3-") || name.starts_with("n2d-")) {
-                ok(json!({ "kind": "compute#machineType", "name": name, "zone": zone }))
-            } else {
-                error(StatusCode::NOT_FOUND, "The resource was not found")
+            let cpus: Option<u32> = name.rsplit('-').next().and_then(|n| n.parse().ok());
+            match cpus {
+                Some(cpus)
+                    if *zone == ZONE && (name.starts_with("c3-") || name.starts_with("n2d-")) =>
+                {
+                    ok(json!({
+                        "kind": "compute#machineType",
+                        "name": name,
+                        "zone": zone,
+                        "guestCpus": cpus,
+                        "memoryMb": cpus * 4096,
+                        "isSharedCpu": false,
+                    }))
+                }
+                _ => error(StatusCode::NOT_FOUND, "The resource was not found"),
             }
+        }
+        ("GET", ["regions", region]) => {
+            if *region != REGION {
+                return error(StatusCode::NOT_FOUND, "The resource was not found");
+            }
+            if state.forbid_regions {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "Required 'compute.regions.get' permission for \
+                         'projects/{PROJECT}/regions/{REGION}'"
+                    ),
+                );
+            }
+            ok(json!({
+                "kind": "compute#region",
+                "name": REGION,
+                "status": "UP",
+                "zones": [format!(
+                    "https://www.googleapis.com/compute/v1/projects/{PROJECT}/zones/{ZONE}"
+                )],
+                "quotas": state.quotas,
+            }))
         }
         ("GET", ["global", "images"]) => ok(filtered(&state.images)),
         ("GET", ["zones", _, "instances"]) => ok(filtered(&state.instances)),
@@ -1422,4 +1480,98 @@ fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
         assert_eq!(clouds.objects(), Vec::<String>::new(), "step {step}");
         assert!(!token_file(dir.path(), &name).exists());
     }
+}
+
+/// Preflight reads the region's quotas: an instance that `CPUS` or its family's metric has no
+/// room for is refused before anything is made (also with --dry-run); a metric the region does
+/// not list, or a refused regions.get, is a warning and the deploy goes on.
+#[test]
+fn the_vcpu_quota_is_checked_in_preflight() {
+    let clouds = Clouds::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    sparse_disk(&disk, GIB, &noise(1 << 20, 11));
+    let base = [
+        "deploy-gcp",
+        "--allow-from",
+        ALLOW,
+        "--project-id",
+        PROJECT,
+        "--bucket",
+        BUCKET,
+        "--image",
+        disk.to_str().unwrap(),
+    ];
+
+    let output = clouds.run(dir.path(), &[&base[..], &["--dry-run"]].concat());
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!(
+            "vCPU quota in {REGION}: c3-standard-4 needs 4; CPUS: 20 free, C3_CPUS: 20 free"
+        )),
+        "{}",
+        text(&output)
+    );
+
+    // The family's metric is short: refused, with and without --dry-run.
+    clouds.gce.state().quotas = vec![quota("CPUS", 4.0, 24.0), quota("C3_CPUS", 22.0, 24.0)];
+    for extra in [&[][..], &["--dry-run"]] {
+        let output = clouds.run(dir.path(), &[&base[..], extra].concat());
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        assert!(
+            text(&output).contains(&format!(
+                "not enough vCPU quota in {REGION} (project {PROJECT}): c3-standard-4 needs 4 \
+                 vCPUs, but C3_CPUS has 22 of 24 in use"
+            )),
+            "{}",
+            text(&output)
+        );
+    }
+    // The region's CPUS is short for an n2d.
+    clouds.gce.state().quotas = vec![quota("CPUS", 23.0, 24.0), quota("N2D_CPUS", 0.0, 24.0)];
+    let output = clouds.run(
+        dir.path(),
+        &[&base[..], &["--vm-type", "n2d-standard-2"]].concat(),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("n2d-standard-2 needs 2 vCPUs, but CPUS has 23 of 24 in use"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(writes(&clouds), Vec::<String>::new(), "nothing was created");
+    assert!(clouds.objects().is_empty());
+    assert!(!token_file(dir.path(), "cvm-test").exists());
+
+    // A family metric the region does not list: a warning, not a refusal.
+    clouds.gce.state().quotas = vec![quota("CPUS", 0.0, 24.0)];
+    let output = clouds.run(dir.path(), &[&base[..], &["--dry-run"]].concat());
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!(
+            "warning: vCPU quota not checked: region {REGION} lists no C3_CPUS quota"
+        )),
+        "{}",
+        text(&output)
+    );
+
+    // regions.get refused: a warning, and the deploy goes on to the end.
+    {
+        let mut state = clouds.gce.state();
+        state.quotas = roomy_quotas();
+        state.forbid_regions = true;
+    }
+    let output = clouds.run(dir.path(), &base);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!(
+            "warning: vCPU quota not checked: reading region {REGION} was refused (HTTP 403 \
+             Forbidden: Required 'compute.regions.get' permission"
+        )),
+        "{}",
+        text(&output)
+    );
+    let state = clouds.gce.state();
+    assert!(state.instances.contains_key("cvm-test"));
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
 }

@@ -311,6 +311,12 @@ impl Cloud for Aws {
                 self.cleanup_command()
             );
         }
+        // Service Quotas' GetServiceQuota (L-1216C47A) would tell, but the emulator the tests
+        // run against does not serve it for ec2; an unchecked quota is said, never passed over.
+        step(format!(
+            "vCPU quota not checked on AWS: an instance over the Running On-Demand Standard              vCPU quota of {} fails at its launch, after the upload",
+            self.region
+        ));
         Ok(())
     }
 

@@ -80,6 +80,15 @@ pub struct ArmList<T> {
     pub next_link: Option<String>,
 }
 
+/// What a [`Arm::read`] got.
+#[derive(Debug)]
+pub enum Read<T> {
+    Found(T),
+    NotFound,
+    /// 401/403: ARM's code and message.
+    Refused(String),
+}
+
 /// Where a token came from (the Azure CLI's and a managed identity's are fetched again when
 /// they expire during a long deploy).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -272,6 +281,32 @@ impl Arm {
         }
         check(status, &body, &format!("GET {path}"))?;
         parse(&body, path).map(Some)
+    }
+
+    /// GET of something the caller's role may not allow (a quota): a refusal (401/403) or a
+    /// 404 is an answer, not an error. `api` is `None` for a `nextLink`, which carries its own.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        path_or_url: &str,
+        api: Option<&str>,
+    ) -> Result<Read<T>> {
+        let url = self.url(path_or_url, api)?;
+        let what = format!("GET {}", url.path());
+        let (status, _, body) = self.send(Method::GET, url, None).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(Read::NotFound),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
+                let detail = check(status, &body, &what)
+                    .err()
+                    .map(|error| format!("{error:#}"))
+                    .unwrap_or_default();
+                Ok(Read::Refused(detail))
+            }
+            _ => {
+                check(status, &body, &what)?;
+                parse(&body, &what).map(Read::Found)
+            }
+        }
     }
 
     /// PUT a resource and wait until ARM says it is provisioned.

@@ -20,6 +20,7 @@
 //! The runner (`runner.rs`) drives the steps.
 
 pub mod arm;
+pub mod quota;
 
 use super::blocks::{self, Block, UploadSettings, UploadStats};
 use super::plan::{Plan, TokenPlan};
@@ -595,8 +596,8 @@ impl Cloud for AzureDeploy {
         })
     }
 
-    /// Credentials and subscription, one authenticated read (the resource group), and clashes:
-    /// a VM or disk of the deployment's names that is already there.
+    /// Credentials and subscription, one authenticated read (the resource group), clashes (a
+    /// VM or disk of the deployment's names that is already there), and the vCPU quota.
     async fn preflight(&mut self) -> Result<()> {
         self.region = normalise_region(&self.region)?;
         let arm = Arm::connect(self.subscription.as_deref()).await?;
@@ -616,7 +617,7 @@ impl Cloud for AzureDeploy {
                 );
             }
         }
-        Ok(())
+        quota::check(self.arm()?, &self.region, &self.vm_type).await
     }
 
     fn steps(&self) -> Vec<AzureStep> {

@@ -245,6 +245,40 @@ pub struct Allowed {
     pub ports: Vec<String>,
 }
 
+/// What a [`Compute::read`] got.
+#[derive(Debug)]
+pub enum Read<T> {
+    Found(T),
+    NotFound,
+    /// 401/403: the status and Google's message.
+    Forbidden(String),
+}
+
+/// A machine type (`zones/Z/machineTypes/T`): what preflight needs of it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineType {
+    #[serde(default)]
+    pub guest_cpus: Option<u32>,
+}
+
+/// A region (`regions/R`) and its quotas.
+#[derive(Debug, Deserialize)]
+pub struct Region {
+    #[serde(default)]
+    pub quotas: Vec<Quota>,
+}
+
+/// One entry of a region's `quotas`: the API gives numbers as doubles.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Quota {
+    pub metric: String,
+    #[serde(default)]
+    pub limit: f64,
+    #[serde(default)]
+    pub usage: f64,
+}
+
 /// Compute Engine in one project and zone.
 pub struct Compute<'a> {
     pub gcp: &'a Gcp,
@@ -304,6 +338,16 @@ impl Compute<'_> {
 
     /// GETs a resource; `None` when it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<Option<T>> {
+        match self.read(path, what).await? {
+            Read::Found(value) => Ok(Some(value)),
+            Read::NotFound => Ok(None),
+            Read::Forbidden(why) => bail!("{what}: {why}"),
+        }
+    }
+
+    /// GETs something the caller's role may not allow (a quota): a 401/403 or a 404 is an
+    /// answer, not an error.
+    pub async fn read<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<Read<T>> {
         let response = self
             .gcp
             .request(reqwest::Method::GET, &self.url(path))
@@ -311,10 +355,20 @@ impl Compute<'_> {
             .send()
             .await
             .with_context(|| format!("{what}: request failed"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        let status = response.status();
+        match status {
+            reqwest::StatusCode::NOT_FOUND => Ok(Read::NotFound),
+            reqwest::StatusCode::FORBIDDEN | reqwest::StatusCode::UNAUTHORIZED => {
+                let body = read_limited(response, MAX_JSON_BYTES)
+                    .await
+                    .unwrap_or_default();
+                Ok(Read::Forbidden(format!(
+                    "HTTP {status}: {}",
+                    error_message(&body)
+                )))
+            }
+            _ => json(response, what).await.map(Read::Found),
         }
-        json(response, what).await.map(Some)
     }
 
     /// Every item of a collection whose label `key` is `value` (all pages).

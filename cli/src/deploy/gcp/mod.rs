@@ -13,6 +13,7 @@
 
 pub mod gce;
 pub mod gcs;
+pub mod quota;
 
 use super::blocks::UploadStats;
 use super::plan::{Plan, TokenPlan};
@@ -23,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cvm_attestation::evidence::{Cloud as CloudKind, Tee};
 use cvm_attestation::provision::GCP_METADATA_KEY;
-use gce::{Compute, Endpoints, Firewall, Gcp, Image, Instance};
+use gce::{Compute, Endpoints, Firewall, Gcp, Image, Instance, MachineType};
 use serde::Deserialize;
 use serde_json::json;
 use std::io::IsTerminal;
@@ -240,6 +241,8 @@ pub struct Confidential {
     /// `confidentialInstanceConfig.confidentialInstanceType`.
     pub api: &'static str,
     pub min_cpu_platform: Option<&'static str>,
+    /// The region's quota metric of the family (besides `CPUS`).
+    pub quota_metric: &'static str,
 }
 
 /// TDX for c3-*, SEV-SNP (on AMD Milan) for n2d-*; anything else is refused.
@@ -254,6 +257,7 @@ pub fn confidential_type(vm_type: &str) -> Result<Confidential> {
             tee: Tee::Tdx,
             api: "TDX",
             min_cpu_platform: None,
+            quota_metric: "C3_CPUS",
         });
     }
     if family_and_size("n2d-") {
@@ -261,6 +265,7 @@ pub fn confidential_type(vm_type: &str) -> Result<Confidential> {
             tee: Tee::SevSnp,
             api: "SEV_SNP",
             min_cpu_platform: Some("AMD Milan"),
+            quota_metric: "N2D_CPUS",
         });
     }
     bail!(
@@ -461,8 +466,9 @@ impl Cloud for GcpDeploy {
     }
 
     /// Credentials and the bucket (one authenticated read of it), the machine type in the zone
-    /// (Compute Engine answers 404 for a type the zone does not offer), and clashes: an instance
-    /// of the name, or a firewall rule of the name that is not this deployment's.
+    /// (Compute Engine answers 404 for a type the zone does not offer), clashes (an instance of
+    /// the name, or a firewall rule of the name that is not this deployment's), and the vCPU
+    /// quota of the region.
     async fn preflight(&mut self) -> Result<()> {
         self.connect().await?;
         let bucket = self.bucket()?.to_owned();
@@ -471,13 +477,13 @@ impl Cloud for GcpDeploy {
             .await
             .context("preflight: checking the credentials and the bucket")?;
         let machine_type = format!("machineTypes/{}", self.vm_type);
-        let offered: Option<serde_json::Value> = compute
+        let offered: Option<MachineType> = compute
             .get(
                 &compute.zonal(&machine_type),
                 "preflight: reading the machine type",
             )
             .await?;
-        if offered.is_none() {
+        let Some(offered) = offered else {
             bail!(
                 "machine type {} is not offered in zone {} (project {}): pick a zone that has \
                  it (`gcloud compute machine-types list --filter name={}`)",
@@ -486,7 +492,7 @@ impl Cloud for GcpDeploy {
                 self.project,
                 self.vm_type
             );
-        }
+        };
         let instance: Option<Instance> = compute
             .get(
                 &compute.zonal(&format!("instances/{}", self.name)),
@@ -516,7 +522,8 @@ impl Cloud for GcpDeploy {
                 );
             }
         }
-        Ok(())
+        let metric = self.confidential()?.quota_metric;
+        quota::check(&compute, &self.vm_type, metric, offered.guest_cpus).await
     }
 
     fn steps(&self) -> Vec<GcpStep> {
@@ -937,7 +944,6 @@ async fn labelled_resources(
     name: &str,
     bucket: Option<&str>,
 ) -> Result<Vec<GcpResource>> {
-    let gcp = compute.gcp;
     let images: Vec<Image> = compute
         .list_labelled("global/images", DEPLOYMENT_TAG, name)
         .await?;
@@ -945,8 +951,34 @@ async fn labelled_resources(
         .into_iter()
         .filter(|image| image.labels.get(DEPLOYMENT_TAG).map(String::as_str) == Some(name))
         .collect();
+    let mut resources = labelled_objects(compute.gcp, &images, name, bucket).await?;
+    for image in images {
+        gce::check_path_segment(&image.name, "image name")?;
+        resources.push(GcpResource::Image(image.name));
+    }
+    resources.extend(tagged_firewalls(compute, name).await?);
+    let instances: Vec<Instance> = compute
+        .list_labelled(&compute.zonal("instances"), DEPLOYMENT_TAG, name)
+        .await?;
+    for instance in instances {
+        if instance.labels.get(DEPLOYMENT_TAG).map(String::as_str) == Some(name) {
+            gce::check_path_segment(&instance.name, "instance name")?;
+            resources.push(GcpResource::Instance(instance.name));
+        }
+    }
+    Ok(resources)
+}
+
+/// The uploaded objects, found through the images' sources and in `bucket`; ours only: named
+/// for the deployment and carrying its tag.
+async fn labelled_objects(
+    gcp: &Gcp,
+    images: &[Image],
+    name: &str,
+    bucket: Option<&str>,
+) -> Result<Vec<GcpResource>> {
     let mut objects = Vec::new();
-    for image in &images {
+    for image in images {
         let source = image
             .raw_disk
             .as_ref()
@@ -968,7 +1000,6 @@ async fn labelled_resources(
     objects.dedup();
     let mut resources = Vec::new();
     for (bucket, object) in objects {
-        // Ours only: named for the deployment and carrying its tag.
         let ours = object.starts_with(&format!("{name}-"))
             && object.ends_with(".tar.gz")
             && gce::check_path_segment(&bucket, "bucket").is_ok()
@@ -980,10 +1011,13 @@ async fn labelled_resources(
             resources.push(GcpResource::Object(bucket, object));
         }
     }
-    for image in images {
-        gce::check_path_segment(&image.name, "image name")?;
-        resources.push(GcpResource::Image(image.name));
-    }
+    Ok(resources)
+}
+
+/// The firewall rules named for the deployment whose description carries its tag; a rule of
+/// such a name made by anyone else is kept, and said so.
+async fn tagged_firewalls(compute: &Compute<'_>, name: &str) -> Result<Vec<GcpResource>> {
+    let mut resources = Vec::new();
     for firewall in [firewall_name(name), firewall_name_v6(name)] {
         let rule: Option<Firewall> = compute
             .get(
@@ -992,26 +1026,13 @@ async fn labelled_resources(
             )
             .await?;
         if let Some(rule) = rule {
-            let tagged = rule
-                .description
-                .as_deref()
-                .is_some_and(|text| text.starts_with(&format!("{DEPLOYMENT_TAG}={name}:")));
-            if tagged && rule.name == firewall {
+            if is_ours(&rule, name) && rule.name == firewall {
                 resources.push(GcpResource::Firewall(rule.name));
             } else {
                 step(format!(
                     "firewall rule {firewall} exists but was not made by cvm-cli for {name}: kept"
                 ));
             }
-        }
-    }
-    let instances: Vec<Instance> = compute
-        .list_labelled(&compute.zonal("instances"), DEPLOYMENT_TAG, name)
-        .await?;
-    for instance in instances {
-        if instance.labels.get(DEPLOYMENT_TAG).map(String::as_str) == Some(name) {
-            gce::check_path_segment(&instance.name, "instance name")?;
-            resources.push(GcpResource::Instance(instance.name));
         }
     }
     Ok(resources)
