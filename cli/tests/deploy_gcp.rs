@@ -1482,8 +1482,8 @@ fn a_failure_after_each_step_rolls_back_exactly_what_was_created() {
     }
 }
 
-/// Preflight reads the region's quotas: an instance that `CPUS` or its family's metric has no
-/// room for is refused before anything is made (also with --dry-run); a metric the region does
+/// Preflight reads the region's quotas: an instance that its family's metric has no room for
+/// (`CPUS` counts only E2 and N1) is refused before anything is made (also with --dry-run); a metric the region does
 /// not list, or a refused regions.get, is a warning and the deploy goes on.
 #[test]
 fn the_vcpu_quota_is_checked_in_preflight() {
@@ -1507,7 +1507,7 @@ fn the_vcpu_quota_is_checked_in_preflight() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains(&format!(
-            "vCPU quota in {REGION}: c3-standard-4 needs 4; CPUS: 20 free, C3_CPUS: 20 free"
+            "vCPU quota in {REGION}: c3-standard-4 needs 4; C3_CPUS: 20 free"
         )),
         "{}",
         text(&output)
@@ -1527,18 +1527,19 @@ fn the_vcpu_quota_is_checked_in_preflight() {
             text(&output)
         );
     }
-    // The region's CPUS is short for an n2d.
-    clouds.gce.state().quotas = vec![quota("CPUS", 23.0, 24.0), quota("N2D_CPUS", 0.0, 24.0)];
-    let output = clouds.run(
-        dir.path(),
-        &[&base[..], &["--vm-type", "n2d-standard-2"]].concat(),
-    );
+    // An n2d draws on N2D_CPUS: short there is refused; a full CPUS (E2, N1) is no matter.
+    clouds.gce.state().quotas = vec![quota("CPUS", 24.0, 24.0), quota("N2D_CPUS", 23.0, 24.0)];
+    let n2d = [&base[..], &["--vm-type", "n2d-standard-2"]].concat();
+    let output = clouds.run(dir.path(), &n2d);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        text(&output).contains("n2d-standard-2 needs 2 vCPUs, but CPUS has 23 of 24 in use"),
+        text(&output).contains("n2d-standard-2 needs 2 vCPUs, but N2D_CPUS has 23 of 24 in use"),
         "{}",
         text(&output)
     );
+    clouds.gce.state().quotas = vec![quota("CPUS", 24.0, 24.0), quota("N2D_CPUS", 0.0, 24.0)];
+    let output = clouds.run(dir.path(), &[&n2d[..], &["--dry-run"]].concat());
+    assert!(output.status.success(), "{}", text(&output));
     assert_eq!(writes(&clouds), Vec::<String>::new(), "nothing was created");
     assert!(clouds.objects().is_empty());
     assert!(!token_file(dir.path(), "cvm-test").exists());

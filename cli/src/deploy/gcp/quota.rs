@@ -1,5 +1,7 @@
 //! Preflight's vCPU quota check: `regions.get` lists the region's quotas (`{metric, limit,
-//! usage}`); the instance draws on `CPUS` and on its family's metric (`C3_CPUS`, `N2D_CPUS`).
+//! usage}`); the instance draws on its family's metric (`C3_CPUS`, `N2D_CPUS`). The regional
+//! `CPUS` quota counts only the families without a metric of their own (E2, N1), so it is not
+//! what limits a confidential VM; the project-wide `CPUS_ALL_REGIONS` is not in `regions.get`.
 //! An insert over quota fails only after the upload; this refuses it before anything is made.
 //! What the API does not tell (a role without `compute.regions.get`, a metric not listed, a
 //! machine type without `guestCpus`) is a warning.
@@ -7,9 +9,6 @@
 use super::gce::{Compute, Quota, Read, Region};
 use crate::deploy::step;
 use anyhow::{bail, Result};
-
-/// The quota every vCPU of the region counts against.
-const REGIONAL: &str = "CPUS";
 
 /// What the region's quotas say about one metric the instance draws on.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,9 +31,9 @@ pub fn region_of(zone: &str) -> &str {
     zone.rsplit_once('-').map_or(zone, |(region, _)| region)
 }
 
-/// `vcpus` against `CPUS` and `family_metric`.
+/// `vcpus` against `family_metric`.
 pub fn judge(quotas: &[Quota], family_metric: &str, vcpus: u32, region: &str) -> Vec<Finding> {
-    [REGIONAL, family_metric]
+    [family_metric]
         .into_iter()
         .map(|metric| match quotas.iter().find(|q| q.metric == metric) {
             None => Finding::Unknown(format!("region {region} lists no {metric} quota")),
@@ -130,31 +129,26 @@ mod tests {
     }
 
     #[test]
-    fn both_metrics_must_have_room() {
+    fn the_family_metric_must_have_room() {
         assert_eq!(region_of("asia-southeast1-b"), "asia-southeast1");
-        let quotas = [quota("CPUS", 20.0, 24.0), quota("C3_CPUS", 0.0, 8.0)];
+        // CPUS (E2, N1) full: not what a C3 draws on.
+        let quotas = [quota("CPUS", 24.0, 24.0), quota("C3_CPUS", 0.0, 8.0)];
         assert_eq!(
             judge(&quotas, "C3_CPUS", 4, "r"),
-            vec![
-                Finding::Fits {
-                    metric: "CPUS".into(),
-                    free: 4.0
-                },
-                Finding::Fits {
-                    metric: "C3_CPUS".into(),
-                    free: 8.0
-                },
-            ]
+            vec![Finding::Fits {
+                metric: "C3_CPUS".into(),
+                free: 8.0
+            }]
         );
-        let found = judge(&quotas, "C3_CPUS", 8, "r");
+        let found = judge(&quotas, "C3_CPUS", 9, "r");
         assert!(
             matches!(&found[0], Finding::Short { metric, usage, limit }
-                if metric == "CPUS" && *usage == 20.0 && *limit == 24.0),
+                if metric == "C3_CPUS" && *usage == 0.0 && *limit == 8.0),
             "{found:?}"
         );
         let found = judge(&quotas, "N2D_CPUS", 2, "r");
         assert!(
-            matches!(&found[1], Finding::Unknown(why) if why.contains("N2D_CPUS")),
+            matches!(&found[0], Finding::Unknown(why) if why.contains("N2D_CPUS")),
             "{found:?}"
         );
     }
