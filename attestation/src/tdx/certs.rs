@@ -54,43 +54,6 @@ pub enum CertError {
     OpenSsl(#[from] ErrorStack),
 }
 
-/// A PCK certificate chain as the quote carries it, decoded by OpenSSL, with the leaf's SGX
-/// extensions (for tools that want OpenSSL certificates; the verifier uses [`parse_pck_certs`]).
-pub struct PckChain {
-    pub certs: Vec<X509>,
-    pub extensions: Result<super::SgxExtensions, CertError>,
-}
-
-/// Parses the quote's PEM chain (at most 8 certificates) and the leaf's SGX extensions,
-/// remembered per process by the SHA-256 of the PEM: a verifier sees the same platform's chain
-/// with every quote, and decoding PEM costs more than the signature checks.
-pub fn parse_pck_chain(pem: &[u8]) -> Result<Arc<PckChain>, CertError> {
-    type Memo = Mutex<HashMap<[u8; 32], Arc<PckChain>>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 256;
-    let key = openssl::sha::sha256(pem);
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(hit);
-    }
-    let certs = parse_pem_chain_memo(pem)?;
-    let extensions = match certs.first() {
-        Some(leaf) => leaf
-            .to_der()
-            .map_err(CertError::from)
-            .and_then(|der| Ok(super::sgx_extensions(&der)?)),
-        None => Err(CertError::EmptyChain),
-    };
-    let chain = Arc::new(PckChain { certs, extensions });
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, chain.clone());
-    }
-    Ok(chain)
-}
-
 /// The quote's PCK chain as the verifier reads it, with the leaf's SGX extensions.
 pub struct PckCerts {
     pub certs: Vec<Arc<IntelCert>>,
@@ -111,7 +74,7 @@ pub fn parse_pck_certs(pem: &[u8]) -> Result<Arc<PckCerts>, CertError> {
     }
     let certs = parse_pem_certs(pem)?;
     let extensions = match certs.first() {
-        Some(leaf) => super::sgx_extensions(&leaf.der).map_err(CertError::from),
+        Some(leaf) => leaf.sgx_extensions().map_err(CertError::from),
         None => Err(CertError::EmptyChain),
     };
     let chain = Arc::new(PckCerts { certs, extensions });
@@ -142,7 +105,7 @@ const MAX_CHAIN_PEM: usize = 256 * 1024;
 
 /// Reads every `CERTIFICATE` block of a PEM chain (at most 8) with OpenSSL, each decoded once
 /// per process through [`crate::snp::certs::parse_certificate`] (the pinned root as a
-/// [`TrustedRoot`], and [`parse_pck_chain`]).
+/// [`TrustedRoot`]).
 pub fn parse_pem_chain_memo(pem: &[u8]) -> Result<Vec<X509>, ChainError> {
     pem_blocks(pem)?
         .iter()
@@ -227,11 +190,29 @@ pub fn intel_roots() -> Vec<TrustedRoot> {
         .clone()
 }
 
-/// A trusted root as the chain checks read it, decoded once per process (by the SHA-256 of its
-/// DER); None when it is not a certificate they can read.
+/// A trusted root as the chain checks read it, decoded once per process; None when it is not a
+/// certificate they can read. Roots are few and asked for by every chain check, so they are
+/// found by comparing DER, which costs less than hashing it again.
 fn root_certificate(root: &TrustedRoot) -> Option<Arc<IntelCert>> {
+    static ROOTS: OnceLock<Mutex<Vec<Arc<IntelCert>>>> = OnceLock::new();
+    const MAX_ROOTS: usize = 16;
     let der = root.certificate.to_der().ok()?;
-    super::x509::certificate(&der).ok()
+    let roots = ROOTS.get_or_init(Mutex::default);
+    if let Some(hit) = roots
+        .lock()
+        .ok()
+        .and_then(|r| r.iter().find(|c| c.der == der).cloned())
+    {
+        return Some(hit);
+    }
+    let cert = super::x509::certificate(&der).ok()?;
+    if let Ok(mut roots) = roots.lock() {
+        if roots.len() >= MAX_ROOTS {
+            roots.clear();
+        }
+        roots.push(cert.clone());
+    }
+    Some(cert)
 }
 
 /// A chain that checked out: leaf <- (intermediate <-)? root.

@@ -60,6 +60,16 @@ pub fn verify_p256_raw_ec(
     message: &[u8],
     signature: &[u8],
 ) -> Result<bool, CryptoError> {
+    verify_p256_digest_ec(key, &openssl::sha::sha256(message), signature)
+}
+
+/// [`verify_p256_raw_ec`] over a message whose SHA-256 the caller already has (it also names
+/// the message in a per-process memo), so that the message is hashed once.
+pub fn verify_p256_digest_ec(
+    key: &EcKeyRef<Public>,
+    digest: &[u8; 32],
+    signature: &[u8],
+) -> Result<bool, CryptoError> {
     if signature.len() != 64 {
         return Err(CryptoError::SignatureLength(signature.len()));
     }
@@ -69,9 +79,7 @@ pub fn verify_p256_raw_ec(
     let r = BigNum::from_slice(&signature[..32])?;
     let s = BigNum::from_slice(&signature[32..])?;
     let sig = EcdsaSig::from_private_components(r, s)?;
-    Ok(sig
-        .verify(&openssl::sha::sha256(message), key)
-        .unwrap_or(false))
+    Ok(sig.verify(digest, key).unwrap_or(false))
 }
 
 /// Verifies `r || s` (32 bytes each, big-endian) over SHA-256(`message`) with a 256-bit EC key.
@@ -107,8 +115,10 @@ pub fn verify_p256_raw_remembered(
     type Memo = Mutex<HashMap<[u8; 32], bool>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     const MAX_ENTRIES: usize = 1024;
+    // The message is hashed once: its digest names it in the memo and is what ECDSA signs.
+    let message_digest = openssl::sha::sha256(message);
     let mut hasher = openssl::sha::Sha256::new();
-    for part in [&key_id[..], message, signature] {
+    for part in [&key_id[..], &message_digest, signature] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -117,7 +127,7 @@ pub fn verify_p256_raw_remembered(
     if let Some(known) = memo.lock().ok().and_then(|m| m.get(&digest).copied()) {
         return Ok(known);
     }
-    let verified = verify_p256_raw_ec(key, message, signature)?;
+    let verified = verify_p256_digest_ec(key, &message_digest, signature)?;
     if let Ok(mut memo) = memo.lock() {
         if memo.len() >= MAX_ENTRIES {
             memo.clear();

@@ -5,12 +5,16 @@
 //! The extension is a SEQUENCE of SEQUENCE { OID, value }; the TCB entry nests one more such
 //! SEQUENCE. A small bounded DER walker reads it.
 
+use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::Decode;
 use x509_cert::Certificate;
 
 /// DER of 1.2.840.113741.1.13.1 (without tag and length).
 const SGX_EXTENSIONS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf8, 0x4d, 0x01, 0x0d, 0x01];
 const SGX_EXTENSIONS_OID: &str = "1.2.840.113741.1.13.1";
+/// The same OID, to find the extension among a certificate's.
+pub(crate) const SGX_EXTENSIONS_ID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap(SGX_EXTENSIONS_OID);
 
 /// What the PCK certificate says about its platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,9 +137,15 @@ pub fn sgx_extensions(der: &[u8]) -> Result<SgxExtensions, PckError> {
         .extensions
         .iter()
         .flatten()
-        .find(|e| e.extn_id.to_string() == SGX_EXTENSIONS_OID)
+        .find(|e| e.extn_id == SGX_EXTENSIONS_ID)
         .ok_or(PckError::Missing)?;
-    let outer = elements(ext.extn_value.as_bytes())?;
+    sgx_extensions_value(ext.extn_value.as_bytes())
+}
+
+/// Reads the SGX extensions from the extension's value (the OCTET STRING's content), for a
+/// certificate already decoded.
+pub(crate) fn sgx_extensions_value(value: &[u8]) -> Result<SgxExtensions, PckError> {
+    let outer = elements(value)?;
     let [seq] =
         <[Tlv; 1]>::try_from(outer).map_err(|_| PckError::Malformed("not one SEQUENCE".into()))?;
     let mut ppid = None;

@@ -2,8 +2,10 @@
 //! OpenSSL's ECDSA P-256: only what the DCAP checks use (the signed bytes and their signature,
 //! the P-256 key, validity, serials, names for reports). OpenSSL 3 decodes a certificate's key
 //! through its provider decoders and sets up an EVP context per check, which made a cold
-//! verification twice as slow as the signature checks it needs. Every certificate and CRL is
-//! decoded once per process, remembered by the SHA-256 of its DER.
+//! verification twice as slow as the signature checks it needs. Every certificate is decoded once
+//! per process, remembered by the SHA-256 of its DER. CRLs are read by a lean strict DER reader
+//! (`der.rs`): `x509-cert` decodes every revoked entry's time and extensions into owned values,
+//! a third of a cold verification's non-crypto work.
 
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcKey, EcPoint};
@@ -125,6 +127,9 @@ pub struct IntelCert {
     pub serial: Vec<u8>,
     pub not_before: i64,
     pub not_after: i64,
+    /// The value of Intel's SGX extensions (PCK certificates only), kept so that the leaf is
+    /// decoded once.
+    sgx_extension: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for IntelCert {
@@ -143,6 +148,11 @@ impl IntelCert {
         if der.len() > MAX_DER {
             return Err(X509Error::TooLarge);
         }
+        Self::decode(der, openssl::sha::sha256(der))
+    }
+
+    /// Decodes a certificate whose SHA-256 `id` the caller already has.
+    fn decode(der: &[u8], id: [u8; 32]) -> Result<Self, X509Error> {
         let cert =
             x509_cert::Certificate::from_der(der).map_err(|e| X509Error::Der(e.to_string()))?;
         let tbs = &cert.tbs_certificate;
@@ -158,14 +168,21 @@ impl IntelCert {
             .subject_public_key
             .as_bytes()
             .filter(|p| p256 && p.len() == 65 && p[0] == 4);
+        let sgx_extension = tbs
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == super::pck::SGX_EXTENSIONS_ID)
+            .map(|e| e.extn_value.as_bytes().to_vec());
         Ok(Self {
-            id: openssl::sha::sha256(der),
+            id,
             signed: Signed::new(
                 der,
                 &cert.signature_algorithm,
                 &tbs.signature,
                 cert.signature.as_bytes(),
             )?,
+            sgx_extension,
             point: point.map(<[u8]>::to_vec),
             key: OnceLock::new(),
             subject: common_name(&tbs.subject),
@@ -199,6 +216,16 @@ impl IntelCert {
     pub fn serial_hex(&self) -> String {
         serial_hex(&self.serial)
     }
+
+    /// Intel's SGX extensions of a PCK certificate ([`super::sgx_extensions`] without decoding
+    /// the certificate again).
+    pub fn sgx_extensions(&self) -> Result<super::SgxExtensions, super::pck::PckError> {
+        let value = self
+            .sgx_extension
+            .as_deref()
+            .ok_or(super::pck::PckError::Missing)?;
+        super::pck::sgx_extensions_value(value)
+    }
 }
 
 fn serial_hex(serial: &[u8]) -> String {
@@ -224,7 +251,7 @@ pub fn certificate(der: &[u8]) -> Result<Arc<IntelCert>, X509Error> {
     if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&id).cloned()) {
         return Ok(hit);
     }
-    let cert = Arc::new(IntelCert::from_der(der)?);
+    let cert = Arc::new(IntelCert::decode(der, id)?);
     if let Ok(mut memo) = memo.lock() {
         if memo.len() >= MAX_ENTRIES {
             memo.clear();
@@ -279,28 +306,50 @@ impl IntelCrl {
         if der.len() > MAX_DER {
             return Err(X509Error::TooLarge);
         }
-        let crl = x509_cert::crl::CertificateList::from_der(der)
-            .map_err(|e| X509Error::Der(e.to_string()))?;
-        let tbs = &crl.tbs_cert_list;
+        Self::decode(der, openssl::sha::sha256(der))
+    }
+
+    /// Reads a CRL whose SHA-256 `id` the caller already has (RFC 5280 section 5.1, strict DER):
+    /// only what the checks use, every other field's structure still checked.
+    pub(crate) fn decode(der: &[u8], id: [u8; 32]) -> Result<Self, X509Error> {
+        use super::der::{self as d, Der};
+        if der.len() > MAX_DER {
+            return Err(X509Error::TooLarge);
+        }
+        let mut top = Der::new(der);
+        let outer = top.expect(d::SEQUENCE, "CertificateList")?;
+        top.finish("CertificateList")?;
+        let mut list = Der::new(outer.content);
+        let tbs = list.expect(d::SEQUENCE, "TBSCertList")?;
+        let outer_algorithm = list.expect(d::SEQUENCE, "signatureAlgorithm")?;
+        let signature = list.expect(d::BIT_STRING, "signatureValue")?;
+        list.finish("CertificateList")?;
+        let signature = match signature.content {
+            [0, rest @ ..] => rest,
+            _ => return Err(X509Error::Der("signatureValue: unused bits".into())),
+        };
+        let fields = TbsCertList::read(tbs.content)?;
+        // Offsets of the outer SEQUENCE's content within `der`.
+        let base = outer.encoded.len() - outer.content.len();
         Ok(Self {
-            id: openssl::sha::sha256(der),
-            signed: Signed::new(
-                der,
-                &crl.signature_algorithm,
-                &tbs.signature,
-                crl.signature.as_bytes(),
-            )?,
-            issuer: common_name(&tbs.issuer),
-            this_update: unix(tbs.this_update),
-            next_update: tbs.next_update.map(unix),
-            revoked: tbs
-                .revoked_certificates
-                .iter()
-                .flatten()
-                .map(|entry| entry.serial_number.as_bytes().to_vec())
-                .collect(),
+            id,
+            signed: Signed {
+                tbs: base + tbs.start..base + tbs.start + tbs.encoded.len(),
+                ecdsa_sha256: outer_algorithm.encoded == ECDSA_WITH_SHA256_DER
+                    && fields.algorithm == ECDSA_WITH_SHA256_DER,
+                signature: signature.to_vec(),
+            },
+            issuer: fields.issuer,
+            this_update: fields.this_update,
+            next_update: fields.next_update,
+            revoked: fields.revoked,
             der: der.to_vec(),
         })
+    }
+
+    #[cfg(test)]
+    fn signature_bytes(&self) -> &[u8] {
+        &self.signed.signature
     }
 
     /// Whether `issuer`'s key signed this CRL, remembered per process.
@@ -315,6 +364,126 @@ impl IntelCrl {
     pub fn revokes(&self, cert: &IntelCert) -> bool {
         self.revoked.contains(&cert.serial)
     }
+}
+
+/// AlgorithmIdentifier { ecdsa-with-SHA256 } as RFC 5758 encodes it (no parameters).
+const ECDSA_WITH_SHA256_DER: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+
+/// The fields of a TBSCertList the checks use.
+struct TbsCertList<'a> {
+    algorithm: &'a [u8],
+    issuer: String,
+    this_update: i64,
+    next_update: Option<i64>,
+    revoked: std::collections::HashSet<Vec<u8>>,
+}
+
+impl<'a> TbsCertList<'a> {
+    fn read(content: &'a [u8]) -> Result<Self, X509Error> {
+        use super::der::{self as d, Der};
+        let mut tbs = Der::new(content);
+        let v2 = match tbs.optional(d::INTEGER)? {
+            Some(version) if version.content == [1] => true,
+            Some(_) => return Err(X509Error::Der("TBSCertList: version is not v2".into())),
+            None => false,
+        };
+        let algorithm = tbs.expect(d::SEQUENCE, "signature")?.encoded;
+        let issuer = tbs.expect(d::SEQUENCE, "issuer")?;
+        let issuer = name_common_name(issuer.content)?;
+        let this_update = tbs.any().and_then(|t| d::time(&t, "thisUpdate"))?;
+        let next_update = match tbs.peek() {
+            Some(d::UTC_TIME | d::GENERALIZED_TIME) => Some(d::time(&tbs.any()?, "nextUpdate")?),
+            _ => None,
+        };
+        let mut revoked = std::collections::HashSet::new();
+        if let Some(entries) = tbs.optional(d::SEQUENCE)? {
+            let mut entries = Der::new(entries.content);
+            while !entries.is_empty() {
+                let entry = entries.expect(d::SEQUENCE, "revokedCertificates")?;
+                let mut entry = Der::new(entry.content);
+                let serial = entry.expect(d::INTEGER, "userCertificate")?;
+                let serial = d::integer(&serial, "userCertificate")?;
+                d::time(&entry.any()?, "revocationDate")?;
+                if let Some(extensions) = entry.optional(d::SEQUENCE)? {
+                    check_extensions(extensions.content)?;
+                }
+                entry.finish("revokedCertificates entry")?;
+                revoked.insert(serial.to_vec());
+            }
+        }
+        if let Some(extensions) = tbs.optional(d::CONTEXT_0)? {
+            if !v2 {
+                return Err(X509Error::Der("crlExtensions in a v1 CRL".into()));
+            }
+            let mut wrapped = Der::new(extensions.content);
+            check_extensions(wrapped.expect(d::SEQUENCE, "crlExtensions")?.content)?;
+            wrapped.finish("crlExtensions")?;
+        }
+        tbs.finish("TBSCertList")?;
+        Ok(Self {
+            algorithm,
+            issuer,
+            this_update,
+            next_update,
+            revoked,
+        })
+    }
+}
+
+/// Checks a SEQUENCE OF Extension { OID, critical BOOLEAN DEFAULT FALSE, OCTET STRING }.
+fn check_extensions(content: &[u8]) -> Result<(), X509Error> {
+    use super::der::{self as d, Der};
+    let mut list = Der::new(content);
+    if list.is_empty() {
+        return Err(X509Error::Der("empty extensions".into()));
+    }
+    while !list.is_empty() {
+        let mut extension = Der::new(list.expect(d::SEQUENCE, "Extension")?.content);
+        extension.expect(d::OID, "extnID")?;
+        if let Some(critical) = extension.optional(d::BOOLEAN)? {
+            // DER: DEFAULT FALSE is omitted, TRUE is 0xff.
+            if critical.content != [0xff] {
+                return Err(X509Error::Der("critical: not DER TRUE".into()));
+            }
+        }
+        extension.expect(d::OCTET_STRING, "extnValue")?;
+        extension.finish("Extension")?;
+    }
+    Ok(())
+}
+
+/// The first common name of a Name (RDNSequence), its structure checked, for reports.
+fn name_common_name(content: &[u8]) -> Result<String, X509Error> {
+    use super::der::{self as d, Der};
+    const CN: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+    let mut found = None;
+    let mut rdns = Der::new(content);
+    while !rdns.is_empty() {
+        let set = rdns.expect(d::SET, "RelativeDistinguishedName")?;
+        let mut set = Der::new(set.content);
+        let mut previous: Option<&[u8]> = None;
+        if set.is_empty() {
+            return Err(X509Error::Der("empty RelativeDistinguishedName".into()));
+        }
+        while !set.is_empty() {
+            let atv = set.expect(d::SEQUENCE, "AttributeTypeAndValue")?;
+            // DER orders a SET OF by encoding.
+            if previous.is_some_and(|p| p > atv.encoded) {
+                return Err(X509Error::Der("SET OF not in DER order".into()));
+            }
+            previous = Some(atv.encoded);
+            let mut atv = Der::new(atv.content);
+            let oid = atv.expect(d::OID, "AttributeType")?;
+            let value = atv.any()?;
+            atv.finish("AttributeTypeAndValue")?;
+            if found.is_none() && oid.encoded == CN {
+                found = Some(String::from_utf8_lossy(value.content).into_owned());
+            }
+        }
+    }
+    Ok(found.unwrap_or_else(|| "(no common name)".into()))
 }
 
 #[cfg(test)]
@@ -413,6 +582,40 @@ mod tests {
         assert!(!ours.signed_by(&root));
         let leaf = IntelCert::from_der(&chain[0].to_der().unwrap()).unwrap();
         assert!(!ours.revokes(&leaf));
+        // Both real CRLs read as x509-cert reads them; any changed byte breaks the reading
+        // or the signature.
+        for hex_der in [&collateral.pck_crl, &collateral.root_ca_crl] {
+            let der = hex::decode(hex_der.as_deref().unwrap()).unwrap();
+            let lean = IntelCrl::from_der(&der).unwrap();
+            let full = x509_cert::crl::CertificateList::from_der(&der).unwrap();
+            let tbs = &full.tbs_cert_list;
+            assert_eq!(lean.issuer, common_name(&tbs.issuer));
+            assert_eq!(lean.this_update, unix(tbs.this_update));
+            assert_eq!(lean.next_update, tbs.next_update.map(unix));
+            let serials: std::collections::HashSet<Vec<u8>> = tbs
+                .revoked_certificates
+                .iter()
+                .flatten()
+                .map(|e| e.serial_number.as_bytes().to_vec())
+                .collect();
+            assert_eq!(lean.revoked, serials);
+            assert_eq!(lean.signature_bytes(), full.signature.as_bytes().unwrap());
+            let signer = if lean.issuer == ca.subject {
+                &ca
+            } else {
+                &root
+            };
+            assert!(lean.signed_by(signer), "{}", lean.issuer);
+            for at in (0..der.len()).step_by(7) {
+                let mut bad = der.clone();
+                bad[at] ^= 0x01;
+                if let Ok(crl) = IntelCrl::from_der(&bad) {
+                    assert!(!crl.signed.verifies_with(&crl.der, signer), "byte {at}");
+                }
+            }
+            assert!(IntelCrl::from_der(&der[..der.len() - 1]).is_err());
+            assert!(IntelCrl::from_der(&[der.clone(), vec![0]].concat()).is_err());
+        }
         assert_eq!(serial_hex(&[0, 0x0a, 0x01]), "0A01");
         assert_eq!(serial_hex(&[0]), "0");
     }

@@ -5,7 +5,7 @@
 use super::cache::{Key, Kind};
 use super::fetch::{FetchError, Fetcher, Got, Item};
 use super::Sources;
-use cvm_attestation::tdx::certs::parse_pck_chain;
+use cvm_attestation::tdx::certs::parse_pck_certs;
 use cvm_attestation::tdx::{TdQuote, TdxCollateral};
 
 /// The CA that issued a PCK certificate (and its CRL).
@@ -45,7 +45,7 @@ pub enum IntelError {
 pub fn needs(quote: &[u8]) -> Result<TdxNeeds, IntelError> {
     let quote = TdQuote::parse(quote)?;
     let chain =
-        parse_pck_chain(&quote.pck_chain_pem).map_err(|e| IntelError::Chain(e.to_string()))?;
+        parse_pck_certs(&quote.pck_chain_pem).map_err(|e| IntelError::Chain(e.to_string()))?;
     let extensions = chain
         .extensions
         .as_ref()
@@ -53,12 +53,7 @@ pub fn needs(quote: &[u8]) -> Result<TdxNeeds, IntelError> {
     let issuer = chain
         .certs
         .first()
-        .and_then(|leaf| {
-            leaf.issuer_name()
-                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-                .next()
-                .map(|cn| String::from_utf8_lossy(cn.data().as_slice()).into_owned())
-        })
+        .map(|leaf| leaf.issuer.clone())
         .unwrap_or_default();
     let ca = if issuer.contains("Platform") {
         PckCa::Platform
