@@ -34,7 +34,7 @@ echo "fuzz: build took $(( $(date +%s) - build_start )) s"
 declare -A max_len=(
     [snp_report]=2048 [hcl_report]=4096 [tpms_attest]=1100 [tpmt_public]=2048
     [tpmt_signature]=1024 [tcg2_event_log]=65536 [cc_event_log]=65536 [td_quote]=8192
-    [tdx_collateral]=32768 [evidence_json]=131072 [golden_json]=16384
+    [tdx_collateral]=32768 [intel_x509]=4096 [evidence_json]=131072 [golden_json]=16384
     [workload_archive]=65536 [image_archive]=65536 [compose_yaml]=8192
 )
 targets=("$@")

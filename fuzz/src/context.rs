@@ -8,6 +8,7 @@ use cvm_attestation::evidence::{
 };
 use cvm_attestation::golden::{GoldenBootEvent, GoldenMeasurement, GoldenSnp, GoldenTdx};
 use cvm_attestation::snp::certs::{parse_certificate, parse_pem_chain};
+use cvm_attestation::tdx::x509::IntelCert;
 use cvm_attestation::tdx::{TdQuote, TdxCollateral};
 use cvm_attestation::tpm::HashAlg;
 use cvm_attestation::{Evidence, Sha256Digest, Sha384Digest, VerifyOptions};
@@ -40,6 +41,8 @@ pub struct Context {
     pub vek_certs: Vec<Vec<u8>>,
     pub tdx_quote: Vec<u8>,
     pub tdx_collateral: TdxCollateral,
+    /// The real PCK Platform CA (the signer of the real PCK CRL).
+    pub intel_pck_ca: IntelCert,
     /// Real Azure SEV-SNP evidence (trustee's HCL report and vTPM quote) and a golden for it.
     pub azure_evidence: Evidence,
     pub azure_golden: GoldenMeasurement,
@@ -64,12 +67,19 @@ fn build() -> Context {
     let tdx_collateral = TdxCollateral::from_json(vector!("tdx/tdx_quote_collateral.json"))
         .expect("real collateral");
     let (tdx_evidence, tdx_golden) = tdx_pair(&tdx_collateral);
+    let pck_ca =
+        openssl::x509::X509::stack_from_pem(tdx_collateral.pck_crl_issuer_chain.as_bytes())
+            .expect("real chain")[0]
+            .to_der()
+            .expect("DER");
+    let intel_pck_ca = IntelCert::from_der(&pck_ca).expect("real PCK Platform CA");
     let (azure_evidence, azure_golden) = azure_pair();
     Context {
         milan_key: milan.public_key().expect("VCEK key"),
         vek_certs,
         tdx_quote: vector!("tdx/tdx_quote").to_vec(),
         tdx_collateral,
+        intel_pck_ca,
         azure_evidence,
         azure_golden,
         tdx_evidence,

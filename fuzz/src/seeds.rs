@@ -24,6 +24,7 @@ pub const TARGETS: &[&str] = &[
     "cc_event_log",
     "td_quote",
     "tdx_collateral",
+    "intel_x509",
     "evidence_json",
     "golden_json",
     "workload_archive",
@@ -43,6 +44,7 @@ pub fn seeds(target: &str, repo: &Path) -> Vec<Vec<u8>> {
         "cc_event_log" => firmware_logs().iter().filter_map(|l| as_ccel(l)).collect(),
         "td_quote" => td_quotes(),
         "tdx_collateral" => vec![vector!("tdx/tdx_quote_collateral.json").to_vec()],
+        "intel_x509" => intel_x509(),
         "evidence_json" => evidence(),
         "golden_json" => golden(repo),
         "workload_archive" => archives(repo),
@@ -235,6 +237,20 @@ fn td_quotes() -> Vec<Vec<u8>> {
     };
     let body15 = [body, &[0x11; 16], &[0x22; 48]].concat();
     vec![real.clone(), tappd, v5(2, body), v5(3, &body15)]
+}
+
+/// The DER of every certificate in the real collateral's chains and of its two CRLs.
+fn intel_x509() -> Vec<Vec<u8>> {
+    let c = &context().tdx_collateral;
+    let mut seeds: Vec<Vec<u8>> = [&c.pck_crl_issuer_chain, &c.tcb_info_issuer_chain]
+        .into_iter()
+        .flat_map(|pem| openssl::x509::X509::stack_from_pem(pem.as_bytes()).expect("real chain"))
+        .map(|cert| cert.to_der().expect("DER"))
+        .collect();
+    for crl in [&c.root_ca_crl, &c.pck_crl].into_iter().flatten() {
+        seeds.push(hex::decode(crl.trim()).expect("hex CRL"));
+    }
+    seeds
 }
 
 fn evidence() -> Vec<Vec<u8>> {
