@@ -91,24 +91,14 @@ impl<'a> Cursor<'a> {
         }
         self.take(size, "event")
     }
-}
 
-impl TcgLog {
-    /// Parses a crypto-agile log. Trailing zero bytes (unused log area) end it.
-    pub fn parse(bytes: &[u8]) -> Result<Self, EventLogError> {
-        if bytes.len() > MAX_LOG_BYTES {
-            return Err(EventLogError::TooLarge(bytes.len()));
-        }
-        let mut c = Cursor {
-            bytes,
-            offset: 0,
-            event: 0,
-        };
-        // Event 0: TCG_PCClientPCREvent with a SHA-1 sized digest and the Spec ID event.
-        c.u32("pcrIndex")?;
-        let kind = c.u32("eventType")?;
-        c.take(20, "digest")?;
-        let spec = c.data()?;
+    /// Event 0: TCG_PCClientPCREvent with a SHA-1 sized digest and the Spec ID event; returns
+    /// its banks.
+    fn spec_id_banks(&mut self) -> Result<Vec<(u16, u16)>, EventLogError> {
+        self.u32("pcrIndex")?;
+        let kind = self.u32("eventType")?;
+        self.take(20, "digest")?;
+        let spec = self.data()?;
         if kind != EV_NO_ACTION || !spec.starts_with(b"Spec ID Event03\0") {
             return Err(EventLogError::NoSpecId);
         }
@@ -126,7 +116,55 @@ impl TcgLog {
         for _ in 0..count {
             banks.push((s.u16("algorithmId")?, s.u16("digestSize")?));
         }
+        Ok(banks)
+    }
 
+    /// One TCG_PCR_EVENT2, with a digest per listed bank at most.
+    fn next_event(&mut self, banks: &[(u16, u16)]) -> Result<TcgEvent, EventLogError> {
+        let index = self.u32("pcrIndex")?;
+        let event_type = self.u32("eventType")?;
+        let digest_count = self.u32("digests.count")? as usize;
+        if digest_count > banks.len() {
+            return Err(EventLogError::Truncated {
+                event: self.event,
+                field: "digests.count",
+            });
+        }
+        let mut digests = Vec::with_capacity(digest_count);
+        for _ in 0..digest_count {
+            let alg = self.u16("hashAlg")?;
+            let size = banks
+                .iter()
+                .find(|(id, _)| *id == alg)
+                .map(|(_, size)| usize::from(*size))
+                .ok_or(EventLogError::UnknownAlgorithm {
+                    event: self.event,
+                    alg,
+                })?;
+            digests.push((alg, self.take(size, "digest")?.to_vec()));
+        }
+        let data = self.data()?.to_vec();
+        Ok(TcgEvent {
+            index,
+            event_type,
+            digests,
+            data,
+        })
+    }
+}
+
+impl TcgLog {
+    /// Parses a crypto-agile log. Trailing zero bytes (unused log area) end it.
+    pub fn parse(bytes: &[u8]) -> Result<Self, EventLogError> {
+        if bytes.len() > MAX_LOG_BYTES {
+            return Err(EventLogError::TooLarge(bytes.len()));
+        }
+        let mut c = Cursor {
+            bytes,
+            offset: 0,
+            event: 0,
+        };
+        let banks = c.spec_id_banks()?;
         let mut events = Vec::new();
         let mut startup_locality = None;
         while c.offset < bytes.len() {
@@ -137,38 +175,11 @@ impl TcgLog {
             if events.len() >= MAX_EVENTS {
                 return Err(EventLogError::TooManyEvents);
             }
-            let index = c.u32("pcrIndex")?;
-            let event_type = c.u32("eventType")?;
-            let digest_count = c.u32("digests.count")? as usize;
-            if digest_count > banks.len() {
-                return Err(EventLogError::Truncated {
-                    event: c.event,
-                    field: "digests.count",
-                });
+            let event = c.next_event(&banks)?;
+            if event.event_type == EV_NO_ACTION && event.data.starts_with(b"StartupLocality\0") {
+                startup_locality = event.data.get(16).copied();
             }
-            let mut digests = Vec::with_capacity(digest_count);
-            for _ in 0..digest_count {
-                let alg = c.u16("hashAlg")?;
-                let size = banks
-                    .iter()
-                    .find(|(id, _)| *id == alg)
-                    .map(|(_, size)| usize::from(*size))
-                    .ok_or(EventLogError::UnknownAlgorithm {
-                        event: c.event,
-                        alg,
-                    })?;
-                digests.push((alg, c.take(size, "digest")?.to_vec()));
-            }
-            let data = c.data()?.to_vec();
-            if event_type == EV_NO_ACTION && data.starts_with(b"StartupLocality\0") {
-                startup_locality = data.get(16).copied();
-            }
-            events.push(TcgEvent {
-                index,
-                event_type,
-                digests,
-                data,
-            });
+            events.push(event);
         }
         Ok(Self {
             banks,

@@ -141,45 +141,10 @@ impl Agent {
         tee: Box<dyn TeeBackend>,
     ) -> Result<Self> {
         tracing::info!(%platform, tcti = %config.tcti, "starting");
-        let token = match &config.api_token_file {
-            Some(path) => {
-                let token = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the API token {}", path.display()))?;
-                let token = token.trim();
-                if token.len() < 32 {
-                    bail!(
-                        "the API token in {} is shorter than 32 characters",
-                        path.display()
-                    );
-                }
-                Some(token.to_owned())
-            }
-            None => None,
-        };
+        let token = read_api_token(&config)?;
         // Bearer checks compare hashes; PCR 23 gets the token's salted commitment (workload.rs).
         let token_hash = token.as_deref().map(|t| Sha256Digest::of(t.as_bytes()));
-        // Listeners are bound before the workload starts, so it finds the local API socket; they
-        // are served once the workload is measured.
-        let local = tokio::net::TcpListener::bind(config.local_listen)
-            .await
-            .with_context(|| format!("listening on {}", config.local_listen))?;
-        let external = tokio::net::TcpListener::bind(config.external_listen)
-            .await
-            .with_context(|| format!("listening on {}", config.external_listen))?;
-        let (local_addr, external_addr) = (local.local_addr()?, external.local_addr()?);
-        let unix = match &config.local_socket {
-            Some(path) => {
-                let _ = std::fs::remove_file(path);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                Some(
-                    tokio::net::UnixListener::bind(path)
-                        .with_context(|| format!("listening on {}", path.display()))?,
-                )
-            }
-            None => None,
-        };
+        let (listeners, local_addr, external_addr) = bind_listeners(&config).await?;
         let tpm = tpm_actor::TpmActor::start(
             &config.tcti,
             platform,
@@ -188,57 +153,12 @@ impl Agent {
             &config.rtmr3_path,
         )?
         .with_queue_capacity(config.tpm_queue_capacity);
-        let engine = if config.measure_only {
-            tracing::warn!("measure-only: the workload is measured but not started (no engine)");
-            None
-        } else {
-            Some(engine::Engine::connect(
-                &config.engine_socket,
-                config.compose_command.clone(),
-                config
-                    .local_socket
-                    .as_deref()
-                    .and_then(|socket| socket.parent())
-                    .map(|dir| dir.to_owned()),
-            )?)
-        };
-        let (workloads, start_kind) = workload::Workloads::start(
-            config.workload_dir.clone(),
-            config.state_dir.clone(),
-            engine,
-            tpm.clone(),
-            token,
-            config.start_workload,
-            config.data_unlock.map(|mode| {
-                data::DataVolume::new(
-                    mode,
-                    config.data_key_file.clone(),
-                    config.data_open_command.clone(),
-                )
-                .on_platform(platform, &config.tcti)
-            }),
-        )
-        .await?;
+        let engine = connect_engine(&config)?;
+        let (workloads, start_kind) =
+            start_workloads(&config, platform, engine, tpm.clone(), token).await?;
         tracing::info!(?start_kind, "workload measured");
-        let test_roots = config
-            .test_roots
-            .iter()
-            .map(|path| {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("reading test root {}", path.display()))?;
-                Ok(TrustedRoot {
-                    name: path.display().to_string(),
-                    certificate: parse_certificate(&bytes)?,
-                    test_only: true,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let tls = if config.external_tls {
-            Some(tls::TlsIdentity::generate().context("making the TLS key")?)
-        } else {
-            tracing::warn!("external listener without TLS: bearer tokens travel in the clear");
-            None
-        };
+        let test_roots = read_test_roots(&config)?;
+        let tls = tls_identity(&config)?;
         let state = Arc::new(AppState {
             platform,
             tpm,
@@ -253,7 +173,7 @@ impl Agent {
 
         let tls = tls.map(|tls| tls.acceptor());
         let limits = serve::Limits::from(&config);
-        let (tasks, stopped) = spawn_listeners(&state, (local, external, unix), tls, limits);
+        let (tasks, stopped) = spawn_listeners(&state, listeners, tls, limits);
         tracing::info!(
             %local_addr,
             %external_addr,
@@ -303,6 +223,124 @@ type Listeners = (
     tokio::net::TcpListener,
     Option<tokio::net::UnixListener>,
 );
+
+/// The API token, when configured (at least 32 characters).
+fn read_api_token(config: &Config) -> Result<Option<String>> {
+    let Some(path) = &config.api_token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API token {}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 32 {
+        bail!(
+            "the API token in {} is shorter than 32 characters",
+            path.display()
+        );
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// Binds the listeners and returns them with the TCP addresses. They are bound before the
+/// workload starts, so it finds the local API socket; they are served once the workload is
+/// measured.
+async fn bind_listeners(config: &Config) -> Result<(Listeners, SocketAddr, SocketAddr)> {
+    let local = tokio::net::TcpListener::bind(config.local_listen)
+        .await
+        .with_context(|| format!("listening on {}", config.local_listen))?;
+    let external = tokio::net::TcpListener::bind(config.external_listen)
+        .await
+        .with_context(|| format!("listening on {}", config.external_listen))?;
+    let (local_addr, external_addr) = (local.local_addr()?, external.local_addr()?);
+    let unix = match &config.local_socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            Some(
+                tokio::net::UnixListener::bind(path)
+                    .with_context(|| format!("listening on {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(((local, external, unix), local_addr, external_addr))
+}
+
+/// The container engine, unless the agent only measures.
+fn connect_engine(config: &Config) -> Result<Option<engine::Engine>> {
+    if config.measure_only {
+        tracing::warn!("measure-only: the workload is measured but not started (no engine)");
+        return Ok(None);
+    }
+    Ok(Some(engine::Engine::connect(
+        &config.engine_socket,
+        config.compose_command.clone(),
+        config
+            .local_socket
+            .as_deref()
+            .and_then(|socket| socket.parent())
+            .map(|dir| dir.to_owned()),
+    )?))
+}
+
+/// Measures the workload (and starts it when configured), with the data volume when
+/// `/data` is to be unlocked.
+async fn start_workloads(
+    config: &Config,
+    platform: Platform,
+    engine: Option<engine::Engine>,
+    tpm: tpm_actor::TpmActor,
+    token: Option<String>,
+) -> Result<(workload::Workloads, StartKind)> {
+    workload::Workloads::start(
+        config.workload_dir.clone(),
+        config.state_dir.clone(),
+        engine,
+        tpm,
+        token,
+        config.start_workload,
+        config.data_unlock.map(|mode| {
+            data::DataVolume::new(
+                mode,
+                config.data_key_file.clone(),
+                config.data_open_command.clone(),
+            )
+            .on_platform(platform, &config.tcti)
+        }),
+    )
+    .await
+}
+
+/// The TEST-ONLY SNP roots named in the configuration.
+fn read_test_roots(config: &Config) -> Result<Vec<TrustedRoot>> {
+    config
+        .test_roots
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading test root {}", path.display()))?;
+            Ok(TrustedRoot {
+                name: path.display().to_string(),
+                certificate: parse_certificate(&bytes)?,
+                test_only: true,
+            })
+        })
+        .collect()
+}
+
+/// A fresh TLS key for the external listener, when configured.
+fn tls_identity(config: &Config) -> Result<Option<tls::TlsIdentity>> {
+    if config.external_tls {
+        Ok(Some(
+            tls::TlsIdentity::generate().context("making the TLS key")?,
+        ))
+    } else {
+        tracing::warn!("external listener without TLS: bearer tokens travel in the clear");
+        Ok(None)
+    }
+}
 
 /// Serves every listener through the one accept loop, with the same limits (serve.rs); the
 /// receiver gets why a listener stopped.

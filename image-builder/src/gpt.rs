@@ -119,11 +119,29 @@ fn header(
     h
 }
 
-/// Writes the disk image `out` and returns where each partition is.
-pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Vec<Placed>> {
-    if parts.len() as u64 > ENTRIES {
-        return Err(invalid("too many partitions"));
+/// Fills one partition-array entry.
+fn fill_entry(e: &mut [u8], p: &Partition, offset: u64, size: u64) -> Result<()> {
+    e[0..16].copy_from_slice(&guid_on_disk(&p.type_guid));
+    e[16..32].copy_from_slice(&guid_on_disk(&p.uuid));
+    e[32..40].copy_from_slice(&(offset / SECTOR).to_le_bytes());
+    e[40..48].copy_from_slice(&((offset + size) / SECTOR - 1).to_le_bytes());
+    e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+    let name: Vec<u16> = p.name.encode_utf16().collect();
+    if name.len() > 36 {
+        return Err(invalid(format!(
+            "partition name {} longer than 36 UTF-16 units",
+            p.name
+        )));
     }
+    for (j, c) in name.iter().enumerate() {
+        e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Places the partitions one after another from 1 MiB: the partition array, where each
+/// landed, and the end of the last one.
+fn layout(parts: &[Partition]) -> Result<(Vec<u8>, Vec<Placed>, u64)> {
     let mut placed = Vec::new();
     let mut array = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     let mut offset = MIB;
@@ -136,21 +154,7 @@ pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Ve
         };
         let size = p.size.max(content_len).max(1).div_ceil(MIB) * MIB;
         let e = &mut array[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
-        e[0..16].copy_from_slice(&guid_on_disk(&p.type_guid));
-        e[16..32].copy_from_slice(&guid_on_disk(&p.uuid));
-        e[32..40].copy_from_slice(&(offset / SECTOR).to_le_bytes());
-        e[40..48].copy_from_slice(&((offset + size) / SECTOR - 1).to_le_bytes());
-        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
-        let name: Vec<u16> = p.name.encode_utf16().collect();
-        if name.len() > 36 {
-            return Err(invalid(format!(
-                "partition name {} longer than 36 UTF-16 units",
-                p.name
-            )));
-        }
-        for (j, c) in name.iter().enumerate() {
-            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
-        }
+        fill_entry(e, p, offset, size)?;
         placed.push(Placed {
             name: p.name.clone(),
             offset,
@@ -158,6 +162,48 @@ pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Ve
         });
         offset += size;
     }
+    Ok((array, placed, offset))
+}
+
+/// The protective MBR: one 0xEE partition covering the disk (capped at 2 TiB).
+fn protective_mbr(last_lba: u64) -> Vec<u8> {
+    let mut mbr = vec![0u8; SECTOR as usize];
+    let pe = &mut mbr[446..462];
+    pe[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    pe[4] = 0xee; // GPT protective
+    pe[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    pe[8..12].copy_from_slice(&1u32.to_le_bytes());
+    pe[12..16].copy_from_slice(&(last_lba.min(u32::MAX as u64) as u32).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    mbr
+}
+
+fn write_at(f: &mut File, out: &Path, pos: u64, data: &[u8]) -> Result<()> {
+    f.seek(SeekFrom::Start(pos))
+        .ctx("seeking in disk image", out)?;
+    f.write_all(data).ctx("writing disk image", out)
+}
+
+/// Copies each partition's content to where it was placed.
+fn copy_contents(f: &mut File, out: &Path, parts: &[Partition], placed: &[Placed]) -> Result<()> {
+    for (p, pl) in parts.iter().zip(placed) {
+        if let Some(c) = &p.content {
+            let mut src = File::open(c).ctx("opening partition content", c)?;
+            f.seek(SeekFrom::Start(pl.offset))
+                .ctx("seeking in disk image", out)?;
+            std::io::copy(&mut src, f).ctx("copying partition content", c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the disk image `out` and returns where each partition is.
+pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Vec<Placed>> {
+    if parts.len() as u64 > ENTRIES {
+        return Err(invalid("too many partitions"));
+    }
+    let (array, placed, offset) = layout(parts)?;
     // Backup array + header need 33 sectors after the last partition; keep the total in MiB.
     let total = (offset + (ARRAY_SECTORS + 1) * SECTOR).div_ceil(MIB) * MIB;
     let last_lba = total / SECTOR - 1;
@@ -169,21 +215,7 @@ pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Ve
     let mut f = File::create(out).ctx("creating disk image", out)?;
     f.set_len(total).ctx("sizing disk image", out)?;
 
-    let mut mbr = vec![0u8; SECTOR as usize];
-    let pe = &mut mbr[446..462];
-    pe[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
-    pe[4] = 0xee; // GPT protective
-    pe[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
-    pe[8..12].copy_from_slice(&1u32.to_le_bytes());
-    pe[12..16].copy_from_slice(&(last_lba.min(u32::MAX as u64) as u32).to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xaa;
-    let at = |f: &mut File, pos: u64, data: &[u8]| -> Result<()> {
-        f.seek(SeekFrom::Start(pos))
-            .ctx("seeking in disk image", out)?;
-        f.write_all(data).ctx("writing disk image", out)
-    };
-    at(&mut f, 0, &mbr)?;
+    write_at(&mut f, out, 0, &protective_mbr(last_lba))?;
     let primary = header(
         disk_guid,
         1,
@@ -193,10 +225,10 @@ pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Ve
         2,
         array_crc,
     );
-    at(&mut f, SECTOR, &primary)?;
-    at(&mut f, 2 * SECTOR, &array)?;
+    write_at(&mut f, out, SECTOR, &primary)?;
+    write_at(&mut f, out, 2 * SECTOR, &array)?;
     let backup_array = last_lba - ARRAY_SECTORS;
-    at(&mut f, backup_array * SECTOR, &array)?;
+    write_at(&mut f, out, backup_array * SECTOR, &array)?;
     let backup = header(
         disk_guid,
         last_lba,
@@ -206,16 +238,8 @@ pub fn write(out: &Path, disk_guid: &[u8; 16], parts: &[Partition]) -> Result<Ve
         backup_array,
         array_crc,
     );
-    at(&mut f, last_lba * SECTOR, &backup)?;
-
-    for (p, pl) in parts.iter().zip(&placed) {
-        if let Some(c) = &p.content {
-            let mut src = File::open(c).ctx("opening partition content", c)?;
-            f.seek(SeekFrom::Start(pl.offset))
-                .ctx("seeking in disk image", out)?;
-            std::io::copy(&mut src, &mut f).ctx("copying partition content", c)?;
-        }
-    }
+    write_at(&mut f, out, last_lba * SECTOR, &backup)?;
+    copy_contents(&mut f, out, parts, &placed)?;
     f.sync_all().ctx("syncing disk image", out)?;
     Ok(placed)
 }

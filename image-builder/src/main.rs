@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use image_builder::config::{Config, Format, Profile};
 use image_builder::deb::DebCache;
@@ -24,81 +24,90 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image from a config into an output directory.
-    Build {
-        /// The image.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Override the config's profile (tiny|debian).
-        #[arg(long)]
-        profile: Option<Profile>,
-        /// Download cache (default ~/.cache/cvm-image).
-        #[arg(long)]
-        cache: Option<PathBuf>,
-        /// One more overlay copied over the root after the config's (repeatable), e.g. a seed
-        /// workload at usr/share/cvm/workload.
-        #[arg(long = "overlay")]
-        overlays: Vec<PathBuf>,
-        /// Write only these formats instead of the config's (repeatable: raw, vhd, gcp, vmdk);
-        /// `disk.raw` is always written.
-        #[arg(long = "format", value_parser = parse_format)]
-        formats: Vec<Format>,
-        /// Print the build report as JSON instead of a summary.
-        #[arg(long)]
-        json: bool,
-    },
+    Build(BuildArgs),
     /// Boot a built image (OUT/disk.raw) under QEMU + OVMF + swtpm and compare the PCRs the guest
     /// reads with OUT/measurements.json (tiny images print them).
-    Boot {
-        /// The build's output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// QEMU accelerator (tcg, kvm).
-        #[arg(long, default_value = "tcg")]
-        accel: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        /// QEMU CPU model (e.g. `max`).
-        #[arg(long)]
-        cpu: Option<String>,
-        /// Virtual CPUs.
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
-        /// The disk's controller: virtio-blk, nvme or virtio-scsi.
-        #[arg(long, default_value = "virtio-blk")]
-        disk_bus: image_builder::boot::DiskBus,
-        /// OVMF code image (e.g. OVMF_CODE_4M.secboot.fd for Secure Boot).
-        #[arg(long)]
-        ovmf_code: Option<PathBuf>,
-        /// OVMF variable store template (e.g. one with your PK/KEK/db enrolled).
-        #[arg(long)]
-        ovmf_vars: Option<PathBuf>,
-        /// Extra QEMU argument (repeatable).
-        #[arg(long = "qemu-arg", allow_hyphen_values = true)]
-        qemu_args: Vec<String>,
-        /// Also save the whole serial console to this file.
-        #[arg(long)]
-        serial: Option<PathBuf>,
-    },
+    Boot(BootArgs),
     /// Write a fixed VHD (raw disk + footer) from a raw disk whose size is a whole number of MiB.
     Vhd { raw: PathBuf, vhd: PathBuf },
     /// Write a dm-verity hash tree for DATA into HASH (like `veritysetup format`).
-    Verity {
-        data: PathBuf,
-        hash: PathBuf,
-        /// Salt in hex.
-        #[arg(long)]
-        salt: String,
-        /// Superblock UUID (textual form).
-        #[arg(long)]
-        uuid: String,
-        /// Hashing threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Verity(VerityArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The image.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Override the config's profile (tiny|debian).
+    #[arg(long)]
+    profile: Option<Profile>,
+    /// Download cache (default ~/.cache/cvm-image).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// One more overlay copied over the root after the config's (repeatable), e.g. a seed
+    /// workload at usr/share/cvm/workload.
+    #[arg(long = "overlay")]
+    overlays: Vec<PathBuf>,
+    /// Write only these formats instead of the config's (repeatable: raw, vhd, gcp, vmdk);
+    /// `disk.raw` is always written.
+    #[arg(long = "format", value_parser = parse_format)]
+    formats: Vec<Format>,
+    /// Print the build report as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// The build's output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// QEMU accelerator (tcg, kvm).
+    #[arg(long, default_value = "tcg")]
+    accel: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// QEMU CPU model (e.g. `max`).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// The disk's controller: virtio-blk, nvme or virtio-scsi.
+    #[arg(long, default_value = "virtio-blk")]
+    disk_bus: image_builder::boot::DiskBus,
+    /// OVMF code image (e.g. OVMF_CODE_4M.secboot.fd for Secure Boot).
+    #[arg(long)]
+    ovmf_code: Option<PathBuf>,
+    /// OVMF variable store template (e.g. one with your PK/KEK/db enrolled).
+    #[arg(long)]
+    ovmf_vars: Option<PathBuf>,
+    /// Extra QEMU argument (repeatable).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
+    /// Also save the whole serial console to this file.
+    #[arg(long)]
+    serial: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct VerityArgs {
+    data: PathBuf,
+    hash: PathBuf,
+    /// Salt in hex.
+    #[arg(long)]
+    salt: String,
+    /// Superblock UUID (textual form).
+    #[arg(long)]
+    uuid: String,
+    /// Hashing threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn parse_format(s: &str) -> anyhow::Result<Format> {
@@ -120,92 +129,85 @@ fn parse_uuid(s: &str) -> anyhow::Result<[u8; 16]> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Build {
-            config,
-            out,
-            profile,
-            cache,
-            overlays,
-            formats,
-            json,
-        } => {
-            let mut cfg = Config::load(&config)?;
-            cfg.overlays.extend(overlays);
-            if !formats.is_empty() {
-                cfg.formats = formats;
-            }
-            if let Some(p) = profile {
-                cfg.profile = p;
-            }
-            let cache = DebCache::new(cache.unwrap_or_else(DebCache::default_dir))?;
-            let progress = Spinners::new(!json);
-            let report = pipeline::build(&cfg, &out, &cache, &progress)
-                .with_context(|| format!("building {}", config.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                summary(&report);
-            }
+        Cmd::Build(args) => build(args),
+        Cmd::Boot(args) => {
+            let out = args.out.clone();
+            let serial = args.serial.clone();
+            boot(&out, boot_config(args), serial)
         }
-        Cmd::Boot {
-            out,
-            accel,
-            timeout,
-            cpu,
-            cpus,
-            disk_bus,
-            ovmf_code,
-            ovmf_vars,
-            qemu_args,
-            serial,
-        } => {
-            let mut cfg = image_builder::boot::BootConfig::new(out.join("disk.raw"));
-            cfg.accel = accel;
-            cfg.timeout = std::time::Duration::from_secs(timeout);
-            cfg.cpu = cpu;
-            cfg.cpus = cpus;
-            cfg.disk_bus = disk_bus;
-            if let Some(c) = ovmf_code {
-                cfg.ovmf_code = c;
-            }
-            if let Some(v) = ovmf_vars {
-                cfg.ovmf_vars = v;
-            }
-            cfg.extra_args = qemu_args;
-            boot(&out, cfg, serial)?
-        }
-        Cmd::Vhd { raw, vhd } => {
-            let size = std::fs::metadata(&raw)
-                .with_context(|| format!("reading {}", raw.display()))?
-                .len();
-            let id = image_builder::measure::sha256(format!("cvm-vhd\0{size}").as_bytes());
-            let epoch = std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(946_684_800);
-            image_builder::formats::write_vhd(&raw, &vhd, epoch, &id[..16].try_into()?)?;
-        }
-        Cmd::Verity {
-            data,
-            hash,
-            salt,
-            uuid,
-            threads,
-        } => {
-            let params = verity::VerityParams::new(
-                hex::decode(&salt).context("salt is not hex")?,
-                parse_uuid(&uuid)?,
-            );
-            let tree = verity::format(
-                &data,
-                &hash,
-                &params,
-                threads.unwrap_or_else(verity::default_threads),
-            )?;
-            println!("Root hash:\t{}", hex::encode(tree.root_hash));
-            println!("Data blocks:\t{}", tree.data_blocks);
-        }
+        Cmd::Vhd { raw, vhd } => write_vhd(&raw, &vhd),
+        Cmd::Verity(args) => write_verity(args),
     }
+}
+
+/// `build`: loads the config, applies the command-line overrides and runs the pipeline.
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(&args.config)?;
+    cfg.overlays.extend(args.overlays);
+    if !args.formats.is_empty() {
+        cfg.formats = args.formats;
+    }
+    if let Some(p) = args.profile {
+        cfg.profile = p;
+    }
+    let cache = DebCache::new(args.cache.unwrap_or_else(DebCache::default_dir))?;
+    let progress = Spinners::new(!args.json);
+    let report = pipeline::build(&cfg, &args.out, &cache, &progress)
+        .with_context(|| format!("building {}", args.config.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        summary(&report);
+    }
+    Ok(())
+}
+
+/// `boot`: the QEMU settings from the command line.
+fn boot_config(args: BootArgs) -> image_builder::boot::BootConfig {
+    let mut cfg = image_builder::boot::BootConfig::new(args.out.join("disk.raw"));
+    cfg.accel = args.accel;
+    cfg.timeout = std::time::Duration::from_secs(args.timeout);
+    cfg.cpu = args.cpu;
+    cfg.cpus = args.cpus;
+    cfg.disk_bus = args.disk_bus;
+    if let Some(c) = args.ovmf_code {
+        cfg.ovmf_code = c;
+    }
+    if let Some(v) = args.ovmf_vars {
+        cfg.ovmf_vars = v;
+    }
+    cfg.extra_args = args.qemu_args;
+    cfg
+}
+
+/// `vhd`: a fixed VHD with an ID derived from the raw disk's size.
+fn write_vhd(raw: &std::path::Path, vhd: &std::path::Path) -> anyhow::Result<()> {
+    let size = std::fs::metadata(raw)
+        .with_context(|| format!("reading {}", raw.display()))?
+        .len();
+    let id = image_builder::measure::sha256(format!("cvm-vhd\0{size}").as_bytes());
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(946_684_800);
+    image_builder::formats::write_vhd(raw, vhd, epoch, &id[..16].try_into()?)?;
+    Ok(())
+}
+
+/// `verity`: formats the hash tree and prints the root hash like `veritysetup format`.
+fn write_verity(args: VerityArgs) -> anyhow::Result<()> {
+    let params = verity::VerityParams::new(
+        hex::decode(&args.salt).context("salt is not hex")?,
+        parse_uuid(&args.uuid)?,
+    );
+    let tree = verity::format(
+        &args.data,
+        &args.hash,
+        &params,
+        args.threads.unwrap_or_else(verity::default_threads),
+    )?;
+    println!("Root hash:\t{}", hex::encode(tree.root_hash));
+    println!("Data blocks:\t{}", tree.data_blocks);
     Ok(())
 }
 

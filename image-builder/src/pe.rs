@@ -218,11 +218,9 @@ fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Appends `(name, content)` sections to an unsigned PE image. Each section's `VirtualSize` is
-/// its exact content length, so the stub measures exactly the content; raw data is padded to
-/// `FileAlignment`. Sets the timestamp to zero and recomputes `SizeOfImage` and the checksum.
-pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    let pe = Pe::parse(image)?;
+/// Refuses a signed stub, a header without room for `new`'s section headers, and new names that
+/// are too long or already taken.
+fn check_can_append(pe: &Pe, new: &[(&str, &[u8])]) -> Result<()> {
     if pe.cert_table.is_some() {
         return Err(invalid(
             "the stub is signed; appending sections would break the signature",
@@ -249,8 +247,12 @@ pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
             )));
         }
     }
+    Ok(())
+}
+
+/// The stub up to the end of its sections' raw data, padded to `FileAlignment`.
+fn stub_raw_data(image: &[u8], pe: &Pe) -> Vec<u8> {
     let fa = pe.file_alignment as u64;
-    let sa = pe.section_alignment.max(4096) as u64;
     let mut out = image.to_vec();
     // Raw data of the stub's sections is kept; new data goes after the last of it.
     let raw_end = pe
@@ -262,6 +264,37 @@ pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
         .max(pe.size_of_headers as u64);
     out.truncate(raw_end as usize);
     out.resize(align(raw_end, fa) as usize, 0);
+    out
+}
+
+/// A read-only data section header.
+fn section_header(
+    name: &str,
+    len: usize,
+    va: u64,
+    raw_size: u64,
+    raw_offset: u64,
+) -> [u8; SECTION_HEADER] {
+    let mut hdr = [0u8; SECTION_HEADER];
+    hdr[..name.len()].copy_from_slice(name.as_bytes());
+    hdr[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    hdr[12..16].copy_from_slice(&(va as u32).to_le_bytes());
+    hdr[16..20].copy_from_slice(&(raw_size as u32).to_le_bytes());
+    hdr[20..24].copy_from_slice(&(raw_offset as u32).to_le_bytes());
+    hdr[36..40].copy_from_slice(&SCN_DATA_READ.to_le_bytes());
+    hdr
+}
+
+/// Appends each new section's data and header; returns the end of the virtual image and the
+/// new `SizeOfInitializedData`.
+fn append_sections(
+    out: &mut Vec<u8>,
+    pe: &Pe,
+    image: &[u8],
+    new: &[(&str, &[u8])],
+) -> Result<(u64, u64)> {
+    let fa = pe.file_alignment as u64;
+    let sa = pe.section_alignment.max(4096) as u64;
     let mut va = pe
         .sections
         .iter()
@@ -279,33 +312,43 @@ pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
         out.extend_from_slice(data);
         out.resize((raw_offset + raw_size) as usize, 0);
         let h = pe.section_table + (pe.sections.len() + i) * SECTION_HEADER;
-        let mut hdr = [0u8; SECTION_HEADER];
-        hdr[..name.len()].copy_from_slice(name.as_bytes());
-        hdr[8..12].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        hdr[12..16].copy_from_slice(&(va as u32).to_le_bytes());
-        hdr[16..20].copy_from_slice(&(raw_size as u32).to_le_bytes());
-        hdr[20..24].copy_from_slice(&(raw_offset as u32).to_le_bytes());
-        hdr[36..40].copy_from_slice(&SCN_DATA_READ.to_le_bytes());
+        let hdr = section_header(name, data.len(), va, raw_size, raw_offset);
         out[h..h + SECTION_HEADER].copy_from_slice(&hdr);
         va += data.len() as u64;
         init_data += raw_size;
     }
+    Ok((va, init_data))
+}
+
+/// Updates the COFF and optional headers for `added` new sections, then the checksum.
+fn finish_headers(out: &mut [u8], pe: &Pe, added: usize, va: u64, init_data: u64) {
     let coff = pe.opt - 20;
-    let n = (pe.sections.len() + new.len()) as u16;
+    let n = (pe.sections.len() + added) as u16;
     out[coff + 2..coff + 4].copy_from_slice(&n.to_le_bytes());
-    wr32(&mut out, coff + 4, 0); // TimeDateStamp: none, for reproducibility
+    wr32(out, coff + 4, 0); // TimeDateStamp: none, for reproducibility
     wr32(
-        &mut out,
+        out,
         pe.opt + OPT_SIZE_OF_INIT_DATA,
         init_data.min(u32::MAX as u64) as u32,
     );
     wr32(
-        &mut out,
+        out,
         pe.opt + OPT_SIZE_OF_IMAGE,
         align(va, pe.section_alignment as u64) as u32,
     );
-    let ck = checksum(&out, pe.opt + OPT_CHECKSUM);
-    wr32(&mut out, pe.opt + OPT_CHECKSUM, ck);
+    let ck = checksum(out, pe.opt + OPT_CHECKSUM);
+    wr32(out, pe.opt + OPT_CHECKSUM, ck);
+}
+
+/// Appends `(name, content)` sections to an unsigned PE image. Each section's `VirtualSize` is
+/// its exact content length, so the stub measures exactly the content; raw data is padded to
+/// `FileAlignment`. Sets the timestamp to zero and recomputes `SizeOfImage` and the checksum.
+pub fn add_sections(image: &[u8], new: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let pe = Pe::parse(image)?;
+    check_can_append(&pe, new)?;
+    let mut out = stub_raw_data(image, &pe);
+    let (va, init_data) = append_sections(&mut out, &pe, image, new)?;
+    finish_headers(&mut out, &pe, new.len(), va, init_data);
     Ok(out)
 }
 

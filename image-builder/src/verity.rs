@@ -172,6 +172,98 @@ fn superblock(p: &VerityParams, data_blocks: u64) -> [u8; SB_SIZE] {
     sb
 }
 
+/// The data being hashed: its file and block geometry.
+struct Source<'a> {
+    file: &'a File,
+    path: &'a Path,
+    /// Data block size.
+    dbs: u64,
+    /// Hash block size.
+    hbs: usize,
+    data_blocks: u64,
+}
+
+impl Source<'_> {
+    /// Level 0 from the data, split into runs of whole hash blocks, one run per thread.
+    fn level0(&self, level_blocks: u64, threads: u64, salt: &Sha256) -> Result<Vec<u8>> {
+        let (file, data, dbs) = (self.file, self.path, self.dbs);
+        let per_block = (self.hbs / DIGEST) as u64;
+        let mut level0 = vec![0u8; level_blocks as usize * self.hbs];
+        let blocks_per_thread = level_blocks.div_ceil(threads) * per_block;
+        let digest_bytes = (self.data_blocks as usize) * DIGEST;
+        std::thread::scope(|s| -> Result<()> {
+            let mut handles = Vec::new();
+            let mut rest = &mut level0[..digest_bytes];
+            let mut first = 0u64;
+            while !rest.is_empty() {
+                let take = ((blocks_per_thread as usize) * DIGEST).min(rest.len());
+                let (mine, tail) = rest.split_at_mut(take);
+                rest = tail;
+                let start = first;
+                handles.push(
+                    s.spawn(move || hash_data_range(file, data, dbs as usize, start, mine, salt)),
+                );
+                first += (take / DIGEST) as u64;
+            }
+            for h in handles {
+                h.join()
+                    .map_err(|_| invalid("verity hashing thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        Ok(level0)
+    }
+
+    /// All tree levels (level 0 first) and the root hash.
+    fn tree(&self, sizes: &[u64], threads: u64, salt: &Sha256) -> Result<(Vec<Vec<u8>>, [u8; 32])> {
+        let hbs = self.hbs;
+        let mut levels: Vec<Vec<u8>> = Vec::with_capacity(sizes.len());
+        if sizes.is_empty() {
+            let mut out = [0u8; DIGEST];
+            hash_data_range(self.file, self.path, self.dbs as usize, 0, &mut out, salt)?;
+            return Ok((levels, out));
+        }
+        levels.push(self.level0(sizes[0], threads, salt)?);
+        for &blocks in &sizes[1..] {
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let mut out = vec![0u8; blocks as usize * hbs];
+            let n = below.len() / hbs;
+            hash_blocks(below, hbs, &mut out[..n * DIGEST], salt);
+            levels.push(out);
+        }
+        let top = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let mut h = salt.clone();
+        h.update(top);
+        Ok((levels, h.finalize().into()))
+    }
+}
+
+/// Writes the superblock block, then the levels from the top down.
+fn write_hash_file(
+    hash_out: &Path,
+    params: &VerityParams,
+    data_blocks: u64,
+    levels: &[Vec<u8>],
+) -> Result<()> {
+    let hbs = params.hash_block_size as usize;
+    let mut out = std::io::BufWriter::with_capacity(
+        READ_CHUNK,
+        File::create(hash_out).ctx("creating verity hash file", hash_out)?,
+    );
+    let mut header = vec![0u8; hbs];
+    header[..SB_SIZE].copy_from_slice(&superblock(params, data_blocks));
+    out.write_all(&header)
+        .ctx("writing verity superblock", hash_out)?;
+    for level in levels.iter().rev() {
+        out.write_all(level).ctx("writing verity tree", hash_out)?;
+    }
+    // No fsync: like veritysetup, leave durability to the caller (the disk image is synced).
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .ctx("writing verity tree", hash_out)?;
+    Ok(())
+}
+
 /// Builds the hash tree of `data` (its size must be a multiple of the data block size) and writes
 /// superblock + tree to `hash_out`, using `threads` threads for the data blocks.
 pub fn format(
@@ -195,69 +287,15 @@ pub fn format(
     let per_block = (hbs / DIGEST) as u64;
     let sizes = level_sizes(data_blocks, per_block);
     let salt = salted(&params.salt);
-
-    // Level 0 from the data, split into runs of whole hash blocks, one run per thread.
-    let threads = threads.clamp(1, 64) as u64;
-    let mut levels: Vec<Vec<u8>> = Vec::with_capacity(sizes.len());
-    let root_hash: [u8; 32];
-    if sizes.is_empty() {
-        let mut out = [0u8; DIGEST];
-        hash_data_range(&file, data, dbs as usize, 0, &mut out, &salt)?;
-        root_hash = out;
-    } else {
-        let mut level0 = vec![0u8; sizes[0] as usize * hbs];
-        let blocks_per_thread = sizes[0].div_ceil(threads) * per_block;
-        let digest_bytes = (data_blocks as usize) * DIGEST;
-        std::thread::scope(|s| -> Result<()> {
-            let mut handles = Vec::new();
-            let mut rest = &mut level0[..digest_bytes];
-            let mut first = 0u64;
-            while !rest.is_empty() {
-                let take = ((blocks_per_thread as usize) * DIGEST).min(rest.len());
-                let (mine, tail) = rest.split_at_mut(take);
-                rest = tail;
-                let (file, salt) = (&file, &salt);
-                let start = first;
-                handles.push(
-                    s.spawn(move || hash_data_range(file, data, dbs as usize, start, mine, salt)),
-                );
-                first += (take / DIGEST) as u64;
-            }
-            for h in handles {
-                h.join()
-                    .map_err(|_| invalid("verity hashing thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        levels.push(level0);
-        for &blocks in &sizes[1..] {
-            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
-            let mut out = vec![0u8; blocks as usize * hbs];
-            let n = below.len() / hbs;
-            hash_blocks(below, hbs, &mut out[..n * DIGEST], &salt);
-            levels.push(out);
-        }
-        let top = levels.last().map(Vec::as_slice).unwrap_or_default();
-        let mut h = salt.clone();
-        h.update(top);
-        root_hash = h.finalize().into();
-    }
-
-    let mut out = std::io::BufWriter::with_capacity(
-        READ_CHUNK,
-        File::create(hash_out).ctx("creating verity hash file", hash_out)?,
-    );
-    let mut header = vec![0u8; hbs];
-    header[..SB_SIZE].copy_from_slice(&superblock(params, data_blocks));
-    out.write_all(&header)
-        .ctx("writing verity superblock", hash_out)?;
-    for level in levels.iter().rev() {
-        out.write_all(level).ctx("writing verity tree", hash_out)?;
-    }
-    // No fsync: like veritysetup, leave durability to the caller (the disk image is synced).
-    out.into_inner()
-        .map_err(|e| e.into_error())
-        .ctx("writing verity tree", hash_out)?;
+    let source = Source {
+        file: &file,
+        path: data,
+        dbs,
+        hbs,
+        data_blocks,
+    };
+    let (levels, root_hash) = source.tree(&sizes, threads.clamp(1, 64) as u64, &salt)?;
+    write_hash_file(hash_out, params, data_blocks, &levels)?;
     let hash_size = hbs as u64 * (1 + sizes.iter().sum::<u64>());
     Ok(VerityTree {
         root_hash,

@@ -10,6 +10,7 @@ use openssl::x509::{X509Crl, X509NameRef, X509};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 
 /// A trust anchor: a named, self-signed ARK.
 #[derive(Clone)]
@@ -418,8 +419,23 @@ pub fn check_amd_crl(
     ask_or_asvk: &X509,
     at_unix: i64,
 ) -> Result<(), ChainError> {
+    let (list, parsed) = parse_crl(crl_der)?;
+    let tbs = &list.tbs_cert_list;
+    let ark_name = common_name(ark);
+    let entries = check_crl_structure(&list)?;
+    check_crl_issuer(&parsed, ark, &ark_name)?;
+    check_crl_current(tbs, at_unix)?;
+    check_not_revoked(entries, ark, ark_name, ask_or_asvk)
+}
+
+fn crl_error(message: String) -> ChainError {
+    ChainError::Crl(message)
+}
+
+/// The CRL's structure from a strict DER parser (which also refuses trailing bytes) and, for its
+/// signature, OpenSSL's parse of the same bytes.
+fn parse_crl(crl_der: &[u8]) -> Result<(CertificateList, X509Crl), ChainError> {
     use x509_cert::der::Decode;
-    let crl_error = |message: String| ChainError::Crl(message);
     if crl_der.is_empty() {
         return Err(crl_error("empty".into()));
     }
@@ -429,14 +445,16 @@ pub fn check_amd_crl(
             crl_der.len()
         )));
     }
-    // Structure from a strict DER parser (which also refuses trailing bytes); the signature
-    // from OpenSSL, over the same bytes.
-    let list = x509_cert::crl::CertificateList::from_der(crl_der)
-        .map_err(|e| crl_error(format!("not a DER CRL: {e}")))?;
+    let list =
+        CertificateList::from_der(crl_der).map_err(|e| crl_error(format!("not a DER CRL: {e}")))?;
     let parsed = X509Crl::from_der(crl_der).map_err(|e| crl_error(format!("not a CRL: {e}")))?;
-    let tbs = &list.tbs_cert_list;
-    let ark_name = common_name(ark);
+    Ok((list, parsed))
+}
 
+/// A complete CRL with consistent algorithms, no unknown critical extension (CRL or entry) and
+/// at most [`MAX_CRL_ENTRIES`] entries; returns its entries.
+fn check_crl_structure(list: &CertificateList) -> Result<&[RevokedCert], ChainError> {
+    let tbs = &list.tbs_cert_list;
     if tbs.signature != list.signature_algorithm {
         return Err(crl_error(
             "the signed and the outer signature algorithms differ".into(),
@@ -474,7 +492,11 @@ pub fn check_amd_crl(
             ext.extn_id
         )));
     }
+    Ok(entries)
+}
 
+/// The CRL names `ark` as its issuer and `ark`'s key verifies its signature.
+fn check_crl_issuer(parsed: &X509Crl, ark: &X509, ark_name: &str) -> Result<(), ChainError> {
     if !same_name(parsed.issuer_name(), ark.subject_name()) {
         return Err(crl_error(format!(
             "issued by {}, not by {ark_name}",
@@ -485,7 +507,11 @@ pub fn check_amd_crl(
     if !parsed.verify(&ark_key).unwrap_or(false) {
         return Err(crl_error(format!("not signed by {ark_name}")));
     }
+    Ok(())
+}
 
+/// thisUpdate <= `at_unix` <= nextUpdate; a CRL without nextUpdate is refused.
+fn check_crl_current(tbs: &TbsCertList, at_unix: i64) -> Result<(), ChainError> {
     let this_update = tbs.this_update.to_unix_duration().as_secs();
     let next_update = tbs
         .next_update
@@ -504,7 +530,16 @@ pub fn check_amd_crl(
                 .unwrap_or_else(|| "-".into())
         )));
     }
+    Ok(())
+}
 
+/// `ask_or_asvk` was issued by `ark` (else the CRL cannot speak for it) and is not listed.
+fn check_not_revoked(
+    entries: &[RevokedCert],
+    ark: &X509,
+    ark_name: String,
+    ask_or_asvk: &X509,
+) -> Result<(), ChainError> {
     let which = if common_name(ask_or_asvk).contains("VLEK") {
         "ASVK"
     } else {

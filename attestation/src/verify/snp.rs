@@ -7,13 +7,14 @@ use super::VerifyOptions;
 use crate::azure::HclReport;
 use crate::binding;
 use crate::encoding::Bytes;
-use crate::evidence::{Cloud, Evidence};
+use crate::evidence::{Cloud, Evidence, SnpEvidence};
 use crate::golden::{GoldenMeasurement, GoldenSnp};
 use crate::snp::certs::{amd_builtin_asks, parse_certificate};
 use crate::snp::certs::{check_amd_crl, ChainError, VerifiedChain};
 use crate::snp::policy::{leaf_matches_report, minimum_tcb_for_report, GuestPolicy, Tcb};
 use crate::snp::{amd_extensions, verify_chain, SnpReport};
 use crate::tpm::AkPublic;
+use openssl::x509::X509;
 
 pub(crate) fn verify(
     evidence: &Evidence,
@@ -33,29 +34,7 @@ pub(crate) fn verify(
         vmpls: vec![0],
         ..GoldenSnp::default()
     });
-
-    // On Azure the report lives inside the HCL report; a separate copy must be the same bytes.
-    let mut report_bytes = snp.attestation_report.0.clone();
-    if let Some(hcl) = &snp.hcl_report {
-        match HclReport::parse(hcl.as_slice()) {
-            Ok(parsed) => {
-                let inner = parsed.hardware_report.to_vec();
-                if !report_bytes.is_empty() && report_bytes != inner {
-                    checks.fail(
-                        "azure.hcl_report",
-                        "attestation_report differs from the report inside hcl_report",
-                    );
-                } else {
-                    checks.pass(
-                        "azure.hcl_report",
-                        "HCL report parsed; its SNP report is the one verified",
-                    );
-                }
-                report_bytes = inner;
-            }
-            Err(e) => checks.fail("azure.hcl_report", e.to_string()),
-        }
-    }
+    let report_bytes = report_bytes(snp, checks);
     let report = match SnpReport::parse(&report_bytes) {
         Ok(report) => report,
         Err(e) => {
@@ -78,7 +57,39 @@ pub(crate) fn verify(
     ) {
         return;
     }
+    check_report_data(evidence, &report, checks);
+}
 
+/// The report to verify. On Azure the report lives inside the HCL report; a separate copy must
+/// be the same bytes.
+fn report_bytes(snp: &SnpEvidence, checks: &mut Checks) -> Vec<u8> {
+    let mut report_bytes = snp.attestation_report.0.clone();
+    if let Some(hcl) = &snp.hcl_report {
+        match HclReport::parse(hcl.as_slice()) {
+            Ok(parsed) => {
+                let inner = parsed.hardware_report.to_vec();
+                if !report_bytes.is_empty() && report_bytes != inner {
+                    checks.fail(
+                        "azure.hcl_report",
+                        "attestation_report differs from the report inside hcl_report",
+                    );
+                } else {
+                    checks.pass(
+                        "azure.hcl_report",
+                        "HCL report parsed; its SNP report is the one verified",
+                    );
+                }
+                report_bytes = inner;
+            }
+            Err(e) => checks.fail("azure.hcl_report", e.to_string()),
+        }
+    }
+    report_bytes
+}
+
+/// `snp.report_data`: on Azure it must hash the HCL's var_data (which holds the AK); elsewhere it
+/// must bind this AK and the nonce.
+fn check_report_data(evidence: &Evidence, report: &SnpReport, checks: &mut Checks) {
     let report_data = report.report_data();
     if evidence.platform().cloud == Cloud::Azure {
         match azure_var_data(evidence) {
@@ -120,11 +131,29 @@ pub(crate) fn check_report(
     options: &VerifyOptions,
     checks: &mut Checks,
 ) -> bool {
+    let Some((leaf, chain)) = check_chain(vek_cert, cert_chain, options, checks) else {
+        return false;
+    };
+    check_signature(report, &leaf, &chain, checks);
+    check_policy(report, expectations, checks);
+    check_tcb(report, &chain.root, expectations, checks);
+    check_crls(&chain, options, checks);
+    check_measurement(report, expectations, checks);
+    true
+}
+
+/// `snp.chain`: the VCEK/VLEK up through an ASK/ASVK (given or built in) to a pinned root.
+fn check_chain(
+    vek_cert: &[u8],
+    cert_chain: &[Bytes],
+    options: &VerifyOptions,
+    checks: &mut Checks,
+) -> Option<(X509, VerifiedChain)> {
     let leaf = match parse_certificate(vek_cert) {
         Ok(leaf) => leaf,
         Err(e) => {
             checks.fail("snp.chain", format!("VCEK/VLEK: {e}"));
-            return false;
+            return None;
         }
     };
     let mut intermediates = Vec::new();
@@ -135,7 +164,7 @@ pub(crate) fn check_report(
         }
     }
     intermediates.extend(amd_builtin_asks());
-    let chain = match verify_chain(&leaf, &intermediates, &options.snp_roots, options.at_unix) {
+    match verify_chain(&leaf, &intermediates, &options.snp_roots, options.at_unix) {
         Ok(chain) => {
             let root = if chain.root_is_test_only {
                 format!("TEST-ONLY root {} (named by the caller)", chain.root)
@@ -149,13 +178,18 @@ pub(crate) fn check_report(
                     chain.leaf, chain.intermediate
                 ),
             );
-            chain
+            Some((leaf, chain))
         }
         Err(e) => {
             checks.fail("snp.chain", e.to_string());
-            return false;
+            None
         }
-    };
+    }
+}
+
+/// `snp.signature` and `snp.vcek_matches_report`: the leaf signed the report, and its AMD
+/// extensions (chip ID, TCB) are the report's.
+fn check_signature(report: &SnpReport, leaf: &X509, chain: &VerifiedChain, checks: &mut Checks) {
     match report.signature_valid(&chain.leaf_key) {
         Ok(true) => checks.pass(
             "snp.signature",
@@ -174,7 +208,10 @@ pub(crate) fn check_report(
             .and_then(|der| amd_extensions(&der).map_err(|e| e.to_string()))
             .and_then(|ext| leaf_matches_report(&ext, report)),
     );
+}
 
+/// `snp.policy.*` and `snp.vmpl`: guest policy bits and the requesting VMPL.
+fn check_policy(report: &SnpReport, expectations: &GoldenSnp, checks: &mut Checks) {
     let policy = GuestPolicy::from_raw(report.fields.policy.0);
     checks.compare(
         "snp.policy.debug",
@@ -218,10 +255,11 @@ pub(crate) fn check_report(
         format!("{:?}", expectations.vmpls),
         report.fields.vmpl.to_string(),
     );
+}
 
-    check_tcb(report, &chain.root, expectations, checks);
-    check_crls(&chain, options, checks);
-
+/// `snp.measurement`: the launch measurement is one the golden allows (skipped when it names
+/// none).
+fn check_measurement(report: &SnpReport, expectations: &GoldenSnp, checks: &mut Checks) {
     let measurement = hex::encode(report.fields.measurement);
     if expectations.measurements.is_empty() {
         checks.skip(
@@ -248,8 +286,6 @@ pub(crate) fn check_report(
             measurement,
         );
     }
-
-    true
 }
 
 /// `snp.tcb`: the reported TCB against the golden's minimum, or AMD's published minimum for the

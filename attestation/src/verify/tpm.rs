@@ -55,6 +55,34 @@ pub(crate) fn verify_quote(
         Ok(quote) => quote,
         Err(e) => return checks.fail("tpm.quote.format", e.to_string()),
     };
+    check_quote_nonce(evidence, &quote, checks);
+
+    let bank: BTreeMap<u8, Vec<u8>> = evidence
+        .tpm
+        .pcrs
+        .pcrs
+        .iter()
+        .map(|(i, v)| (*i, v.0.clone()))
+        .collect();
+    let banks = BTreeMap::from([(evidence.tpm.pcrs.hash, bank.clone())]);
+    let hash = signature
+        .as_ref()
+        .map(|s| s.hash())
+        .unwrap_or(HashAlg::Sha256);
+    let digest_ok = check_pcr_digest(&quote, &banks, hash, checks);
+    facts.quoted_selection = quote
+        .selections
+        .iter()
+        .filter(|s| s.hash == HashAlg::Sha256)
+        .flat_map(|s| s.pcrs.iter().copied())
+        .collect();
+    if ak_trusted && signature_ok && digest_ok && evidence.tpm.pcrs.hash == HashAlg::Sha256 {
+        facts.quoted_pcrs = Some(bank);
+    }
+}
+
+/// `tpm.quote.nonce`: the quote's qualifying data binds this nonce (and TEE report, for v2).
+fn check_quote_nonce(evidence: &Evidence, quote: &Quote, checks: &mut Checks) {
     let expected = evidence.quote_qualifying_data();
     let reason = if evidence.tee_report_bound_by_quote().is_some() {
         "the quote's qualifying data binds the nonce and this TEE report (cvm-tpm-quote/v2)"
@@ -71,20 +99,16 @@ pub(crate) fn verify_quote(
         hex::encode(expected),
         hex::encode(&quote.extra_data),
     );
+}
 
-    let bank: BTreeMap<u8, Vec<u8>> = evidence
-        .tpm
-        .pcrs
-        .pcrs
-        .iter()
-        .map(|(i, v)| (*i, v.0.clone()))
-        .collect();
-    let banks = BTreeMap::from([(evidence.tpm.pcrs.hash, bank.clone())]);
-    let hash = signature
-        .as_ref()
-        .map(|s| s.hash())
-        .unwrap_or(HashAlg::Sha256);
-    let digest_ok = match pcr_digest(&quote, &banks, hash) {
+/// `tpm.quote.pcr_digest`: the reported PCR values hash to the signed digest.
+fn check_pcr_digest(
+    quote: &Quote,
+    banks: &BTreeMap<HashAlg, BTreeMap<u8, Vec<u8>>>,
+    hash: HashAlg,
+    checks: &mut Checks,
+) -> bool {
+    match pcr_digest(quote, banks, hash) {
         Ok(digest) => {
             let ok = digest == quote.pcr_digest;
             checks.compare(
@@ -103,15 +127,6 @@ pub(crate) fn verify_quote(
             checks.fail("tpm.quote.pcr_digest", e.to_string());
             false
         }
-    };
-    facts.quoted_selection = quote
-        .selections
-        .iter()
-        .filter(|s| s.hash == HashAlg::Sha256)
-        .flat_map(|s| s.pcrs.iter().copied())
-        .collect();
-    if ak_trusted && signature_ok && digest_ok && evidence.tpm.pcrs.hash == HashAlg::Sha256 {
-        facts.quoted_pcrs = Some(bank);
     }
 }
 

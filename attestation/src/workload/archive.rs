@@ -69,7 +69,18 @@ struct OciManifest {
 
 /// Lists the images of a `docker save` or OCI archive with their content-derived IDs.
 pub fn archived_images(reader: impl Read) -> Result<Vec<ArchivedImage>, ArchiveError> {
-    // Small metadata files are kept; layers are skipped without being buffered.
+    let small = metadata_files(reader)?;
+    if let Some(manifest) = small.get("manifest.json") {
+        return docker_images(&small, manifest);
+    }
+    if let Some(index) = small.get("index.json") {
+        return oci_images(&small, index);
+    }
+    Err(ArchiveError::NoManifest)
+}
+
+/// The archive's small metadata files by name; layers are skipped without being buffered.
+fn metadata_files(reader: impl Read) -> Result<BTreeMap<String, Vec<u8>>, ArchiveError> {
     let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut archive = tar::Archive::new(reader);
     for (count, entry) in archive.entries()?.enumerate() {
@@ -96,60 +107,75 @@ pub fn archived_images(reader: impl Read) -> Result<Vec<ArchivedImage>, ArchiveE
         entry.read_to_end(&mut bytes)?;
         small.insert(name, bytes);
     }
-    let json = |name: &str| -> Result<&[u8], ArchiveError> {
-        small
-            .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| ArchiveError::MissingConfig(name.to_owned()))
-    };
-    let parse_err = |name: &str| {
-        let name = name.to_owned();
-        move |source| ArchiveError::Json { name, source }
-    };
+    Ok(small)
+}
 
-    if let Some(manifest) = small.get("manifest.json") {
-        let entries: Vec<DockerManifestEntry> =
-            serde_json::from_slice(manifest).map_err(parse_err("manifest.json"))?;
-        return entries
-            .into_iter()
-            .map(|entry| {
-                let config = json(entry.config.trim_start_matches("./"))?;
-                Ok(ArchivedImage {
-                    tags: entry.repo_tags.unwrap_or_default(),
-                    image_id: format!("sha256:{}", Sha256Digest::of(config)),
-                })
+/// A metadata file the manifest names.
+fn metadata<'a>(
+    small: &'a BTreeMap<String, Vec<u8>>,
+    name: &str,
+) -> Result<&'a [u8], ArchiveError> {
+    small
+        .get(name)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ArchiveError::MissingConfig(name.to_owned()))
+}
+
+fn parse_err(name: &str) -> impl FnOnce(serde_json::Error) -> ArchiveError {
+    let name = name.to_owned();
+    move |source| ArchiveError::Json { name, source }
+}
+
+/// `docker save`: `manifest.json` lists each image's config file and tags.
+fn docker_images(
+    small: &BTreeMap<String, Vec<u8>>,
+    manifest: &[u8],
+) -> Result<Vec<ArchivedImage>, ArchiveError> {
+    let entries: Vec<DockerManifestEntry> =
+        serde_json::from_slice(manifest).map_err(parse_err("manifest.json"))?;
+    entries
+        .into_iter()
+        .map(|entry| {
+            let config = metadata(small, entry.config.trim_start_matches("./"))?;
+            Ok(ArchivedImage {
+                tags: entry.repo_tags.unwrap_or_default(),
+                image_id: format!("sha256:{}", Sha256Digest::of(config)),
             })
-            .collect();
-    }
-    if let Some(index) = small.get("index.json") {
-        let index: OciIndex = serde_json::from_slice(index).map_err(parse_err("index.json"))?;
-        return index
-            .manifests
-            .into_iter()
-            .map(|descriptor| {
-                let manifest_name = blob_name(&descriptor.digest);
-                let manifest: OciManifest = serde_json::from_slice(json(&manifest_name)?)
-                    .map_err(parse_err(&manifest_name))?;
-                let config = json(&blob_name(&manifest.config.digest))?;
-                let tags = descriptor
-                    .annotations
-                    .get("io.containerd.image.name")
-                    .or_else(|| {
-                        descriptor
-                            .annotations
-                            .get("org.opencontainers.image.ref.name")
-                    })
-                    .cloned()
-                    .into_iter()
-                    .collect();
-                Ok(ArchivedImage {
-                    tags,
-                    image_id: format!("sha256:{}", Sha256Digest::of(config)),
+        })
+        .collect()
+}
+
+/// OCI layout: `index.json` lists manifests (tagged by annotation), each naming its config blob.
+fn oci_images(
+    small: &BTreeMap<String, Vec<u8>>,
+    index: &[u8],
+) -> Result<Vec<ArchivedImage>, ArchiveError> {
+    let index: OciIndex = serde_json::from_slice(index).map_err(parse_err("index.json"))?;
+    index
+        .manifests
+        .into_iter()
+        .map(|descriptor| {
+            let manifest_name = blob_name(&descriptor.digest);
+            let manifest: OciManifest = serde_json::from_slice(metadata(small, &manifest_name)?)
+                .map_err(parse_err(&manifest_name))?;
+            let config = metadata(small, &blob_name(&manifest.config.digest))?;
+            let tags = descriptor
+                .annotations
+                .get("io.containerd.image.name")
+                .or_else(|| {
+                    descriptor
+                        .annotations
+                        .get("org.opencontainers.image.ref.name")
                 })
+                .cloned()
+                .into_iter()
+                .collect();
+            Ok(ArchivedImage {
+                tags,
+                image_id: format!("sha256:{}", Sha256Digest::of(config)),
             })
-            .collect();
-    }
-    Err(ArchiveError::NoManifest)
+        })
+        .collect()
 }
 
 fn blob_name(digest: &str) -> String {

@@ -75,16 +75,9 @@ pub(super) fn tarball_source(image: &Path) -> Result<TarballSource> {
     let raw = std::fs::metadata(image)?;
     let aligned = raw.len() % GIB == 0;
     let named_raw = image.file_name().and_then(|n| n.to_str()) == Some("disk.raw");
-    let sibling = image.with_file_name("disk.tar.gz");
-    if let (Ok(tar), true, true) = (std::fs::metadata(&sibling), aligned, named_raw) {
-        if tar.modified()? >= raw.modified()? && tar.len() > 0 {
-            step(format!("using {}", sibling.display()));
-            return Ok(TarballSource {
-                reader: Box::new(std::fs::File::open(&sibling)?),
-                child: None,
-                size: Some(tar.len()),
-                temp: None,
-            });
+    if aligned && named_raw {
+        if let Some(source) = builder_tarball(image, &raw)? {
+            return Ok(source);
         }
     }
     let mut source = TarballSource {
@@ -96,40 +89,7 @@ pub(super) fn tarball_source(image: &Path) -> Result<TarballSource> {
     let disk = if aligned && named_raw {
         image.to_owned()
     } else {
-        let temp = std::env::temp_dir().join(format!(
-            "cvm-cli-gcp-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|since| since.as_nanos())
-                .unwrap_or_default()
-        ));
-        std::fs::create_dir(&temp).with_context(|| format!("creating {}", temp.display()))?;
-        source.temp = Some(temp.clone());
-        let padded = raw.len().div_ceil(GIB) * GIB;
-        if !aligned {
-            step(format!(
-                "disk is {} bytes; Compute Engine needs whole GiB: packing a sparse copy padded \
-                 with zeros to {} GiB",
-                raw.len(),
-                padded / GIB
-            ));
-        }
-        let copy = temp.join("disk.raw");
-        let status = std::process::Command::new("cp")
-            .arg("--sparse=always")
-            .arg(image)
-            .arg(&copy)
-            .status()
-            .context("running cp")?;
-        if !status.success() {
-            bail!("copying {} failed ({status})", image.display());
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&copy)?
-            .set_len(padded)?;
-        copy
+        padded_copy(image, raw.len(), &mut source)?
     };
     let epoch: u64 = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
@@ -139,10 +99,75 @@ pub(super) fn tarball_source(image: &Path) -> Result<TarballSource> {
         "packing {} as disk.tar.gz while uploading",
         image.display()
     ));
-    // The archive of image_builder::formats::write_gcp_tar, to a pipe instead of a file, and
-    // with the fastest gzip level: on real disks it packs about 2.5 times faster than the
-    // default for about 7 % more bytes, and packing, not the upload, is what takes the time.
-    let mut child = std::process::Command::new("tar")
+    let mut child = spawn_tar(&disk, epoch)?;
+    source.reader = Box::new(child.stdout.take().context("tar's output")?);
+    source.child = Some(child);
+    Ok(source)
+}
+
+/// The builder's `disk.tar.gz` beside `image`, when it exists, is not empty and is not older
+/// than the disk.
+fn builder_tarball(image: &Path, raw: &std::fs::Metadata) -> Result<Option<TarballSource>> {
+    let sibling = image.with_file_name("disk.tar.gz");
+    let Ok(tar) = std::fs::metadata(&sibling) else {
+        return Ok(None);
+    };
+    if tar.modified()? >= raw.modified()? && tar.len() > 0 {
+        step(format!("using {}", sibling.display()));
+        return Ok(Some(TarballSource {
+            reader: Box::new(std::fs::File::open(&sibling)?),
+            child: None,
+            size: Some(tar.len()),
+            temp: None,
+        }));
+    }
+    Ok(None)
+}
+
+/// A sparse copy of the disk named `disk.raw` in a new temporary directory (owned by `source`
+/// from its creation on), padded with zeros to a whole GiB.
+fn padded_copy(image: &Path, raw_len: u64, source: &mut TarballSource) -> Result<PathBuf> {
+    let temp = std::env::temp_dir().join(format!(
+        "cvm-cli-gcp-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir(&temp).with_context(|| format!("creating {}", temp.display()))?;
+    source.temp = Some(temp.clone());
+    let padded = raw_len.div_ceil(GIB) * GIB;
+    if raw_len % GIB != 0 {
+        step(format!(
+            "disk is {} bytes; Compute Engine needs whole GiB: packing a sparse copy padded \
+             with zeros to {} GiB",
+            raw_len,
+            padded / GIB
+        ));
+    }
+    let copy = temp.join("disk.raw");
+    let status = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(&copy)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!("copying {} failed ({status})", image.display());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)?
+        .set_len(padded)?;
+    Ok(copy)
+}
+
+/// The archive of image_builder::formats::write_gcp_tar, to a pipe instead of a file, and with
+/// the fastest gzip level: on real disks it packs about 2.5 times faster than the default for
+/// about 7 % more bytes, and packing, not the upload, is what takes the time.
+fn spawn_tar(disk: &Path, epoch: u64) -> Result<std::process::Child> {
+    std::process::Command::new("tar")
         .arg("--format=oldgnu")
         .arg("--sparse")
         .arg("--use-compress-program=gzip -1 -n")
@@ -154,10 +179,7 @@ pub(super) fn tarball_source(image: &Path) -> Result<TarballSource> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("running tar")?;
-    source.reader = Box::new(child.stdout.take().context("tar's output")?);
-    source.child = Some(child);
-    Ok(source)
+        .context("running tar")
 }
 
 /// One chunk of the tarball for the uploader; `last` when the stream ended with it (and the
@@ -289,146 +311,33 @@ pub(super) async fn upload_object(
     // tar can go on reading the unlinked copy).
     let _temp = TempDir(source.temp.take());
     let chunk_bytes = chunk_bytes();
-    let url = reqwest::Url::parse_with_params(
-        &format!("{}/upload/storage/v1/b/{bucket}/o", gcp.storage),
-        &[("uploadType", "resumable"), ("name", object)],
-    )?;
-    let mut request = gcp
-        .request(reqwest::Method::POST, url.as_str())
-        .header("X-Upload-Content-Type", "application/gzip")
-        .timeout(Duration::from_secs(120));
-    if let Some(size) = source.size {
-        request = request.header("X-Upload-Content-Length", size.to_string());
-    }
-    let response = request
-        .json(&json!({
-            "name": object,
-            "contentType": "application/gzip",
-            "metadata": { DEPLOYMENT_TAG: deployment, DISK_SHA_KEY: disk_sha256 },
-        }))
-        .send()
-        .await
-        .context("starting the resumable upload")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = gce::read_limited(response, 1 << 20)
-            .await
-            .unwrap_or_default();
-        bail!(
-            "starting the upload to gs://{bucket}: HTTP {status}: {}",
-            gce::error_message(&body)
-        );
-    }
-    let session = response
-        .headers()
-        .get("location")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| value.len() < 8192)
-        .and_then(|value| reqwest::Url::parse(value).ok())
-        .filter(|url| matches!(url.scheme(), "http" | "https"))
-        .context("the upload session has no Location")?;
-
-    let bar = match (progress, source.size) {
-        (false, _) => indicatif::ProgressBar::hidden(),
-        (true, Some(size)) => indicatif::ProgressBar::new(size).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        ),
-        (true, None) => indicatif::ProgressBar::no_length().with_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        ),
+    let target = Target {
+        gcp,
+        bucket,
+        object,
     };
-    let put = |range: String, body: Bytes| {
-        gcp.request(reqwest::Method::PUT, session.as_str())
-            .header("Content-Range", range)
-            .timeout(Duration::from_secs(600))
-            .body(body)
-            .send()
+    let session = Session {
+        url: target
+            .start_session(deployment, disk_sha256, source.size)
+            .await?,
+        bar: progress_bar(progress, source.size),
+        target,
     };
     let mut pieces = read_pieces(source, chunk_bytes);
     let mut start = 0u64;
     let mut sent = 0u64;
-    let mut tarball_bytes;
-    let done = 'pieces: loop {
+    let (done, tarball_bytes) = loop {
         let piece = pieces
             .recv()
             .await
             .context("the tarball reader stopped")??;
-        let end = start + piece.data.len() as u64;
-        tarball_bytes = end;
-        let total = if piece.last {
-            end.to_string()
-        } else {
-            "*".to_owned()
-        };
-        let mut offset = start;
-        let mut failures = 0u32;
-        loop {
-            let result = if offset < end {
-                sent += end - offset;
-                let body = piece.data.slice((offset - start) as usize..);
-                put(format!("bytes {offset}-{}/{total}", end - 1), body).await
-            } else {
-                // Nothing left of this chunk: complete the object (last) or ask the status.
-                put(format!("bytes */{total}"), Bytes::new()).await
-            };
-            let failure = match result {
-                Ok(response) if response.status().is_success() => {
-                    if !piece.last {
-                        bail!("gs://{bucket}/{object} was completed before its end");
-                    }
-                    break 'pieces gce::json::<StorageObject>(response, "finishing the upload")
-                        .await?;
-                }
-                Ok(response) if response.status().as_u16() == 308 => {
-                    let persisted = persisted(&response)?;
-                    if persisted < start || persisted > end {
-                        bail!("the upload service reports {persisted} bytes, expected {start} to {end}");
-                    }
-                    offset = persisted;
-                    bar.set_position(offset);
-                    if offset == end && !piece.last {
-                        break;
-                    }
-                    failures = 0;
-                    continue;
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let body = gce::read_limited(response, 1 << 20)
-                        .await
-                        .unwrap_or_default();
-                    let text = format!("HTTP {status}: {}", gce::error_message(&body));
-                    if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
-                        bail!("uploading to gs://{bucket}/{object}: {text}");
-                    }
-                    text
-                }
-                Err(error) => error.to_string(),
-            };
-            failures += 1;
-            if UPLOAD_RETRY.exhausted(failures) {
-                bail!("uploading to gs://{bucket}/{object} failed {failures} times: {failure}");
-            }
-            step(format!("upload interrupted ({failure}); resuming"));
-            tokio::time::sleep(UPLOAD_RETRY.delay(failures)).await;
-            // Ask how far it got; the next round sends the rest of the chunk.
-            if let Ok(response) = put(format!("bytes */{total}"), Bytes::new()).await {
-                if response.status().is_success() && piece.last {
-                    break 'pieces gce::json::<StorageObject>(response, "finishing the upload")
-                        .await?;
-                }
-                if response.status().as_u16() == 308 {
-                    offset = persisted(&response)?.clamp(start, end);
-                }
-            }
+        let chunk = Chunk::new(piece, start);
+        if let Some(done) = session.send(&chunk, &mut sent).await? {
+            break (done, chunk.end);
         }
-        start = end;
+        start = chunk.end;
     };
-    bar.finish_and_clear();
+    session.bar.finish_and_clear();
     let size = done
         .size
         .as_deref()
@@ -446,6 +355,220 @@ pub(super) async fn upload_object(
         bytes_uploaded: sent,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The object being uploaded.
+struct Target<'a> {
+    gcp: &'a Gcp,
+    bucket: &'a str,
+    object: &'a str,
+}
+
+impl Target<'_> {
+    /// Starts a resumable upload (with the total when known) and returns its session URL.
+    async fn start_session(
+        &self,
+        deployment: &str,
+        disk_sha256: &str,
+        size: Option<u64>,
+    ) -> Result<reqwest::Url> {
+        let (gcp, bucket, object) = (self.gcp, self.bucket, self.object);
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/upload/storage/v1/b/{bucket}/o", gcp.storage),
+            &[("uploadType", "resumable"), ("name", object)],
+        )?;
+        let mut request = gcp
+            .request(reqwest::Method::POST, url.as_str())
+            .header("X-Upload-Content-Type", "application/gzip")
+            .timeout(Duration::from_secs(120));
+        if let Some(size) = size {
+            request = request.header("X-Upload-Content-Length", size.to_string());
+        }
+        let response = request
+            .json(&json!({
+                "name": object,
+                "contentType": "application/gzip",
+                "metadata": { DEPLOYMENT_TAG: deployment, DISK_SHA_KEY: disk_sha256 },
+            }))
+            .send()
+            .await
+            .context("starting the resumable upload")?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = gce::read_limited(response, 1 << 20)
+                .await
+                .unwrap_or_default();
+            bail!(
+                "starting the upload to gs://{bucket}: HTTP {status}: {}",
+                gce::error_message(&body)
+            );
+        }
+        response
+            .headers()
+            .get("location")
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| value.len() < 8192)
+            .and_then(|value| reqwest::Url::parse(value).ok())
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .context("the upload session has no Location")
+    }
+}
+
+/// A bar with the total when the size is known, else a byte counter; hidden without progress.
+fn progress_bar(progress: bool, size: Option<u64>) -> indicatif::ProgressBar {
+    match (progress, size) {
+        (false, _) => indicatif::ProgressBar::hidden(),
+        (true, Some(size)) => indicatif::ProgressBar::new(size).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        (true, None) => indicatif::ProgressBar::no_length().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    }
+}
+
+/// One piece placed in the object: bytes `start..end`, and the total to announce (`*` until
+/// the last piece).
+struct Chunk {
+    piece: Piece,
+    start: u64,
+    end: u64,
+    total: String,
+}
+
+impl Chunk {
+    fn new(piece: Piece, start: u64) -> Self {
+        let end = start + piece.data.len() as u64;
+        let total = if piece.last {
+            end.to_string()
+        } else {
+            "*".to_owned()
+        };
+        Self {
+            piece,
+            start,
+            end,
+            total,
+        }
+    }
+}
+
+/// A started resumable upload.
+struct Session<'a> {
+    target: Target<'a>,
+    url: reqwest::Url,
+    bar: indicatif::ProgressBar,
+}
+
+impl Session<'_> {
+    async fn put(&self, range: String, body: Bytes) -> reqwest::Result<reqwest::Response> {
+        self.target
+            .gcp
+            .request(reqwest::Method::PUT, self.url.as_str())
+            .header("Content-Range", range)
+            .timeout(Duration::from_secs(600))
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// Sends `chunk` until the service has all of it, resuming after failures; returns the
+    /// object once the last chunk completed it.
+    async fn send(&self, chunk: &Chunk, sent: &mut u64) -> Result<Option<StorageObject>> {
+        let (bucket, object) = (self.target.bucket, self.target.object);
+        let (start, end, total) = (chunk.start, chunk.end, &chunk.total);
+        let mut offset = start;
+        let mut failures = 0u32;
+        loop {
+            let result = if offset < end {
+                *sent += end - offset;
+                let body = chunk.piece.data.slice((offset - start) as usize..);
+                self.put(format!("bytes {offset}-{}/{total}", end - 1), body)
+                    .await
+            } else {
+                // Nothing left of this chunk: complete the object (last) or ask the status.
+                self.put(format!("bytes */{total}"), Bytes::new()).await
+            };
+            let failure = match result {
+                Ok(response) if response.status().is_success() => {
+                    if !chunk.piece.last {
+                        bail!("gs://{bucket}/{object} was completed before its end");
+                    }
+                    return finished(response).await.map(Some);
+                }
+                Ok(response) if response.status().as_u16() == 308 => {
+                    let persisted = persisted(&response)?;
+                    if persisted < start || persisted > end {
+                        bail!("the upload service reports {persisted} bytes, expected {start} to {end}");
+                    }
+                    offset = persisted;
+                    self.bar.set_position(offset);
+                    if offset == end && !chunk.piece.last {
+                        return Ok(None);
+                    }
+                    failures = 0;
+                    continue;
+                }
+                Ok(response) => self.refused(response).await?,
+                Err(error) => error.to_string(),
+            };
+            failures += 1;
+            if let Some(done) = self.resume(chunk, failures, &failure, &mut offset).await? {
+                return Ok(Some(done));
+            }
+        }
+    }
+
+    /// The failure text of an unexpected response; an error when retrying cannot help (a
+    /// client error other than 408 and 429).
+    async fn refused(&self, response: reqwest::Response) -> Result<String> {
+        let status = response.status();
+        let body = gce::read_limited(response, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let text = format!("HTTP {status}: {}", gce::error_message(&body));
+        if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
+            let (bucket, object) = (self.target.bucket, self.target.object);
+            bail!("uploading to gs://{bucket}/{object}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// After a failure: waits, then asks how far the upload got (moving `offset` there), so the
+    /// next round sends the rest of the chunk. Returns the object if the last chunk completed.
+    async fn resume(
+        &self,
+        chunk: &Chunk,
+        failures: u32,
+        failure: &str,
+        offset: &mut u64,
+    ) -> Result<Option<StorageObject>> {
+        if UPLOAD_RETRY.exhausted(failures) {
+            let (bucket, object) = (self.target.bucket, self.target.object);
+            bail!("uploading to gs://{bucket}/{object} failed {failures} times: {failure}");
+        }
+        step(format!("upload interrupted ({failure}); resuming"));
+        tokio::time::sleep(UPLOAD_RETRY.delay(failures)).await;
+        let total = &chunk.total;
+        if let Ok(response) = self.put(format!("bytes */{total}"), Bytes::new()).await {
+            if response.status().is_success() && chunk.piece.last {
+                return finished(response).await.map(Some);
+            }
+            if response.status().as_u16() == 308 {
+                *offset = persisted(&response)?.clamp(chunk.start, chunk.end);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The object the completing request returned.
+async fn finished(response: reqwest::Response) -> Result<StorageObject> {
+    gce::json::<StorageObject>(response, "finishing the upload").await
 }
 
 /// The next offset from a 308's `Range: bytes=0-N` (none: nothing persisted).
