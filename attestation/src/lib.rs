@@ -16,6 +16,7 @@ pub mod evidence;
 pub mod gcp;
 pub mod golden;
 pub mod measurements;
+mod memo;
 pub mod nitro;
 pub mod pki;
 pub mod provision;

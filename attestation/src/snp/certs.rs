@@ -2,14 +2,14 @@
 //! (signs reports). Only the ARKs are trust anchors; intermediates may come with the evidence and
 //! are accepted only when a pinned ARK signed them.
 
+use crate::memo::Memo;
 use openssl::asn1::Asn1Time;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::{X509Crl, X509NameRef, X509};
 use std::cmp::Ordering;
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 
 /// A trust anchor: a named, self-signed ARK.
@@ -167,9 +167,7 @@ pub(crate) fn anchors(roots: &[TrustedRoot]) -> Vec<&TrustedRoot> {
 /// the pinned ARK's self-signature) does not repeat RSA-4096 or P-384 checks. Validity dates are
 /// not part of this and are checked on every call.
 pub(crate) fn signed_by(cert: &X509, issuer: &X509) -> bool {
-    type Memo = Mutex<HashMap<(Vec<u8>, Vec<u8>), bool>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 1024;
+    static MEMO: Memo<(Vec<u8>, Vec<u8>), bool> = Memo::new(1024);
     let check = || {
         issuer
             .public_key()
@@ -181,19 +179,7 @@ pub(crate) fn signed_by(cert: &X509, issuer: &X509) -> bool {
     ) else {
         return check();
     };
-    let key = (cert_digest.to_vec(), issuer_digest.to_vec());
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
-        return known;
-    }
-    let result = check();
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, result);
-    }
-    result
+    MEMO.get_or((cert_digest.to_vec(), issuer_digest.to_vec()), check)
 }
 
 /// Reads one DER or PEM certificate.
@@ -202,27 +188,15 @@ pub(crate) fn signed_by(cert: &X509, issuer: &X509) -> bool {
 /// longer to decode a certificate than to check a P-256 signature, and a verifier sees the same
 /// VCEK and ASK with every request from a VM.
 pub fn parse_certificate(bytes: &[u8]) -> Result<X509, ChainError> {
-    type Memo = Mutex<HashMap<[u8; 32], X509>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 256;
+    static MEMO: Memo<[u8; 32], X509> = Memo::new(256);
     if bytes.len() > 64 * 1024 {
         return Err(ChainError::Decode("certificate larger than 64 KiB".into()));
     }
-    let digest = openssl::sha::sha256(bytes);
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(cert) = memo.lock().ok().and_then(|m| m.get(&digest).cloned()) {
-        return Ok(cert);
-    }
-    let cert = X509::from_der(bytes)
-        .or_else(|_| X509::from_pem(bytes))
-        .map_err(|e| ChainError::Decode(e.to_string()))?;
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(digest, cert.clone());
-    }
-    Ok(cert)
+    MEMO.get_or_try(openssl::sha::sha256(bytes), || {
+        X509::from_der(bytes)
+            .or_else(|_| X509::from_pem(bytes))
+            .map_err(|e| ChainError::Decode(e.to_string()))
+    })
 }
 
 /// Reads every PEM certificate in `bytes` (a chain file), at most 8.

@@ -4,12 +4,12 @@
 //! caller names them. CRLs from the collateral revoke intermediates and leaves.
 
 use super::x509::{IntelCert, IntelCrl, X509Error};
+use crate::memo::Memo;
 use crate::pki::NotValid;
 use crate::snp::certs::ChainError;
 use crate::snp::TrustedRoot;
 use openssl::error::ErrorStack;
 use openssl::x509::X509;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why an Intel certificate chain or CRL could not be read or does not check out.
@@ -64,27 +64,15 @@ pub struct PckCerts {
 /// remembered per process by the SHA-256 of the PEM: a verifier sees the same platform's chain
 /// with every quote.
 pub fn parse_pck_certs(pem: &[u8]) -> Result<Arc<PckCerts>, CertError> {
-    type Memo = Mutex<HashMap<[u8; 32], Arc<PckCerts>>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 256;
-    let key = openssl::sha::sha256(pem);
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(hit);
-    }
-    let certs = parse_pem_certs(pem)?;
-    let extensions = match certs.first() {
-        Some(leaf) => leaf.sgx_extensions().map_err(CertError::from),
-        None => Err(CertError::EmptyChain),
-    };
-    let chain = Arc::new(PckCerts { certs, extensions });
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, chain.clone());
-    }
-    Ok(chain)
+    static MEMO: Memo<[u8; 32], Arc<PckCerts>> = Memo::new(256);
+    MEMO.get_or_try(openssl::sha::sha256(pem), || {
+        let certs = parse_pem_certs(pem)?;
+        let extensions = match certs.first() {
+            Some(leaf) => leaf.sgx_extensions().map_err(CertError::from),
+            None => Err(CertError::EmptyChain),
+        };
+        Ok(Arc::new(PckCerts { certs, extensions }))
+    })
 }
 
 /// Every certificate of a PEM chain (at most 8), each decoded once per process

@@ -5,9 +5,9 @@
 //! bytes), signatures as hex `r || s`, CRLs as hex DER, chains as PEM.
 
 use super::x509::{IntelCert, IntelCrl};
+use crate::memo::Memo;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 /// Largest collateral document accepted (the real one is 16 KB).
 pub const MAX_COLLATERAL_BYTES: usize = 1 << 20;
@@ -241,9 +241,7 @@ struct Digests {
 /// (the bodies' digests are the ones their signatures are checked over, the CRLs' the ones
 /// that name them).
 pub fn parse(collateral: &TdxCollateral) -> Result<Arc<ParsedCollateral>, CollateralError> {
-    type Memo = Mutex<HashMap<[u8; 32], Arc<ParsedCollateral>>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 64;
+    static MEMO: Memo<[u8; 32], Arc<ParsedCollateral>> = Memo::new(64);
     let sha256 = openssl::sha::sha256;
     let c = collateral;
     let digests = Digests {
@@ -278,19 +276,9 @@ pub fn parse(collateral: &TdxCollateral) -> Result<Arc<ParsedCollateral>, Collat
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let key = hasher.finish();
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(hit);
-    }
-    let parsed = Arc::new(parse_uncached(collateral, digests)?);
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, parsed.clone());
-    }
-    Ok(parsed)
+    MEMO.get_or_try(hasher.finish(), || {
+        parse_uncached(collateral, digests).map(Arc::new)
+    })
 }
 
 fn chain(what: &'static str, pem: &str) -> Result<Vec<Arc<IntelCert>>, CollateralError> {

@@ -1,6 +1,7 @@
 //! ECDSA P-256 with raw `r || s` signatures and raw `x || y` keys, as Intel's quote and
 //! collateral carry them.
 
+use crate::memo::Memo;
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey, EcKeyRef, EcPoint};
 use openssl::ecdsa::EcdsaSig;
@@ -8,8 +9,7 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// Why a raw P-256 key or signature could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -112,9 +112,7 @@ pub fn verify_p256_raw_remembered(
     message: &[u8],
     signature: &[u8],
 ) -> Result<bool, CryptoError> {
-    type Memo = Mutex<HashMap<[u8; 32], bool>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 1024;
+    static MEMO: Memo<[u8; 32], bool> = Memo::new(1024);
     // The message is hashed once: its digest names it in the memo and is what ECDSA signs.
     let message_digest = openssl::sha::sha256(message);
     let mut hasher = openssl::sha::Sha256::new();
@@ -122,19 +120,9 @@ pub fn verify_p256_raw_remembered(
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let digest = hasher.finish();
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&digest).copied()) {
-        return Ok(known);
-    }
-    let verified = verify_p256_digest_ec(key, &message_digest, signature)?;
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(digest, verified);
-    }
-    Ok(verified)
+    MEMO.get_or_try(hasher.finish(), || {
+        verify_p256_digest_ec(key, &message_digest, signature)
+    })
 }
 
 #[cfg(test)]

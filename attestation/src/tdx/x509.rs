@@ -7,13 +7,13 @@
 //! (`der.rs`): `x509-cert` decodes every revoked entry's time and extensions into owned values,
 //! a third of a cold verification's non-crypto work.
 
+use crate::memo::Memo;
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcKey, EcPoint};
 use openssl::ecdsa::EcdsaSig;
 use openssl::pkey::Public;
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::Decode;
 use x509_cert::name::Name;
@@ -240,25 +240,12 @@ fn serial_hex(serial: &[u8]) -> String {
 /// Decodes a DER certificate, remembered per process by the SHA-256 of its bytes: the root and
 /// the PCK CA recur in the quote's chain and the collateral's chains, and in every quote.
 pub fn certificate(der: &[u8]) -> Result<Arc<IntelCert>, X509Error> {
-    type Memo = Mutex<HashMap<[u8; 32], Arc<IntelCert>>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 256;
+    static MEMO: Memo<[u8; 32], Arc<IntelCert>> = Memo::new(256);
     if der.len() > MAX_DER {
         return Err(X509Error::TooLarge);
     }
     let id = openssl::sha::sha256(der);
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&id).cloned()) {
-        return Ok(hit);
-    }
-    let cert = Arc::new(IntelCert::decode(der, id)?);
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(id, cert.clone());
-    }
-    Ok(cert)
+    MEMO.get_or_try(id, || IntelCert::decode(der, id).map(Arc::new))
 }
 
 /// Whether `cert` carries a valid ECDSA P-256 / SHA-256 signature by `issuer`'s key, remembered
@@ -271,21 +258,8 @@ pub fn signed_by(cert: &IntelCert, issuer: &IntelCert) -> bool {
 
 /// A signature check's answer by (signed object, signer) digests, per process.
 fn remembered(key: ([u8; 32], [u8; 32]), check: impl FnOnce() -> bool) -> bool {
-    type Memo = Mutex<HashMap<([u8; 32], [u8; 32]), bool>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MAX_ENTRIES: usize = 1024;
-    let memo = MEMO.get_or_init(Memo::default);
-    if let Some(known) = memo.lock().ok().and_then(|m| m.get(&key).copied()) {
-        return known;
-    }
-    let result = check();
-    if let Ok(mut memo) = memo.lock() {
-        if memo.len() >= MAX_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(key, result);
-    }
-    result
+    static MEMO: Memo<([u8; 32], [u8; 32]), bool> = Memo::new(1024);
+    MEMO.get_or(key, check)
 }
 
 /// A CRL from the collateral.
