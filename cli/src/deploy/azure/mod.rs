@@ -549,6 +549,7 @@ impl Cloud for AzureDeploy {
     type Resource = AzureResource;
     type Step = AzureStep;
     const KIND: CloudKind = CloudKind::Azure;
+    const PREFLIGHT: &'static str = "credentials, region, names already taken, vCPU quota";
 
     fn deployment(&self) -> &str {
         &self.names.deployment

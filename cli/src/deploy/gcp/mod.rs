@@ -416,6 +416,7 @@ impl Cloud for GcpDeploy {
     type Resource = GcpResource;
     type Step = GcpStep;
     const KIND: CloudKind = CloudKind::Gcp;
+    const PREFLIGHT: &'static str = "credentials, region, names already taken, vCPU quota";
 
     fn deployment(&self) -> &str {
         &self.name
