@@ -9,6 +9,7 @@
 
 pub mod azure;
 pub mod binding;
+pub mod der;
 pub mod digest;
 pub mod encoding;
 pub mod eventlog;

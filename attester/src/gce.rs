@@ -121,30 +121,13 @@ fn der_certificate(index: u32, nv: &[u8]) -> Result<Vec<u8>, GceError> {
         index,
         reason: reason.to_owned(),
     };
-    let (&tag, rest) = nv.split_first().ok_or_else(|| bad("the index is empty"))?;
-    if tag != 0x30 {
+    if nv.first() != Some(&0x30) {
         return Err(bad("it does not start with a DER SEQUENCE"));
     }
-    let (&first, rest) = rest.split_first().ok_or_else(|| bad("truncated length"))?;
-    let (len, header) = match first {
-        0..=0x7f => (usize::from(first), 2),
-        0x81..=0x83 => {
-            let count = usize::from(first & 0x7f);
-            let bytes = rest.get(..count).ok_or_else(|| bad("truncated length"))?;
-            let len = bytes
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, 2 + count)
-        }
-        _ => return Err(bad("unsupported DER length")),
-    };
-    let end = header + len;
-    let (certificate, padding) = (nv.get(..end), nv.get(end..));
-    match (certificate, padding) {
-        (Some(certificate), Some(padding)) if padding.iter().all(|b| *b == 0) => {
-            Ok(certificate.to_vec())
-        }
-        (Some(_), _) => Err(bad("non-zero bytes follow the certificate")),
-        _ => Err(bad("the certificate is longer than the index")),
+    let mut der = cvm_attestation::der::Der::new(nv);
+    let certificate = der.any().map_err(|e| bad(&e.0))?.encoded;
+    match nv[certificate.len()..].iter().all(|b| *b == 0) {
+        true => Ok(certificate.to_vec()),
+        false => Err(bad("non-zero bytes follow the certificate")),
     }
 }

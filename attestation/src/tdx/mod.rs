@@ -6,7 +6,6 @@ pub mod body;
 pub mod certs;
 pub mod collateral;
 pub mod crypto;
-mod der;
 pub mod pck;
 pub mod quote;
 mod reader;

@@ -5,6 +5,7 @@
 //! The extension is a SEQUENCE of SEQUENCE { OID, value }; the TCB entry nests one more such
 //! SEQUENCE. A small bounded DER walker reads it.
 
+use crate::der::{Der, Element as Tlv};
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::Decode;
 use x509_cert::Certificate;
@@ -38,43 +39,15 @@ pub enum PckError {
     Malformed(String),
 }
 
-/// One DER element: tag and content.
-struct Tlv<'a> {
-    tag: u8,
-    value: &'a [u8],
-}
-
-/// Splits `bytes` into its DER elements (definite lengths up to 4 bytes, single-byte tags).
-fn elements(mut bytes: &[u8]) -> Result<Vec<Tlv<'_>>, PckError> {
-    let bad = |what: &str| PckError::Malformed(what.to_owned());
+/// Splits `bytes` into its DER elements (strict DER, at most 65).
+fn elements(bytes: &[u8]) -> Result<Vec<Tlv<'_>>, PckError> {
+    let mut der = Der::new(bytes);
     let mut out = Vec::new();
-    while !bytes.is_empty() {
+    while !der.is_empty() {
         if out.len() > 64 {
-            return Err(bad("more than 64 elements"));
+            return Err(PckError::Malformed("more than 64 elements".into()));
         }
-        let tag = bytes[0];
-        let first = *bytes.get(1).ok_or_else(|| bad("truncated length"))?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || bytes.len() < 2 + count {
-                return Err(bad("bad length encoding"));
-            }
-            let len = bytes[2..2 + count]
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, 2 + count)
-        };
-        let end = header
-            .checked_add(len)
-            .filter(|end| *end <= bytes.len())
-            .ok_or_else(|| bad("element longer than its container"))?;
-        out.push(Tlv {
-            tag,
-            value: &bytes[header..end],
-        });
-        bytes = &bytes[end..];
+        out.push(der.any().map_err(|e| PckError::Malformed(e.to_string()))?);
     }
     Ok(out)
 }
@@ -86,14 +59,16 @@ fn entries<'a>(seq_content: &'a [u8], prefix: &[u8]) -> Result<Vec<(u8, Tlv<'a>)
         if entry.tag != 0x30 {
             return Err(PckError::Malformed("entry is not a SEQUENCE".into()));
         }
-        let parts = elements(entry.value)?;
+        let parts = elements(entry.content)?;
         let [oid, value] = <[Tlv; 2]>::try_from(parts)
             .map_err(|_| PckError::Malformed("entry is not { OID, value }".into()))?;
-        if oid.tag != 0x06 || oid.value.len() != prefix.len() + 1 || !oid.value.starts_with(prefix)
+        if oid.tag != 0x06
+            || oid.content.len() != prefix.len() + 1
+            || !oid.content.starts_with(prefix)
         {
             continue; // another OID (PlatformInstanceID, configuration, future additions)
         }
-        out.push((oid.value[prefix.len()], value));
+        out.push((oid.content[prefix.len()], value));
     }
     Ok(out)
 }
@@ -103,7 +78,7 @@ fn integer(tlv: &Tlv, what: &str) -> Result<u16, PckError> {
     if tlv.tag != 0x02 && tlv.tag != 0x0a {
         return Err(bad());
     }
-    match tlv.value {
+    match tlv.content {
         [] => Err(bad()),
         [first, ..] if first & 0x80 != 0 => Err(bad()),
         value => {
@@ -124,8 +99,11 @@ fn octets<const N: usize>(tlv: &Tlv, what: &str) -> Result<[u8; N], PckError> {
             "{what} is not an OCTET STRING"
         )));
     }
-    tlv.value.try_into().map_err(|_| {
-        PckError::Malformed(format!("{what} is {} bytes, expected {N}", tlv.value.len()))
+    tlv.content.try_into().map_err(|_| {
+        PckError::Malformed(format!(
+            "{what} is {} bytes, expected {N}",
+            tlv.content.len()
+        ))
     })
 }
 
@@ -152,9 +130,9 @@ pub(crate) fn sgx_extensions_value(value: &[u8]) -> Result<SgxExtensions, PckErr
     let mut tcb = None;
     let mut pce_id = None;
     let mut fmspc = None;
-    for (arc, value) in entries(seq.value, SGX_EXTENSIONS)? {
+    for (arc, value) in entries(seq.content, SGX_EXTENSIONS)? {
         match arc {
-            1 if value.tag == 0x04 => ppid = Some(value.value.to_vec()),
+            1 if value.tag == 0x04 => ppid = Some(value.content.to_vec()),
             2 => tcb = Some(tcb_entry(&value)?),
             3 => pce_id = Some(octets::<2>(&value, "PCE-ID")?),
             4 => fmspc = Some(octets::<6>(&value, "FMSPC")?),
@@ -181,7 +159,7 @@ fn tcb_entry(value: &Tlv) -> Result<([u8; 16], u16, [u8; 16]), PckError> {
     let mut components = [None::<u8>; 16];
     let mut pcesvn = None;
     let mut cpusvn = None;
-    for (arc, item) in entries(value.value, &prefix)? {
+    for (arc, item) in entries(value.content, &prefix)? {
         match arc {
             1..=16 => {
                 let svn = integer(&item, "TCB component SVN")?;

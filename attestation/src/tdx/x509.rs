@@ -35,6 +35,12 @@ pub enum X509Error {
     Der(String),
 }
 
+impl From<crate::der::DerError> for X509Error {
+    fn from(error: crate::der::DerError) -> Self {
+        Self::Der(error.0)
+    }
+}
+
 /// What a signature over DER-encoded data is checked with.
 struct Signed {
     /// The signed part (TBSCertificate or TBSCertList), as a range of the DER.
@@ -73,29 +79,10 @@ impl Signed {
 
 /// The range of the first element inside the outer SEQUENCE of `der` (the signed part).
 fn first_element(der: &[u8]) -> Result<Range<usize>, X509Error> {
-    let bad = || X509Error::Der("no signed part".into());
-    let header = |at: usize| -> Option<usize> {
-        let first = *der.get(at + 1)?;
-        if first < 0x80 {
-            return Some(at + 2 + usize::from(first));
-        }
-        let count = usize::from(first & 0x7f);
-        let bytes = der.get(at + 2..at + 2 + count).filter(|_| count <= 4)?;
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        Some(at + 2 + count + len)
-    };
-    // The outer header's length tells where the content starts.
-    let content_start = match der.get(1) {
-        Some(&first) if first < 0x80 => 2,
-        Some(&first) => 2 + usize::from(first & 0x7f),
-        None => return Err(bad()),
-    };
-    let end = header(content_start)
-        .filter(|end| *end <= der.len())
-        .ok_or_else(bad)?;
-    Ok(content_start..end)
+    let outer = crate::der::Der::new(der).expect(crate::der::SEQUENCE, "signed object")?;
+    let signed = crate::der::Der::new(outer.content).any()?;
+    let start = outer.encoded.len() - outer.content.len() + signed.start;
+    Ok(start..start + signed.encoded.len())
 }
 
 /// The first common name in `name`, for reports.
@@ -286,7 +273,7 @@ impl IntelCrl {
     /// Reads a CRL whose SHA-256 `id` the caller already has (RFC 5280 section 5.1, strict DER):
     /// only what the checks use, every other field's structure still checked.
     pub(crate) fn decode(der: &[u8], id: [u8; 32]) -> Result<Self, X509Error> {
-        use super::der::{self as d, Der};
+        use crate::der::{self as d, Der};
         if der.len() > MAX_DER {
             return Err(X509Error::TooLarge);
         }
@@ -356,7 +343,7 @@ struct TbsCertList<'a> {
 
 impl<'a> TbsCertList<'a> {
     fn read(content: &'a [u8]) -> Result<Self, X509Error> {
-        use super::der::{self as d, Der};
+        use crate::der::{self as d, Der};
         let mut tbs = Der::new(content);
         let v2 = match tbs.optional(d::INTEGER)? {
             Some(version) if version.content == [1] => true,
@@ -408,7 +395,7 @@ impl<'a> TbsCertList<'a> {
 
 /// Checks a SEQUENCE OF Extension { OID, critical BOOLEAN DEFAULT FALSE, OCTET STRING }.
 fn check_extensions(content: &[u8]) -> Result<(), X509Error> {
-    use super::der::{self as d, Der};
+    use crate::der::{self as d, Der};
     let mut list = Der::new(content);
     if list.is_empty() {
         return Err(X509Error::Der("empty extensions".into()));
@@ -430,7 +417,7 @@ fn check_extensions(content: &[u8]) -> Result<(), X509Error> {
 
 /// The first common name of a Name (RDNSequence), its structure checked, for reports.
 fn name_common_name(content: &[u8]) -> Result<String, X509Error> {
-    use super::der::{self as d, Der};
+    use crate::der::{self as d, Der};
     const CN: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
     let mut found = None;
     let mut rdns = Der::new(content);

@@ -1,8 +1,13 @@
-//! A strict DER reader for the few structures read without `x509-cert` (Intel's CRLs): single
-//! byte tags, definite minimal lengths, minimal INTEGERs, UTCTime and GeneralizedTime in the one
-//! form RFC 5280 allows. Every read stays inside its buffer or fails; nothing here panics.
+//! The one strict DER reader for what is read without `x509-cert` (Intel's CRLs on the TDX cold
+//! path, the SGX extension of a PCK certificate, a certificate's signed part, a certificate in
+//! a vTPM's zero-padded NV index): single byte tags, definite minimal lengths, minimal
+//! INTEGERs, UTCTime and GeneralizedTime in the one form RFC 5280 allows. Every read stays
+//! inside its buffer or fails; nothing here panics (fuzzed: `intel_x509`).
 
-use super::x509::X509Error;
+/// What is wrong with the DER, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DerError(pub String);
 
 pub const INTEGER: u8 = 0x02;
 pub const BIT_STRING: u8 = 0x03;
@@ -16,8 +21,8 @@ pub const SET: u8 = 0x31;
 /// `[0]` constructed (EXPLICIT).
 pub const CONTEXT_0: u8 = 0xa0;
 
-fn bad(what: &str) -> X509Error {
-    X509Error::Der(what.to_owned())
+fn bad(what: &str) -> DerError {
+    DerError(what.to_owned())
 }
 
 /// One element: its tag, its content, and the whole encoding.
@@ -51,7 +56,7 @@ impl<'a> Der<'a> {
     }
 
     /// The next element, whatever its tag.
-    pub fn any(&mut self) -> Result<Element<'a>, X509Error> {
+    pub fn any(&mut self) -> Result<Element<'a>, DerError> {
         let start = self.at;
         let tag = *self.bytes.get(start).ok_or_else(|| bad("truncated"))?;
         if tag & 0x1f == 0x1f {
@@ -94,15 +99,15 @@ impl<'a> Der<'a> {
     }
 
     /// The next element, which must have tag `tag`.
-    pub fn expect(&mut self, tag: u8, what: &str) -> Result<Element<'a>, X509Error> {
+    pub fn expect(&mut self, tag: u8, what: &str) -> Result<Element<'a>, DerError> {
         match self.peek() {
             Some(t) if t == tag => self.any(),
-            _ => Err(X509Error::Der(format!("{what}: unexpected tag"))),
+            _ => Err(DerError(format!("{what}: unexpected tag"))),
         }
     }
 
     /// The next element when it has tag `tag`.
-    pub fn optional(&mut self, tag: u8) -> Result<Option<Element<'a>>, X509Error> {
+    pub fn optional(&mut self, tag: u8) -> Result<Option<Element<'a>>, DerError> {
         match self.peek() {
             Some(t) if t == tag => self.any().map(Some),
             _ => Ok(None),
@@ -110,29 +115,29 @@ impl<'a> Der<'a> {
     }
 
     /// Fails unless everything was read.
-    pub fn finish(&self, what: &str) -> Result<(), X509Error> {
+    pub fn finish(&self, what: &str) -> Result<(), DerError> {
         if self.is_empty() {
             Ok(())
         } else {
-            Err(X509Error::Der(format!("{what}: trailing data")))
+            Err(DerError(format!("{what}: trailing data")))
         }
     }
 }
 
 /// An INTEGER's content, checked to be minimal (no redundant leading 0x00 or 0xff byte).
-pub fn integer<'a>(element: &Element<'a>, what: &str) -> Result<&'a [u8], X509Error> {
+pub fn integer<'a>(element: &Element<'a>, what: &str) -> Result<&'a [u8], DerError> {
     match element.content {
-        [] => Err(X509Error::Der(format!("{what}: empty INTEGER"))),
-        [0, next, ..] if next & 0x80 == 0 => Err(X509Error::Der(format!("{what}: not minimal"))),
-        [0xff, next, ..] if next & 0x80 != 0 => Err(X509Error::Der(format!("{what}: not minimal"))),
+        [] => Err(DerError(format!("{what}: empty INTEGER"))),
+        [0, next, ..] if next & 0x80 == 0 => Err(DerError(format!("{what}: not minimal"))),
+        [0xff, next, ..] if next & 0x80 != 0 => Err(DerError(format!("{what}: not minimal"))),
         content => Ok(content),
     }
 }
 
 /// A UTCTime (`YYMMDDHHMMSSZ`, 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in Unix
 /// seconds.
-pub fn time(element: &Element, what: &str) -> Result<i64, X509Error> {
-    let invalid = || X509Error::Der(format!("{what}: not a DER UTC time"));
+pub fn time(element: &Element, what: &str) -> Result<i64, DerError> {
+    let invalid = || DerError(format!("{what}: not a DER UTC time"));
     let (year, rest) = match (element.tag, element.content.len()) {
         (UTC_TIME, 13) => {
             let yy = digits(&element.content[..2]).ok_or_else(invalid)?;
@@ -190,7 +195,7 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 mod tests {
     use super::*;
 
-    fn one(bytes: &[u8]) -> Result<Element<'_>, X509Error> {
+    fn one(bytes: &[u8]) -> Result<Element<'_>, DerError> {
         let mut der = Der::new(bytes);
         let element = der.any()?;
         der.finish("test")?;
