@@ -1,5 +1,5 @@
 //! Intel's certificates and CRLs as the TDX checks read them (attestation/src/tdx/x509.rs and
-//! its strict DER reader, der.rs): decode, read the SGX extension, check a CRL against the
+//! the strict DER reader, attestation/src/der.rs): decode, read the SGX extension, check a CRL against the
 //! certificate and a signature between them.
 #![no_main]
 use cvm_attestation::tdx::x509::{IntelCert, IntelCrl};
