@@ -291,3 +291,29 @@ fn collateral_signed_by_a_pck_key_is_refused() {
         .reason
         .contains("signed directly by"));
 }
+
+/// A QE identity signed by a certificate the root CA CRL revokes (its chain is not the TCB
+/// info's) is refused by `tdx.crl`: before, only the TCB info's signer was looked up in that CRL.
+#[test]
+fn a_qe_identity_signer_the_root_revoked_is_refused() {
+    let signer = test_support::tdx_signer::TdxTestSigner::new().unwrap();
+    let quote = signer.quote(&signer.body(&[4; 64])).unwrap();
+    let options = VerifyOptions::new(parse_time("2030-01-01T00:00:00Z").unwrap())
+        .with_tdx_test_roots([cvm_attestation::snp::TrustedRoot {
+            name: "TDX test signer".into(),
+            certificate: signer.root().clone(),
+            test_only: true,
+        }]);
+    let withdrawn = signer.collateral_json_with_revoked_qe_signer().unwrap();
+    let collateral = TdxCollateral::from_json(&withdrawn).unwrap();
+    let report = verify_tdx_quote(&quote, Some(&collateral), &GoldenTdx::default(), &options);
+    assert_eq!(failed(&report), ["tdx.crl"], "{report}");
+    assert!(
+        report
+            .check("tdx.crl")
+            .unwrap()
+            .reason
+            .contains("TEST-ONLY SGX TCB Signing (revoked)"),
+        "{report}"
+    );
+}

@@ -444,6 +444,27 @@ impl TdxTestSigner {
         self.collateral_signed_by(&self.tcb_signing_key, chain, options)
     }
 
+    /// The normal collateral, but the QE identity signed by a second TCB Signing certificate
+    /// (under the same root, fresh key) that the root CA CRL revokes: a signer Intel withdrew.
+    /// Verifiers must refuse it.
+    pub fn collateral_json_with_revoked_qe_signer(&self) -> Result<Vec<u8>> {
+        let key = p256_key()?;
+        let signer = certificate(
+            "TEST-ONLY SGX TCB Signing (revoked)",
+            &key,
+            Some((&self.root, &self.root_key)),
+            false,
+            vec![],
+        )?;
+        let mut json: serde_json::Value = serde_json::from_slice(&self.collateral_json()?)?;
+        let qe_identity = json["qe_identity"].as_str().unwrap_or_default().to_owned();
+        let chain = [signer.to_pem()?, self.root.to_pem()?].concat();
+        json["qe_identity_issuer_chain"] = String::from_utf8(chain)?.into();
+        json["qe_identity_signature"] = hex::encode(sign_raw(&key, qe_identity.as_bytes())?).into();
+        json["root_ca_crl"] = crl_hex((&self.root, &self.root_key), &[&signer], VALIDITY)?.into();
+        Ok(serde_json::to_vec(&json)?)
+    }
+
     /// The normal collateral, but TCB info and QE identity signed with the PCK key and its chain
     /// (PCK <- PCK CA <- root): what a platform whose PCK key leaked could forge. Verifiers must
     /// refuse it.

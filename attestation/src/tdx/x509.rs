@@ -70,9 +70,14 @@ impl Signed {
         let Some(key) = issuer.key() else {
             return false;
         };
+        // d2i_ECDSA_SIG accepts trailing bytes and long-form lengths: the signature must be
+        // exactly its own DER, so one signed object has one encoding.
         self.ecdsa_sha256
             && EcdsaSig::from_der(&self.signature)
-                .and_then(|sig| sig.verify(&openssl::sha::sha256(&der[self.tbs.clone()]), key))
+                .and_then(|sig| {
+                    Ok(sig.to_der()? == self.signature
+                        && sig.verify(&openssl::sha::sha256(&der[self.tbs.clone()]), key)?)
+                })
                 .unwrap_or(false)
     }
 }
@@ -579,5 +584,26 @@ mod tests {
         }
         assert_eq!(serial_hex(&[0, 0x0a, 0x01]), "0A01");
         assert_eq!(serial_hex(&[0]), "0");
+    }
+
+    /// d2i_ECDSA_SIG alone takes trailing bytes and long-form lengths; a signature must be
+    /// exactly its own DER, so one signed certificate has one encoding.
+    #[test]
+    fn a_signature_must_be_exactly_its_der() {
+        let chain = real_chain();
+        let der = |i: usize| chain[i].to_der().unwrap();
+        let (leaf, issuer) = (
+            IntelCert::from_der(&der(0)).unwrap(),
+            IntelCert::from_der(&der(1)).unwrap(),
+        );
+        assert!(leaf.signed.verifies_with(&leaf.der, &issuer));
+        let mut trailing = IntelCert::from_der(&der(0)).unwrap();
+        trailing.signed.signature.extend_from_slice(&[0x00, 0xff]);
+        assert!(!trailing.signed.verifies_with(&leaf.der, &issuer));
+        let mut long_form = IntelCert::from_der(&der(0)).unwrap();
+        let sig = &leaf.signed.signature;
+        assert!(sig[1] < 0x80, "a P-256 signature has a short-form length");
+        long_form.signed.signature = [&[0x30, 0x81], &sig[1..]].concat();
+        assert!(!long_form.signed.verifies_with(&leaf.der, &issuer));
     }
 }

@@ -554,8 +554,8 @@ fn check_collateral(
     let extensions = &verified.pck.parsed.extensions;
     let tcb_info = check_tcb_info(p, &tcb_chain, extensions, at, checks);
     // Intel signs both with the same certificate: do not check the same chain twice.
-    let qe_chain =
-        (collateral.qe_identity_issuer_chain != collateral.tcb_info_issuer_chain).then(|| {
+    let qe_chain_own = (collateral.qe_identity_issuer_chain != collateral.tcb_info_issuer_chain)
+        .then(|| {
             verify_intel_chain(
                 "TCB Signing certificate",
                 &p.qe_identity_chain,
@@ -564,9 +564,16 @@ fn check_collateral(
                 at,
             )
         });
-    let qe_chain = qe_chain.as_ref().unwrap_or(&tcb_chain);
+    let qe_chain = qe_chain_own.as_ref().unwrap_or(&tcb_chain);
     let qe = check_qe_identity(p, qe_chain, verified.quote, at, checks);
-    check_revocation(p, &verified.pck.chain, tcb_chain.as_ref().ok(), at, checks);
+    // Every certificate the root signed for this verification: the TCB Signing certificate,
+    // and the QE identity's signer when its chain is another one.
+    let signers: Vec<&IntelChain> = [Some(&tcb_chain), qe_chain_own.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|chain| chain.as_ref().ok())
+        .collect();
+    check_revocation(p, &verified.pck.chain, &signers, at, checks);
     if let Some(tcb_info) = tcb_info {
         check_tcb_status(&tcb_info, verified.quote, &qe, expectations, checks);
     }
@@ -900,7 +907,7 @@ fn signature_problem(
 fn check_revocation(
     p: &ParsedCollateral,
     pck: &IntelChain,
-    tcb_signing: Option<&IntelChain>,
+    signers: &[&IntelChain],
     at: i64,
     checks: &mut Checks,
 ) {
@@ -927,9 +934,7 @@ fn check_revocation(
     match &p.root_ca_crl {
         Some(Ok(crl)) => {
             let mut covered: Vec<&IntelCert> = pck.intermediate.iter().map(Arc::as_ref).collect();
-            if let Some(chain) = tcb_signing {
-                covered.push(&chain.leaf);
-            }
+            covered.extend(signers.iter().map(|chain| chain.leaf.as_ref()));
             match check_crl("root CA CRL", crl, &pck.root_certificate, &covered, at) {
                 Ok(()) => done.push("root CA CRL"),
                 Err(e) => problems.push(e.to_string()),
