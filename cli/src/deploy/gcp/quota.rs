@@ -109,7 +109,8 @@ pub async fn check(
     }
     if !fits.is_empty() {
         step(format!(
-            "vCPU quota in {region}: {vm_type} needs {vcpus}; {}",
+            "vCPU quota in {region}: {vm_type} needs {vcpus}; {} (the project-wide \
+             CPUS_ALL_REGIONS is not checked)",
             fits.join(", ")
         ));
     }
