@@ -46,33 +46,13 @@ fn vector(path: &str) -> Vec<u8> {
 }
 
 /// Median time per call of `f`, in microseconds.
-fn measure(name: &str, mut f: impl FnMut()) -> f64 {
-    // Warm up and size the batch so that one batch takes about BATCH_TARGET.
-    let start = Instant::now();
-    let mut calls = 0u32;
-    while start.elapsed() < BATCH_TARGET / 3 || calls < 3 {
-        f();
-        calls += 1;
-    }
-    let per_call = start.elapsed() / calls;
-    let batch = (BATCH_TARGET.as_nanos() / per_call.as_nanos().max(1)).clamp(1, 1_000_000) as u32;
-    let mut samples: Vec<f64> = (0..SAMPLES)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
-        })
-        .collect();
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let median = samples[SAMPLES / 2];
+fn measure(name: &str, f: impl FnMut()) -> f64 {
+    let t = test_support::bench::time_per_call(SAMPLES, BATCH_TARGET, BATCH_TARGET / 3, f);
     println!(
-        "{name:<58} {median:>10.2} us/op   (min {:.2}, max {:.2}, {batch} ops x {SAMPLES})",
-        samples[0],
-        samples[SAMPLES - 1]
+        "{name:<58} {:>10.2} us/op   (min {:.2}, max {:.2}, {} ops x {SAMPLES})",
+        t.median, t.min, t.max, t.batch
     );
-    median
+    t.median
 }
 
 fn main() {

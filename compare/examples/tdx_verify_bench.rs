@@ -154,32 +154,13 @@ fn support_time() -> i64 {
 }
 
 /// Median per-call time of `f` in microseconds, over SAMPLES batches of about BATCH each.
-fn measure(name: &str, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut calls = 0u32;
-    while start.elapsed() < BATCH / 2 || calls < 3 {
-        f();
-        calls += 1;
-    }
-    let per_call = start.elapsed() / calls;
-    let batch = (BATCH.as_nanos() / per_call.as_nanos().max(1)).clamp(1, 1_000_000) as u32;
-    let mut samples: Vec<f64> = (0..SAMPLES)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    let median = samples[SAMPLES / 2];
+fn measure(name: &str, f: impl FnMut()) -> f64 {
+    let t = test_support::bench::time_per_call(SAMPLES, BATCH, BATCH / 2, f);
     println!(
-        "{name:<62} {median:>9.1} us  (min {:.1}, max {:.1}; {batch} x {SAMPLES})",
-        samples[0],
-        samples[SAMPLES - 1]
+        "{name:<62} {:>9.1} us  (min {:.1}, max {:.1}; {} x {SAMPLES})",
+        t.median, t.min, t.max, t.batch
     );
-    median
+    t.median
 }
 
 /// Medians of the cold verification of each, over `runs` child processes.

@@ -6,6 +6,7 @@
 //! test panics). Children additionally get `PR_SET_PDEATHSIG`, so a killed test binary does not
 //! leave daemons behind.
 
+pub mod bench;
 mod certs;
 pub mod collateral_server;
 mod engine;
