@@ -8,7 +8,6 @@ use crate::memo::Memo;
 use crate::pki::NotValid;
 use crate::snp::certs::ChainError;
 use crate::snp::TrustedRoot;
-use openssl::error::ErrorStack;
 use openssl::x509::X509;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -50,8 +49,6 @@ pub enum CertError {
         serial: String,
         which: String,
     },
-    #[error("{0}")]
-    OpenSsl(#[from] ErrorStack),
 }
 
 /// The quote's PCK chain as the verifier reads it, with the leaf's SGX extensions.
